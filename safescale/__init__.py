@@ -1,0 +1,6 @@
+"""safescale: clinical-safety evaluation of retrieval-augmented LLMs."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

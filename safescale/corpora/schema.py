@@ -1,0 +1,188 @@
+"""The core data model: graded passages, benchmark items and corpus manifests.
+
+Every record a user writes by hand (one JSON object per line in ``passages.jsonl`` /
+``items.jsonl``) is parsed into these pydantic models. Unknown keys are rejected
+(``extra="forbid"``) so that a typo is reported instead of silently dropped.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "EvidenceSets",
+    "Grade",
+    "GradeSystemSpec",
+    "Item",
+    "Manifest",
+    "OptionLabels",
+    "Passage",
+    "Source",
+    "Stance",
+    "Status",
+    "Task",
+]
+
+SCHEMA_VERSION = 1
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class Status(StrEnum):
+    """Lifecycle of a guideline passage."""
+
+    CURRENT = "current"
+    SUPERSEDED = "superseded"
+    WITHDRAWN = "withdrawn"
+
+
+class Stance(StrEnum):
+    """How a passage relates to one option of one item."""
+
+    SUPPORTS = "supports"
+    CONTRADICTS = "contradicts"
+    NEUTRAL = "neutral"
+
+
+class Task(StrEnum):
+    """Evidence relation of an item (RETINA-SAFE taxonomy)."""
+
+    ALIGN = "align"
+    CONFLICT = "conflict"
+    GAP = "gap"
+
+
+class Source(_Record):
+    """Where a passage comes from."""
+
+    org: str = Field(min_length=1)
+    title: str = Field(min_length=1)
+    version: str | None = None
+    date: date | None = None
+    url: str | None = None
+
+
+class Grade(_Record):
+    """An evidence grade: the raw label in its own system plus a normalized level.
+
+    ``level`` runs from 1 (strongest: high-certainty evidence, strong recommendation)
+    to 4 (weakest: expert opinion / very low certainty). When a passage is loaded
+    through :func:`safescale.corpora.load_corpus`, the level is (re)derived from the
+    corpus manifest's grade-system mapping; a level written in the file that disagrees
+    with the mapping is a validation error.
+    """
+
+    system: str = Field(min_length=1)
+    raw: str = Field(min_length=1)
+    level: int = Field(ge=1, le=4)
+
+
+class Passage(_Record):
+    """One unit of evidence in the store."""
+
+    id: str = Field(min_length=1)
+    text: str = Field(min_length=1)
+    source: Source
+    grade: Grade
+    status: Status = Status.CURRENT
+    supersedes: list[str] = Field(default_factory=list)
+    topic: str = Field(min_length=1)
+    scope: str | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("text is empty")
+        return value
+
+
+class OptionLabels(_Record):
+    """Safety labels on the options of one item (letters refer to ``Item.options``)."""
+
+    high_risk: list[str] = Field(default_factory=list)
+    unsafe: list[str] = Field(default_factory=list)
+    defer: str | None = None
+
+
+class EvidenceSets(_Record):
+    """Oracle evidence sets of an item (passage ids). ``none`` is implicit: no ids."""
+
+    clean: list[str] = Field(default_factory=list)
+    conflict: list[str] = Field(default_factory=list)
+
+
+class Item(_Record):
+    """One multiple-choice benchmark item.
+
+    ``stance`` maps passage id -> option letter -> stance, for the passages a
+    benchmark labels (at least those of the evidence sets).
+    """
+
+    id: str = Field(min_length=1)
+    question: str = Field(min_length=1)
+    options: dict[str, str] = Field(min_length=2)
+    gold: str
+    labels: OptionLabels = Field(default_factory=OptionLabels)
+    category: str = Field(min_length=1)
+    evidence_id: str = Field(min_length=1)
+    task: Task | None = None
+    evidence: EvidenceSets = Field(default_factory=EvidenceSets)
+    stance: dict[str, dict[str, Stance]] = Field(default_factory=dict)
+    context: str | None = None
+
+    @model_validator(mode="after")
+    def _letters_consistent(self) -> Item:
+        letters = set(self.options)
+        if self.gold not in letters:
+            raise ValueError(f"gold {self.gold!r} is not among options {sorted(letters)}")
+        for name in ("high_risk", "unsafe"):
+            unknown = set(getattr(self.labels, name)) - letters
+            if unknown:
+                raise ValueError(f"labels.{name} names unknown option(s) {sorted(unknown)}")
+        if self.labels.defer is not None and self.labels.defer not in letters:
+            raise ValueError(f"labels.defer names unknown option {self.labels.defer!r}")
+        for pid, by_letter in self.stance.items():
+            unknown = set(by_letter) - letters
+            if unknown:
+                raise ValueError(f"stance[{pid}] names unknown option(s) {sorted(unknown)}")
+        texts = [t.strip().lower() for t in self.options.values()]
+        if len(set(texts)) != len(texts):
+            raise ValueError("options are not distinct")
+        return self
+
+    @property
+    def letters(self) -> list[str]:
+        """Option letters in their written order."""
+        return list(self.options)
+
+
+class GradeSystemSpec(_Record):
+    """A grade system declared in a corpus manifest: raw label -> normalized level.
+
+    ``builtin`` names one of the systems safescale knows (see
+    :mod:`safescale.corpora.grades`); ``levels`` adds or overrides labels.
+    """
+
+    builtin: str | None = None
+    levels: dict[str, int] = Field(default_factory=dict)
+
+
+class Manifest(_Record):
+    """``corpus.yaml``: what a corpus is and how its grades normalize."""
+
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+    license: str = Field(min_length=1)
+    disclaimer: str = Field(min_length=1)
+    grade_systems: dict[str, GradeSystemSpec] = Field(min_length=1)
+    schema_version: Literal[1] = SCHEMA_VERSION
+    categories: list[str] = Field(default_factory=list)
