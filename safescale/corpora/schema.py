@@ -7,7 +7,7 @@ Every record a user writes by hand (one JSON object per line in ``passages.jsonl
 
 from __future__ import annotations
 
-from datetime import date
+import datetime as dt
 from enum import StrEnum
 from typing import Literal
 
@@ -65,7 +65,7 @@ class Source(_Record):
     org: str = Field(min_length=1)
     title: str = Field(min_length=1)
     version: str | None = None
-    date: date | None = None
+    date: dt.date | None = None
     url: str | None = None
 
 
