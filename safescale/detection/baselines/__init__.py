@@ -1,0 +1,44 @@
+"""Baseline detectors, one module each, registered by name (higher score = riskier)."""
+
+from __future__ import annotations
+
+from safescale.detection.baselines.eigenscore import EigenScore, eigenscore, sample_embeddings
+from safescale.detection.baselines.entropy import MeanTokenEntropy, mean_token_entropy
+from safescale.detection.baselines.length import ResponseLength
+from safescale.detection.baselines.ln_entropy import LNEntropy, ln_entropy
+from safescale.detection.baselines.lookback import LookbackLens, lookback_ratios
+from safescale.detection.baselines.msp import MSPSequence, MSPStep, msp_seq, msp_step
+from safescale.detection.baselines.perplexity import Perplexity, nll_mean
+from safescale.detection.baselines.pmi import CtxNoctxPMI, ctx_noctx_pmi
+from safescale.detection.baselines.probe import HiddenStateProbe, probe_layer, probe_vector
+from safescale.detection.baselines.ptrue import PTrue, ptrue_message, ptrue_nll
+from safescale.detection.baselines.selfcheck import SelfCheckConsistency, selfcheck_inconsistency
+
+__all__ = [
+    "CtxNoctxPMI",
+    "EigenScore",
+    "HiddenStateProbe",
+    "LNEntropy",
+    "LookbackLens",
+    "MSPSequence",
+    "MSPStep",
+    "MeanTokenEntropy",
+    "PTrue",
+    "Perplexity",
+    "ResponseLength",
+    "SelfCheckConsistency",
+    "ctx_noctx_pmi",
+    "eigenscore",
+    "ln_entropy",
+    "lookback_ratios",
+    "mean_token_entropy",
+    "msp_seq",
+    "msp_step",
+    "nll_mean",
+    "probe_layer",
+    "probe_vector",
+    "ptrue_message",
+    "ptrue_nll",
+    "sample_embeddings",
+    "selfcheck_inconsistency",
+]

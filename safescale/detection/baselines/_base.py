@@ -1,0 +1,111 @@
+"""Shared detector bases: a scalar unsupervised score and a linear probe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from safescale.detection.registry import (
+    SAFE,
+    Detector,
+    columns_or_unavailable,
+    vector_column_or_unavailable,
+)
+
+__all__ = ["LinearProbeDetector", "ScalarScoreDetector"]
+
+
+class ScalarScoreDetector(Detector):
+    """An unsupervised detector whose risk score is ``sign · frame[column]``.
+
+    ``fit`` learns nothing (it only records the input width); the operating threshold
+    is chosen on validation by the caller like every other detector's.
+    """
+
+    column: ClassVar[str] = ""
+    sign: ClassVar[float] = 1.0
+
+    def design_matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        return columns_or_unavailable(frame, [self.column], self.name)
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> ScalarScoreDetector:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != 1:
+            raise ValueError(f"{self.name} expects one feature column, got shape {X.shape}")
+        self.n_features_in_ = 1
+        return self
+
+    def risk_score(self, X: np.ndarray) -> np.ndarray:
+        return self.sign * np.asarray(X, dtype=np.float64)[:, 0]
+
+    def _get_state(self, directory: Path) -> dict[str, Any]:
+        return {"column": self.column, "sign": self.sign}
+
+    def _set_state(self, state: dict[str, Any], directory: Path) -> None:
+        self.n_features_in_ = 1
+
+
+class LinearProbeDetector(Detector):
+    """Standardize, then class-balanced L2 logistic regression on a vector column.
+
+    Risk score: ``σ(((x − μ) / s) · w + b)`` = P(unsafe). Fitted attributes:
+    ``mean_``, ``scale_``, ``coef_``, ``intercept_``, ``n_features_in_`` (saved as JSON).
+    """
+
+    supervised = True
+    column: ClassVar[str] = ""
+
+    def __init__(self, C: float = 0.1, max_iter: int = 2000, random_state: int = 0) -> None:
+        self.C = C
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def design_matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        return vector_column_or_unavailable(frame, self.column, self.name)
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> LinearProbeDetector:
+        X = np.asarray(X, dtype=np.float64)
+        unsafe = (np.asarray(y) != SAFE).astype(int)
+        if unsafe.min() == unsafe.max():
+            raise ValueError(f"{self.name}: training needs both safe and unsafe records")
+        scaler = StandardScaler().fit(X)
+        model = LogisticRegression(
+            C=self.C,
+            class_weight="balanced",
+            max_iter=self.max_iter,
+            random_state=self.random_state,
+        ).fit(scaler.transform(X), unsafe)
+        self.mean_ = scaler.mean_
+        self.scale_ = scaler.scale_
+        self.coef_ = model.coef_[0]
+        self.intercept_ = float(model.intercept_[0])
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def risk_score(self, X: np.ndarray) -> np.ndarray:
+        z = ((np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_) @ self.coef_
+        return 1.0 / (1.0 + np.exp(-(z + self.intercept_)))
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        p = self.risk_score(X)
+        return np.stack([1.0 - p, p], axis=1)
+
+    def _get_state(self, directory: Path) -> dict[str, Any]:
+        return {
+            "mean": self.mean_.tolist(),
+            "scale": self.scale_.tolist(),
+            "coef": self.coef_.tolist(),
+            "intercept": self.intercept_,
+        }
+
+    def _set_state(self, state: dict[str, Any], directory: Path) -> None:
+        self.mean_ = np.asarray(state["mean"])
+        self.scale_ = np.asarray(state["scale"])
+        self.coef_ = np.asarray(state["coef"])
+        self.intercept_ = float(state["intercept"])
+        self.n_features_in_ = len(self.coef_)

@@ -1,0 +1,27 @@
+"""Perplexity baseline.
+
+Score (higher = riskier): log-perplexity of the frozen response under the CTX prompt,
+``nll_mean = −(1/R) Σ_t log p(y_t | y_<t, x)`` (monotone in perplexity = exp(nll_mean)).
+Requires: the CTX teacher-forced pass.
+"""
+
+from __future__ import annotations
+
+from safescale.detection.baselines._base import ScalarScoreDetector
+from safescale.detection.registry import detector
+from safescale.models.internals import Internals
+
+__all__ = ["Perplexity", "nll_mean"]
+
+
+def nll_mean(ctx: Internals) -> float:
+    """``−(1/R) Σ_t log p(y_t)`` from the raw CTX logits."""
+    return float(-ctx.response_logprobs.double().mean())
+
+
+@detector("perplexity")
+class Perplexity(ScalarScoreDetector):
+    """Log-perplexity of the response (higher = riskier)."""
+
+    requires = frozenset({"ctx_pass"})
+    column = "nll_mean"

@@ -1,0 +1,176 @@
+"""Detector registry and the shared detector contract.
+
+A detector is a small scikit-learn style estimator registered under a name with
+``@detector("name")``. It declares the inputs it needs (``requires``) and reads its
+design matrix from the per-record *features frame* that :mod:`.extraction` builds
+once per (model, record). Every risk score is oriented so that **higher = riskier**.
+
+Inputs a detector can require (the names in :data:`INPUTS`):
+
+* ``ctx_pass`` — one teacher-forced pass over the CTX prompt + frozen response;
+* ``noctx_pass`` — the same response teacher-forced on the NOCTX prompt;
+* ``attentions`` — attention weights from the CTX pass (eager attention);
+* ``samples`` — the frozen sampled answers stored on the record;
+* ``sample_hidden`` — hidden states of the frozen samples (one batched pass);
+* ``ptrue_pass`` — one extra pass over the P(True) prompt.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+
+__all__ = [
+    "CONFLICT",
+    "GAP",
+    "INPUTS",
+    "SAFE",
+    "Detector",
+    "DetectorUnavailable",
+    "available_detectors",
+    "detector",
+    "get_detector",
+]
+
+INPUTS = frozenset(
+    {"ctx_pass", "noctx_pass", "attentions", "samples", "sample_hidden", "ptrue_pass"}
+)
+
+#: Triage classes used as ``y`` by every detector: 0 safe, 1 unsafe/gap, 2 unsafe/conflict.
+SAFE, GAP, CONFLICT = 0, 1, 2
+
+
+class DetectorUnavailable(RuntimeError):
+    """A detector cannot run on the inputs of this run (the message says why)."""
+
+
+class Detector(BaseEstimator):
+    """Base class of registered detectors.
+
+    Subclasses set ``requires`` (subset of :data:`INPUTS`), ``supervised`` and
+    implement :meth:`design_matrix`, :meth:`fit` and :meth:`risk_score`. ``fit``
+    receives triage classes ``y`` in {SAFE, GAP, CONFLICT}; binary detectors use
+    ``y > 0`` (unsafe).
+    """
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[frozenset[str]] = frozenset()
+    supervised: ClassVar[bool] = False
+    #: True for detectors that also attribute unsafe cases to gap vs conflict (Stage 2).
+    attributes_subtype: ClassVar[bool] = False
+
+    def design_matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        """``[n_records, n_features]`` float matrix read from the features frame.
+
+        Raises:
+            DetectorUnavailable: when a needed column is absent or has missing values.
+        """
+        raise NotImplementedError
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> Detector:
+        raise NotImplementedError
+
+    def risk_score(self, X: np.ndarray) -> np.ndarray:
+        """``[n]`` risk scores, higher = riskier."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: Path) -> None:
+        """Write the fitted detector into ``directory`` as JSON (never pickle).
+
+        ``detector.json`` holds the name, hyperparameters and fitted state; detectors
+        built on XGBoost also write their boosters as XGBoost JSON files beside it.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "name": self.name,
+            "params": self.get_params(),
+            "state": self._get_state(directory),
+        }
+        (directory / "detector.json").write_text(json.dumps(payload, indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, directory: Path) -> Detector:
+        """Rebuild a fitted detector written by :meth:`save`."""
+        directory = Path(directory)
+        payload = json.loads((directory / "detector.json").read_text())
+        if payload.get("name") != cls.name:
+            raise ValueError(
+                f"{directory} holds detector {payload.get('name')!r}, not {cls.name!r}"
+            )
+        obj = cls(**payload["params"])
+        obj._set_state(payload["state"], directory)
+        return obj
+
+    def _get_state(self, directory: Path) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _set_state(self, state: dict[str, Any], directory: Path) -> None:
+        raise NotImplementedError
+
+
+def columns_or_unavailable(frame: pd.DataFrame, columns: Sequence[str], who: str) -> np.ndarray:
+    """Stack scalar ``columns`` of ``frame`` into a float matrix or say why not."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DetectorUnavailable(f"{who}: features {missing} were not extracted for this run")
+    X = frame[list(columns)].to_numpy(dtype=np.float64)
+    if np.isnan(X).any():
+        bad = int(np.isnan(X).any(axis=1).sum())
+        raise DetectorUnavailable(
+            f"{who}: {bad} of {len(X)} records lack the inputs for {list(columns)}"
+        )
+    return X
+
+
+def vector_column_or_unavailable(frame: pd.DataFrame, column: str, who: str) -> np.ndarray:
+    """Stack a list-valued column (one vector per record) into a float matrix."""
+    if column not in frame.columns:
+        raise DetectorUnavailable(f"{who}: {column!r} was not extracted for this run")
+    values = frame[column].tolist()
+    if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in values):
+        raise DetectorUnavailable(f"{who}: some records lack {column!r}")
+    X = np.asarray([np.asarray(v, dtype=np.float64) for v in values])
+    if X.ndim != 2 or np.isnan(X).any():
+        raise DetectorUnavailable(f"{who}: {column!r} vectors are ragged or contain NaN")
+    return X
+
+
+_REGISTRY: dict[str, type[Detector]] = {}
+D = TypeVar("D", bound=type[Detector])
+
+
+def detector(name: str) -> Callable[[D], D]:
+    """Class decorator registering a :class:`Detector` subclass under ``name``."""
+
+    def register(cls: D) -> D:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"detector {name!r} is already registered by {_REGISTRY[name]}")
+        unknown = set(cls.requires) - INPUTS
+        if unknown:
+            raise ValueError(f"detector {name!r} requires unknown inputs {sorted(unknown)}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return register
+
+
+def get_detector(name: str) -> type[Detector]:
+    """The detector class registered under ``name`` (KeyError listing the names)."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown detector {name!r}; available: {available_detectors()}") from None
+
+
+def available_detectors() -> list[str]:
+    """Registered detector names, sorted."""
+    return sorted(_REGISTRY)
