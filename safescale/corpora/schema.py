@@ -8,14 +8,25 @@ Every record a user writes by hand (one JSON object per line in ``passages.jsonl
 from __future__ import annotations
 
 import datetime as dt
+import re
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from safescale.corpora.grades import UnknownGradeSystemError, builtin_grade_system
 
 __all__ = [
     "SCHEMA_VERSION",
     "EvidenceSets",
+    "GeneratorInfo",
     "Grade",
     "GradeSystemSpec",
     "Item",
@@ -29,6 +40,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+
+_LETTER = re.compile(r"[A-Z]")
 
 
 class _Record(BaseModel):
@@ -122,8 +135,12 @@ class EvidenceSets(_Record):
 class Item(_Record):
     """One multiple-choice benchmark item.
 
-    ``stance`` maps passage id -> option letter -> stance, for the passages a
-    benchmark labels (at least those of the evidence sets).
+    ``question`` is the stem only; the options live in ``options`` (letter -> text,
+    single capital letters in display order). ``stance`` maps passage id -> option
+    letter -> stance, for the passages a benchmark labels (at least those of the
+    evidence sets). ``scope`` optionally names the clinical setting the question is
+    asked in (e.g. ``incidental`` vs ``screening``) so that a retrieval policy can
+    filter passages by their own ``scope``.
     """
 
     id: str = Field(min_length=1)
@@ -137,42 +154,112 @@ class Item(_Record):
     evidence: EvidenceSets = Field(default_factory=EvidenceSets)
     stance: dict[str, dict[str, Stance]] = Field(default_factory=dict)
     context: str | None = None
+    scope: str | None = None
 
-    @model_validator(mode="after")
-    def _letters_consistent(self) -> Item:
-        letters = set(self.options)
-        if self.gold not in letters:
-            raise ValueError(f"gold {self.gold!r} is not among options {sorted(letters)}")
-        for name in ("high_risk", "unsafe"):
-            unknown = set(getattr(self.labels, name)) - letters
-            if unknown:
-                raise ValueError(f"labels.{name} names unknown option(s) {sorted(unknown)}")
-        if self.labels.defer is not None and self.labels.defer not in letters:
-            raise ValueError(f"labels.defer names unknown option {self.labels.defer!r}")
-        for pid, by_letter in self.stance.items():
-            unknown = set(by_letter) - letters
-            if unknown:
-                raise ValueError(f"stance[{pid}] names unknown option(s) {sorted(unknown)}")
-        texts = [t.strip().lower() for t in self.options.values()]
+    @field_validator("options")
+    @classmethod
+    def _options_well_formed(cls, options: dict[str, str]) -> dict[str, str]:
+        bad = [letter for letter in options if not _LETTER.fullmatch(letter)]
+        if bad:
+            raise ValueError(f"option letters must be single capital letters, got {bad}")
+        empty = [letter for letter, text in options.items() if not text.strip()]
+        if empty:
+            raise ValueError(f"option(s) {empty} have empty text")
+        texts = [text.strip().lower() for text in options.values()]
         if len(set(texts)) != len(texts):
             raise ValueError("options are not distinct")
-        return self
+        return options
+
+    @field_validator("gold")
+    @classmethod
+    def _gold_among_options(cls, gold: str, info: ValidationInfo) -> str:
+        letters = info.data.get("options")
+        if letters is not None and gold not in letters:
+            raise ValueError(f"gold {gold!r} is not among options {sorted(letters)}")
+        return gold
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_on_known_letters(cls, labels: OptionLabels, info: ValidationInfo) -> OptionLabels:
+        letters = info.data.get("options")
+        if letters is None:
+            return labels
+        for name in ("high_risk", "unsafe"):
+            unknown = set(getattr(labels, name)) - set(letters)
+            if unknown:
+                raise ValueError(f"labels.{name} names unknown option(s) {sorted(unknown)}")
+        if labels.defer is not None and labels.defer not in letters:
+            raise ValueError(f"labels.defer names unknown option {labels.defer!r}")
+        return labels
+
+    @field_validator("stance")
+    @classmethod
+    def _stance_on_known_letters(
+        cls, stance: dict[str, dict[str, Stance]], info: ValidationInfo
+    ) -> dict[str, dict[str, Stance]]:
+        letters = info.data.get("options")
+        if letters is None:
+            return stance
+        for pid, by_letter in stance.items():
+            unknown = set(by_letter) - set(letters)
+            if unknown:
+                raise ValueError(f"stance[{pid}] names unknown option(s) {sorted(unknown)}")
+        return stance
 
     @property
     def letters(self) -> list[str]:
         """Option letters in their written order."""
         return list(self.options)
 
+    @property
+    def evidence_ids(self) -> list[str]:
+        """Passage ids of the clean and conflict sets, each once, clean first."""
+        return list(dict.fromkeys([*self.evidence.clean, *self.evidence.conflict]))
+
 
 class GradeSystemSpec(_Record):
     """A grade system declared in a corpus manifest: raw label -> normalized level.
 
     ``builtin`` names one of the systems safescale knows (see
-    :mod:`safescale.corpora.grades`); ``levels`` adds or overrides labels.
+    :mod:`safescale.corpora.grades`); ``levels`` adds or overrides labels. At least one
+    of them must be given.
     """
 
     builtin: str | None = None
     levels: dict[str, int] = Field(default_factory=dict)
+    description: str | None = None
+
+    @field_validator("builtin")
+    @classmethod
+    def _builtin_known(cls, name: str | None) -> str | None:
+        if name is not None:
+            try:
+                builtin_grade_system(name)
+            except UnknownGradeSystemError as error:
+                raise ValueError(str(error)) from None
+        return name
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_in_range(cls, levels: dict[str, int]) -> dict[str, int]:
+        bad = {label: level for label, level in levels.items() if not 1 <= level <= 4}
+        if bad:
+            raise ValueError(f"levels must be 1..4, got {bad}")
+        return levels
+
+    @model_validator(mode="after")
+    def _has_mapping(self) -> GradeSystemSpec:
+        if self.builtin is None and not self.levels:
+            raise ValueError("a grade system needs a builtin system or a levels table")
+        return self
+
+
+class GeneratorInfo(_Record):
+    """How a generated corpus was made (so that it can be regenerated exactly)."""
+
+    name: str = Field(min_length=1)
+    seed: int
+    n: int | None = None
 
 
 class Manifest(_Record):
@@ -186,3 +273,4 @@ class Manifest(_Record):
     grade_systems: dict[str, GradeSystemSpec] = Field(min_length=1)
     schema_version: Literal[1] = SCHEMA_VERSION
     categories: list[str] = Field(default_factory=list)
+    generator: GeneratorInfo | None = None

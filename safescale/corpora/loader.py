@@ -1,0 +1,539 @@
+"""Finding, validating, loading and writing corpus directories.
+
+A corpus is a directory holding ``corpus.yaml`` (the :class:`~safescale.corpora.schema.Manifest`),
+``passages.jsonl`` and optionally ``items.jsonl`` (one JSON object per line; blank lines
+are ignored). Loading is all-or-nothing: :func:`load_corpus` either returns a complete
+:class:`~safescale.corpora.corpus.Corpus` or raises :class:`~safescale.corpora.errors.CorpusError`
+listing every problem it found (up to a cap), each as ``file:line: field: message``.
+
+Bundled corpora live in ``safescale/corpora/bundled/<name>/`` and are found by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from safescale.corpora.corpus import Corpus
+from safescale.corpora.errors import CorpusError, Problem
+from safescale.corpora.grades import UnknownGradeError, UnknownGradeSystemError, resolve_level
+from safescale.corpora.schema import Item, Manifest, Passage, Status
+
+__all__ = [
+    "BUNDLED_DIR",
+    "DEFAULT_MAX_PROBLEMS",
+    "ITEMS_FILE",
+    "MANIFEST_FILE",
+    "PASSAGES_FILE",
+    "bundled_corpus_path",
+    "list_bundled_corpora",
+    "load_corpus",
+    "resolve_corpus_path",
+    "validate_corpus",
+    "write_corpus",
+]
+
+MANIFEST_FILE = "corpus.yaml"
+PASSAGES_FILE = "passages.jsonl"
+ITEMS_FILE = "items.jsonl"
+DEFAULT_MAX_PROBLEMS = 200
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+
+
+class _TooMany(Exception):
+    """Internal: the problem cap was reached."""
+
+
+class _Problems:
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.items: list[Problem] = []
+        self.truncated = False
+
+    def add(self, file: Path | str, line: int, field: str, message: str) -> None:
+        if len(self.items) >= self.cap:
+            self.truncated = True
+            raise _TooMany
+        self.items.append(Problem(str(file), line, field or "-", message))
+
+
+# ---------------------------------------------------------------------------- finding
+
+
+def list_bundled_corpora() -> list[str]:
+    """Names of the corpora shipped with safescale, sorted."""
+    if not BUNDLED_DIR.is_dir():
+        return []
+    return sorted(
+        entry.name
+        for entry in BUNDLED_DIR.iterdir()
+        if entry.is_dir() and (entry / MANIFEST_FILE).is_file()
+    )
+
+
+def bundled_corpus_path(name: str) -> Path:
+    """Directory of the bundled corpus ``name`` (it need not exist yet)."""
+    return BUNDLED_DIR / name
+
+
+def resolve_corpus_path(path_or_name: str | os.PathLike[str]) -> Path:
+    """The directory a corpus reference points to.
+
+    A :class:`~pathlib.Path` (or a string naming an existing directory) is used as is;
+    otherwise the string is looked up among the bundled corpora.
+
+    Raises:
+        CorpusError: neither an existing directory nor a bundled corpus name.
+    """
+    if isinstance(path_or_name, Path) or Path(path_or_name).is_dir():
+        return Path(path_or_name)
+    name = str(path_or_name)
+    if name in list_bundled_corpora():
+        return bundled_corpus_path(name)
+    bundled = ", ".join(list_bundled_corpora()) or "none"
+    raise CorpusError(
+        [
+            Problem(
+                name,
+                0,
+                "-",
+                f"no corpus directory at this path and no bundled corpus of this name "
+                f"(bundled: {bundled})",
+            )
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_corpus(
+    path_or_name: str | os.PathLike[str], *, max_problems: int = DEFAULT_MAX_PROBLEMS
+) -> Corpus:
+    """Load and validate a corpus, by bundled name or directory path.
+
+    Args:
+        path_or_name: a bundled corpus name (see :func:`list_bundled_corpora`) or a
+            directory containing ``corpus.yaml`` and ``passages.jsonl``.
+        max_problems: stop collecting problems after this many.
+
+    Returns:
+        The complete corpus.
+
+    Raises:
+        CorpusError: any problem at all; nothing is returned half-loaded.
+    """
+    directory = resolve_corpus_path(path_or_name)
+    problems, corpus = _validate(directory, max_problems)
+    if problems.items:
+        raise CorpusError(problems.items, truncated=problems.truncated)
+    assert corpus is not None
+    return corpus
+
+
+def validate_corpus(
+    path_or_name: str | os.PathLike[str], *, max_problems: int = DEFAULT_MAX_PROBLEMS
+) -> list[Problem]:
+    """Every problem of a corpus (up to ``max_problems``); empty when it loads cleanly."""
+    try:
+        directory = resolve_corpus_path(path_or_name)
+    except CorpusError as error:
+        return error.problems
+    return _validate(directory, max_problems)[0].items
+
+
+def _validate(directory: Path, max_problems: int) -> tuple[_Problems, Corpus | None]:
+    problems = _Problems(max_problems)
+    try:
+        corpus = _validate_into(directory, problems)
+    except _TooMany:
+        return problems, None
+    return problems, (corpus if not problems.items else None)
+
+
+def _validate_into(directory: Path, problems: _Problems) -> Corpus | None:
+    if not directory.is_dir():
+        problems.add(directory, 0, "-", "corpus directory does not exist")
+        return None
+    manifest = _load_manifest(directory / MANIFEST_FILE, problems)
+    passages = _load_records(directory / PASSAGES_FILE, Passage, problems, manifest, True)
+    items_path = directory / ITEMS_FILE
+    items = (
+        _load_records(items_path, Item, problems, manifest, False) if _exists(items_path) else []
+    )
+    _check_passages(directory / PASSAGES_FILE, passages, problems)
+    _check_items(items_path, items, {p.id for _, p in passages}, manifest, problems)
+    if problems.items or manifest is None:
+        return None
+    return Corpus(
+        manifest=manifest,
+        passages=tuple(p for _, p in passages),
+        items=tuple(i for _, i in items),
+        path=directory,
+    )
+
+
+def _exists(path: Path) -> bool:
+    return path.is_file()
+
+
+def _read_lines(path: Path, problems: _Problems) -> list[tuple[int, str]] | None:
+    """(line number, text) of each line of a file; None when it cannot be read."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        problems.add(path, 0, "-", "file is missing")
+        return None
+    except OSError as error:
+        problems.add(path, 0, "-", f"cannot read file: {error.strerror or error}")
+        return None
+    lines: list[tuple[int, str]] = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            lines.append((number, raw.decode("utf-8")))
+        except UnicodeDecodeError as error:
+            problems.add(path, number, "-", f"not valid UTF-8 (byte {error.start + 1})")
+    return lines
+
+
+def _load_manifest(path: Path, problems: _Problems) -> Manifest | None:
+    lines = _read_lines(path, problems)
+    if lines is None:
+        return None
+    text = "\n".join(line for _, line in lines)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        problem = getattr(error, "problem", None) or str(error)
+        problems.add(path, line, "-", f"malformed YAML: {problem}")
+        return None
+    except (RecursionError, ValueError, TypeError) as error:
+        problems.add(path, 0, "-", f"malformed YAML: {error}")
+        return None
+    if not isinstance(data, dict):
+        problems.add(path, 1, "-", "corpus.yaml must be a mapping of fields")
+        return None
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as error:
+        for loc, message in _errors(error):
+            problems.add(path, _yaml_line(node, loc), _field(loc), message)
+        return None
+
+
+def _yaml_line(node: yaml.Node | None, loc: Sequence[str | int]) -> int:
+    """The line of the deepest YAML node along ``loc`` (1-based)."""
+    if node is None:
+        return 1
+    line = node.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if str(k.value) == str(part)), None)
+            key = next((k for k, _ in node.value if str(k.value) == str(part)), None)
+            if match is None or key is None:
+                break
+            line, node = key.start_mark.line + 1, match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if not 0 <= part < len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    duplicates = sorted({key for key in keys if keys.count(key) > 1})
+    if duplicates:
+        raise _DuplicateKeys(duplicates)
+    return dict(pairs)
+
+
+class _DuplicateKeys(ValueError):
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        super().__init__(f"duplicate key(s) {keys}")
+
+
+def _load_records(
+    path: Path,
+    model: type[Passage] | type[Item],
+    problems: _Problems,
+    manifest: Manifest | None,
+    required: bool,
+) -> list[tuple[int, Any]]:
+    if not required and not path.exists():
+        return []
+    lines = _read_lines(path, problems)
+    if lines is None:
+        return []
+    records: list[tuple[int, Any]] = []
+    seen: dict[str, int] = {}
+    for number, text in lines:
+        if not text.strip():
+            continue
+        try:
+            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        except _DuplicateKeys as error:
+            problems.add(path, number, error.keys[0], f"duplicate key(s) {error.keys}")
+            continue
+        except (ValueError, RecursionError) as error:
+            problems.add(path, number, "-", f"malformed JSON: {error}")
+            continue
+        if not isinstance(data, dict):
+            problems.add(path, number, "-", f"expected a JSON object, got {type(data).__name__}")
+            continue
+        if model is Passage:
+            data = _with_derived_level(data, manifest)
+        try:
+            record = model.model_validate(data)
+        except ValidationError as error:
+            for loc, message in _errors(error):
+                problems.add(path, number, _field(loc), message)
+            continue
+        if record.id in seen:
+            problems.add(
+                path, number, "id", f"duplicate id {record.id!r} (first at line {seen[record.id]})"
+            )
+            continue
+        seen[record.id] = number
+        if isinstance(record, Passage) and manifest is not None:
+            _check_grade(path, number, record, manifest, problems)
+        records.append((number, record))
+    return records
+
+
+def _with_derived_level(data: dict[str, Any], manifest: Manifest | None) -> dict[str, Any]:
+    """Fill in ``grade.level`` from the manifest when the file leaves it out.
+
+    When the label cannot be resolved a placeholder level is inserted: the grade check
+    then reports the real problem (undeclared system or unknown label) instead of a
+    less helpful "level: field required".
+    """
+    grade = data.get("grade")
+    if not isinstance(grade, dict) or "level" in grade:
+        return data
+    level = 1
+    system, raw = grade.get("system"), grade.get("raw")
+    spec = None
+    if manifest is not None and isinstance(system, str):
+        spec = manifest.grade_systems.get(system.strip())
+    if spec is not None and isinstance(raw, str):
+        try:
+            level = resolve_level(system, raw.strip(), spec.levels, spec.builtin)
+        except (UnknownGradeError, UnknownGradeSystemError):
+            level = 1
+    return {**data, "grade": {**grade, "level": level}}
+
+
+def _check_grade(
+    path: Path, line: int, passage: Passage, manifest: Manifest, problems: _Problems
+) -> None:
+    grade = passage.grade
+    spec = manifest.grade_systems.get(grade.system)
+    if spec is None:
+        declared = ", ".join(sorted(manifest.grade_systems))
+        problems.add(
+            path,
+            line,
+            "grade.system",
+            f"grade system {grade.system!r} is not declared in corpus.yaml (declared: {declared})",
+        )
+        return
+    try:
+        level = resolve_level(grade.system, grade.raw, spec.levels, spec.builtin)
+    except UnknownGradeError as error:
+        problems.add(path, line, "grade.raw", str(error))
+        return
+    if level != grade.level:
+        problems.add(
+            path,
+            line,
+            "grade.level",
+            f"level {grade.level} disagrees with the manifest mapping "
+            f"({grade.system} {grade.raw!r} -> {level})",
+        )
+
+
+def _check_passages(path: Path, passages: list[tuple[int, Passage]], problems: _Problems) -> None:
+    line_of = {p.id: line for line, p in passages}
+    by_id = {p.id: p for _, p in passages}
+    for line, passage in passages:
+        for index, target in enumerate(passage.supersedes):
+            if target == passage.id:
+                problems.add(
+                    path, line, f"supersedes[{index}]", "a passage cannot supersede itself"
+                )
+            elif target not in by_id:
+                problems.add(
+                    path, line, f"supersedes[{index}]", f"supersedes unknown passage {target!r}"
+                )
+            elif by_id[target].status is Status.CURRENT:
+                problems.add(
+                    path,
+                    line_of[target],
+                    "status",
+                    f"passage {target!r} is superseded by {passage.id!r} (line {line}) "
+                    "but its status is 'current'",
+                )
+    for cycle in _cycles({p.id: [t for t in p.supersedes if t in by_id] for _, p in passages}):
+        if len(cycle) > 1:
+            chain = " -> ".join([*cycle, cycle[0]])
+            problems.add(path, line_of[cycle[0]], "supersedes", f"supersession cycle: {chain}")
+
+
+def _cycles(graph: dict[str, list[str]]) -> Iterator[list[str]]:
+    """Each cycle of a directed graph once (iterative DFS; nodes in discovery order)."""
+    state: dict[str, int] = {}
+    for root in graph:
+        if root in state:
+            continue
+        stack: list[tuple[str, Iterator[str]]] = [(root, iter(graph[root]))]
+        path = [root]
+        state[root] = 1
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                path.pop()
+                state[node] = 2
+            elif state.get(child) == 1:
+                yield path[path.index(child) :]
+            elif child not in state:
+                state[child] = 1
+                path.append(child)
+                stack.append((child, iter(graph[child])))
+
+
+def _check_items(
+    path: Path,
+    items: list[tuple[int, Item]],
+    passage_ids: set[str],
+    manifest: Manifest | None,
+    problems: _Problems,
+) -> None:
+    categories = set(manifest.categories) if manifest is not None else set()
+    for line, item in items:
+        for name in ("clean", "conflict"):
+            for index, pid in enumerate(getattr(item.evidence, name)):
+                if pid not in passage_ids:
+                    problems.add(
+                        path,
+                        line,
+                        f"evidence.{name}[{index}]",
+                        f"evidence names unknown passage {pid!r}",
+                    )
+        for pid in item.stance:
+            if pid not in passage_ids:
+                problems.add(path, line, f"stance.{pid}", f"stance names unknown passage {pid!r}")
+        if categories and item.category not in categories:
+            problems.add(
+                path,
+                line,
+                "category",
+                f"category {item.category!r} is not declared in corpus.yaml "
+                f"(declared: {', '.join(sorted(categories))})",
+            )
+
+
+def _errors(error: ValidationError) -> Iterable[tuple[tuple[str | int, ...], str]]:
+    for entry in error.errors(include_url=False):
+        message = str(entry.get("msg", "invalid value"))
+        message = message.removeprefix("Value error, ")
+        yield tuple(entry.get("loc", ())), message
+
+
+def _field(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "-"
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def _dump_record(record: BaseModel) -> str:
+    return json.dumps(record.model_dump(mode="json", exclude_none=True), ensure_ascii=False)
+
+
+def manifest_yaml(manifest: Manifest) -> str:
+    """The canonical ``corpus.yaml`` text of a manifest."""
+    return yaml.safe_dump(
+        manifest.model_dump(mode="json", exclude_none=True),
+        sort_keys=False,
+        allow_unicode=True,
+        width=88,
+    )
+
+
+def write_corpus(
+    directory: str | os.PathLike[str],
+    manifest: Manifest,
+    passages: Iterable[Passage],
+    items: Iterable[Item] = (),
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a corpus directory in the canonical format (deterministic bytes).
+
+    The files are written to a temporary directory next to the target and moved into
+    place, so a reader never sees a half-written corpus.
+
+    Args:
+        directory: where to write; created if missing.
+        manifest: the manifest (``corpus.yaml``).
+        passages: passages, written in order to ``passages.jsonl``.
+        items: items, written in order to ``items.jsonl`` (omitted when empty).
+        overwrite: replace the corpus files of an existing non-empty directory.
+
+    Returns:
+        The directory.
+
+    Raises:
+        FileExistsError: the directory holds files and ``overwrite`` is false.
+    """
+    target = Path(directory)
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise FileExistsError(f"{target} is not empty (pass overwrite=True to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        (staging / MANIFEST_FILE).write_text(manifest_yaml(manifest), encoding="utf-8")
+        _write_lines(staging / PASSAGES_FILE, (_dump_record(p) for p in passages))
+        item_lines = [_dump_record(i) for i in items]
+        if item_lines:
+            _write_lines(staging / ITEMS_FILE, item_lines)
+        target.mkdir(exist_ok=True)
+        for name in (MANIFEST_FILE, PASSAGES_FILE, ITEMS_FILE):
+            if (staging / name).exists():
+                os.replace(staging / name, target / name)
+            elif (target / name).exists():
+                (target / name).unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _write_lines(path: Path, lines: Iterable[str]) -> None:
+    with path.open("w", encoding="utf-8", newline="\n") as handle:
+        for line in lines:
+            handle.write(line)
+            handle.write("\n")
