@@ -1,1 +1,33 @@
-"""models."""
+"""The language-model backend: loading (registered names, HF ids, local dirs, GGUF),
+option scoring, generation and teacher-forced internals; plus the sentence embedder."""
+
+from __future__ import annotations
+
+from safescale.models.backend import ANSWER_CUE, Generation, LanguageModel, PromptError
+from safescale.models.cache import cache_root
+from safescale.models.internals import Internals
+from safescale.models.loading import load_model, model_cache_status, warm_model
+from safescale.models.registry import (
+    DEFAULT_MODEL,
+    MissingModelPackageError,
+    RegisteredModel,
+    UnknownModelError,
+    registered_models,
+)
+
+__all__ = [
+    "ANSWER_CUE",
+    "DEFAULT_MODEL",
+    "Generation",
+    "Internals",
+    "LanguageModel",
+    "MissingModelPackageError",
+    "PromptError",
+    "RegisteredModel",
+    "UnknownModelError",
+    "cache_root",
+    "load_model",
+    "model_cache_status",
+    "registered_models",
+    "warm_model",
+]

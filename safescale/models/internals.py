@@ -40,8 +40,10 @@ class Internals:
         lens_topk_logprobs / lens_topk_ids: ``[L + 1, R, k]`` the top-k of each logit
             lens distribution when ``lens="topk"``; otherwise ``None``.
         lens_kl_to_final: ``[L + 1, R]`` ``KL(lens_L || lens_l)`` per layer and token,
-            always computed (the incoherence signal; row ``L`` is zero).
-        lens_entropy: ``[L + 1, R]`` entropy (nats) of each layer's lens distribution.
+            computed unless the pass used ``lens="off"`` (then ``None``); the
+            incoherence signal; row ``L`` is zero.
+        lens_entropy: ``[L + 1, R]`` entropy (nats) of each layer's lens distribution
+            (``None`` with ``lens="off"``).
         attentions: ``[L, H, R, S]`` attention weights of the prediction positions
             (queries) over the whole sequence (keys) when requested, else ``None``.
     """
@@ -54,8 +56,8 @@ class Internals:
     logit_lens: torch.Tensor | None
     lens_topk_logprobs: torch.Tensor | None
     lens_topk_ids: torch.Tensor | None
-    lens_kl_to_final: torch.Tensor
-    lens_entropy: torch.Tensor
+    lens_kl_to_final: torch.Tensor | None
+    lens_entropy: torch.Tensor | None
     attentions: torch.Tensor | None = None
 
     @property

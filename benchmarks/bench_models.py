@@ -1,0 +1,103 @@
+"""Backend overhead vs raw transformers, measured in one run on the same tokens.
+
+Prints:
+* ``score_options`` vs a raw ``model(**inputs)`` forward over the same padded batch
+  (goal <= 1.10x);
+* ``internals`` (all hidden states + full logit lens) vs a raw forward of the same ids
+  (goal <= 1.3x);
+* cached load vs first GGUF load (conversion) into a fresh cache (goal >= 10x faster).
+
+Run: ``.venv/bin/python benchmarks/bench_models.py [--model smollm2-135m-instruct]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from safescale.models import load_model
+
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["SAFESCALE_CACHE"] = cache
+        start = time.perf_counter()
+        load_model(args.model)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        lm = load_model(args.model)
+        cached = time.perf_counter() - start
+
+    letters = ["A", "B", "C", "D"]
+    messages = [
+        f"Question {i}: a {i * 3}-year-old patient with eGFR {20 + i} needs contrast CT.\n"
+        "A) proceed\nB) hydrate first\nC) stop metformin\nD) defer\n"
+        "Answer with the letter of the correct option."
+        for i in range(8)
+    ]
+    encoded = [lm.prompt_ids(m, answer_cue=True) for m in messages]
+    ids, mask, pos = lm._left_pad(encoded)
+
+    def raw_batch():
+        with torch.inference_mode():
+            lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+
+    t_raw = _median_time(raw_batch, args.repeats)
+    t_score = _median_time(lambda: lm.score_options(messages, letters), args.repeats)
+
+    response = "B) hydrate first, because eGFR below 30 calls for IV saline prophylaxis."
+    rec = lm.internals(messages[0], response, lens="none")
+    full = rec.input_ids[None]
+
+    def raw_single():
+        with torch.inference_mode():
+            lm.model(input_ids=full, use_cache=False)
+
+    t_raw1 = _median_time(raw_single, args.repeats)
+    t_int = _median_time(lambda: lm.internals(messages[0], response), args.repeats)
+    t_int_nolens = _median_time(
+        lambda: lm.internals(messages[0], response, lens="off"), args.repeats
+    )
+
+    print(f"model: {lm.name}  threads: {torch.get_num_threads()}")
+    print(
+        f"score_options, 8 prompts: {t_score * 1e3:.1f} ms vs raw forward {t_raw * 1e3:.1f} ms "
+        f"-> {t_score / t_raw:.2f}x (goal <= 1.10x)"
+    )
+    print(
+        f"internals (all hidden states, lens off, R={len(rec.response_ids)}): "
+        f"{t_int_nolens * 1e3:.1f} ms vs raw forward {t_raw1 * 1e3:.1f} ms "
+        f"-> {t_int_nolens / t_raw1:.2f}x (goal <= 1.3x)"
+    )
+    print(
+        f"internals (hidden states + full logit lens over {lm.n_layers + 1} layers): "
+        f"{t_int * 1e3:.1f} ms -> {t_int / t_raw1:.2f}x"
+    )
+    print(
+        f"load: first (GGUF conversion) {first:.1f} s, cached {cached:.2f} s "
+        f"-> {first / cached:.0f}x faster (goal >= 10x)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""A tiny randomly initialized Llama with a character-level tokenizer, built in code.
+
+For plumbing and shape tests (no files, no network): a real transformers model whose
+weights are random, so it answers arbitrarily but runs every code path the bundled
+models run (chat template, padding, generation, hidden states, attentions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+
+import torch
+
+from safescale.models.backend import LanguageModel
+
+__all__ = ["build_tiny_model"]
+
+_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _char_tokenizer(chat: bool):
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    chars = list(string.printable)
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    # Two-character words " A".." D" so option letters after "Answer:" are single tokens,
+    # as in real BPE vocabularies.
+    for letter in "ABCDEFGH":
+        vocab[f" {letter}"] = len(vocab)
+    merges = [(" ", letter) for letter in "ABCDEFGH"]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="<|im_end|>" if chat else "</s>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    if chat:
+        fast.chat_template = _CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(
+    seed: int = 0,
+    *,
+    n_layers: int = 2,
+    hidden: int = 32,
+    heads: int = 4,
+    kv_heads: int = 2,
+    context_length: int = 1024,
+    chat: bool = True,
+) -> LanguageModel:
+    """A tiny random Llama (GQA, RoPE) with a character tokenizer.
+
+    Args:
+        seed: initializes the weights (same seed, same model).
+        n_layers, hidden, heads, kv_heads: architecture.
+        context_length: ``max_position_embeddings``.
+        chat: give the tokenizer a ChatML template (else the plain template is used).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _char_tokenizer(chat)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=n_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=context_length,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return LanguageModel(
+        model,
+        tokenizer,
+        name=f"tiny-llama-{n_layers}x{hidden}-seed{seed}",
+        model_hash=digest.hexdigest(),
+        use_chat_template=chat,
+    )
