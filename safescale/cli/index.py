@@ -186,26 +186,25 @@ def search(
     )
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
-    table.add_column("passage")
-    table.add_column("grade")
-    table.add_column("status")
-    table.add_column("source")
-    table.add_column("text", ratio=1)
+    table.add_column("passage · source", overflow="fold", ratio=2)
+    table.add_column("grade", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("text", ratio=5)
     for hit in hits:
         passage = hit.passage
         level = passage.grade.level
-        grade = Text(f" {passage.grade.raw} · L{level} ", style=_GRADE_STYLES.get(level, ""))
+        grade = Text(f" L{level} ", style=_GRADE_STYLES.get(level, ""))
+        grade.append(f"\n{passage.grade.raw}")
         status = Text(passage.status.value, style=_STATUS_STYLES[passage.status])
-        date = passage.source.date.isoformat() if passage.source.date else "undated"
+        date = str(passage.source.date.year) if passage.source.date else "undated"
         text = passage.text if len(passage.text) <= 240 else passage.text[:237] + "..."
         score = f"{hit.score:.3f}" + (f"\n(cos {hit.similarity:.3f})" if rerank else "")
         table.add_row(
             str(hit.rank),
             score,
-            passage.id,
+            Text(passage.id, style="bold") + Text(f"\n{passage.source.org}, {date}"),
             grade,
             status,
-            f"{passage.source.org}\n{passage.source.title}\n{date}",
             text,
         )
     if not hits:

@@ -17,6 +17,11 @@ normalized grade (1 strongest .. 4 weakest, so the grade term runs from ``w_grad
 level 1 down to 0 for level 4), and ``age`` the time between the source date and the
 store's reference date (the newest source date in the store, so scores do not drift
 with the wall clock). Undated passages get no recency bonus.
+
+The default weights (grade 0.06, recency 0.03, half-life 5 years) are deliberately
+small: with MiniLM-like embeddings the top candidates for a query typically lie within
+0.05 cosine of each other, so the bonuses break near-ties in favour of stronger and
+newer evidence without letting a strong but off-topic passage overtake a relevant one.
 """
 
 from __future__ import annotations
@@ -140,8 +145,8 @@ class RerankWeights:
         min_candidates: lower bound of the candidate pool.
     """
 
-    grade: float = 0.10
-    recency: float = 0.05
+    grade: float = 0.06
+    recency: float = 0.03
     half_life_years: float = 5.0
     depth: int = 4
     min_candidates: int = field(default=20)
