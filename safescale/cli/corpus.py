@@ -131,7 +131,7 @@ def register(app: typer.Typer) -> None:
         console = Console()
         if problems:
             for problem in problems:
-                console.print(str(problem), markup=False, highlight=False)
+                typer.echo(str(problem))  # plain, unwrapped: editors jump to file:line
             console.print(f"[red]{len(problems)} problem(s)[/]")
             raise typer.Exit(1)
         console.print(f"[green]ok[/] {path}")

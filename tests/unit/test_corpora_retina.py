@@ -56,7 +56,7 @@ def test_same_seed_same_corpus_other_seed_differs() -> None:
 @pytest.fixture(scope="module")
 def full() -> tuple[float, list]:
     start = time.perf_counter()
-    _, passages, items = retina.generate(12522, seed=0)
+    _, _, items = retina.generate(12522, seed=0)
     return time.perf_counter() - start, items
 
 
