@@ -16,6 +16,7 @@ place, so readers never see a half-written store.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import faiss
 import numpy as np
@@ -35,8 +36,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from safescale.corpora.corpus import Corpus
 from safescale.corpora.schema import Passage
-from safescale.models.cache import cache_root, sha256_files
-from safescale.models.embedder import Embedder
 from safescale.retrieval.embedding_cache import EmbeddingCache, embed_with_cache
 from safescale.retrieval.errors import CorruptIndexError, StaleIndexError
 from safescale.retrieval.faiss_index import (
@@ -50,6 +49,9 @@ from safescale.retrieval.faiss_index import (
 )
 from safescale.retrieval.filters import RerankWeights, SearchFilters, rerank_scores
 from safescale.retrieval.table import PassageTable
+
+if TYPE_CHECKING:
+    from safescale.models.embedder import Embedder
 
 __all__ = [
     "STORE_SCHEMA_VERSION",
@@ -224,7 +226,7 @@ class EvidenceStore:
         resolve_params(index, len(passages), params)  # fail before the slow part
         cache = None
         if use_cache:
-            root = Path(cache_dir) if cache_dir is not None else cache_root()
+            root = Path(cache_dir) if cache_dir is not None else _cache_root()
             cache = EmbeddingCache.for_embedder(embedder.content_hash, embedder.dimension, root)
         started = time.perf_counter()
         try:
@@ -605,7 +607,7 @@ class EvidenceStore:
             for name in (INDEX_FILE, TABLE_FILE):
                 path = tmp / name
                 _fsync(path)
-                files[name] = FileInfo(bytes=path.stat().st_size, sha256=sha256_files([path]))
+                files[name] = FileInfo(bytes=path.stat().st_size, sha256=sha256_file(path))
             manifest = self.manifest.model_copy(update={"files": files})
             (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
             _fsync(tmp / MANIFEST)
@@ -772,7 +774,7 @@ class EvidenceStore:
                     f"{path} has {size} bytes, expected {info.bytes} (truncated or altered)",
                     path,
                 )
-            if verify and sha256_files([path]) != info.sha256:
+            if verify and sha256_file(path) != info.sha256:
                 raise CorruptIndexError(
                     f"{path} does not match its recorded sha256 (corrupted or altered)", path
                 )
@@ -795,6 +797,22 @@ def _sorted(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
         return scores, ids
     order = np.stack([np.lexsort((ids[i], -scores[i])) for i in range(len(scores))])
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+def _cache_root() -> Path:
+    # Imported lazily: importing safescale.models pulls in torch.
+    from safescale.models.cache import cache_root
+
+    return cache_root()
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of one file (streamed)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -883,7 +901,7 @@ def store_dir(
     ``<cache>/indexes/<corpus name>-<passages_hash[:12]>-<index type>-<embedder hash[:8]>``
     with ``<cache>`` = ``cache_dir`` or ``$SAFESCALE_CACHE`` or ``~/.cache/safescale``.
     """
-    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else _cache_root()
     name = (
         f"{_slug(corpus.name)}-{corpus.passages_hash[:12]}-{index_type}-{embedder.content_hash[:8]}"
     )
@@ -918,7 +936,7 @@ def open_store(
         from safescale.models.embedder import load_embedder
 
         embedder = load_embedder()
-    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else _cache_root()
     directory = store_dir(corpus, embedder, index_type, root)
     build_params = {k: v for k, v in params.items() if k not in SEARCH_PARAMS}
     search_params = {k: v for k, v in params.items() if k in SEARCH_PARAMS}
