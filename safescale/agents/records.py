@@ -8,8 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "RECORD_SCHEMA_VERSION",
-    "RetrievedRef",
     "ResponseRecord",
+    "RetrievedRef",
     "SampleRecord",
     "StepRecord",
 ]

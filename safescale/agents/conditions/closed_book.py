@@ -1,0 +1,19 @@
+"""Closed-book: the question alone."""
+
+from __future__ import annotations
+
+from langgraph.graph import END, START, StateGraph
+
+from safescale.agents.context import AgentContext
+from safescale.agents.nodes import answer_node
+from safescale.agents.registry import condition
+from safescale.agents.state import AgentState
+
+
+@condition("closed_book")
+def build_graph(checkpointer=None):
+    graph = StateGraph(AgentState, context_schema=AgentContext)
+    graph.add_node("answer", answer_node)
+    graph.add_edge(START, "answer")
+    graph.add_edge("answer", END)
+    return graph.compile(checkpointer=checkpointer, name="closed_book")

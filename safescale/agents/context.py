@@ -1,0 +1,98 @@
+"""What reaches graph nodes through LangGraph's runtime context (never globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from safescale.corpora import Corpus, Item
+
+if TYPE_CHECKING:
+    from safescale.agents.lmcache import CachedLM
+    from safescale.models import LanguageModel
+    from safescale.retrieval import EvidenceStore
+
+__all__ = ["AgentContext", "AgentSettings", "Critic", "Critique"]
+
+
+class AgentSettings(BaseModel):
+    """Settings of the condition graphs (one per run).
+
+    Attributes:
+        k: passages retrieved per query (standard and agentic RAG).
+        max_steps: retrieval rounds the agentic loop may take (it always stops).
+        include_superseded: let agentic retrieval return superseded/withdrawn passages
+            (they are then dropped visibly by the critic) instead of filtering them out.
+        min_grade_level: agentic critic drops passages weaker than this level (1..4)
+            when a stronger one is kept.
+        context_budget: max-context prompt budget in tokens (None: the model limit).
+        answer_reserve: tokens left free for the answer in max-context.
+        samples: answers sampled for the majority vote (1 = greedy letter scoring).
+        temperature: sampling temperature for samples > 1 and for extra samples.
+        extra_samples: sampled answers recorded for detectors when samples == 1
+            (not used for the vote).
+        sample_tokens: max new tokens per sampled answer.
+        synthesis_tokens / query_tokens: generation budgets of the agentic nodes.
+        seed: base seed of every sampled call.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: int = Field(5, ge=1)
+    max_steps: int = Field(3, ge=1)
+    include_superseded: bool = False
+    min_grade_level: int = Field(3, ge=1, le=4)
+    context_budget: int | None = Field(None, ge=64)
+    answer_reserve: int = Field(16, ge=1)
+    samples: int = Field(1, ge=1)
+    temperature: float = Field(0.7, gt=0)
+    extra_samples: int = Field(0, ge=0)
+    sample_tokens: int = Field(12, ge=2)
+    synthesis_tokens: int = Field(48, ge=4)
+    query_tokens: int = Field(24, ge=4)
+    seed: int = 0
+
+
+class Critique(BaseModel):
+    """The agentic critic's verdict on the current evidence.
+
+    ``decision``: ``"requery"`` (look again), ``"proceed"`` (synthesize and answer).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep: list[str]
+    drop: dict[str, str] = Field(default_factory=dict)
+    decision: str
+    conflict: bool = False
+    detail: dict[str, object] = Field(default_factory=dict)
+    prompt_tokens: int = 0
+
+
+class Critic(Protocol):
+    """Judges retrieved evidence (rules over metadata + LM judgements)."""
+
+    def __call__(self, item: Item, evidence_ids: list[str], ctx: AgentContext) -> Critique: ...
+
+
+@dataclass
+class AgentContext:
+    """Dependencies of the nodes, passed as ``context=`` to ``graph.invoke``.
+
+    Attributes:
+        lm: the model (usually a :class:`CachedLM`).
+        corpus: items and passages.
+        store: the evidence store (RAG conditions and max-context ordering).
+        settings: graph settings.
+        run_id: recorded in every step.
+        critic: agentic critic (default: rules + LM judgements).
+    """
+
+    lm: LanguageModel | CachedLM
+    corpus: Corpus
+    store: EvidenceStore | None = None
+    settings: AgentSettings = field(default_factory=AgentSettings)
+    run_id: str = "adhoc"
+    critic: Critic | None = None

@@ -1,0 +1,133 @@
+"""A persistent cache of LM calls keyed by (model hash, prompt, decoding settings).
+
+Replaying a trace or resuming a run re-executes graph nodes; every LM call they make
+is answered from this cache when the same model saw the same prompt with the same
+decoding settings, so replay reruns no model. Stored in SQLite (one row per call;
+JSON values; each insert is its own transaction, so a crash loses at most the call in
+flight).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from safescale.models import Generation, LanguageModel
+
+__all__ = ["CachedLM"]
+
+
+class CachedLM:
+    """Wraps a :class:`LanguageModel`; ``score_options`` and ``generate`` are cached.
+
+    Args:
+        lm: the model.
+        path: SQLite file, or None for an in-memory cache (tests).
+    """
+
+    def __init__(self, lm: LanguageModel, path: str | Path | None = None) -> None:
+        self.lm = lm
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT)")
+        self._db.commit()
+        self.hits = 0
+        self.misses = 0
+
+    # pass-through attributes used by prompts and token accounting
+    def __getattr__(self, name: str):
+        return getattr(self.lm, name)
+
+    def _key(self, kind: str, payload: object) -> str:
+        blob = json.dumps(
+            [kind, self.lm.model_hash, self.lm.prompt_format_id, payload], sort_keys=True
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _get(self, key: str) -> object | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM calls WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def _put(self, key: str, value: object) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO calls (key, value) VALUES (?, ?)", (key, json.dumps(value))
+            )
+            self._db.commit()
+
+    def score_options(self, messages: Sequence[str], letters: Sequence[str]) -> np.ndarray:
+        """Cached :meth:`LanguageModel.score_options` (per message)."""
+        keys = [self._key("score", [m, list(letters)]) for m in messages]
+        out = np.zeros((len(messages), len(letters)), dtype=np.float32)
+        missing = []
+        for i, key in enumerate(keys):
+            value = self._get(key)
+            if value is None:
+                missing.append(i)
+            else:
+                out[i] = value
+        self.hits += len(messages) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            fresh = self.lm.score_options([messages[i] for i in missing], letters)
+            for row, i in enumerate(missing):
+                out[i] = fresh[row]
+                self._put(keys[i], [float(x) for x in fresh[row]])
+        return out
+
+    def generate(
+        self,
+        messages: Sequence[str],
+        *,
+        max_new_tokens: int = 64,
+        n: int = 1,
+        temperature: float = 0.0,
+        seed: int = 0,
+        answer_cue: bool = False,
+    ) -> list[list[Generation]]:
+        """Cached :meth:`LanguageModel.generate` (per message; results are seed-exact)."""
+        settings = [max_new_tokens, n, temperature, seed, answer_cue]
+        results: list[list[Generation] | None] = []
+        missing = []
+        for i, message in enumerate(messages):
+            value = self._get(self._key("generate", [message, settings]))
+            if value is None:
+                missing.append(i)
+                results.append(None)
+            else:
+                results.append(
+                    [Generation(g["text"], tuple(g["ids"]), tuple(g["lps"])) for g in value]
+                )
+        self.hits += len(messages) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            fresh = self.lm.generate(
+                [messages[i] for i in missing],
+                max_new_tokens=max_new_tokens,
+                n=n,
+                temperature=temperature,
+                seed=seed,
+                answer_cue=answer_cue,
+            )
+            for gens, i in zip(fresh, missing, strict=True):
+                results[i] = gens
+                self._put(
+                    self._key("generate", [messages[i], settings]),
+                    [
+                        {"text": g.text, "ids": list(g.token_ids), "lps": list(g.token_logprobs)}
+                        for g in gens
+                    ],
+                )
+        return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

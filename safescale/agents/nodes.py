@@ -1,0 +1,558 @@
+"""Graph nodes shared by the condition modules.
+
+Every node is a small function ``(state, runtime) -> partial state``: it never mutates
+the state, and it appends exactly one step record describing what it did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from langgraph.runtime import Runtime
+
+from safescale.agents import prompts
+from safescale.agents.context import AgentContext, Critique
+from safescale.agents.records import RetrievedRef
+from safescale.agents.state import AgentState, EvidenceRef
+from safescale.corpora import Item, Passage, Status
+from safescale.models import ANSWER_CUE
+
+__all__ = [
+    "answer_node",
+    "critique_node",
+    "default_critic",
+    "oracle_evidence_node",
+    "pack_context_node",
+    "parse_letter",
+    "requery_node",
+    "retrieve_node",
+    "synthesize_node",
+]
+
+Node = Callable[[AgentState, Runtime[AgentContext]], dict[str, Any]]
+
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _refs(ctx: AgentContext, evidence: list[EvidenceRef]) -> list[dict]:
+    out = []
+    for ref in evidence:
+        p = ctx.corpus.passage(ref["id"])
+        out.append(
+            RetrievedRef(
+                id=p.id,
+                grade_level=p.grade.level,
+                grade_raw=f"{p.grade.system} {p.grade.raw}",
+                status=p.status.value,
+                score=ref.get("score"),
+                rank=ref.get("rank"),
+            ).model_dump()
+        )
+    return out
+
+
+def _step(
+    state: AgentState,
+    ctx: AgentContext,
+    node: str,
+    started: float,
+    *,
+    inputs: object,
+    retrieved: list[EvidenceRef] | None = None,
+    prompt: prompts.Prompt | None = None,
+    prompt_text: str | None = None,
+    output: str | None = None,
+    decision: str | None = None,
+    kept: list[str] | None = None,
+    dropped: list[str] | None = None,
+    detail: dict | None = None,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+) -> dict:
+    prompt_hash = None
+    if prompt is not None:
+        prompt_hash = hashlib.sha256(f"{prompt.hash}\x1f{prompt_text or ''}".encode()).hexdigest()[
+            :16
+        ]
+    return {
+        "node": node,
+        "step": len(state.get("steps", [])),
+        "item": state["item_id"],
+        "inputs_digest": _digest(inputs),
+        "retrieved": _refs(ctx, retrieved or []),
+        "kept": kept or [],
+        "dropped": dropped or [],
+        "prompt_id": f"{prompt.id}@v{prompt.version}" if prompt else None,
+        "prompt_hash": prompt_hash,
+        "output": output,
+        "decision": decision,
+        "detail": detail or {},
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "wall_ms": (time.perf_counter() - started) * 1e3,
+    }
+
+
+def _passages(ctx: AgentContext, evidence: list[EvidenceRef]) -> list[Passage]:
+    return [ctx.corpus.passage(ref["id"]) for ref in evidence]
+
+
+def _item(state: AgentState, ctx: AgentContext) -> Item:
+    return ctx.corpus.item(state["item_id"])
+
+
+def _prompt_tokens(ctx: AgentContext, message: str) -> int:
+    return len(ctx.lm.prompt_ids(message, answer_cue=True))
+
+
+# ---------------------------------------------------------------- evidence sources
+def oracle_evidence_node(which: str) -> Node:
+    """Put the item's oracle evidence set (``clean`` or ``conflict``) in the context."""
+
+    def gather(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
+        started = time.perf_counter()
+        ctx = runtime.context
+        item = _item(state, ctx)
+        excluded = set(state.get("excluded", []))
+        ids = [pid for pid in getattr(item.evidence, which) if pid not in excluded]
+        evidence: list[EvidenceRef] = [
+            {"id": pid, "score": None, "rank": i} for i, pid in enumerate(ids, 1)
+        ]
+        step = _step(
+            state,
+            ctx,
+            f"{which}_evidence",
+            started,
+            inputs=[item.id, which, ids],
+            retrieved=evidence,
+            decision=f"oracle {which} set ({len(ids)} passages)",
+            kept=ids,
+        )
+        return {"evidence": evidence, "steps": [step]}
+
+    gather.__name__ = f"{which}_evidence"
+    return gather
+
+
+def retrieve_node(*, agentic: bool) -> Node:
+    """Top-k retrieval from the evidence store.
+
+    Standard RAG: similarity only, no filters. Agentic RAG: current passages only
+    (unless ``settings.include_superseded``), grade-aware reranking, and it searches
+    with the latest (possibly reformulated) query.
+    """
+
+    def retrieve(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
+        from safescale.retrieval import SearchFilters
+
+        started = time.perf_counter()
+        ctx = runtime.context
+        if ctx.store is None:
+            raise RuntimeError("this condition needs an evidence store in the context")
+        item = _item(state, ctx)
+        query = state.get("query") or item.question
+        s = ctx.settings
+        filters = None
+        if agentic and not s.include_superseded:
+            filters = SearchFilters.current_only()
+        excluded = set(state.get("excluded", []))
+        hits = ctx.store.search(query, k=s.k + len(excluded), filters=filters, rerank=agentic)
+        hits = [h for h in hits if h.passage.id not in excluded][: s.k]
+        evidence: list[EvidenceRef] = [
+            {"id": h.passage.id, "score": float(h.score), "rank": h.rank} for h in hits
+        ]
+        update: dict = {
+            "candidates": evidence,
+            "evidence": evidence,
+            "steps": [
+                _step(
+                    state,
+                    ctx,
+                    "retrieve",
+                    started,
+                    inputs=[query, s.k, agentic],
+                    retrieved=evidence,
+                    output=query,
+                    decision=f"retrieved {len(hits)}",
+                    kept=[e["id"] for e in evidence],
+                    detail={
+                        "query": query,
+                        "filters": "current_only" if filters else "none",
+                        "rerank": agentic,
+                    },
+                )
+            ],
+        }
+        if not state.get("queries"):
+            update["queries"] = [query]
+        return update
+
+    return retrieve
+
+
+def pack_context_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
+    """Max-context packing.
+
+    Order: every passage of the corpus ranked by similarity to the question (the
+    store's flat ranking over all passages). Policy: whole passages are added in that
+    order while the full prompt (with answer cue) stays within
+    ``budget - answer_reserve`` tokens, where ``budget`` is ``settings.context_budget``
+    capped at the model's context length; a passage that does not fit is left out and
+    packing continues with the next (smaller ones may still fit). Left-out ids are
+    recorded.
+    """
+    started = time.perf_counter()
+    ctx = runtime.context
+    if ctx.store is None:
+        raise RuntimeError("max_context needs an evidence store in the context")
+    item = _item(state, ctx)
+    s = ctx.settings
+    budget = min(s.context_budget or ctx.lm.context_length, ctx.lm.context_length)
+    limit = budget - s.answer_reserve
+    excluded = set(state.get("excluded", []))
+    hits = [
+        h for h in ctx.store.search(item.question, k=len(ctx.store)) if h.passage.id not in excluded
+    ]
+    base = _prompt_tokens(ctx, prompts.answer_message(item, [], None))
+    header = ctx.lm.count_tokens("Evidence:\n\n")
+    used = base + header
+    kept: list[EvidenceRef] = []
+    left_out: list[str] = []
+    for h in hits:
+        cost = ctx.lm.count_tokens(prompts.passage_line(len(kept) + 1, h.passage) + "\n")
+        if used + cost <= limit:
+            kept.append({"id": h.passage.id, "score": float(h.score), "rank": h.rank})
+            used += cost
+        else:
+            left_out.append(h.passage.id)
+    # exact check on the real prompt (token merges at boundaries can differ slightly)
+    while kept:
+        message = prompts.answer_message(item, _passages(ctx, kept))
+        if _prompt_tokens(ctx, message) <= limit:
+            break
+        left_out.insert(0, kept.pop()["id"])
+    step = _step(
+        state,
+        ctx,
+        "pack_context",
+        started,
+        inputs=[item.id, budget, s.answer_reserve],
+        retrieved=kept,
+        decision=f"packed {len(kept)}, left out {len(left_out)}",
+        kept=[e["id"] for e in kept],
+        dropped=left_out,
+        detail={"budget": budget, "limit": limit, "order": "similarity to question"},
+    )
+    return {"evidence": kept, "left_out": left_out, "steps": [step]}
+
+
+# ---------------------------------------------------------------- agentic nodes
+def default_critic(item: Item, evidence_ids: list[str], ctx: AgentContext) -> Critique:
+    """Rules over metadata, then LM judgements.
+
+    Rules, in order, for each passage: not current -> drop ``superseded``; a scope
+    (e.g. ``screening``) that the question does not mention while another scope of
+    the same topic does -> drop ``out-of-scope``; an older current passage of the same
+    organization and topic as a newer kept one -> drop ``outdated``; grade level
+    weaker than ``settings.min_grade_level`` while a passage at or above it is kept ->
+    drop ``low-grade``. Then the LM judges each remaining passage's relevance (a
+    two-option question, one forward pass each: kept when "relevant" scores higher)
+    and whether the kept passages conflict (one pass). Decision: ``requery`` when
+    nothing relevant is left, else ``proceed``.
+    """
+    s = ctx.settings
+    passages = [ctx.corpus.passage(pid) for pid in evidence_ids]
+    question = item.question.lower()
+    drop: dict[str, str] = {}
+    for p in passages:
+        if p.status is not Status.CURRENT:
+            drop[p.id] = p.status.value
+    scopes_in_question = {p.scope for p in passages if p.scope and p.scope.lower() in question}
+    for p in passages:
+        if (
+            p.id not in drop
+            and p.scope
+            and scopes_in_question
+            and p.scope not in scopes_in_question
+        ):
+            drop[p.id] = "out-of-scope"
+    for p in passages:
+        if p.id in drop or p.source.date is None:
+            continue
+        for q in passages:
+            if (
+                q.id not in drop
+                and q.id != p.id
+                and q.source.org == p.source.org
+                and q.topic == p.topic
+                and q.source.date
+                and q.source.date > p.source.date
+                and q.scope == p.scope
+            ):
+                drop[p.id] = "outdated"
+                break
+    remaining = [p for p in passages if p.id not in drop]
+    if any(p.grade.level <= s.min_grade_level for p in remaining):
+        for p in remaining:
+            if p.grade.level > s.min_grade_level:
+                drop[p.id] = "low-grade"
+    remaining = [p for p in passages if p.id not in drop]
+    relevance: dict[str, float] = {}
+    prompt_tokens = 0
+    if remaining:
+        messages = [
+            prompts.RELEVANCE.render(passage=prompts.passage_line(1, p), question=item.question)
+            for p in remaining
+        ]
+        scores = ctx.lm.score_options(messages, ["A", "B"])
+        prompt_tokens += sum(_prompt_tokens(ctx, m) for m in messages)
+        for p, (relevant, irrelevant) in zip(remaining, scores, strict=True):
+            relevance[p.id] = float(relevant - irrelevant)
+            if relevant < irrelevant:
+                drop[p.id] = "judged irrelevant"
+    keep = [p.id for p in passages if p.id not in drop]
+    conflict = False
+    conflict_margin = None
+    if len(keep) >= 2:
+        message = prompts.CONFLICT.render(
+            evidence=prompts.evidence_block([ctx.corpus.passage(pid) for pid in keep]),
+            question=item.question,
+        )
+        agree, disagree = ctx.lm.score_options([message], ["A", "B"])[0]
+        prompt_tokens += _prompt_tokens(ctx, message)
+        conflict_margin = float(disagree - agree)
+        conflict = conflict_margin > 0
+    return Critique(
+        keep=keep,
+        drop=drop,
+        decision="proceed" if keep else "requery",
+        conflict=conflict,
+        detail={"relevance_margin": relevance, "conflict_margin": conflict_margin},
+        prompt_tokens=prompt_tokens,
+    )
+
+
+def critique_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
+    """Apply the critic from the context (default: :func:`default_critic`)."""
+    started = time.perf_counter()
+    ctx = runtime.context
+    item = _item(state, ctx)
+    ids = [e["id"] for e in state.get("evidence", [])]
+    critic = ctx.critic or default_critic
+    verdict = critic(item, ids, ctx)
+    by_id = {e["id"]: e for e in state.get("evidence", [])}
+    kept = [by_id[pid] for pid in verdict.keep if pid in by_id]
+    rounds = state.get("round", 0) + 1
+    step = _step(
+        state,
+        ctx,
+        "critique",
+        started,
+        inputs=[item.id, ids],
+        retrieved=state.get("evidence", []),
+        decision=verdict.decision,
+        kept=[e["id"] for e in kept],
+        dropped=sorted(verdict.drop),
+        output=json.dumps(verdict.drop, sort_keys=True),
+        detail={
+            "reasons": verdict.drop,
+            "conflict": verdict.conflict,
+            **verdict.detail,
+            "round": rounds,
+        },
+        prompt_tokens=verdict.prompt_tokens,
+    )
+    return {
+        "evidence": kept,
+        "dropped": [{"id": pid, "reason": why} for pid, why in verdict.drop.items()],
+        "critique": verdict.model_dump(),
+        "conflict_surfaced": verdict.conflict,
+        "round": rounds,
+        "steps": [step],
+    }
+
+
+def requery_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
+    """Reformulate the query with the LM (greedy) for the next retrieval round."""
+    started = time.perf_counter()
+    ctx = runtime.context
+    item = _item(state, ctx)
+    message = prompts.REFORMULATE.render(question=item.question)
+    (gen,) = ctx.lm.generate([message], max_new_tokens=ctx.settings.query_tokens)[0]
+    query = " ".join(gen.text.split()) or item.question
+    if query in state.get("queries", []):
+        # the LM repeated itself: widen the query with the option texts instead
+        query = f"{item.question} {' '.join(item.options.values())}"
+    step = _step(
+        state,
+        ctx,
+        "requery",
+        started,
+        inputs=[item.id, state.get("queries", [])],
+        prompt=prompts.REFORMULATE,
+        prompt_text=message,
+        output=query,
+        decision="re-query",
+        prompt_tokens=len(ctx.lm.prompt_ids(message)),
+        completion_tokens=len(gen.token_ids),
+    )
+    return {"query": query, "queries": [query], "steps": [step]}
+
+
+def synthesize_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
+    """Summarize the kept evidence, citing ``[P#]``; records why gathering stopped."""
+    started = time.perf_counter()
+    ctx = runtime.context
+    item = _item(state, ctx)
+    evidence = state.get("evidence", [])
+    critique = state.get("critique", {})
+    if not evidence:
+        reason = "nothing relevant"
+    elif critique.get("decision") == "requery":
+        reason = "budget"
+    else:
+        reason = "enough evidence"
+    if state.get("conflict_surfaced") and evidence:
+        reason += "; unresolved conflict surfaced"
+    if not evidence:
+        step = _step(
+            state,
+            ctx,
+            "synthesize",
+            started,
+            inputs=[item.id, []],
+            decision=f"stop: {reason}",
+            output="",
+        )
+        return {"synthesis": "", "cited_ids": [], "stop_reason": reason, "steps": [step]}
+    passages = _passages(ctx, evidence)
+    note = (
+        " The sources conflict: say so and state which is current and higher grade."
+        if state.get("conflict_surfaced")
+        else ""
+    )
+    message = prompts.SYNTHESIZE.render(
+        evidence=prompts.evidence_block(passages), question=item.question, conflict_note=note
+    )
+    (gen,) = ctx.lm.generate([message], max_new_tokens=ctx.settings.synthesis_tokens)[0]
+    text = " ".join(gen.text.split())
+    cited = prompts.parse_citations(text, [p.id for p in passages])
+    step = _step(
+        state,
+        ctx,
+        "synthesize",
+        started,
+        inputs=[item.id, [p.id for p in passages]],
+        retrieved=evidence,
+        prompt=prompts.SYNTHESIZE,
+        prompt_text=message,
+        output=text,
+        decision=f"stop: {reason}",
+        kept=cited,
+        detail={"cited": cited},
+        prompt_tokens=len(ctx.lm.prompt_ids(message)),
+        completion_tokens=len(gen.token_ids),
+    )
+    return {"synthesis": text, "cited_ids": cited, "stop_reason": reason, "steps": [step]}
+
+
+# ---------------------------------------------------------------- answer
+def parse_letter(text: str, letters: list[str]) -> str | None:
+    """The option letter a generated answer starts with (``" B) ..."``, ``"B."``, ``"(B"``)."""
+    stripped = text.strip().lstrip("([*").strip()
+    if stripped and stripped[0] in letters and (len(stripped) == 1 or not stripped[1].isalnum()):
+        return stripped[0]
+    return None
+
+
+def answer_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
+    """Read the answer: letter logits at the answer position (one forward pass); with
+    ``settings.samples > 1`` also N sampled answers and a majority vote (ties go to
+    the higher greedy logit); the vote share is the confidence."""
+    started = time.perf_counter()
+    ctx = runtime.context
+    s = ctx.settings
+    item = _item(state, ctx)
+    letters = item.letters
+    passages = _passages(ctx, state.get("evidence", []))
+    summary = state.get("synthesis") or None
+    message = prompts.answer_message(item, passages, summary)
+    message_noctx = prompts.answer_message(item, [], None)
+    logits = ctx.lm.score_options([message], letters)[0]
+    greedy = letters[int(np.argmax(logits))]
+    n_samples = s.samples if s.samples > 1 else s.extra_samples
+    samples = []
+    completion_tokens = 1
+    if n_samples:
+        gens = ctx.lm.generate(
+            [message],
+            max_new_tokens=s.sample_tokens,
+            n=n_samples,
+            temperature=s.temperature,
+            seed=s.seed,
+            answer_cue=True,
+        )[0]
+        for g in gens:
+            samples.append(
+                {
+                    "text": g.text,
+                    "letter": parse_letter(g.text, letters),
+                    "token_ids": list(g.token_ids),
+                    "token_logprobs": list(g.token_logprobs),
+                    "temperature": s.temperature,
+                }
+            )
+            completion_tokens += len(g.token_ids)
+    chosen, vote_share = greedy, 1.0
+    if s.samples > 1:
+        votes = Counter(x["letter"] for x in samples if x["letter"] is not None)
+        if votes:
+            top = max(votes.values())
+            tied = [letter for letter in letters if votes.get(letter) == top]
+            chosen = max(tied, key=lambda letter: logits[letters.index(letter)])
+            vote_share = top / len(samples)
+        else:
+            vote_share = 0.0
+    response = f"{ANSWER_CUE} {chosen}) {item.options[chosen]}"
+    prompt_tokens = _prompt_tokens(ctx, message)
+    answer = {
+        "letters": letters,
+        "option_logits": [float(x) for x in logits],
+        "chosen": chosen,
+        "greedy": greedy,
+        "vote_share": vote_share,
+        "samples": samples,
+        "response": response,
+        "message": message,
+        "message_noctx": message_noctx,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+    }
+    step = _step(
+        state,
+        ctx,
+        "answer",
+        started,
+        inputs=[item.id, message, s.samples],
+        retrieved=state.get("evidence", []),
+        prompt=prompts.ANSWER,
+        prompt_text=message,
+        output=response,
+        decision=f"chose {chosen}",
+        detail={
+            "option_logits": dict(zip(letters, answer["option_logits"], strict=True)),
+            "vote_share": vote_share,
+            "greedy": greedy,
+        },
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )
+    return {"answer": answer, "steps": [step]}

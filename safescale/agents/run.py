@@ -1,0 +1,76 @@
+"""Run one item through one condition graph and turn the final state into records."""
+
+from __future__ import annotations
+
+import time
+
+from langgraph.graph.state import CompiledStateGraph
+
+from safescale.agents.context import AgentContext
+from safescale.agents.records import ResponseRecord, SampleRecord, StepRecord
+
+__all__ = ["answer_item", "records_from_state", "thread_id"]
+
+
+def thread_id(model: str, corpus: str, condition: str, samples: int, item: str) -> str:
+    """Checkpoint thread of one item under one condition (and model/corpus/budget)."""
+    return f"{model}|{corpus}|{condition}|x{samples}|{item}"
+
+
+def recursion_limit(ctx: AgentContext) -> int:
+    """Enough super-steps for the agentic loop's own budget (it stops itself first)."""
+    return 4 * ctx.settings.max_steps + 16
+
+
+def answer_item(
+    graph: CompiledStateGraph,
+    condition: str,
+    item_id: str,
+    ctx: AgentContext,
+    *,
+    model: str,
+) -> tuple[ResponseRecord, list[StepRecord]]:
+    """Invoke ``graph`` for one item; return its frozen response and its steps."""
+    started = time.perf_counter()
+    config = {
+        "configurable": {
+            "thread_id": thread_id(model, ctx.corpus.name, condition, ctx.settings.samples, item_id)
+        },
+        "recursion_limit": recursion_limit(ctx),
+    }
+    state = graph.invoke({"item_id": item_id}, config, context=ctx)
+    wall_ms = (time.perf_counter() - started) * 1e3
+    return records_from_state(state, condition, ctx, model=model, wall_ms=wall_ms)
+
+
+def records_from_state(
+    state: dict, condition: str, ctx: AgentContext, *, model: str, wall_ms: float
+) -> tuple[ResponseRecord, list[StepRecord]]:
+    """Build the ResponseRecord and StepRecords from a final graph state."""
+    answer = state["answer"]
+    steps = [
+        StepRecord(run=ctx.run_id, condition=condition, model=model, **step)
+        for step in state.get("steps", [])
+    ]
+    response = ResponseRecord(
+        run=ctx.run_id,
+        model=model,
+        condition=condition,
+        item=state["item_id"],
+        samples_budget=ctx.settings.samples,
+        letters=answer["letters"],
+        option_logits=answer["option_logits"],
+        chosen=answer["chosen"],
+        vote_share=answer["vote_share"],
+        response=answer["response"],
+        message=answer["message"],
+        message_noctx=answer["message_noctx"],
+        evidence_ids=[e["id"] for e in state.get("evidence", [])],
+        cited_ids=state.get("cited_ids", []),
+        samples=[SampleRecord(**s) for s in answer["samples"]],
+        stop_reason=state.get("stop_reason"),
+        prompt_tokens=sum(s.prompt_tokens for s in steps),
+        completion_tokens=sum(s.completion_tokens for s in steps),
+        wall_ms=wall_ms,
+    )
+    return response, steps
