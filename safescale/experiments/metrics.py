@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,7 +59,13 @@ from safescale.experiments.bootstrap import (
     key_entropy,
     paired_difference,
 )
-from safescale.experiments.rundir import AttributionRow, RunData, item_corpus_map, load_run
+from safescale.experiments.rundir import (
+    AttributionRow,
+    RunData,
+    atomic_write_text,
+    item_corpus_map,
+    load_run,
+)
 
 __all__ = [
     "CONDITIONS",
@@ -78,6 +82,7 @@ __all__ = [
     "outcome_frame",
     "read_metrics",
     "response_confidence",
+    "run_settings",
     "worst_case_concentration",
     "write_metrics",
 ]
@@ -600,7 +605,7 @@ def metrics_from_records(
     return _json_ready(result)
 
 
-def _settings_from_run(run_dir: Path) -> tuple[BootstrapConfig, MetricsConfig]:
+def run_settings(run_dir: Path) -> tuple[BootstrapConfig, MetricsConfig]:
     """The ``bootstrap`` and ``metrics`` sections of the run's resolved ``config.yaml``."""
     import yaml
 
@@ -637,7 +642,7 @@ def compute_metrics(
     """
     run_dir = Path(run_dir)
     run = run or load_run(run_dir)
-    default_bootstrap, default_metrics = _settings_from_run(run_dir)
+    default_bootstrap, default_metrics = run_settings(run_dir)
     return metrics_from_records(
         run.responses,
         run.corpora,
@@ -668,22 +673,10 @@ def write_metrics(
     """
     run_dir = Path(run_dir)
     result = compute_metrics(run_dir, bootstrap=bootstrap, metrics=metrics, run=run)
-    _atomic_write_text(run_dir / METRICS_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(run_dir / METRICS_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     """The ``metrics.json`` of a run directory."""
     return json.loads((Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8"))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -13,6 +13,8 @@ Nothing here loads a model.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ __all__ = [
     "RESPONSES_FILE",
     "STEPS_FILE",
     "TRIAGE_FILE",
+    "atomic_write_text",
     "AttributionRow",
     "JsonlContents",
     "RunData",
@@ -361,3 +364,18 @@ def records_frame(records: Iterable[BaseModel], *, exclude: Sequence[str] = ()) 
     as Python objects), minus the ``exclude``d columns."""
     rows = [r.model_dump(exclude=set(exclude)) for r in records]
     return pd.DataFrame(rows)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (readers see
+    the old or the new file, never a partial one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

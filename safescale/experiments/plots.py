@@ -1,0 +1,260 @@
+"""Matplotlib figures of a run's ``metrics.json`` (Agg backend; PNG files, no display).
+
+* :func:`plot_accuracy_vs_high_risk` — accuracy against high-risk error rate per
+  condition, with 95% CI bars on both axes; one panel per model × corpus, one marker
+  shape per compute budget;
+* :func:`plot_category_heatmap` — high-risk error rate per condition × item category;
+  one panel per model × corpus × budget;
+* :func:`plot_triage_operating_points` — every detector's test operating point (flag
+  rate vs unsafe recall) per backbone, with the target recall as a line;
+* :func:`plot_scaling` — accuracy and high-risk error (with CIs) across models or
+  compute budgets, one line per condition (only when the run spans several).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+__all__ = [
+    "plot_accuracy_vs_high_risk",
+    "plot_category_heatmap",
+    "plot_scaling",
+    "plot_triage_operating_points",
+    "write_plots",
+]
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def _value(est: Mapping[str, Any] | None, key: str = "value") -> float:
+    if not est or est.get(key) is None:
+        return math.nan
+    return float(est[key])
+
+
+def _err(est: Mapping[str, Any] | None) -> tuple[float, float]:
+    """(below, above) distances of the CI from the value, 0 when undefined."""
+    v, lo, hi = _value(est), _value(est, "lo"), _value(est, "hi")
+    if not all(map(math.isfinite, (v, lo, hi))):
+        return 0.0, 0.0
+    return max(v - lo, 0.0), max(hi - v, 0.0)
+
+
+def _panels(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
+    seen: dict[tuple[str, str], None] = {}
+    for cell in metrics["cells"]:
+        seen[(cell["model"], cell["corpus"])] = None
+    return list(seen)
+
+
+def _grid(n: int, width: float = 5.0, height: float = 4.0) -> tuple[Any, list[Any]]:
+    cols = min(n, 2)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy_vs_high_risk(metrics: Mapping[str, Any], path: Path) -> Path | None:
+    """Accuracy (y) vs high-risk error rate (x) per condition with CI bars."""
+    panels = _panels(metrics)
+    if not panels:
+        return None
+    conditions = metrics["run"]["conditions"]
+    budgets = metrics["run"]["samples_budgets"]
+    colors = {c: plt.cm.tab10(i % 10) for i, c in enumerate(conditions)}
+    fig, axes = _grid(len(panels))
+    for ax, (model, corpus) in zip(axes, panels, strict=True):
+        for cell in metrics["cells"]:
+            if (cell["model"], cell["corpus"]) != (model, corpus):
+                continue
+            acc, hre = cell["metrics"]["accuracy"], cell["metrics"]["high_risk_error"]
+            marker = _MARKERS[budgets.index(cell["samples_budget"]) % len(_MARKERS)]
+            label = cell["condition"] + (
+                f" ({cell['samples_budget']}x)" if len(budgets) > 1 else ""
+            )
+            ax.errorbar(
+                100 * _value(hre),
+                100 * _value(acc),
+                xerr=np.array(_err(hre))[:, None] * 100,
+                yerr=np.array(_err(acc))[:, None] * 100,
+                fmt=marker,
+                color=colors[cell["condition"]],
+                capsize=3,
+                label=label,
+            )
+        ax.set_xlabel("high-risk error rate (%)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{model} — {corpus}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Accuracy vs high-risk error (95% bootstrap CI)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_category_heatmap(metrics: Mapping[str, Any], path: Path) -> Path | None:
+    """High-risk error rate per condition (rows) × item category (columns)."""
+    keys: dict[tuple[str, str, int], None] = {}
+    for cell in metrics["cells"]:
+        keys[(cell["model"], cell["corpus"], cell["samples_budget"])] = None
+    if not keys:
+        return None
+    fig, axes = _grid(len(keys), width=6.0, height=3.6)
+    image = None
+    for ax, (model, corpus, budget) in zip(axes, keys, strict=True):
+        cells = [
+            c
+            for c in metrics["cells"]
+            if (c["model"], c["corpus"], c["samples_budget"]) == (model, corpus, budget)
+        ]
+        categories = sorted({cat for c in cells for cat in c["by_category"]})
+        conditions = [c["condition"] for c in cells]
+        grid = np.full((len(conditions), len(categories)), np.nan)
+        for i, c in enumerate(cells):
+            for j, cat in enumerate(categories):
+                entry = c["by_category"].get(cat)
+                if entry is not None:
+                    grid[i, j] = 100 * entry["high_risk_error_rate"]
+        image = ax.imshow(grid, cmap="Reds", vmin=0, vmax=100, aspect="auto")
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                if math.isfinite(grid[i, j]):
+                    color = "white" if grid[i, j] > 60 else "black"
+                    ax.text(
+                        j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=7, color=color
+                    )
+        ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right", fontsize=7)
+        ax.set_yticks(range(len(conditions)), conditions, fontsize=7)
+        ax.set_title(f"{model} — {corpus} — {budget}x", fontsize=9)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="high-risk error rate (%)")
+    fig.suptitle("High-risk error rate by category", fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_triage_operating_points(
+    triage: Sequence[Mapping[str, Any]] | None, path: Path
+) -> Path | None:
+    """Flag rate (x) vs unsafe recall (y) of every detector on the test split."""
+    if not triage:
+        return None
+    fig, axes = _grid(len(triage))
+    plotted = False
+    for ax, report in zip(axes, triage, strict=True):
+        for i, row in enumerate(report.get("rows", [])):
+            s1 = row.get("stage1")
+            if row.get("status") != "ok" or not s1:
+                continue
+            is_ecrt = row["method"] == "ecrt"
+            ax.scatter(
+                100 * s1["flag_rate"],
+                100 * s1["u_recall"],
+                marker="*" if is_ecrt else _MARKERS[i % len(_MARKERS)],
+                s=160 if is_ecrt else 40,
+                color="crimson" if is_ecrt else plt.cm.tab20(i % 20),
+                label=row["method"],
+                zorder=3 if is_ecrt else 2,
+            )
+            plotted = True
+        target = report.get("target_recall")
+        if target is not None:
+            ax.axhline(
+                100 * target, color="grey", linestyle="--", linewidth=1, label="target recall"
+            )
+        ax.set_xlim(0, 102)
+        ax.set_ylim(0, 102)
+        ax.set_xlabel("flag rate (%)")
+        ax.set_ylabel("unsafe recall (%)")
+        ax.set_title(f"Triage — {report.get('backbone', '?')} (test)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right", ncol=2)
+    if not plotted:
+        plt.close(fig)
+        return None
+    return _save(fig, path)
+
+
+def plot_scaling(metrics: Mapping[str, Any], path: Path) -> Path | None:
+    """Accuracy and high-risk error across models (× budgets) per condition and corpus.
+
+    Drawn only when the run spans more than one model or compute budget; the x axis
+    lists ``model`` (or ``model @ Nx`` when several budgets) in run order.
+    """
+    run = metrics["run"]
+    models, budgets = run["models"], run["samples_budgets"]
+    if len(models) < 2 and len(budgets) < 2:
+        return None
+    points = [(m, b) for m in models for b in budgets]
+    labels = [m if len(budgets) == 1 else f"{m} @ {b}x" for m, b in points]
+    corpora = run["corpora"]
+    fig, axes = plt.subplots(len(corpora), 2, figsize=(11, 3.8 * len(corpora)), squeeze=False)
+    index = {
+        (c["model"], c["corpus"], c["condition"], c["samples_budget"]): c for c in metrics["cells"]
+    }
+    for row, corpus in enumerate(corpora):
+        for col, metric in enumerate(("accuracy", "high_risk_error")):
+            ax = axes[row][col]
+            for k, condition in enumerate(run["conditions"]):
+                xs, ys, errs = [], [], []
+                for x, (model, budget) in enumerate(points):
+                    cell = index.get((model, corpus, condition, budget))
+                    if cell is None:
+                        continue
+                    est = cell["metrics"][metric]
+                    xs.append(x + (k - len(run["conditions"]) / 2) * 0.04)
+                    ys.append(100 * _value(est))
+                    errs.append(_err(est))
+                if xs:
+                    ax.errorbar(
+                        xs,
+                        ys,
+                        yerr=100 * np.array(errs).T,
+                        marker=_MARKERS[k % len(_MARKERS)],
+                        capsize=3,
+                        label=condition,
+                    )
+            ax.set_xticks(range(len(points)), labels, rotation=20, ha="right", fontsize=7)
+            ax.set_ylabel(("accuracy" if metric == "accuracy" else "high-risk error") + " (%)")
+            ax.set_title(f"{corpus}", fontsize=9)
+            ax.grid(alpha=0.3)
+            if row == 0 and col == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle("Scaling: models and compute budgets (95% bootstrap CI)", fontsize=10)
+    return _save(fig, path)
+
+
+def write_plots(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
+    """Write every applicable figure into ``out_dir``; returns the written paths."""
+    out_dir = Path(out_dir)
+    written = [
+        plot_accuracy_vs_high_risk(metrics, out_dir / "accuracy_vs_high_risk.png"),
+        plot_category_heatmap(metrics, out_dir / "high_risk_by_category.png"),
+        plot_triage_operating_points(
+            metrics.get("triage"), out_dir / "triage_operating_points.png"
+        ),
+        plot_scaling(metrics, out_dir / "scaling.png"),
+    ]
+    return [p for p in written if p is not None]

@@ -1,0 +1,524 @@
+"""Reports of a run: condition tables (the SaFE-Scale results-table shape), paired
+differences, per-task accuracy, worst-case concentration, failure attribution and the
+triage table — as rich tables, ``report.md``, CSV files and plots.
+
+Everything is rendered from the ``metrics.json`` structure
+(:func:`safescale.experiments.metrics.compute_metrics`), so :func:`write_report`
+regenerates the whole report from a run directory without any language model.
+
+Files written into the run directory:
+
+* ``metrics.json`` — the full metrics structure;
+* ``report.md`` — every table below plus links to the plots;
+* ``conditions.csv`` — one row per (model, corpus, samples_budget, condition) with each
+  metric's value and CI bounds (``<metric>``, ``<metric>_lo``, ``<metric>_hi``; rates
+  as fractions);
+* ``comparisons.csv`` — one row per paired difference and metric;
+* ``triage.csv`` — one row per backbone × detector (when detection results exist);
+* ``plots/*.png`` — see :mod:`safescale.experiments.plots`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.table import Table
+
+from safescale.experiments.bootstrap import BootstrapConfig
+from safescale.experiments.metrics import (
+    METRICS,
+    METRICS_FILE,
+    RATE_METRICS,
+    MetricsConfig,
+    write_metrics,
+)
+from safescale.experiments.rundir import atomic_write_text
+
+__all__ = [
+    "CONDITION_COLUMNS",
+    "TRIAGE_COLUMNS",
+    "ReportFiles",
+    "TextTable",
+    "comparisons_frame",
+    "condition_tables",
+    "conditions_frame",
+    "format_interval",
+    "render_markdown",
+    "rich_table",
+    "triage_frame",
+    "triage_tables",
+    "write_report",
+]
+
+CONDITION_COLUMNS = (
+    "Condition",
+    "n",
+    "Accuracy",
+    "High-risk error",
+    "Unsafe",
+    "Contradiction",
+    "Dangerous overconf.",
+    "Latency (ms/tok)",
+)
+TRIAGE_COLUMNS = (
+    "Method",
+    "U-recall",
+    "Flag rate",
+    "S1 BA",
+    "AUROC",
+    "ΔBA vs ECRT",
+    "Gap recall",
+    "Contra. recall",
+    "S2 BA",
+)
+_CONDITION_LABELS = {
+    "closed_book": "Closed-book",
+    "clean_evidence": "Clean evidence",
+    "conflict_evidence": "Conflict evidence",
+    "standard_rag": "Standard RAG",
+    "agentic_rag": "Agentic RAG",
+    "max_context": "Max-context",
+}
+_METRIC_LABELS = dict(zip(METRICS, CONDITION_COLUMNS[2:], strict=True))
+
+
+@dataclass(frozen=True)
+class TextTable:
+    """A rendered table: title, column names and string cells (for rich and markdown)."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: list[list[str]]
+    note: str | None = None
+
+    def to_markdown(self) -> str:
+        """The table as GitHub markdown (title as a heading, note below)."""
+        lines = [f"### {self.title}", ""]
+        lines.append("| " + " | ".join(self.columns) + " |")
+        lines.append("|" + "---|" * len(self.columns))
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        if self.note:
+            lines += ["", self.note]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """Paths written by :func:`write_report` and the metrics they came from."""
+
+    metrics_json: Path
+    report_md: Path
+    conditions_csv: Path
+    comparisons_csv: Path
+    triage_csv: Path | None
+    plots: list[Path] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def _finite(x: Any) -> bool:
+    return x is not None and math.isfinite(float(x))
+
+
+def format_interval(
+    estimate: Mapping[str, Any] | None, *, percent: bool = True, signed: bool = False
+) -> str:
+    """``"x.x% [lo, hi]"`` for a rate (``percent``), ``"x.x [lo, hi]"`` otherwise;
+    ``"–"`` when undefined. ``signed`` prefixes positive values with ``+``."""
+    if not estimate or not _finite(estimate.get("value")):
+        return "–"
+    scale = 100.0 if percent else 1.0
+    sign = "+" if signed else ""
+    value = f"{scale * estimate['value']:{sign}.1f}"
+    unit = "%" if percent and not signed else (" pp" if percent else "")
+    if _finite(estimate.get("lo")) and _finite(estimate.get("hi")):
+        lo, hi = scale * estimate["lo"], scale * estimate["hi"]
+        return f"{value}{unit} [{lo:{sign}.1f}, {hi:{sign}.1f}]"
+    return f"{value}{unit}"
+
+
+def _condition_label(name: str) -> str:
+    return _CONDITION_LABELS.get(name, name)
+
+
+def condition_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
+    """One results table per model × corpus × compute budget: condition rows with
+    accuracy, high-risk error, unsafe, contradiction, dangerous overconfidence (each
+    ``x.x% [lo, hi]``) and latency in ms per token."""
+    groups: dict[tuple[str, str, int], list[Mapping[str, Any]]] = {}
+    for cell in metrics["cells"]:
+        groups.setdefault((cell["model"], cell["corpus"], cell["samples_budget"]), []).append(cell)
+    level = metrics["settings"]["bootstrap"]["level"]
+    unit = metrics["run"].get("resampling_unit", "item")
+    replicates = metrics["settings"]["bootstrap"]["replicates"]
+    tau = metrics["definitions"].get("dangerous_overconfidence_threshold", 0.95)
+    tables = []
+    for (model, corpus, budget), cells in groups.items():
+        rows = [
+            [
+                _condition_label(cell["condition"]),
+                str(cell["n"]),
+                *(format_interval(cell["metrics"][m]) for m in RATE_METRICS),
+                format_interval(cell["metrics"]["latency_ms_per_token"], percent=False),
+            ]
+            for cell in cells
+        ]
+        tables.append(
+            TextTable(
+                title=f"{model} — {corpus} — compute {budget}x",
+                columns=CONDITION_COLUMNS,
+                rows=rows,
+                note=(
+                    f"{level:.0%} percentile bootstrap CIs ({replicates} replicates, "
+                    f"resampling {unit}s). Contradiction: a passage in the prompt (cited "
+                    "passages when any) contradicts the chosen option, so closed-book is 0 "
+                    f"by construction. Dangerous overconfidence: high-risk error with "
+                    f"confidence > {tau}."
+                ),
+            )
+        )
+    return tables
+
+
+def _triage_cell(value: Any, signed: bool = False) -> str:
+    if not _finite(value):
+        return "–"
+    return f"{float(value):+.3f}" if signed else f"{float(value):.3f}"
+
+
+def triage_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
+    """One triage table per backbone from the detection results (empty if none)."""
+    tables = []
+    for report in metrics.get("triage") or []:
+        rows = []
+        for row in report.get("rows", []):
+            s1, s2 = row.get("stage1"), row.get("stage2")
+            if row.get("status") != "ok" or not s1:
+                rows.append(
+                    [row["method"], f"unavailable: {row.get('reason') or '?'}"]
+                    + [""] * (len(TRIAGE_COLUMNS) - 2)
+                )
+                continue
+            rows.append(
+                [
+                    row["method"],
+                    _triage_cell(s1.get("u_recall")),
+                    _triage_cell(s1.get("flag_rate")),
+                    _triage_cell(s1.get("s1_ba")),
+                    _triage_cell(s1.get("auroc")),
+                    "–"
+                    if row["method"] == "ecrt"
+                    else _triage_cell(row.get("delta_ba_vs_ecrt"), True),
+                    _triage_cell((s2 or {}).get("gap_recall")),
+                    _triage_cell((s2 or {}).get("contradiction_recall")),
+                    _triage_cell((s2 or {}).get("s2_ba")),
+                ]
+            )
+        sizes = report.get("split_sizes") or {}
+        tables.append(
+            TextTable(
+                title=f"Triage — {report.get('backbone', '?')} (test split, n = {sizes.get('test', '?')})",
+                columns=TRIAGE_COLUMNS,
+                rows=rows,
+                note=(
+                    f"Labels: {report.get('label_source', '?')}; thresholds picked on validation "
+                    f"for unsafe recall ≥ {report.get('target_recall', '?')}."
+                ),
+            )
+        )
+    return tables
+
+
+def conditions_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per cell: keys, ``n``, and ``<metric>``, ``<metric>_lo``, ``<metric>_hi``."""
+    rows = []
+    for cell in metrics["cells"]:
+        row: dict[str, Any] = {
+            "model": cell["model"],
+            "corpus": cell["corpus"],
+            "samples_budget": cell["samples_budget"],
+            "condition": cell["condition"],
+            "n": cell["n"],
+            "n_units": cell["n_units"],
+        }
+        for metric in METRICS:
+            est = cell["metrics"][metric]
+            row[metric] = est["value"]
+            row[f"{metric}_lo"] = est["lo"]
+            row[f"{metric}_hi"] = est["hi"]
+        for task, est in cell.get("by_task", {}).items():
+            row[f"accuracy_{task}"] = est["value"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def comparisons_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per paired difference and metric: ``kind, model, corpus, condition,
+    samples_budget, a, b, n_items, metric, delta, lo, hi`` (NaN where a key is the
+    compared dimension)."""
+    rows = []
+    for comp in metrics["comparisons"]:
+        for metric, est in comp["deltas"].items():
+            rows.append(
+                {
+                    "kind": comp["kind"],
+                    "model": comp.get("model"),
+                    "corpus": comp.get("corpus"),
+                    "condition": comp.get("condition"),
+                    "samples_budget": comp.get("samples_budget"),
+                    "a": comp["a"],
+                    "b": comp["b"],
+                    "n_items": comp["n_items"],
+                    "metric": metric,
+                    "delta": est["value"],
+                    "lo": est["lo"],
+                    "hi": est["hi"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def triage_frame(metrics: Mapping[str, Any]) -> pd.DataFrame | None:
+    """One row per backbone × detector from the detection results (None if none)."""
+    triage = metrics.get("triage")
+    if not triage:
+        return None
+    rows = []
+    for report in triage:
+        for row in report.get("rows", []):
+            s1, s2 = row.get("stage1") or {}, row.get("stage2") or {}
+            rows.append(
+                {
+                    "backbone": report.get("backbone"),
+                    "method": row.get("method"),
+                    "status": row.get("status"),
+                    "threshold": row.get("threshold"),
+                    "val_recall": row.get("val_recall"),
+                    **{f"stage1_{k}": v for k, v in s1.items()},
+                    **{f"stage2_{k}": v for k, v in s2.items()},
+                    "delta_ba_vs_ecrt": row.get("delta_ba_vs_ecrt"),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _comparison_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
+    metrics_shown = ("accuracy", "high_risk_error", "unsafe_answer", "contradiction",
+                     "dangerous_overconfidence")  # fmt: skip
+    by_kind: dict[str, list[Mapping[str, Any]]] = {}
+    for comp in metrics["comparisons"]:
+        by_kind.setdefault(comp["kind"], []).append(comp)
+    titles = {
+        "condition": ("Paired differences between conditions (A − B)", ("model", "corpus", "samples_budget")),
+        "samples_budget": ("Paired differences between compute budgets (A − B)", ("model", "corpus", "condition")),
+        "model": ("Paired differences between models (A − B)", ("corpus", "condition", "samples_budget")),
+    }  # fmt: skip
+    tables = []
+    for kind, comps in by_kind.items():
+        title, fixed = titles.get(kind, (kind, ()))
+        columns = (*fixed, "A", "B", "n items", *(f"Δ {_METRIC_LABELS[m]}" for m in metrics_shown))
+        rows = [
+            [
+                *(_condition_label(str(c[k])) if k == "condition" else str(c[k]) for k in fixed),
+                _condition_label(str(c["a"])),
+                _condition_label(str(c["b"])),
+                str(c["n_items"]),
+                *(format_interval(c["deltas"][m], signed=True) for m in metrics_shown),
+            ]
+            for c in comps
+        ]
+        tables.append(
+            TextTable(
+                title,
+                tuple(columns),
+                rows,
+                note="Differences in percentage points; paired bootstrap over shared items.",
+            )
+        )
+    return tables
+
+
+def _task_table(metrics: Mapping[str, Any]) -> TextTable | None:
+    cells = [c for c in metrics["cells"] if c.get("by_task")]
+    if not cells:
+        return None
+    tasks = sorted({t for c in cells for t in c["by_task"]})
+    rows = [
+        [
+            c["model"],
+            c["corpus"],
+            str(c["samples_budget"]),
+            _condition_label(c["condition"]),
+            *(format_interval(c["by_task"].get(t)) for t in tasks),
+        ]
+        for c in cells
+    ]
+    return TextTable(
+        "Accuracy by task",
+        ("model", "corpus", "budget", "condition", *tasks),
+        rows,
+    )
+
+
+def _concentration_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
+    tables = []
+    for conc in metrics["concentration"]:
+        share = conc["share_in_worst"]
+        share_text = "–" if share is None else f"{100 * share:.1f}%"
+        worst = ", ".join(
+            f"{w['item']} ({w['high_risk_errors']})" for w in conc["worst_items"][:10]
+        )
+        note = (
+            f"{share_text} of the {conc['high_risk_errors']} high-risk errors fall on the worst "
+            f"{conc['n_worst_items']} of {conc['n_items']} items "
+            f"({100 * conc['worst_fraction']:.0f}%). Worst items: {worst or '–'}."
+        )
+        rows = [
+            [
+                c["category"],
+                str(c["n_items"]),
+                str(c["n_responses"]),
+                str(c["high_risk_errors"]),
+                "–"
+                if c["share_of_high_risk_errors"] is None
+                else f"{100 * c['share_of_high_risk_errors']:.1f}%",
+                f"{100 * c['high_risk_error_rate']:.1f}%",
+            ]
+            for c in conc["by_category"]
+        ]
+        tables.append(
+            TextTable(
+                f"Worst-case concentration — {conc['corpus']}",
+                ("category", "items", "responses", "high-risk errors", "share of errors", "rate"),
+                rows,
+                note=note,
+            )
+        )
+    return tables
+
+
+def _attribution_table(metrics: Mapping[str, Any]) -> TextTable | None:
+    rows = metrics.get("attribution") or []
+    if not rows:
+        return None
+    return TextTable(
+        "Failure attribution (counts per condition)",
+        ("model", "corpus", "condition", "budget", "cause", "count"),
+        [
+            [
+                str(r["model"]),
+                str(r["corpus"]),
+                _condition_label(str(r["condition"])),
+                str(r["samples_budget"]),
+                str(r["cause"]),
+                str(r["count"]),
+            ]
+            for r in rows
+        ],
+    )
+
+
+def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> str:
+    """The whole report as markdown (plots linked relative to the run directory)."""
+    run = metrics["run"]
+    parts = [
+        f"# Run report — {run.get('name', '?')}",
+        "",
+        f"{run['n_responses']} responses; models: {', '.join(run['models'])}; corpora: "
+        f"{', '.join(run['corpora'])}; compute budgets: "
+        f"{', '.join(f'{b}x' for b in run['samples_budgets'])}.",
+        "",
+    ]
+    for note in run.get("notes") or []:
+        parts += [f"> note: {note}", ""]
+    parts += ["## Conditions", ""]
+    parts += [t.to_markdown() for t in condition_tables(metrics)]
+    comparison = _comparison_tables(metrics)
+    if comparison:
+        parts += ["## Paired differences", ""] + [t.to_markdown() for t in comparison]
+    task = _task_table(metrics)
+    if task is not None:
+        parts += ["## Accuracy by task", "", task.to_markdown()]
+    parts += ["## Worst-case concentration", ""]
+    parts += [t.to_markdown() for t in _concentration_tables(metrics)]
+    attribution = _attribution_table(metrics)
+    if attribution is not None:
+        parts += ["## Failure attribution", "", attribution.to_markdown()]
+    triage = triage_tables(metrics)
+    if triage:
+        parts += ["## Triage", ""] + [t.to_markdown() for t in triage]
+    if plots:
+        parts += ["## Plots", ""]
+        parts += [f"![{p.stem}](plots/{p.name})" for p in plots]
+        parts.append("")
+    parts += [
+        "## Metric definitions",
+        "",
+        *(f"- **{k}**: {v}" for k, v in metrics["definitions"].items()),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def rich_table(table: TextTable) -> Table:
+    """A :class:`rich.table.Table` of a :class:`TextTable`."""
+    out = Table(title=table.title, caption=table.note, caption_justify="left")
+    for i, column in enumerate(table.columns):
+        out.add_column(column, justify="left" if i == 0 else "right", no_wrap=i > 0)
+    for row in table.rows:
+        out.add_row(*row)
+    return out
+
+
+def write_report(
+    run_dir: str | Path,
+    *,
+    bootstrap: BootstrapConfig | None = None,
+    metrics_config: MetricsConfig | None = None,
+    plots: bool = True,
+) -> ReportFiles:
+    """Recompute ``metrics.json`` from the run directory and write every report file.
+
+    Never calls a language model: only the frozen responses, the corpora and the
+    detection outputs are read.
+
+    Args:
+        run_dir: the run directory.
+        bootstrap: bootstrap settings overriding the run config's.
+        metrics_config: metric settings overriding the run config's.
+        plots: also write ``plots/*.png``.
+
+    Returns:
+        The written paths and the metrics structure.
+    """
+    run_dir = Path(run_dir)
+    metrics = write_metrics(run_dir, bootstrap=bootstrap, metrics=metrics_config)
+    written_plots = []
+    if plots:
+        from safescale.experiments.plots import write_plots
+
+        written_plots = write_plots(metrics, run_dir / "plots")
+    conditions_csv = run_dir / "conditions.csv"
+    atomic_write_text(conditions_csv, conditions_frame(metrics).to_csv(index=False))
+    comparisons_csv = run_dir / "comparisons.csv"
+    atomic_write_text(comparisons_csv, comparisons_frame(metrics).to_csv(index=False))
+    triage = triage_frame(metrics)
+    triage_csv = None
+    if triage is not None:
+        triage_csv = run_dir / "triage.csv"
+        atomic_write_text(triage_csv, triage.to_csv(index=False))
+    report_md = run_dir / "report.md"
+    atomic_write_text(report_md, render_markdown(metrics, written_plots))
+    return ReportFiles(
+        metrics_json=run_dir / METRICS_FILE,
+        report_md=report_md,
+        conditions_csv=conditions_csv,
+        comparisons_csv=comparisons_csv,
+        triage_csv=triage_csv,
+        plots=written_plots,
+        metrics=metrics,
+    )

@@ -1,0 +1,167 @@
+"""Experiment configs: bundled configs load; typos name the key, file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from safescale.detection.pipeline import DetectionConfig
+from safescale.experiments.config import (
+    CONDITIONS,
+    ConfigError,
+    ExperimentConfig,
+    list_bundled_configs,
+    load_config,
+    parse_config,
+)
+
+MINIMAL = """\
+name: tiny
+models: [smollm2-135m-instruct]
+corpus: radiology-guidelines
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_bundled_configs_all_load():
+    names = list_bundled_configs()
+    assert {"demo", "safe-scale", "ecrt", "model-scale"} <= set(names)
+    for name in names:
+        config = load_config(name)
+        assert config.name == name
+
+
+def test_demo_covers_both_corpora_all_conditions_with_detection():
+    demo = load_config("demo")
+    assert demo.corpora == ("radiology-guidelines", "retina-rules")
+    assert demo.conditions == CONDITIONS
+    assert demo.compute.samples == (1,)
+    assert demo.detection.enabled and "ecrt" in demo.detection.detectors
+    assert demo.limit is not None and demo.limit <= 16
+    assert len(demo.grid()) == 1 * 2 * 6 * 1
+
+
+def test_model_scale_spans_two_models_and_two_budgets():
+    config = load_config("model-scale")
+    assert [m.name for m in config.models] == ["smollm2-135m-instruct", "gemma3-270m"]
+    assert config.compute.samples == (1, 4)
+    assert len(config.grid()) == 2 * 1 * 6 * 2
+    assert load_config("safe-scale").corpora == ("radiology-guidelines",)
+    assert load_config("ecrt").corpora == ("retina-rules",)
+
+
+def test_misspelled_top_level_key_names_key_file_and_line(tmp_path):
+    path = _write(tmp_path, MINIMAL + "retreival:\n  k: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert f"{path}:4:" in message
+    assert "'retreival'" in message
+    assert "did you mean 'retrieval'" in message
+
+
+def test_misspelled_nested_key_names_its_path_and_line(tmp_path):
+    text = MINIMAL + "compute:\n  samples: [1]\n  temprature: 0.5\n"
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"{path}:6: compute.temprature: unknown key 'temprature'" in str(info.value)
+    assert "did you mean 'temperature'" in str(info.value)
+
+
+def test_typo_inside_a_model_entry_and_in_detection(tmp_path):
+    text = (
+        "name: tiny\nmodels:\n  - name: a\n    devcie: cpu\ncorpus: retina-rules\n"
+        "detection:\n  enabled: true\n  target_recal: 0.9\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source="t.yaml")
+    problems = info.value.problems
+    assert any(p.startswith("t.yaml:4: models[0].devcie: unknown key") for p in problems)
+    assert any(p.startswith("t.yaml:8: detection.target_recal: unknown key") for p in problems)
+    # Only the real problems, not the container errors they cause.
+    assert len(problems) == 2
+
+
+def test_invalid_values_are_reported_with_lines():
+    text = MINIMAL + "conditions: [closed_book, open_book]\ncompute:\n  samples: [0]\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source="t.yaml")
+    message = str(info.value)
+    assert "t.yaml:4: conditions[1]:" in message
+    assert "t.yaml:6: compute.samples: compute budgets must be >= 1" in message
+
+
+def test_unknown_corpus_duplicate_key_and_missing_key():
+    with pytest.raises(ConfigError, match=r"t.yaml:3: corpora: 'no-such' is neither"):
+        parse_config(MINIMAL.replace("radiology-guidelines", "no-such"), source="t.yaml")
+    with pytest.raises(
+        ConfigError, match=r"t.yaml:4: name: duplicated key \(first given on line 1\)"
+    ):
+        parse_config(MINIMAL + "name: again\n", source="t.yaml")
+    with pytest.raises(ConfigError, match=r"models: required key is missing"):
+        parse_config("name: x\ncorpus: retina-rules\n", source="t.yaml")
+    with pytest.raises(ConfigError, match="either 'corpus' or 'corpora'"):
+        parse_config(MINIMAL + "corpora: [retina-rules]\n", source="t.yaml")
+
+
+def test_unknown_bundled_name_lists_the_bundled_configs():
+    with pytest.raises(ConfigError, match="bundled: .*demo"):
+        load_config("dmeo")
+
+
+def test_config_is_frozen_and_round_trips_through_yaml():
+    config = parse_config(MINIMAL)
+    with pytest.raises(ValidationError):
+        config.seed = 3  # type: ignore[misc]
+    assert parse_config(config.to_yaml()) == config
+    assert config.corpora == ("radiology-guidelines",)
+    assert config.models[0].source == "smollm2-135m-instruct"
+
+
+def test_config_hash_ignores_output_dir_only():
+    config = parse_config(MINIMAL)
+    moved = config.with_overrides(output_dir=Path("/tmp/elsewhere"))
+    assert moved.output_dir == Path("/tmp/elsewhere")
+    assert moved.config_hash() == config.config_hash()
+    assert config.with_overrides(limit=5).config_hash() != config.config_hash()
+    assert config.with_overrides(seed=1).config_hash() != config.config_hash()
+    assert config.run_dir == Path("runs") / "tiny"
+    with pytest.raises(ConfigError, match="limit"):
+        config.with_overrides(limit=0)
+
+
+def test_detection_section_embeds_the_detection_config():
+    config = parse_config(MINIMAL + "detection:\n  enabled: true\n  detectors: [ecrt, length]\n")
+    inner = config.detection.detection_config()
+    assert type(inner) is DetectionConfig
+    assert inner.detectors == ("ecrt", "length")
+    assert not hasattr(inner, "enabled")
+    with pytest.raises(ConfigError, match="unknown detector"):
+        parse_config(MINIMAL + "detection:\n  detectors: [nope]\n")
+
+
+def test_grid_is_the_cross_product_in_order():
+    config = ExperimentConfig.model_validate(
+        {
+            "name": "g",
+            "models": ["a", {"name": "b", "spec": "/tmp/b"}],
+            "corpora": ["radiology-guidelines", "retina-rules"],
+            "conditions": ["closed_book", "standard_rag"],
+            "compute": {"samples": [4, 1]},
+        }
+    )
+    grid = config.grid()
+    assert len(grid) == 2 * 2 * 2 * 2
+    assert (grid[0].model.name, grid[0].corpus, grid[0].condition, grid[0].samples_budget) == (
+        "a", "radiology-guidelines", "closed_book", 1,
+    )  # fmt: skip
+    assert grid[1].samples_budget == 4
+    assert config.models[1].source == "/tmp/b"
