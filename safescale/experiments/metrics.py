@@ -561,18 +561,19 @@ def metrics_from_records(
     attribution_counts: dict[tuple, int] = {}
     owner = item_corpus_map(corpora)
     for row in attribution:
-        key = (row.model, owner.get(row.item), row.condition, row.samples_budget, row.cause)
+        key = (
+            row.model,
+            owner.get(row.item),
+            row.condition,
+            row.samples_budget,
+            row.severity,
+            row.cause,
+        )
         attribution_counts[key] = attribution_counts.get(key, 0) + 1
+    fields = ("model", "corpus", "condition", "samples_budget", "severity", "cause")
     attribution_rows = [
-        {
-            "model": m,
-            "corpus": c,
-            "condition": cond,
-            "samples_budget": b,
-            "cause": cause,
-            "count": count,
-        }
-        for (m, c, cond, b, cause), count in sorted(
+        {**dict(zip(fields, key, strict=True)), "count": count}
+        for key, count in sorted(
             attribution_counts.items(), key=lambda kv: tuple(str(x) for x in kv[0])
         )
     ]

@@ -221,7 +221,10 @@ def triage_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         sizes = report.get("split_sizes") or {}
         tables.append(
             TextTable(
-                title=f"Triage — {report.get('backbone', '?')} (test split, n = {sizes.get('test', '?')})",
+                title=(
+                    f"Triage — {report.get('backbone', '?')} "
+                    f"(test split, n = {sizes.get('test', '?')})"
+                ),
                 columns=TRIAGE_COLUMNS,
                 rows=rows,
                 note=(
@@ -313,9 +316,12 @@ def _comparison_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
     for comp in metrics["comparisons"]:
         by_kind.setdefault(comp["kind"], []).append(comp)
     titles = {
-        "condition": ("Paired differences between conditions (A − B)", ("model", "corpus", "samples_budget")),
-        "samples_budget": ("Paired differences between compute budgets (A − B)", ("model", "corpus", "condition")),
-        "model": ("Paired differences between models (A − B)", ("corpus", "condition", "samples_budget")),
+        "condition": ("Paired differences between conditions (A − B)",
+                      ("model", "corpus", "samples_budget")),
+        "samples_budget": ("Paired differences between compute budgets (A − B)",
+                           ("model", "corpus", "condition")),
+        "model": ("Paired differences between models (A − B)",
+                  ("corpus", "condition", "samples_budget")),
     }  # fmt: skip
     tables = []
     for kind, comps in by_kind.items():
@@ -407,13 +413,14 @@ def _attribution_table(metrics: Mapping[str, Any]) -> TextTable | None:
         return None
     return TextTable(
         "Failure attribution (counts per condition)",
-        ("model", "corpus", "condition", "budget", "cause", "count"),
+        ("model", "corpus", "condition", "budget", "severity", "cause", "count"),
         [
             [
                 str(r["model"]),
                 str(r["corpus"]),
                 _condition_label(str(r["condition"])),
                 str(r["samples_budget"]),
+                str(r.get("severity") or "–"),
                 str(r["cause"]),
                 str(r["count"]),
             ]
@@ -468,7 +475,10 @@ def rich_table(table: TextTable) -> Table:
     """A :class:`rich.table.Table` of a :class:`TextTable`."""
     out = Table(title=table.title, caption=table.note, caption_justify="left")
     for i, column in enumerate(table.columns):
-        out.add_column(column, justify="left" if i == 0 else "right", no_wrap=i > 0)
+        if i == 0:
+            out.add_column(column, justify="left", no_wrap=True, min_width=12)
+        else:
+            out.add_column(column, justify="right", overflow="fold")
     for row in table.rows:
         out.add_row(*row)
     return out

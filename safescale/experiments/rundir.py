@@ -32,11 +32,11 @@ __all__ = [
     "RESPONSES_FILE",
     "STEPS_FILE",
     "TRIAGE_FILE",
-    "atomic_write_text",
     "AttributionRow",
     "JsonlContents",
     "RunData",
     "RunDirError",
+    "atomic_write_text",
     "item_corpus_map",
     "load_attribution",
     "load_responses",
@@ -71,6 +71,7 @@ class AttributionRow(BaseModel):
         condition: condition name.
         item: item id.
         samples_budget: compute budget of the attributed response.
+        severity: ``high_risk`` or ``unsafe`` (None: not stated).
         cause: short cause label (e.g. ``retrieved_superseded``).
         step: step index the cause was attributed to (None: not step-specific).
         node: graph node of that step.
@@ -83,6 +84,7 @@ class AttributionRow(BaseModel):
     condition: str
     item: str
     samples_budget: int = 1
+    severity: str | None = None
     cause: str
     step: int | None = None
     node: str | None = None

@@ -113,7 +113,7 @@ def test_unknown_corpus_duplicate_key_and_missing_key():
 
 
 def test_unknown_bundled_name_lists_the_bundled_configs():
-    with pytest.raises(ConfigError, match="bundled: .*demo"):
+    with pytest.raises(ConfigError, match=r"bundled: .*demo"):
         load_config("dmeo")
 
 
