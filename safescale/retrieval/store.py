@@ -25,7 +25,8 @@ import shutil
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -77,6 +78,8 @@ EXACT_SUBSET_LIMIT = 8192
 _EXACT_CHUNK = 65536
 _SUBSET_CACHE_SIZE = 4
 _QUERY_CACHE_SIZE = 512
+# Below this many queries FAISS does not use BLAS; see EvidenceStore.small_batch_threads.
+_SMALL_BATCH = 20
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,10 @@ class EvidenceStore:
         manifest: the store's description (files are filled in on save).
         embedder: the embedder used for text queries (loaded lazily if None).
         build_stats: set by :meth:`build`.
+        small_batch_threads: OpenMP threads FAISS may use for a search of fewer than
+            20 queries (default 1; None = FAISS' default). Single queries gain little
+            from threads, and on a busy machine (a language model in the same process,
+            parallel sweep cells) waiting for a second thread can cost tens of ms.
     """
 
     def __init__(
@@ -184,6 +191,7 @@ class EvidenceStore:
         self._search_params = dict(manifest.index.params)
         self._subsets: OrderedDict[SearchFilters, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._query_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.small_batch_threads: int | None = 1
 
     # -- construction ---------------------------------------------------------------
 
@@ -447,11 +455,13 @@ class EvidenceStore:
         want = min(fetch, passing)
         if want == 0 or len(queries) == 0:
             return [[] for _ in range(len(queries))]
-        if mask is not None and passing <= EXACT_SUBSET_LIMIT:
-            rows, subset = self._subset_vectors(filters, mask)  # type: ignore[arg-type]
-            scores, ids = _top_k(queries @ subset.T, rows, want)
-        else:
-            scores, ids = self._filtered_search(queries, want, mask)
+        threads = self.small_batch_threads if len(queries) < _SMALL_BATCH else None
+        with _omp_threads(threads):
+            if mask is not None and passing <= EXACT_SUBSET_LIMIT:
+                rows, subset = self._subset_vectors(filters, mask)  # type: ignore[arg-type]
+                scores, ids = _knn(queries, subset, rows, want)
+            else:
+                scores, ids = self._filtered_search(queries, want, mask)
         return [self._hits(scores[i], ids[i], k, rerank, weights) for i in range(len(queries))]
 
     def _filtered_search(
@@ -502,9 +512,7 @@ class EvidenceStore:
         best_ids = np.full((len(queries), 0), -1, dtype=np.int64)
         for start in range(0, len(rows), _EXACT_CHUNK):
             chunk = rows[start : start + _EXACT_CHUNK].astype(np.int64)
-            chunk_scores, chunk_ids = _top_k(
-                queries @ reconstruct(self.index, chunk).T, chunk, want
-            )
+            chunk_scores, chunk_ids = _knn(queries, reconstruct(self.index, chunk), chunk, want)
             best_scores = np.hstack([best_scores, chunk_scores])
             best_ids = np.hstack([best_ids, chunk_ids])
             if best_scores.shape[1] > want:
@@ -780,15 +788,17 @@ class EvidenceStore:
                 )
 
 
-def _top_k(scores: np.ndarray, rows: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best ``want`` columns of ``scores`` per row, as (scores, ``rows[column]``), sorted."""
-    want = min(want, scores.shape[1])
-    if want < scores.shape[1]:
-        pick = np.argpartition(-scores, want - 1, axis=1)[:, :want]
-    else:
-        pick = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-    top_scores = np.take_along_axis(scores, pick, axis=1).astype(np.float32)
-    return _sorted(top_scores, rows[pick].astype(np.int64))
+def _knn(
+    queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray, want: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-``want`` of ``queries`` among ``vectors`` (ids ``rows``).
+
+    FAISS' kernels rather than a numpy matmul: after FAISS' OpenMP regions, BLAS threads
+    contend with spinning OpenMP workers and a small matmul can take 20x longer.
+    """
+    want = min(want, len(rows))
+    scores, cols = faiss.knn(queries, vectors, want, metric=faiss.METRIC_INNER_PRODUCT)
+    return _sorted(scores.astype(np.float32), np.asarray(rows, dtype=np.int64)[cols])
 
 
 def _sorted(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -797,6 +807,20 @@ def _sorted(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
         return scores, ids
     order = np.stack([np.lexsort((ids[i], -scores[i])) for i in range(len(scores))])
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+@contextmanager
+def _omp_threads(threads: int | None) -> Iterator[None]:
+    """Limit FAISS' OpenMP threads for the calling thread (None: leave as is)."""
+    if threads is None:
+        yield
+        return
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
 
 
 def _cache_root() -> Path:

@@ -85,6 +85,16 @@ def test_flat_search_equals_numpy_cosine_top_k(n: int, d: int, k: int) -> None:
         assert all(h.score == h.similarity for h in hits)
 
 
+def test_single_query_search_restores_faiss_threads() -> None:
+    import faiss
+
+    store, _, rng = _random_store(30, 8, index="hnsw")
+    before = faiss.omp_get_max_threads()
+    assert store.small_batch_threads == 1
+    store.search_vectors(rng.standard_normal(8), k=3)
+    assert faiss.omp_get_max_threads() == before
+
+
 def test_k_larger_than_store_returns_everything_once() -> None:
     store, _, rng = _random_store(12, 8)
     hits = store.search_vectors(rng.standard_normal(8), k=50)[0]
