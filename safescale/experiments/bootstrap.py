@@ -9,8 +9,10 @@ all replicates at once as ``counts @ numerators / counts @ denominators``, where
 
 Replicate ``r`` draws its units from its own generator,
 ``numpy.random.default_rng(SeedSequence(entropy).spawn(R)[r])``, so the resample of a
-replicate depends only on the seed, the cell key and ``r`` (not on the order in which
-cells are analysed, nor on how many replicates were asked for).
+replicate depends only on the entropy (seed material) and ``r`` — not on the order in
+which estimates are computed, nor on how many replicates were asked for. A resample
+matrix can be computed once (:func:`replicate_counts`) and passed as ``counts=`` to
+share it between statistics over the same units.
 
 The interval is the percentile interval: the ``(1 - level) / 2`` and ``(1 + level) / 2``
 quantiles of the replicate statistics (replicates whose denominator is zero are
@@ -168,14 +170,25 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
+def _resample(
+    counts: np.ndarray | None, n_units: int, replicates: int, entropy: int | Sequence[int]
+) -> np.ndarray:
+    if counts is None:
+        counts = replicate_counts(n_units, replicates, entropy)
+    elif counts.shape[1] != n_units:
+        raise ValueError(f"counts cover {counts.shape[1]} units, the data {n_units}")
+    return np.asarray(counts, dtype=np.float64)
+
+
 def bootstrap_ratio(
     numerators: np.ndarray,
     denominators: np.ndarray,
     *,
-    replicates: int,
-    entropy: int | Sequence[int],
+    replicates: int = 1000,
+    entropy: int | Sequence[int] = 0,
     level: float = 0.95,
     n_records: int | None = None,
+    counts: np.ndarray | None = None,
 ) -> list[Estimate] | Estimate:
     """Ratio-of-sums estimates with percentile bootstrap intervals.
 
@@ -190,6 +203,9 @@ def bootstrap_ratio(
         level: interval coverage.
         n_records: record count reported in the estimates (default: the summed
             denominator of the first statistic, rounded).
+        counts: a precomputed ``(R, n_units)`` resample matrix (from
+            :func:`replicate_counts`) to share one resample between calls; overrides
+            ``replicates`` and ``entropy``.
 
     Returns:
         One :class:`Estimate` for 1-D input, else a list of ``m`` estimates.
@@ -205,7 +221,7 @@ def bootstrap_ratio(
         raise ValueError(f"numerators {num.shape} and denominators {den.shape} differ in shape")
     n_units = num.shape[0]
     point = _ratio(num.sum(axis=0), den.sum(axis=0))
-    counts = replicate_counts(n_units, replicates, entropy).astype(np.float64)
+    counts = _resample(counts, n_units, replicates, entropy)
     stats = _ratio(counts @ num, counts @ den)
     lo, hi = percentile_interval(stats, level)
     n = int(np.rint(den[:, 0].sum())) if n_records is None else int(n_records)
@@ -222,10 +238,11 @@ def paired_difference(
     numerators_b: np.ndarray,
     denominators_b: np.ndarray,
     *,
-    replicates: int,
-    entropy: int | Sequence[int],
+    replicates: int = 1000,
+    entropy: int | Sequence[int] = 0,
     level: float = 0.95,
     n_records: int | None = None,
+    counts: np.ndarray | None = None,
 ) -> list[Estimate] | Estimate:
     """Paired bootstrap of ``ratio(A) - ratio(B)`` over shared units.
 
@@ -243,6 +260,8 @@ def paired_difference(
         entropy: seed material.
         level: interval coverage.
         n_records: record pairs reported in the estimates.
+        counts: a precomputed ``(R, n_units)`` resample matrix (overrides
+            ``replicates`` and ``entropy``).
 
     Returns:
         One :class:`Estimate` of the difference for 1-D input, else a list.
@@ -260,7 +279,7 @@ def paired_difference(
         raise ValueError("paired inputs must describe the same units (equal first dimension)")
     n_units = num_a.shape[0]
     point = _ratio(num_a.sum(0), den_a.sum(0)) - _ratio(num_b.sum(0), den_b.sum(0))
-    counts = replicate_counts(n_units, replicates, entropy).astype(np.float64)
+    counts = _resample(counts, n_units, replicates, entropy)
     stats = _ratio(counts @ num_a, counts @ den_a) - _ratio(counts @ num_b, counts @ den_b)
     lo, hi = percentile_interval(stats, level)
     n = int(np.rint(den_a[:, 0].sum())) if n_records is None else int(n_records)

@@ -27,9 +27,11 @@ A chosen letter outside the item's options (an unparsed answer) is wrong, not
 high-risk, not unsafe and has no confidence.
 
 Each metric gets a percentile bootstrap interval (:mod:`.bootstrap`) resampling items,
-or ``evidence_id`` groups when ``cluster_by_evidence_id`` is set. Paired differences
-between two cells resample the items both cells answered, so a cell compared with
-itself has the interval ``[0, 0]``.
+or ``evidence_id`` groups when ``cluster_by_evidence_id`` is set. One resample is drawn
+per set of units (seeded by the base seed and the sorted unit ids) and shared by every
+statistic over those units. Paired differences between two cells resample the items
+both cells answered, so a cell compared with itself has the interval ``[0, 0]``.
+Per-task accuracy resamples the task's own units.
 
 **Worst-case concentration** (per corpus): each item's high-risk error count is summed
 over every model, condition and budget of the run; with ``N`` items evaluated and
@@ -58,6 +60,7 @@ from safescale.experiments.bootstrap import (
     bootstrap_ratio,
     key_entropy,
     paired_difference,
+    replicate_counts,
 )
 from safescale.experiments.rundir import (
     AttributionRow,
@@ -264,59 +267,76 @@ def _unit_sums(frame: pd.DataFrame, unit: str) -> pd.DataFrame:
     return sums
 
 
-def _cell_estimates(
-    frame: pd.DataFrame, unit: str, bootstrap: BootstrapConfig, key: tuple[Any, ...]
-) -> dict[str, Estimate]:
+class _Resampler:
+    """One bootstrap resample per set of units, shared by every statistic over it.
+
+    The resample of a unit set is seeded by the base seed and the sorted unit ids, so
+    cells over the same items (e.g. every condition of one model and corpus) use the
+    same replicates — their intervals are computed coherently with the paired
+    differences — and results do not depend on the order cells are analysed in.
+    """
+
+    def __init__(self, bootstrap: BootstrapConfig) -> None:
+        self.bootstrap = bootstrap
+        self._cache: dict[tuple[str, ...], np.ndarray] = {}
+
+    def counts(self, units: Iterable[Any]) -> np.ndarray:
+        key = tuple(str(u) for u in units)
+        if key not in self._cache:
+            self._cache[key] = replicate_counts(
+                len(key), self.bootstrap.replicates, key_entropy(self.bootstrap.seed, *key)
+            )
+        return self._cache[key]
+
+    def ratio(self, sums: pd.DataFrame, columns: Sequence[str], denominator: str, n: int):
+        return bootstrap_ratio(
+            sums[list(columns)].to_numpy(float),
+            sums[denominator].to_numpy(float),
+            counts=self.counts(sums.index),
+            level=self.bootstrap.level,
+            n_records=n,
+        )
+
+
+def _cell_estimates(frame: pd.DataFrame, unit: str, resampler: _Resampler) -> dict[str, Estimate]:
     sums = _unit_sums(frame, unit)
     n = len(frame)
-    rates = bootstrap_ratio(
-        sums[list(_NUMERATOR_COLUMNS[:-1])].to_numpy(float),
-        sums["n"].to_numpy(float),
-        replicates=bootstrap.replicates,
-        entropy=key_entropy(bootstrap.seed, *key),
-        level=bootstrap.level,
-        n_records=n,
-    )
-    latency = bootstrap_ratio(
-        sums["wall_ms"].to_numpy(float),
-        sums["tokens"].to_numpy(float),
-        replicates=bootstrap.replicates,
-        entropy=key_entropy(bootstrap.seed, *key, "latency"),
-        level=bootstrap.level,
-        n_records=n,
-    )
+    rates = resampler.ratio(sums, _NUMERATOR_COLUMNS[:-1], "n", n)
+    (latency,) = resampler.ratio(sums, ["wall_ms"], "tokens", n)
     return {**dict(zip(RATE_METRICS, rates, strict=True)), "latency_ms_per_token": latency}
 
 
 def _paired_estimates(
-    a: pd.DataFrame, b: pd.DataFrame, unit: str, bootstrap: BootstrapConfig, key: tuple[Any, ...]
+    a: pd.DataFrame, b: pd.DataFrame, unit: str, resampler: _Resampler
 ) -> tuple[dict[str, Estimate], int]:
     shared = sorted(set(a["item"]) & set(b["item"]))
+    if not shared:
+        return {}, 0
     a = a[a["item"].isin(shared)]
     b = b[b["item"].isin(shared)]
     sums_a = _unit_sums(a, unit)
     sums_b = _unit_sums(b, unit).reindex(sums_a.index)
+    counts = resampler.counts(sums_a.index)
+    level = resampler.bootstrap.level
     rate_cols = list(_NUMERATOR_COLUMNS[:-1])
     rates = paired_difference(
         sums_a[rate_cols].to_numpy(float),
         sums_a["n"].to_numpy(float),
         sums_b[rate_cols].to_numpy(float),
         sums_b["n"].to_numpy(float),
-        replicates=bootstrap.replicates,
-        entropy=key_entropy(bootstrap.seed, *key),
-        level=bootstrap.level,
+        counts=counts,
+        level=level,
         n_records=len(shared),
     )
     latency = paired_difference(
-        sums_a["wall_ms"].to_numpy(float),
+        sums_a[["wall_ms"]].to_numpy(float),
         sums_a["tokens"].to_numpy(float),
-        sums_b["wall_ms"].to_numpy(float),
+        sums_b[["wall_ms"]].to_numpy(float),
         sums_b["tokens"].to_numpy(float),
-        replicates=bootstrap.replicates,
-        entropy=key_entropy(bootstrap.seed, *key, "latency"),
-        level=bootstrap.level,
+        counts=counts,
+        level=level,
         n_records=len(shared),
-    )
+    )[0]
     estimates = {**dict(zip(RATE_METRICS, rates, strict=True)), "latency_ms_per_token": latency}
     return estimates, len(shared)
 
@@ -438,6 +458,7 @@ def metrics_from_records(
         records, corpora, overconfidence_threshold=metrics.overconfidence_threshold
     )
     unit = "evidence_id" if bootstrap.cluster_by_evidence_id else "item"
+    resampler = _Resampler(bootstrap)
     seen_models = list(dict.fromkeys(frame["model"]))
     models = [m for m in (model_order or []) if m in set(seen_models)]
     models += [m for m in seen_models if m not in models]
@@ -459,20 +480,13 @@ def metrics_from_records(
                     sub = groups.get((model, corpus, condition, budget))
                     if sub is None:
                         continue
-                    key = ("cell", model, corpus, condition, budget)
-                    estimates = _cell_estimates(sub, unit, bootstrap, key)
+                    estimates = _cell_estimates(sub, unit, resampler)
                     by_task = {}
                     for task in TASKS:
                         part = sub[sub["task"] == task]
                         if len(part):
                             sums = _unit_sums(part, unit)
-                            by_task[task] = bootstrap_ratio(
-                                sums["correct"].to_numpy(float),
-                                sums["n"].to_numpy(float),
-                                replicates=bootstrap.replicates,
-                                entropy=key_entropy(bootstrap.seed, *key, "task", task),
-                                level=bootstrap.level,
-                            )
+                            (by_task[task],) = resampler.ratio(sums, ["correct"], "n", len(part))
                     by_category = {
                         str(cat): {
                             "n": len(part),
@@ -511,9 +525,7 @@ def metrics_from_records(
         a, b = groups.get(a_key), groups.get(b_key)
         if a is None or b is None:
             return
-        estimates, n_shared = _paired_estimates(
-            a, b, unit, bootstrap, ("paired", kind, *a_key, *b_key)
-        )
+        estimates, n_shared = _paired_estimates(a, b, unit, resampler)
         if n_shared == 0:
             return
         comparisons.append(

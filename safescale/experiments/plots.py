@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.lines import Line2D
 
 __all__ = [
     "plot_accuracy_vs_high_risk",
@@ -57,10 +58,18 @@ def _panels(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     return list(seen)
 
 
-def _grid(n: int, width: float = 5.0, height: float = 4.0) -> tuple[Any, list[Any]]:
+def _grid(
+    n: int, width: float = 5.0, height: float = 4.0, *, constrained: bool = False
+) -> tuple[Any, list[Any]]:
     cols = min(n, 2)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(width * cols, height * rows),
+        squeeze=False,
+        layout="constrained" if constrained else None,
+    )
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -89,10 +98,9 @@ def plot_accuracy_vs_high_risk(metrics: Mapping[str, Any], path: Path) -> Path |
             if (cell["model"], cell["corpus"]) != (model, corpus):
                 continue
             acc, hre = cell["metrics"]["accuracy"], cell["metrics"]["high_risk_error"]
-            marker = _MARKERS[budgets.index(cell["samples_budget"]) % len(_MARKERS)]
-            label = cell["condition"] + (
-                f" ({cell['samples_budget']}x)" if len(budgets) > 1 else ""
-            )
+            position = budgets.index(cell["samples_budget"])
+            marker = _MARKERS[position % len(_MARKERS)]
+            label = cell["condition"] if position == 0 else None
             ax.errorbar(
                 100 * _value(hre),
                 100 * _value(acc),
@@ -107,7 +115,15 @@ def plot_accuracy_vs_high_risk(metrics: Mapping[str, Any], path: Path) -> Path |
         ax.set_ylabel("accuracy (%)")
         ax.set_title(f"{model} — {corpus}", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        handles, labels = ax.get_legend_handles_labels()
+        if len(budgets) > 1:
+            for position, budget in enumerate(budgets):
+                handles.append(
+                    Line2D([], [], marker=_MARKERS[position % len(_MARKERS)], color="grey",
+                           linestyle="none")
+                )  # fmt: skip
+                labels.append(f"compute {budget}x")
+        ax.legend(handles, labels, fontsize=7, loc="best")
     fig.suptitle("Accuracy vs high-risk error (95% bootstrap CI)", fontsize=10)
     return _save(fig, path)
 
@@ -119,7 +135,8 @@ def plot_category_heatmap(metrics: Mapping[str, Any], path: Path) -> Path | None
         keys[(cell["model"], cell["corpus"], cell["samples_budget"])] = None
     if not keys:
         return None
-    fig, axes = _grid(len(keys), width=6.0, height=3.6)
+    n_conditions = len(metrics["run"]["conditions"])
+    fig, axes = _grid(len(keys), width=6.0, height=1.2 + 0.4 * n_conditions, constrained=True)
     image = None
     for ax, (model, corpus, budget) in zip(axes, keys, strict=True):
         cells = [
@@ -148,9 +165,9 @@ def plot_category_heatmap(metrics: Mapping[str, Any], path: Path) -> Path | None
         ax.set_title(f"{model} — {corpus} — {budget}x", fontsize=9)
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="high-risk error rate (%)")
-    fig.suptitle("High-risk error rate by category", fontsize=10)
+    fig.suptitle("High-risk error rate by category (%)", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 

@@ -154,6 +154,7 @@ def condition_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         groups.setdefault((cell["model"], cell["corpus"], cell["samples_budget"]), []).append(cell)
     level = metrics["settings"]["bootstrap"]["level"]
     unit = metrics["run"].get("resampling_unit", "item")
+    unit_text = "evidence_id groups" if unit == "evidence_id" else "items"
     replicates = metrics["settings"]["bootstrap"]["replicates"]
     tau = metrics["definitions"].get("dangerous_overconfidence_threshold", 0.95)
     tables = []
@@ -174,7 +175,7 @@ def condition_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
                 rows=rows,
                 note=(
                     f"{level:.0%} percentile bootstrap CIs ({replicates} replicates, "
-                    f"resampling {unit}s). Contradiction: a passage in the prompt (cited "
+                    f"resampling {unit_text}). Contradiction: a passage in the prompt (cited "
                     "passages when any) contradicts the chosen option, so closed-book is 0 "
                     f"by construction. Dangerous overconfidence: high-risk error with "
                     f"confidence > {tau}."
