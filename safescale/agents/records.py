@@ -40,6 +40,7 @@ class StepRecord(_Record):
     item: str
     condition: str
     model: str
+    samples_budget: int = 1
     node: str
     step: int
     inputs_digest: str

@@ -49,7 +49,13 @@ def records_from_state(
     """Build the ResponseRecord and StepRecords from a final graph state."""
     answer = state["answer"]
     steps = [
-        StepRecord(run=ctx.run_id, condition=condition, model=model, **step)
+        StepRecord(
+            run=ctx.run_id,
+            condition=condition,
+            model=model,
+            samples_budget=ctx.settings.samples,
+            **step,
+        )
         for step in state.get("steps", [])
     ]
     response = ResponseRecord(

@@ -31,34 +31,42 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Recompute metrics with bootstrap CIs; print the condition and triage tables;
         write metrics.json, report.md, CSV files and plots."""
-        from safescale.experiments.metrics import run_settings
-        from safescale.experiments.report import (
-            condition_tables,
-            rich_table,
-            triage_tables,
-            write_report,
-        )
-        from safescale.experiments.rundir import RunDirError
+        print_report(run_dir, replicates=replicates, seed=seed, plots=plots)
 
-        console = Console()
-        try:
-            bootstrap, _ = run_settings(run_dir)
-            changes = {
-                k: v for k, v in {"replicates": replicates, "seed": seed}.items() if v is not None
-            }
-            bootstrap = bootstrap.model_copy(update=changes) if changes else None
-            with console.status("computing metrics…"):
-                files = write_report(run_dir, bootstrap=bootstrap, plots=plots)
-        except (RunDirError, FileNotFoundError, ValueError) as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(1) from None
-        for note in files.metrics["run"].get("notes") or []:
-            console.print(f"[yellow]note:[/yellow] {note}")
-        for table in condition_tables(files.metrics):
-            console.print(rich_table(table))
-        for table in triage_tables(files.metrics):
-            console.print(rich_table(table))
-        written = [files.metrics_json, files.report_md, files.conditions_csv, files.comparisons_csv]
-        written += [files.triage_csv] if files.triage_csv else []
-        written += files.plots
-        console.print("wrote " + ", ".join(str(p) for p in written))
+
+def print_report(
+    run_dir: Path, *, replicates: int | None = None, seed: int | None = None, plots: bool = True
+) -> None:
+    """Recompute metrics with bootstrap CIs; print the condition and triage tables;
+    write metrics.json, report.md, CSV files and plots."""
+    from safescale.experiments.metrics import run_settings
+    from safescale.experiments.report import (
+        condition_tables,
+        rich_table,
+        triage_tables,
+        write_report,
+    )
+    from safescale.experiments.rundir import RunDirError
+
+    console = Console()
+    try:
+        bootstrap, _ = run_settings(run_dir)
+        changes = {
+            k: v for k, v in {"replicates": replicates, "seed": seed}.items() if v is not None
+        }
+        bootstrap = bootstrap.model_copy(update=changes) if changes else None
+        with console.status("computing metrics…"):
+            files = write_report(run_dir, bootstrap=bootstrap, plots=plots)
+    except (RunDirError, FileNotFoundError, ValueError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    for note in files.metrics["run"].get("notes") or []:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    for table in condition_tables(files.metrics):
+        console.print(rich_table(table))
+    for table in triage_tables(files.metrics):
+        console.print(rich_table(table))
+    written = [files.metrics_json, files.report_md, files.conditions_csv, files.comparisons_csv]
+    written += [files.triage_csv] if files.triage_csv else []
+    written += files.plots
+    console.print("wrote " + ", ".join(str(p) for p in written))

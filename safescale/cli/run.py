@@ -1,0 +1,166 @@
+"""``safescale run`` / ``demo`` / ``trace`` / ``replay``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+__all__ = ["register"]
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=1)
+
+
+def run(
+    config: str = typer.Argument(..., help="bundled config name or YAML path"),
+    out: Path | None = typer.Option(None, "--out", help="run directory (default runs/<name>)"),
+    limit: int | None = typer.Option(None, "--limit", help="items per corpus"),
+    fresh: bool = typer.Option(
+        False, "--fresh", help="move an existing run of another config aside"
+    ),
+    detect: bool = typer.Option(True, "--detect/--no-detect", help="run detection if configured"),
+    report: bool = typer.Option(True, "--report/--no-report", help="write metrics and report"),
+) -> None:
+    """Run (or resume) an experiment, then detection, metrics and the report."""
+    run_and_report(config, out=out, limit=limit, fresh=fresh, detect=detect, report=report)
+
+
+def run_and_report(
+    config_ref: str,
+    *,
+    out: Path | None = None,
+    limit: int | None = None,
+    fresh: bool = False,
+    detect: bool = True,
+    report: bool = True,
+) -> None:
+    from safescale.experiments.config import ConfigError, load_config
+    from safescale.experiments.runner import (
+        RunConflictError,
+        run_detection_stage,
+        run_experiment,
+    )
+
+    try:
+        config = load_config(config_ref)
+        overrides = {}
+        if out is not None:
+            overrides["output_dir"] = out
+        if limit is not None:
+            overrides["limit"] = limit
+        if overrides:
+            config = config.with_overrides(**overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+    try:
+        summary = run_experiment(config, fresh=fresh, console=err)
+    except RunConflictError as exc:
+        _fail(str(exc))
+    err.print(
+        f"[green]responses[/]: {summary.answered} answered, {summary.skipped} already done "
+        f"({summary.seconds:.1f} s; LM cache {summary.lm_cache_hits} hits / "
+        f"{summary.lm_cache_misses} misses) -> {summary.run_dir}"
+    )
+    if detect:
+        run_detection_stage(config, console=err)
+    if report:
+        from safescale.cli.report import print_report
+
+        print_report(summary.run_dir)
+
+
+def demo() -> None:
+    """The main job on the embedded defaults: `run demo` then the report."""
+    run_and_report("demo")
+
+
+def trace(
+    run_dir: Path = typer.Argument(..., help="run directory"),
+    item: str = typer.Argument(..., help="item id"),
+    condition: str | None = typer.Option(None, "--condition", "-c"),
+    model: str | None = typer.Option(None, "--model", "-m"),
+) -> None:
+    """Print the step timeline of an item (every matching condition), with the
+    attributed failure step highlighted."""
+    from safescale.agents import Attribution, render_trace
+    from safescale.experiments.rundir import (
+        RunDirError,
+        load_attribution,
+        load_responses,
+        load_run_corpora,
+        load_steps,
+    )
+
+    try:
+        responses, _ = load_responses(run_dir)
+        steps = load_steps(run_dir)
+        attributions = load_attribution(run_dir)
+        corpora = load_run_corpora(run_dir)
+    except RunDirError as exc:
+        _fail(str(exc))
+    chosen = [
+        r
+        for r in responses
+        if r.item == item
+        and (condition is None or r.condition == condition)
+        and (model is None or r.model == model)
+    ]
+    if not chosen:
+        _fail(
+            f"no response for item {item!r}"
+            + (f" under {condition!r}" if condition else "")
+            + f" in {run_dir}"
+        )
+    corpus = next(c for c in corpora.values() if item in c.items_by_id)
+    for r in chosen:
+        key = (r.model, r.condition, r.item, r.samples_budget)
+        own = [s for s in steps if (s.model, s.condition, s.item, s.samples_budget) == key]
+        att = next(
+            (
+                Attribution.model_validate(a.model_dump())
+                for a in attributions
+                if (a.model, a.condition, a.item, a.samples_budget) == key
+            ),
+            None,
+        )
+        console.print(render_trace(corpus.item(item), r, own, att))
+
+
+def replay(
+    run_dir: Path = typer.Argument(..., help="run directory"),
+    item: str = typer.Argument(..., help="item id"),
+    condition: str = typer.Option(..., "--condition", "-c"),
+    drop_passage: list[str] = typer.Option(..., "--drop-passage", help="passage id (repeatable)"),
+    model: str | None = typer.Option(None, "--model", "-m"),
+) -> None:
+    """Fork the item's thread after its evidence step without the given passage(s),
+    re-run only the downstream nodes, and print old vs new answer."""
+    from safescale.experiments.replay import replay_item
+
+    try:
+        result = replay_item(run_dir, item, condition, drop_passage, model=model)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        _fail(str(exc))
+    from safescale.agents import render_trace
+
+    console.print(render_trace(result.item, result.new, result.new_steps))
+    console.print(
+        f"forked after step {result.fork_step}; dropped {', '.join(drop_passage)}\n"
+        f"old answer: [bold]{result.old.chosen}[/] {result.item.options[result.old.chosen]}\n"
+        f"new answer: [bold]{result.new.chosen}[/] {result.item.options[result.new.chosen]}"
+        + ("  [yellow](changed)[/]" if result.old.chosen != result.new.chosen else "  (same)")
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("demo")(demo)
+    app.command("trace")(trace)
+    app.command("replay")(replay)

@@ -1,0 +1,465 @@
+"""The sweep runner: config -> cells -> frozen responses, steps, attributions,
+detection, metrics and report in one run directory.
+
+Cells are model x corpus x condition x compute budget, each cut into item shards.
+Durability rules:
+
+* every LM call goes through a SQLite cache keyed by (model hash, prompt, decoding
+  settings) in ``lm_cache.sqlite``; graph checkpoints go to ``checkpoints.sqlite``;
+* per item, its step records and attribution are appended first and its response line
+  last, each as one ``write`` + ``fsync``: the response line is the commit mark. On
+  resume, a torn last line is cut off, step/attribution rows of items without a
+  response are dropped, and only items without a response are run again (their
+  partial checkpoint thread is deleted first);
+* a run directory belongs to one resolved config (by hash): running a different config
+  into it is refused unless ``fresh=True``, which moves the old directory aside.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from safescale.agents import (
+    AgentContext,
+    AgentSettings,
+    CachedLM,
+    answer_item,
+    attribute_failure,
+    build_condition,
+    thread_id,
+)
+from safescale.corpora import Corpus, Item, load_corpus
+from safescale.experiments.config import ExperimentConfig, ModelConfig
+from safescale.experiments.rundir import (
+    ATTRIBUTION_FILE,
+    MANIFEST_FILE,
+    RESPONSES_FILE,
+    STEPS_FILE,
+    RunDirError,
+    atomic_write_text,
+    read_jsonl,
+)
+
+__all__ = [
+    "RUN_SCHEMA_VERSION",
+    "RunConflictError",
+    "RunSummary",
+    "run_detection_stage",
+    "run_experiment",
+    "select_items",
+]
+
+RUN_SCHEMA_VERSION = 1
+_RAG = {"standard_rag", "agentic_rag", "max_context"}
+_PACKAGES = (
+    "safescale",
+    "torch",
+    "transformers",
+    "langgraph",
+    "faiss-cpu",
+    "xgboost-cpu",
+    "sentence-transformers",
+    "llama-index-core",
+    "numpy",
+    "pydantic",
+)
+
+
+class RunConflictError(RuntimeError):
+    """The run directory holds a run of a different config."""
+
+
+@dataclass
+class RunSummary:
+    """What a call to :func:`run_experiment` did."""
+
+    run_dir: Path
+    answered: int = 0
+    skipped: int = 0
+    lm_cache_hits: int = 0
+    lm_cache_misses: int = 0
+    detection_ran: bool = False
+    seconds: float = 0.0
+    cells: list[dict] = field(default_factory=list)
+
+
+def select_items(corpus: Corpus, config: ExperimentConfig) -> list[Item]:
+    """Items of a corpus for this run: the item filter, then ``limit`` items drawn
+    without replacement with the run seed (kept in corpus order)."""
+    items = list(corpus.items)
+    flt = config.item_filter
+    if flt is not None:
+        if flt.categories is not None:
+            items = [i for i in items if i.category in flt.categories]
+        if flt.tasks is not None:
+            items = [i for i in items if i.task in flt.tasks]
+        if flt.ids is not None:
+            items = [i for i in items if i.id in flt.ids]
+    if config.limit is not None and config.limit < len(items):
+        rng = np.random.default_rng([config.seed, len(items)])
+        keep = set(rng.choice(len(items), size=config.limit, replace=False).tolist())
+        items = [item for i, item in enumerate(items) if i in keep]
+    return items
+
+
+# ---------------------------------------------------------------- run directory
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _prepare(run_dir: Path, config: ExperimentConfig, fresh: bool) -> dict:
+    manifest_path = run_dir / MANIFEST_FILE
+    digest = config.config_hash()
+    if manifest_path.exists():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except ValueError as exc:
+            raise RunDirError(f"{manifest_path}: corrupt manifest: {exc}") from None
+        if manifest.get("config_hash") != digest:
+            if not fresh:
+                raise RunConflictError(
+                    f"{run_dir} holds a run of a different config (hash "
+                    f"{str(manifest.get('config_hash'))[:12]}… vs {digest[:12]}…); use another "
+                    "--out directory, or --fresh to move the old run aside and start again"
+                )
+        else:
+            return manifest
+    if fresh and run_dir.exists() and any(run_dir.iterdir()):
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        os.replace(run_dir, run_dir.with_name(f"{run_dir.name}.old-{stamp}"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "schema_version": RUN_SCHEMA_VERSION,
+        "name": config.name,
+        "config_hash": digest,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "packages": _versions(),
+        "git_revision": _git_revision(),
+        "seed": config.seed,
+        "models": {},
+        "corpora": {},
+    }
+    atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _repair_jsonl(path: Path) -> None:
+    """Cut a torn final line (a crash mid-write) so appends start on a clean line."""
+    if not path.exists():
+        return
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with path.open("rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
+            return
+        data = path.read_bytes()
+        cut = data.rfind(b"\n") + 1
+        fh.truncate(cut)
+
+
+def _append(path: Path, rows: Iterable[str]) -> None:
+    payload = "".join(row + "\n" for row in rows).encode()
+    if not payload:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, payload)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _done_keys(run_dir: Path) -> set[tuple[str, str, str, int]]:
+    path = run_dir / RESPONSES_FILE
+    if not path.exists():
+        return set()
+    return {
+        (r["model"], r["condition"], r["item"], r["samples_budget"]) for r in read_jsonl(path).rows
+    }
+
+
+def _drop_orphans(run_dir: Path, done: set[tuple[str, str, str, int]]) -> None:
+    """Remove step/attribution rows of items whose response was never committed."""
+    for name in (STEPS_FILE, ATTRIBUTION_FILE):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        rows = read_jsonl(path).rows
+        keep = []
+        for row in rows:
+            key = (row["model"], row["condition"], row["item"], row.get("samples_budget", 1))
+            if key in done:
+                keep.append(row)
+        if len(keep) != len(rows):
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+# ---------------------------------------------------------------- the run
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    fresh: bool = False,
+    console: Console | None = None,
+    progress: bool = True,
+    on_item: Callable[[int], None] | None = None,
+) -> RunSummary:
+    """Run (or resume) an experiment into ``config.run_dir``; then detection, metrics,
+    report. Returns a summary of what was done."""
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from safescale.models import load_model
+
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    run_dir = Path(config.run_dir)
+    manifest = _prepare(run_dir, config, fresh)
+    summary = RunSummary(run_dir=run_dir)
+    for name in (RESPONSES_FILE, STEPS_FILE, ATTRIBUTION_FILE):
+        _repair_jsonl(run_dir / name)
+    done = _done_keys(run_dir)
+    _drop_orphans(run_dir, done)
+
+    corpora = {ref: load_corpus(ref) for ref in config.corpora}
+    for ref, corpus in corpora.items():
+        manifest["corpora"][corpus.name] = {
+            "ref": ref,
+            "path": str(corpus.path) if corpus.path else None,
+            "content_hash": corpus.content_hash,
+        }
+    items = {ref: select_items(corpus, config) for ref, corpus in corpora.items()}
+    atomic_write_text(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2))
+
+    conn = sqlite3.connect(str(run_dir / "checkpoints.sqlite"), check_same_thread=False)
+    checkpointer = SqliteSaver(conn)
+    checkpointer.setup()
+    stores: dict[str, object] = {}
+    total = sum(len(items[c.corpus]) for c in config.grid())
+    bar = (
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        if progress
+        else nullcontext()
+    )
+    with bar as prog:
+        task = prog.add_task("items", total=total) if progress else None
+        for model_cfg in config.models:
+            cells = [c for c in config.grid() if c.model.name == model_cfg.name]
+            pending = [
+                c
+                for c in cells
+                for item in items[c.corpus]
+                if (model_cfg.name, c.condition, item.id, c.samples_budget) not in done
+            ]
+            if not pending and model_cfg.name in manifest["models"]:
+                summary.skipped += sum(len(items[c.corpus]) for c in cells)
+                if progress:
+                    prog.advance(task, sum(len(items[c.corpus]) for c in cells))
+                continue
+            lm = _load(model_cfg, load_model)
+            manifest["models"][model_cfg.name] = {
+                "spec": model_cfg.spec or model_cfg.name,
+                "hash": lm.model_hash,
+                "context_length": lm.context_length,
+                "layers": lm.n_layers,
+            }
+            atomic_write_text(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2))
+            cached = CachedLM(lm, run_dir / "lm_cache.sqlite")
+            for cell in cells:
+                corpus = corpora[cell.corpus]
+                store = None
+                if cell.condition in _RAG:
+                    if cell.corpus not in stores:
+                        from safescale.retrieval import open_store
+
+                        stores[cell.corpus] = open_store(
+                            corpus, index_type=config.retrieval.index_type, show_progress=False
+                        )
+                    store = stores[cell.corpus]
+                settings = AgentSettings(
+                    k=config.retrieval.k,
+                    max_steps=config.agentic.max_steps,
+                    context_budget=config.context_budget,
+                    samples=cell.samples_budget,
+                    temperature=config.compute.temperature or 0.7,
+                    seed=config.seed,
+                )
+                ctx = AgentContext(
+                    lm=cached, corpus=corpus, store=store, settings=settings, run_id=config.name
+                )
+                graph = build_condition(cell.condition, checkpointer=checkpointer)
+                if progress:
+                    prog.update(
+                        task,
+                        description=f"{model_cfg.name} · {corpus.name} · {cell.condition}"
+                        f" · x{cell.samples_budget}",
+                    )
+                cell_items = items[cell.corpus]
+                for start in range(0, len(cell_items), config.shard_size):
+                    for item in cell_items[start : start + config.shard_size]:
+                        key = (model_cfg.name, cell.condition, item.id, cell.samples_budget)
+                        if key in done:
+                            summary.skipped += 1
+                        else:
+                            thread = thread_id(
+                                model_cfg.name,
+                                corpus.name,
+                                cell.condition,
+                                cell.samples_budget,
+                                item.id,
+                            )
+                            checkpointer.delete_thread(thread)
+                            response, steps = answer_item(
+                                graph, cell.condition, item.id, ctx, model=model_cfg.name
+                            )
+                            attribution = attribute_failure(response, steps, corpus)
+                            _append(
+                                run_dir / STEPS_FILE,
+                                (s.model_dump_json() for s in steps),
+                            )
+                            if attribution is not None:
+                                _append(run_dir / ATTRIBUTION_FILE, [attribution.model_dump_json()])
+                            _append(run_dir / RESPONSES_FILE, [response.model_dump_json()])
+                            done.add(key)
+                            summary.answered += 1
+                            if on_item is not None:
+                                on_item(summary.answered)
+                        if progress:
+                            prog.advance(task)
+            summary.lm_cache_hits += cached.hits
+            summary.lm_cache_misses += cached.misses
+            cached.close()
+    conn.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _load(model_cfg: ModelConfig, load_model):
+    return load_model(
+        model_cfg.spec or model_cfg.name,
+        device=model_cfg.device,
+        dtype=model_cfg.dtype,
+        batch_size=model_cfg.batch_size,
+    )
+
+
+def run_detection_stage(
+    config: ExperimentConfig, *, console: Console | None = None, force: bool = False
+) -> list:
+    """Train and evaluate the configured detectors on the run's frozen responses, per
+    model x corpus, into ``detection/<model>__<corpus>/``; write the combined
+    ``detection/triage.json``. Skips a (model, corpus) whose detection outputs exist
+    for the same responses unless ``force``. Never regenerates answers.
+
+    A corpus whose items carry no ``task`` (e.g. ``radiology-guidelines``) cannot use
+    ``label_source="task"``; it is labeled by outcome instead, and the report says so.
+    """
+    from safescale.detection.pipeline import (
+        _write_combined,
+        evaluate_detection,
+        read_responses,
+        run_detection,
+    )
+    from safescale.models import load_model
+
+    console = console or Console(stderr=True)
+    run_dir = Path(config.run_dir)
+    if not config.detection.enabled:
+        return []
+    manifest = json.loads((run_dir / MANIFEST_FILE).read_text())
+    responses = read_responses(run_dir / RESPONSES_FILE)
+    base = config.detection.detection_config()
+    reports = []
+    notes = []
+    for model_cfg in config.models:
+        lm = None
+        for ref in config.corpora:
+            corpus = load_corpus(ref)
+            ids = set(corpus.items_by_id)
+            records = [r for r in responses if r.model == model_cfg.name and r.item in ids]
+            if not records:
+                continue
+            out = run_dir / "detection" / f"{model_cfg.name}__{corpus.name}"
+            digest = _records_digest(records)
+            stamp = out / "responses.sha256"
+            if not force and stamp.exists() and stamp.read_text() == digest:
+                reports.append(evaluate_detection(out))
+                continue
+            detection_config = base
+            if base.label_source == "task" and not any(i.task for i in corpus.items):
+                detection_config = base.model_copy(update={"label_source": "outcome"})
+                notes.append(f"{corpus.name}: items have no task; labeled by outcome")
+            if lm is None:
+                lm = _load(model_cfg, load_model)
+                expected = manifest["models"].get(model_cfg.name, {}).get("hash")
+                if expected and lm.model_hash != expected:
+                    raise RunDirError(
+                        f"model {model_cfg.name!r} now has hash {lm.model_hash[:12]}…, the run's "
+                        f"responses came from {expected[:12]}…"
+                    )
+            console.print(f"detection: {model_cfg.name} · {corpus.name} ({len(records)} responses)")
+            try:
+                report = run_detection(
+                    records, corpus, lm, detection_config, out, model_name=model_cfg.name
+                )
+            except ValueError as exc:  # e.g. too few evidence groups for three splits
+                notes.append(f"{model_cfg.name} · {corpus.name}: detection skipped: {exc}")
+                console.print(f"[yellow]detection skipped[/]: {exc}")
+                continue
+            atomic_write_text(stamp, digest)
+            reports.append(report)
+    if reports:
+        _write_combined(run_dir / "detection", reports)
+    atomic_write_text(run_dir / "detection" / "notes.json", json.dumps(notes, indent=2))
+    return reports
+
+
+def _records_digest(records) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for r in sorted(records, key=lambda r: (r.condition, r.item, r.samples_budget)):
+        digest.update(f"{r.condition}|{r.item}|{r.samples_budget}|{r.chosen}|{r.response}".encode())
+    return digest.hexdigest()
