@@ -103,12 +103,12 @@ def build(
         raise typer.BadParameter(f"choose one of {INDEX_TYPES}", param_hint="--index-type")
     params = _parse_params(param)
     loaded = _load(corpus)
-    model = load_embedder(embedder)
     try:
+        model = load_embedder(embedder)
         store = EvidenceStore.build(loaded, model, index_type, **params)  # type: ignore[arg-type]
-    except ValueError as exc:
+        target = store.save(out if out is not None else store_dir(loaded, model, index_type))
+    except (ValueError, OSError) as exc:
         raise _fail(str(exc)) from exc
-    target = store.save(out if out is not None else store_dir(loaded, model, index_type))
     stats = store.build_stats
     _console.print(
         f"[bold]{loaded.name}[/]: {len(store)} passages, index [cyan]{index_type}[/] "
@@ -167,8 +167,8 @@ def search(
         min_grade_level=min_grade, statuses=frozenset(statuses), topics=topic or None
     )
     loaded = _load(corpus)
-    model = load_embedder(embedder)
     try:
+        model = load_embedder(embedder)
         if store is not None:
             evidence = EvidenceStore.load(store, loaded, model)
         else:

@@ -136,11 +136,15 @@ class ComputeConfig(_Section):
     Attributes:
         samples: compute budgets to run; 1 = greedy answer, n > 1 = majority vote over
             n samples (each budget is a separate set of responses).
-        temperature: sampling temperature for budgets > 1.
+        temperature: sampling temperature for budgets > 1 (and detection samples).
+        detection_samples: sampled answers recorded with each greedy (budget 1)
+            response for the sampling-based detectors (LN-entropy, EigenScore,
+            SelfCheck); they do not change the answer. 0 records none.
     """
 
     samples: tuple[int, ...] = (1,)
     temperature: float = Field(0.7, ge=0.0)
+    detection_samples: int = Field(0, ge=0)
 
     @field_validator("samples")
     @classmethod

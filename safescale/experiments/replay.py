@@ -49,7 +49,8 @@ def replay_item(
     config = load_config(run_dir / "config.yaml")
     responses, _ = load_responses(run_dir)
     matches = [
-        r for r in responses
+        r
+        for r in responses
         if r.item == item_id and r.condition == condition and (model is None or r.model == model)
     ]
     if not matches:
@@ -71,6 +72,7 @@ def replay_item(
         context_budget=config.context_budget,
         samples=old.samples_budget,
         temperature=config.compute.temperature or 0.7,
+        extra_samples=config.compute.detection_samples,
         seed=config.seed,
     )
     cached = CachedLM(lm, run_dir / "lm_cache.sqlite")

@@ -324,6 +324,7 @@ def run_experiment(
                     context_budget=config.context_budget,
                     samples=cell.samples_budget,
                     temperature=config.compute.temperature or 0.7,
+                    extra_samples=config.compute.detection_samples,
                     seed=config.seed,
                 )
                 ctx = AgentContext(

@@ -1,0 +1,5 @@
+"""``python -m safescale.cli``."""
+
+from safescale.cli import main
+
+main()
