@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -192,6 +193,7 @@ class EvidenceStore:
         self._subsets: OrderedDict[SearchFilters, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._query_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self.small_batch_threads: int | None = 1
+        self._lock = threading.Lock()
 
     # -- construction ---------------------------------------------------------------
 
@@ -494,15 +496,17 @@ class EvidenceStore:
     def _subset_vectors(
         self, filters: SearchFilters, mask: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        cached = self._subsets.get(filters)
-        if cached is None:
-            rows = np.flatnonzero(mask).astype(np.int64)
-            cached = (rows, reconstruct(self.index, rows))
+        with self._lock:
+            cached = self._subsets.get(filters)
+            if cached is not None:
+                self._subsets.move_to_end(filters)
+                return cached
+        rows = np.flatnonzero(mask).astype(np.int64)
+        cached = (rows, reconstruct(self.index, rows))
+        with self._lock:
             self._subsets[filters] = cached
             if len(self._subsets) > _SUBSET_CACHE_SIZE:
                 self._subsets.popitem(last=False)
-        else:
-            self._subsets.move_to_end(filters)
         return cached
 
     def _exact_scan(
@@ -551,18 +555,22 @@ class EvidenceStore:
         ]
 
     def _embed_queries(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
         embedder = self._require_embedder()
-        missing = [t for t in dict.fromkeys(texts) if t not in self._query_vectors]
+        with self._lock:
+            known = {t: self._query_vectors[t] for t in texts if t in self._query_vectors}
+        missing = [t for t in dict.fromkeys(texts) if t not in known]
         if missing:
             encoded = embedder.encode(missing, normalize=True)
-            for text, vector in zip(missing, encoded, strict=True):
-                self._query_vectors[text] = np.asarray(vector, dtype=np.float32)
-        for text in texts:
-            self._query_vectors.move_to_end(text)
-        out = np.stack([self._query_vectors[t] for t in texts])
-        while len(self._query_vectors) > _QUERY_CACHE_SIZE:
-            self._query_vectors.popitem(last=False)
-        return out
+            known.update(zip(missing, np.asarray(encoded, dtype=np.float32), strict=True))
+        with self._lock:
+            for text in dict.fromkeys(texts):
+                self._query_vectors[text] = known[text]
+                self._query_vectors.move_to_end(text)
+            while len(self._query_vectors) > _QUERY_CACHE_SIZE:
+                self._query_vectors.popitem(last=False)
+        return np.stack([known[t] for t in texts])
 
     def _require_embedder(self) -> Embedder:
         if self.embedder is None:

@@ -10,6 +10,7 @@ On disk the table is a Parquet file (no pickle).
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ STATUS_CODES: dict[Status, int] = {status: code for code, status in enumerate(St
 _STATUS_BY_NAME = {status.value: code for status, code in STATUS_CODES.items()}
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _MASK_CACHE_SIZE = 16
+_PARSED_CACHE_SIZE = 10_000
 
 
 class PassageTable:
@@ -83,7 +85,8 @@ class PassageTable:
         self.scopes = list(scopes)
         self.date_ordinal = np.asarray(date_ordinal, dtype=np.int32)
         self._passages = tuple(passages) if passages is not None else None
-        self._parsed: dict[int, Passage] = {}
+        self._parsed: OrderedDict[int, Passage] = OrderedDict()
+        self._lock = threading.Lock()
         self._row_by_id: dict[str, int] | None = None
         self._masks: OrderedDict[SearchFilters, np.ndarray] = OrderedDict()
 
@@ -130,11 +133,17 @@ class PassageTable:
         """The passage at ``row`` (parsed from its JSON on first access)."""
         if self._passages is not None:
             return self._passages[row]
-        cached = self._parsed.get(row)
-        if cached is None:
-            cached = Passage.model_validate_json(self.records[row].as_py())
-            self._parsed[row] = cached
-        return cached
+        with self._lock:
+            cached = self._parsed.get(row)
+            if cached is not None:
+                self._parsed.move_to_end(row)
+                return cached
+        passage = Passage.model_validate_json(self.records[row].as_py())
+        with self._lock:
+            self._parsed[row] = passage
+            if len(self._parsed) > _PARSED_CACHE_SIZE:
+                self._parsed.popitem(last=False)
+        return passage
 
     def row_of(self, passage_id: str) -> int:
         """Row (= vector id) of a passage id; KeyError if absent."""
@@ -162,10 +171,11 @@ class PassageTable:
         """
         if filters is None or filters.is_unrestricted:
             return None
-        cached = self._masks.get(filters)
-        if cached is not None:
-            self._masks.move_to_end(filters)
-            return cached
+        with self._lock:
+            cached = self._masks.get(filters)
+            if cached is not None:
+                self._masks.move_to_end(filters)
+                return cached
         keep = np.ones(len(self), dtype=bool)
         if filters.min_grade_level is not None:
             keep &= self.grade_level <= filters.min_grade_level
@@ -185,9 +195,10 @@ class PassageTable:
             if filters.date_to is not None:
                 keep &= self.date_ordinal <= filters.date_to.toordinal()
         keep.setflags(write=False)
-        self._masks[filters] = keep
-        if len(self._masks) > _MASK_CACHE_SIZE:
-            self._masks.popitem(last=False)
+        with self._lock:
+            self._masks[filters] = keep
+            if len(self._masks) > _MASK_CACHE_SIZE:
+                self._masks.popitem(last=False)
         return keep
 
     # -- persistence ----------------------------------------------------------------

@@ -413,3 +413,18 @@ def test_passage_lookup_and_errors() -> None:
         store.search_vectors(np.ones(4), k=0)
     with pytest.raises(ValueError, match="cannot set"):
         store.set_search_params(nprobe=3)
+
+
+def test_concurrent_searches_match_sequential_ones(cache_dir: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    corpus = make_corpus(_passages(200))
+    store = EvidenceStore.build(corpus, HashingEmbedder(), "hnsw", cache_dir=cache_dir)
+    queries = [p.text for p in corpus.passages[:40]]
+    filters = [None, SearchFilters.current_only(), SearchFilters(min_grade_level=2)]
+    jobs = [(q, filters[i % 3]) for i, q in enumerate(queries)]
+    expected = [[h.passage.id for h in store.search(q, k=5, filters=f)] for q, f in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda job: store.search(job[0], k=5, filters=job[1]), jobs))
+    assert [[h.passage.id for h in hits] for hits in got] == expected
+    assert store.search([], k=5) == []
