@@ -34,11 +34,40 @@ def register(app: typer.Typer) -> None:
         print_report(run_dir, replicates=replicates, seed=seed, plots=plots)
 
 
+def _up_to_date(run_dir: Path) -> bool:
+    """metrics.json and report.md are newer than every input they are computed from."""
+    outputs = [run_dir / "metrics.json", run_dir / "report.md"]
+    if not all(p.is_file() for p in outputs):
+        return False
+    inputs = [run_dir / n for n in ("responses.jsonl", "attribution.jsonl", "config.yaml")]
+    inputs.append(run_dir / "detection" / "triage.json")
+    newest_input = max((p.stat().st_mtime for p in inputs if p.is_file()), default=0.0)
+    return min(p.stat().st_mtime for p in outputs) >= newest_input
+
+
 def print_report(
-    run_dir: Path, *, replicates: int | None = None, seed: int | None = None, plots: bool = True
+    run_dir: Path,
+    *,
+    replicates: int | None = None,
+    seed: int | None = None,
+    plots: bool = True,
+    reuse: bool = False,
 ) -> None:
     """Recompute metrics with bootstrap CIs; print the condition and triage tables;
-    write metrics.json, report.md, CSV files and plots."""
+    write metrics.json, report.md, CSV files and plots. With ``reuse``, a report that
+    is newer than all of its inputs is printed as it is instead of recomputed."""
+    if reuse and replicates is None and seed is None and _up_to_date(Path(run_dir)):
+        from safescale.experiments.metrics import read_metrics
+        from safescale.experiments.report import condition_tables, rich_table, triage_tables
+
+        console = Console()
+        metrics = read_metrics(run_dir)
+        for table in condition_tables(metrics):
+            console.print(rich_table(table))
+        for table in triage_tables(metrics):
+            console.print(rich_table(table))
+        console.print(f"report is up to date: {Path(run_dir) / 'report.md'}")
+        return
     from safescale.experiments.metrics import run_settings
     from safescale.experiments.report import (
         condition_tables,

@@ -73,7 +73,7 @@ def run_and_report(
     if report:
         from safescale.cli.report import print_report
 
-        print_report(summary.run_dir)
+        print_report(summary.run_dir, reuse=summary.answered == 0)
 
 
 def demo() -> None:

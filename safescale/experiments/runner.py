@@ -414,6 +414,7 @@ def run_detection_stage(
     base = config.detection.detection_config()
     reports = []
     notes = []
+    trained = False
     for model_cfg in config.models:
         lm = None
         for ref in config.corpora:
@@ -451,9 +452,11 @@ def run_detection_stage(
                 continue
             atomic_write_text(stamp, digest)
             reports.append(report)
-    if reports:
+            trained = True
+    if reports and (trained or not (run_dir / "detection" / "triage.json").exists()):
         _write_combined(run_dir / "detection", reports)
-    atomic_write_text(run_dir / "detection" / "notes.json", json.dumps(notes, indent=2))
+    if trained or notes:
+        atomic_write_text(run_dir / "detection" / "notes.json", json.dumps(notes, indent=2))
     return reports
 
 
