@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from safescale.models.backend import ANSWER_CUE, Generation, LanguageModel, PromptError
 from safescale.models.cache import cache_root
+from safescale.models.embedder import Embedder, load_embedder
 from safescale.models.internals import Internals
 from safescale.models.loading import load_model, model_cache_status, warm_model
 from safescale.models.registry import (
@@ -18,6 +19,7 @@ from safescale.models.registry import (
 __all__ = [
     "ANSWER_CUE",
     "DEFAULT_MODEL",
+    "Embedder",
     "Generation",
     "Internals",
     "LanguageModel",
@@ -26,6 +28,7 @@ __all__ = [
     "RegisteredModel",
     "UnknownModelError",
     "cache_root",
+    "load_embedder",
     "load_model",
     "model_cache_status",
     "registered_models",

@@ -145,11 +145,13 @@ def test_a_changed_config_is_refused(full_run):
         run_experiment(changed, progress=False)
 
 
-def _strip_latency(metrics: dict) -> dict:
+def _strip_latency(metrics: dict) -> list[dict]:
+    """The cells without timing (wall time differs between any two runs)."""
     cells = []
     for cell in metrics["cells"]:
         m = {k: v for k, v in cell["metrics"].items() if k != "latency_ms_per_token"}
-        cells.append({**cell, "metrics": m, "counts": cell.get("counts")})
+        counts = {k: v for k, v in cell["counts"].items() if k != "wall_ms"}
+        cells.append({**cell, "metrics": m, "counts": counts})
     return cells
 
 
