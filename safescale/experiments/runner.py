@@ -56,8 +56,15 @@ from safescale.experiments.rundir import (
 
 __all__ = [
     "RUN_SCHEMA_VERSION",
+    "CellTask",
+    "CellWorker",
+    "ItemResult",
     "RunConflictError",
     "RunSummary",
+    "commit",
+    "plan_tasks",
+    "prepare_run",
+    "record_model",
     "run_detection_stage",
     "run_experiment",
     "select_items",
@@ -231,31 +238,174 @@ def _drop_orphans(run_dir: Path, done: set[tuple[str, str, str, int]]) -> None:
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
-# ---------------------------------------------------------------- the run
-def run_experiment(
+# ---------------------------------------------------------------- cells and workers
+@dataclass(frozen=True)
+class CellTask:
+    """One shard of one cell: items of one corpus under one condition and budget for
+    one model. Plain data, so it can be shipped to another process."""
+
+    model: str
+    corpus: str
+    condition: str
+    samples_budget: int
+    item_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """The serialized records of one answered item (what a commit appends)."""
+
+    key: tuple[str, str, str, int]
+    response: str
+    steps: tuple[str, ...]
+    attribution: str | None
+
+
+def plan_tasks(
     config: ExperimentConfig,
-    *,
-    fresh: bool = False,
-    console: Console | None = None,
-    progress: bool = True,
-    on_item: Callable[[int], None] | None = None,
-) -> RunSummary:
-    """Run (or resume) an experiment into ``config.run_dir``; then detection, metrics,
-    report. Returns a summary of what was done."""
-    from langgraph.checkpoint.sqlite import SqliteSaver
+    items: dict[str, list[Item]],
+    done: set[tuple[str, str, str, int]],
+) -> list[CellTask]:
+    """The pending shards of the sweep, in grid order (finished items left out)."""
+    tasks = []
+    for cell in config.grid():
+        ids = [
+            item.id
+            for item in items[cell.corpus]
+            if (cell.model.name, cell.condition, item.id, cell.samples_budget) not in done
+        ]
+        for start in range(0, len(ids), config.shard_size):
+            tasks.append(
+                CellTask(
+                    cell.model.name,
+                    cell.corpus,
+                    cell.condition,
+                    cell.samples_budget,
+                    tuple(ids[start : start + config.shard_size]),
+                )
+            )
+    return tasks
 
-    from safescale.models import load_model
 
-    console = console or Console(stderr=True)
-    started = time.perf_counter()
+class CellWorker:
+    """Runs cell tasks for one model: loads the model once, then reuses it, its LM
+    cache, the corpora and the evidence stores across tasks."""
+
+    def __init__(self, config: ExperimentConfig, model_name: str) -> None:
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        from safescale.models import load_model
+
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.model_cfg = next(m for m in config.models if m.name == model_name)
+        self.lm = _load(self.model_cfg, load_model)
+        self.cached = CachedLM(self.lm, self.run_dir / "lm_cache.sqlite")
+        self._conn = sqlite3.connect(
+            str(self.run_dir / "checkpoints.sqlite"), check_same_thread=False, timeout=60
+        )
+        self.checkpointer = SqliteSaver(self._conn)
+        self.checkpointer.setup()
+        self._corpora: dict[str, Corpus] = {}
+        self._stores: dict[str, object] = {}
+        self._graphs: dict[str, object] = {}
+
+    @property
+    def model_info(self) -> dict:
+        return {
+            "spec": self.model_cfg.spec or self.model_cfg.name,
+            "hash": self.lm.model_hash,
+            "context_length": self.lm.context_length,
+            "layers": self.lm.n_layers,
+        }
+
+    def _corpus(self, ref: str) -> Corpus:
+        if ref not in self._corpora:
+            self._corpora[ref] = load_corpus(ref)
+        return self._corpora[ref]
+
+    def _store(self, ref: str):
+        if ref not in self._stores:
+            from safescale.retrieval import open_store
+
+            self._stores[ref] = open_store(
+                self._corpus(ref),
+                index_type=self.config.retrieval.index_type,
+                show_progress=False,
+            )
+        return self._stores[ref]
+
+    def context(self, task: CellTask) -> AgentContext:
+        config = self.config
+        settings = AgentSettings(
+            k=config.retrieval.k,
+            max_steps=config.agentic.max_steps,
+            context_budget=config.context_budget,
+            samples=task.samples_budget,
+            temperature=config.compute.temperature or 0.7,
+            extra_samples=config.compute.detection_samples,
+            seed=config.seed,
+        )
+        return AgentContext(
+            lm=self.cached,
+            corpus=self._corpus(task.corpus),
+            store=self._store(task.corpus) if task.condition in _RAG else None,
+            settings=settings,
+            run_id=config.name,
+        )
+
+    def run_item(self, task: CellTask, item_id: str, ctx: AgentContext) -> ItemResult:
+        """Answer one item (a stale partial checkpoint thread is deleted first)."""
+        if task.condition not in self._graphs:
+            self._graphs[task.condition] = build_condition(
+                task.condition, checkpointer=self.checkpointer
+            )
+        graph = self._graphs[task.condition]
+        corpus = ctx.corpus
+        thread = thread_id(task.model, corpus.name, task.condition, task.samples_budget, item_id)
+        self.checkpointer.delete_thread(thread)
+        response, steps = answer_item(graph, task.condition, item_id, ctx, model=task.model)
+        attribution = attribute_failure(response, steps, corpus)
+        return ItemResult(
+            key=(task.model, task.condition, item_id, task.samples_budget),
+            response=response.model_dump_json(),
+            steps=tuple(s.model_dump_json() for s in steps),
+            attribution=None if attribution is None else attribution.model_dump_json(),
+        )
+
+    def run_task(self, task: CellTask) -> list[ItemResult]:
+        """Answer every item of a shard."""
+        ctx = self.context(task)
+        return [self.run_item(task, item_id, ctx) for item_id in task.item_ids]
+
+    def close(self) -> None:
+        self.cached.close()
+        self._conn.close()
+
+
+def commit(run_dir: Path, result: ItemResult) -> None:
+    """Append one item's records: steps and attribution first, the response line last
+    (the commit mark)."""
+    _append(run_dir / STEPS_FILE, result.steps)
+    if result.attribution is not None:
+        _append(run_dir / ATTRIBUTION_FILE, [result.attribution])
+    _append(run_dir / RESPONSES_FILE, [result.response])
+
+
+def prepare_run(
+    config: ExperimentConfig, *, fresh: bool = False
+) -> tuple[dict, dict[str, list[Item]], set[tuple[str, str, str, int]]]:
+    """Create or check the run directory, repair it after a crash, record the corpora.
+
+    Returns:
+        The manifest, the selected items per corpus, and the keys already done.
+    """
     run_dir = Path(config.run_dir)
     manifest = _prepare(run_dir, config, fresh)
-    summary = RunSummary(run_dir=run_dir)
     for name in (RESPONSES_FILE, STEPS_FILE, ATTRIBUTION_FILE):
         _repair_jsonl(run_dir / name)
     done = _done_keys(run_dir)
     _drop_orphans(run_dir, done)
-
     corpora = {ref: load_corpus(ref) for ref in config.corpora}
     for ref, corpus in corpora.items():
         manifest["corpora"][corpus.name] = {
@@ -265,114 +415,74 @@ def run_experiment(
         }
     items = {ref: select_items(corpus, config) for ref, corpus in corpora.items()}
     atomic_write_text(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2))
+    return manifest, items, done
 
-    conn = sqlite3.connect(str(run_dir / "checkpoints.sqlite"), check_same_thread=False)
-    checkpointer = SqliteSaver(conn)
-    checkpointer.setup()
-    stores: dict[str, object] = {}
-    total = sum(len(items[c.corpus]) for c in config.grid())
-    bar = (
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        )
-        if progress
-        else nullcontext()
+
+def record_model(run_dir: Path, manifest: dict, name: str, info: dict) -> None:
+    """Write a model's spec and hash into the manifest."""
+    manifest["models"][name] = info
+    atomic_write_text(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2))
+
+
+def _progress(console: Console, enabled: bool):
+    if not enabled:
+        return nullcontext()
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
     )
-    with bar as prog:
-        task = prog.add_task("items", total=total) if progress else None
-        for model_cfg in config.models:
-            cells = [c for c in config.grid() if c.model.name == model_cfg.name]
-            pending = [
-                c
-                for c in cells
-                for item in items[c.corpus]
-                if (model_cfg.name, c.condition, item.id, c.samples_budget) not in done
-            ]
-            if not pending and model_cfg.name in manifest["models"]:
-                summary.skipped += sum(len(items[c.corpus]) for c in cells)
-                if progress:
-                    prog.advance(task, sum(len(items[c.corpus]) for c in cells))
-                continue
-            lm = _load(model_cfg, load_model)
-            manifest["models"][model_cfg.name] = {
-                "spec": model_cfg.spec or model_cfg.name,
-                "hash": lm.model_hash,
-                "context_length": lm.context_length,
-                "layers": lm.n_layers,
-            }
-            atomic_write_text(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2))
-            cached = CachedLM(lm, run_dir / "lm_cache.sqlite")
-            for cell in cells:
-                corpus = corpora[cell.corpus]
-                store = None
-                if cell.condition in _RAG:
-                    if cell.corpus not in stores:
-                        from safescale.retrieval import open_store
 
-                        stores[cell.corpus] = open_store(
-                            corpus, index_type=config.retrieval.index_type, show_progress=False
-                        )
-                    store = stores[cell.corpus]
-                settings = AgentSettings(
-                    k=config.retrieval.k,
-                    max_steps=config.agentic.max_steps,
-                    context_budget=config.context_budget,
-                    samples=cell.samples_budget,
-                    temperature=config.compute.temperature or 0.7,
-                    extra_samples=config.compute.detection_samples,
-                    seed=config.seed,
-                )
-                ctx = AgentContext(
-                    lm=cached, corpus=corpus, store=store, settings=settings, run_id=config.name
-                )
-                graph = build_condition(cell.condition, checkpointer=checkpointer)
+
+# ---------------------------------------------------------------- the run
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    fresh: bool = False,
+    console: Console | None = None,
+    progress: bool = True,
+    on_item: Callable[[int], None] | None = None,
+) -> RunSummary:
+    """Run (or resume) the sweep of ``config`` in this process into ``config.run_dir``.
+
+    Each item is committed as soon as it is answered. Returns what was done.
+    """
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    run_dir = Path(config.run_dir)
+    manifest, items, done = prepare_run(config, fresh=fresh)
+    summary = RunSummary(run_dir=run_dir)
+    tasks = plan_tasks(config, items, done)
+    total = sum(len(items[c.corpus]) for c in config.grid())
+    summary.skipped = total - sum(len(t.item_ids) for t in tasks)
+    with _progress(console, progress) as prog:
+        bar = prog.add_task("items", total=total, completed=summary.skipped) if progress else None
+        for model_cfg in config.models:
+            mine = [t for t in tasks if t.model == model_cfg.name]
+            if not mine and model_cfg.name in manifest["models"]:
+                continue
+            worker = CellWorker(config, model_cfg.name)
+            record_model(run_dir, manifest, model_cfg.name, worker.model_info)
+            for task in mine:
                 if progress:
                     prog.update(
-                        task,
-                        description=f"{model_cfg.name} · {corpus.name} · {cell.condition}"
-                        f" · x{cell.samples_budget}",
+                        bar,
+                        description=f"{task.model} · {task.corpus} · {task.condition}"
+                        f" · x{task.samples_budget}",
                     )
-                cell_items = items[cell.corpus]
-                for start in range(0, len(cell_items), config.shard_size):
-                    for item in cell_items[start : start + config.shard_size]:
-                        key = (model_cfg.name, cell.condition, item.id, cell.samples_budget)
-                        if key in done:
-                            summary.skipped += 1
-                        else:
-                            thread = thread_id(
-                                model_cfg.name,
-                                corpus.name,
-                                cell.condition,
-                                cell.samples_budget,
-                                item.id,
-                            )
-                            checkpointer.delete_thread(thread)
-                            response, steps = answer_item(
-                                graph, cell.condition, item.id, ctx, model=model_cfg.name
-                            )
-                            attribution = attribute_failure(response, steps, corpus)
-                            _append(
-                                run_dir / STEPS_FILE,
-                                (s.model_dump_json() for s in steps),
-                            )
-                            if attribution is not None:
-                                _append(run_dir / ATTRIBUTION_FILE, [attribution.model_dump_json()])
-                            _append(run_dir / RESPONSES_FILE, [response.model_dump_json()])
-                            done.add(key)
-                            summary.answered += 1
-                            if on_item is not None:
-                                on_item(summary.answered)
-                        if progress:
-                            prog.advance(task)
-            summary.lm_cache_hits += cached.hits
-            summary.lm_cache_misses += cached.misses
-            cached.close()
-    conn.close()
+                ctx = worker.context(task)
+                for item_id in task.item_ids:
+                    commit(run_dir, worker.run_item(task, item_id, ctx))
+                    summary.answered += 1
+                    if on_item is not None:
+                        on_item(summary.answered)
+                    if progress:
+                        prog.advance(bar)
+            summary.lm_cache_hits += worker.cached.hits
+            summary.lm_cache_misses += worker.cached.misses
+            worker.close()
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -283,7 +283,7 @@ class LanguageModel:
             temperature=temperature if temperature > 0 else None,
             top_k=None,
             top_p=None,
-            num_return_sequences=n,
+            num_return_sequences=1,
             pad_token_id=self.pad_token_id,
             eos_token_id=sorted(stop_ids) or None,
             return_dict_in_generate=True,
@@ -294,10 +294,18 @@ class LanguageModel:
             prompt = self.prompt_ids(message, answer_cue=answer_cue)
             input_ids = torch.tensor([prompt], device=self.device)
             prompt_seed = _derive_seed(seed, prompt)
+            cache = None
+            if n > 1 and len(prompt) > 1:
+                # Prefill the prompt once and share its KV cache across the n samples
+                # (num_return_sequences would prefill it n times).
+                cache = self.model(input_ids=input_ids[:, :-1], use_cache=True).past_key_values
+                cache.batch_repeat_interleave(n)
+            input_ids = input_ids.repeat(n, 1)
             with _seeded(prompt_seed):
                 out = self.model.generate(
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),
+                    past_key_values=cache,
                     generation_config=config,
                 )
             new_tokens = out.sequences[:, len(prompt) :]
@@ -370,8 +378,9 @@ class LanguageModel:
                 use_cache=False,
                 output_hidden_states=True,
                 output_attentions=attentions,
+                logits_to_keep=R + 1,  # only the prediction positions need the LM head
             )
-        logits = out.logits[0, positions].float()
+        logits = out.logits[0, :R].float()
         hidden = torch.stack([h[0, positions] for h in out.hidden_states]).float()
         lens_logp = kl = entropy = topk_lp = topk_ids = None
         if lens != "off":

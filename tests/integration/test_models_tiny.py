@@ -126,3 +126,15 @@ def test_lens_off_skips_the_logit_lens(tiny_lm):
     rec = tiny_lm.internals(MESSAGES[0], "A) one", lens="off")
     assert rec.logit_lens is None and rec.lens_kl_to_final is None
     assert rec.hidden_states.shape[0] == tiny_lm.n_layers + 1
+
+
+def test_sampled_logprobs_match_teacher_forcing(tiny_lm):
+    # n > 1 shares one prefilled KV cache across the samples; each sample's raw
+    # log-probs must still equal a fresh teacher-forced pass over its tokens.
+    gens = tiny_lm.generate([MESSAGES[1]], max_new_tokens=6, n=3, temperature=1.0, seed=5)[0]
+    assert len(gens) == 3
+    for gen in gens:
+        if not gen.token_ids:
+            continue
+        rec = tiny_lm.internals(MESSAGES[1], list(gen.token_ids), lens="off")
+        np.testing.assert_allclose(rec.response_logprobs.numpy(), gen.token_logprobs, atol=1e-4)
