@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from safescale.experiments.config import ExperimentConfig
+    from safescale.experiments.ray_backend import RaySummary
 
 __all__ = ["register"]
 
 console = Console()
 err = Console(stderr=True)
+
+
+class Backend(StrEnum):
+    """Where the sweep's cells run."""
+
+    local = "local"
+    ray = "ray"
 
 
 def _fail(message: str) -> None:
@@ -27,9 +40,24 @@ def run(
     ),
     detect: bool = typer.Option(True, "--detect/--no-detect", help="run detection if configured"),
     report: bool = typer.Option(True, "--report/--no-report", help="write metrics and report"),
+    backend: Backend = typer.Option(
+        Backend.local, "--backend", help="local: in this process; ray: on Ray actors"
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="Ray cluster address (default: start a local Ray instance)"
+    ),
 ) -> None:
     """Run (or resume) an experiment, then detection, metrics and the report."""
-    run_and_report(config, out=out, limit=limit, fresh=fresh, detect=detect, report=report)
+    run_and_report(
+        config,
+        out=out,
+        limit=limit,
+        fresh=fresh,
+        detect=detect,
+        report=report,
+        backend=backend.value,
+        address=address,
+    )
 
 
 def run_and_report(
@@ -40,6 +68,8 @@ def run_and_report(
     fresh: bool = False,
     detect: bool = True,
     report: bool = True,
+    backend: str = "local",
+    address: str | None = None,
 ) -> None:
     from safescale.experiments.config import ConfigError, load_config
     from safescale.experiments.runner import (
@@ -59,8 +89,13 @@ def run_and_report(
             config = config.with_overrides(**overrides)
     except ConfigError as exc:
         _fail(str(exc))
+    if address is not None and backend != "ray":
+        _fail("--address needs --backend ray")
     try:
-        summary = run_experiment(config, fresh=fresh, console=err)
+        if backend == "ray":
+            summary = _run_on_ray(config, fresh=fresh, address=address)
+        else:
+            summary = run_experiment(config, fresh=fresh, console=err)
     except RunConflictError as exc:
         _fail(str(exc))
     err.print(
@@ -74,6 +109,26 @@ def run_and_report(
         from safescale.cli.report import print_report
 
         print_report(summary.run_dir, reuse=summary.answered == 0)
+
+
+def _run_on_ray(config: ExperimentConfig, *, fresh: bool, address: str | None) -> RaySummary:
+    """The sweep on Ray (a local instance unless ``address`` names a cluster)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        _fail("--backend ray needs Ray: pip install 'safescale[ray]'")
+    from safescale.experiments.ray_backend import WorkerLostError, run_experiment_ray
+
+    try:
+        summary = run_experiment_ray(config, fresh=fresh, address=address, console=err)
+    except WorkerLostError as exc:
+        _fail(str(exc))
+    if summary.workers_started:
+        err.print(
+            f"[green]ray[/]: {summary.shards} shards on {summary.workers_started} workers "
+            f"({summary.workers_lost} lost, {summary.shards_retried} shards retried)"
+        )
+    return summary
 
 
 def demo() -> None:
