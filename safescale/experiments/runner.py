@@ -319,7 +319,8 @@ class CellWorker:
             "layers": self.lm.n_layers,
         }
 
-    def _corpus(self, ref: str) -> Corpus:
+    def corpus(self, ref: str) -> Corpus:
+        """The corpus of a config reference (loaded once)."""
         if ref not in self._corpora:
             self._corpora[ref] = load_corpus(ref)
         return self._corpora[ref]
@@ -329,7 +330,7 @@ class CellWorker:
             from safescale.retrieval import open_store
 
             self._stores[ref] = open_store(
-                self._corpus(ref),
+                self.corpus(ref),
                 index_type=self.config.retrieval.index_type,
                 show_progress=False,
             )
@@ -348,7 +349,7 @@ class CellWorker:
         )
         return AgentContext(
             lm=self.cached,
-            corpus=self._corpus(task.corpus),
+            corpus=self.corpus(task.corpus),
             store=self._store(task.corpus) if task.condition in _RAG else None,
             settings=settings,
             run_id=config.name,

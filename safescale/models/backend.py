@@ -384,13 +384,24 @@ class LanguageModel:
         hidden = torch.stack([h[0, positions] for h in out.hidden_states]).float()
         lens_logp = kl = entropy = topk_lp = topk_ids = None
         if lens != "off":
-            lens_logp = self._logit_lens(hidden, logits)  # [L+1, R, V]
-            final = lens_logp[-1]
-            kl = (final.exp().unsqueeze(0) * (final.unsqueeze(0) - lens_logp)).sum(-1)
-            kl = kl.clamp(min=0.0)
-            entropy = -(lens_logp.exp() * lens_logp).sum(-1)
-        if lens == "topk":
-            topk_lp, topk_ids = lens_logp.topk(min(topk, lens_logp.shape[-1]), dim=-1)
+            # One layer at a time: the [R, V] temporaries stay cache-sized; the full
+            # [L+1, R, V] stack is only built when asked for.
+            final = torch.log_softmax(logits, dim=-1)
+            p_final = final.exp()
+            kls, entropies, kept, tops = [], [], [], []
+            for layer_logp in self._logit_lens_layers(hidden, final):
+                kls.append((p_final * (final - layer_logp)).sum(-1).clamp(min=0.0))
+                entropies.append(-(layer_logp.exp() * layer_logp).sum(-1))
+                if lens == "full":
+                    kept.append(layer_logp)
+                elif lens == "topk":
+                    tops.append(layer_logp.topk(min(topk, layer_logp.shape[-1]), dim=-1))
+            kl, entropy = torch.stack(kls), torch.stack(entropies)
+            if lens == "full":
+                lens_logp = torch.stack(kept)
+            elif lens == "topk":
+                topk_lp = torch.stack([t.values for t in tops])
+                topk_ids = torch.stack([t.indices for t in tops])
         att = None
         if attentions:
             if not out.attentions or out.attentions[0] is None:
@@ -410,20 +421,19 @@ class LanguageModel:
             attentions=None if att is None else att.cpu(),
         )
 
-    def _logit_lens(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """log-softmax of ``lm_head(norm(h_l))`` per layer; the last layer is ``logits``."""
+    def _logit_lens_layers(self, hidden: torch.Tensor, final_logp: torch.Tensor):
+        """Yield ``log_softmax(lm_head(norm(h_l)))`` for each layer ``l < L``, then the
+        final layer's log-probabilities (``final_logp``, from the model's own logits)."""
         norm = self._final_norm()
         head = self.model.get_output_embeddings()
         cfg = self.model.config.get_text_config()
         softcap = getattr(cfg, "final_logit_softcapping", None)
-        layers = []
         for h in hidden[:-1]:
             z = head(norm(h.to(head.weight.dtype))).float()
             if softcap:
                 z = torch.tanh(z / softcap) * softcap
-            layers.append(torch.log_softmax(z, dim=-1))
-        layers.append(torch.log_softmax(logits, dim=-1))
-        return torch.stack(layers)
+            yield torch.log_softmax(z, dim=-1)
+        yield final_logp
 
     def _final_norm(self) -> torch.nn.Module:
         base = getattr(self.model, "model", None)
