@@ -82,7 +82,7 @@ class Detector(BaseEstimator):
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: Path) -> None:
-        """Write the fitted detector into ``directory`` as JSON (never pickle).
+        """Write the fitted detector into ``directory`` as JSON only.
 
         ``detector.json`` holds the name, hyperparameters and fitted state; detectors
         built on XGBoost also write their boosters as XGBoost JSON files beside it.

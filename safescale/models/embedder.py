@@ -195,15 +195,19 @@ def _resolve_model_dir(name: str) -> Path:
         return path.resolve()
     if path.exists():
         raise NotADirectoryError(f"embedder path {path} is not a directory")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import try_to_load_from_cache
 
+    # A pure lookup in the local Hugging Face cache: nothing is fetched.
     try:
-        return Path(snapshot_download(name, local_files_only=True))
-    except Exception as exc:  # huggingface_hub raises several error types here
+        found = try_to_load_from_cache(repo_id=name, filename="modules.json")
+    except Exception:  # an id that is not a valid repo name
+        found = None
+    if not isinstance(found, str):
         raise FileNotFoundError(
-            f"embedder {name!r} is neither a local directory nor a model in the local "
-            f"Hugging Face cache (safescale never downloads at run time): {exc}"
-        ) from exc
+            f"embedder {name!r} is neither a local directory nor a sentence-transformers "
+            "model in the local Hugging Face cache (safescale never downloads at run time)"
+        )
+    return Path(found).parent
 
 
 def load_embedder(name: str | None = None, *, device: str = "cpu") -> SentenceTransformerEmbedder:

@@ -4,7 +4,7 @@ Row ``i`` of a :class:`PassageTable` describes the vector with FAISS id ``i``. T
 filterable fields (grade level, status, topic, scope, source date) are numpy columns,
 so a filter over millions of passages is a handful of vectorized comparisons; the full
 passage is kept as its canonical JSON and parsed only when it is returned as a hit.
-On disk the table is a Parquet file (no pickle).
+On disk the table is a Parquet file.
 """
 
 from __future__ import annotations
