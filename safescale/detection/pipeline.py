@@ -141,6 +141,7 @@ class TriageReport(BaseModel):
 
     backbone: str
     model_hash: str
+    corpus: str | None = None
     label_source: str
     target_recall: float
     seed: int
@@ -212,7 +213,8 @@ def comparison_table(reports: Sequence[TriageReport]) -> str:
             if r.method not in methods:
                 methods.append(r.method)
     header = "| Method | " + " | ".join(
-        f"{rep.backbone} Rec. | F.R. | S1 BA | ΔBA" for rep in reports
+        f"{rep.backbone}{f' ({rep.corpus})' if rep.corpus else ''} Rec. | F.R. | S1 BA | ΔBA"
+        for rep in reports
     )
     sep = "|---|" + "---|---|---|---|" * len(reports)
     lines = [header + " |", sep]
@@ -434,6 +436,7 @@ def evaluate_detection(out_dir: Path) -> TriageReport:
     report = TriageReport(
         backbone=info["backbone"],
         model_hash=info["model_hash"],
+        corpus=info.get("corpus"),
         label_source=config.label_source,
         target_recall=config.target_recall,
         seed=config.seed,

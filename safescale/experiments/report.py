@@ -223,8 +223,9 @@ def triage_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         tables.append(
             TextTable(
                 title=(
-                    f"Triage — {report.get('backbone', '?')} "
-                    f"(test split, n = {sizes.get('test', '?')})"
+                    f"Triage — {report.get('backbone', '?')}"
+                    + (f" — {report['corpus']}" if report.get("corpus") else "")
+                    + f" (test split, n = {sizes.get('test', '?')})"
                 ),
                 columns=TRIAGE_COLUMNS,
                 rows=rows,
