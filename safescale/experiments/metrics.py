@@ -53,6 +53,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from safescale.agents.records import ResponseRecord
+from safescale.agents.registry import CONDITIONS
 from safescale.corpora.corpus import Corpus
 from safescale.experiments.bootstrap import (
     BootstrapConfig,
@@ -93,14 +94,6 @@ __all__ = [
 METRICS_SCHEMA_VERSION = 1
 METRICS_FILE = "metrics.json"
 
-CONDITIONS = (
-    "closed_book",
-    "clean_evidence",
-    "conflict_evidence",
-    "standard_rag",
-    "agentic_rag",
-    "max_context",
-)
 TASKS = ("align", "conflict", "gap")
 RATE_METRICS = (
     "accuracy",

@@ -25,7 +25,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -99,9 +99,7 @@ class RunSummary:
     skipped: int = 0
     lm_cache_hits: int = 0
     lm_cache_misses: int = 0
-    detection_ran: bool = False
     seconds: float = 0.0
-    cells: list[dict] = field(default_factory=list)
 
 
 def select_items(corpus: Corpus, config: ExperimentConfig) -> list[Item]:
