@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from safescale.agents.answering import Formulation
 from safescale.corpora import Corpus, Item
 
 if TYPE_CHECKING:
@@ -36,6 +37,9 @@ class AgentSettings(BaseModel):
         sample_tokens: max new tokens per sampled answer.
         synthesis_tokens / query_tokens: generation budgets of the agentic nodes.
         seed: base seed of every sampled call.
+        formulation: how the answer is read (see :mod:`safescale.agents.answering`);
+            a study's ``auto`` is resolved to one of these before the graphs run.
+        position_prior: PriDe position prior per number of options (``letter_pride``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -53,6 +57,8 @@ class AgentSettings(BaseModel):
     synthesis_tokens: int = Field(48, ge=4)
     query_tokens: int = Field(24, ge=4)
     seed: int = 0
+    formulation: Formulation = "cloze_pmi"
+    position_prior: dict[str, tuple[float, ...]] | None = None
 
 
 class Critique(BaseModel):

@@ -18,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from safescale.models import Generation, LanguageModel
+from safescale.models import ContinuationScores, Generation, LanguageModel
 
 __all__ = ["CachedLM"]
 
 
 class CachedLM:
-    """Wraps a :class:`LanguageModel`; ``score_options`` and ``generate`` are cached.
+    """Wraps a :class:`LanguageModel`; ``score_options``, ``score_continuations`` and
+    ``generate`` are cached (continuations one row per (prompt, continuation), so a
+    neutral-prompt PMI score is computed once per option text).
 
     Args:
         lm: the model.
@@ -82,6 +84,47 @@ class CachedLM:
                 out[i] = fresh[row]
                 self._put(keys[i], [float(x) for x in fresh[row]])
         return out
+
+    def score_continuations(
+        self,
+        messages: Sequence[str],
+        continuations: Sequence[Sequence[str]] | Sequence[str],
+        *,
+        answer_cue: bool = True,
+    ) -> ContinuationScores:
+        """Cached :meth:`LanguageModel.score_continuations` (per prompt x continuation)."""
+        if continuations and isinstance(continuations[0], str):
+            per_message = [list(continuations)] * len(messages)  # type: ignore[list-item]
+        else:
+            per_message = [list(c) for c in continuations]  # type: ignore[arg-type]
+        width = max((len(c) for c in per_message), default=0)
+        logprob = np.full((len(messages), width), np.nan)
+        n_tokens = np.zeros((len(messages), width), dtype=np.int64)
+        n_chars = np.zeros((len(messages), width), dtype=np.int64)
+        for row, (message, texts) in enumerate(zip(messages, per_message, strict=True)):
+            keys = [self._key("continuation", [message, text, answer_cue]) for text in texts]
+            missing = []
+            for col, key in enumerate(keys):
+                value = self._get(key)
+                if value is None:
+                    missing.append(col)
+                else:
+                    logprob[row, col], n_tokens[row, col], n_chars[row, col] = value
+            self.hits += len(texts) - len(missing)
+            self.misses += len(missing)
+            if missing:
+                fresh = self.lm.score_continuations(
+                    [message], [[texts[c] for c in missing]], answer_cue=answer_cue
+                )
+                for j, col in enumerate(missing):
+                    value = [
+                        float(fresh.logprob[0, j]),
+                        int(fresh.n_tokens[0, j]),
+                        int(fresh.n_chars[0, j]),
+                    ]
+                    logprob[row, col], n_tokens[row, col], n_chars[row, col] = value
+                    self._put(keys[col], value)
+        return ContinuationScores(logprob=logprob, n_tokens=n_tokens, n_chars=n_chars)
 
     def generate(
         self,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,11 +18,12 @@ import numpy as np
 from langgraph.runtime import Runtime
 
 from safescale.agents import prompts
+from safescale.agents.answering import read_options
 from safescale.agents.context import AgentContext, Critique
 from safescale.agents.records import RetrievedRef
 from safescale.agents.state import AgentState, EvidenceRef
 from safescale.corpora import Item, Passage, Status
-from safescale.models import ANSWER_CUE
+from safescale.models import ANSWER_CUE, NEUTRAL_MESSAGE
 
 __all__ = [
     "answer_node",
@@ -255,33 +257,59 @@ def pack_context_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict
 
 
 # ---------------------------------------------------------------- agentic nodes
+def _mentions(text: str, phrase: str) -> bool:
+    """``phrase`` occurs in ``text`` as whole words (case-insensitive)."""
+    return re.search(rf"(?<!\w){re.escape(phrase.lower())}(?!\w)", text.lower()) is not None
+
+
+def judge(
+    ctx: AgentContext, messages: list[str], answers: tuple[str, str]
+) -> tuple[list[float], int]:
+    """A two-way LM judgement read as continuations (cloze, PMI-normalized).
+
+    Each answer text is scored after the answer cue of each prompt, minus its score
+    after the neutral prompt (so an answer the model likes whatever the question gains
+    nothing). Returns, per prompt, the margin ``pmi(answers[1]) - pmi(answers[0])``
+    (positive: the second answer wins) and the prompt tokens spent.
+    """
+    scores = ctx.lm.score_continuations(messages, list(answers)).logprob
+    neutral = ctx.lm.score_continuations([NEUTRAL_MESSAGE], list(answers)).logprob[0]
+    pmi = scores - neutral
+    tokens = sum(_prompt_tokens(ctx, m) for m in messages)
+    return [float(row[1] - row[0]) for row in pmi], tokens
+
+
 def default_critic(item: Item, evidence_ids: list[str], ctx: AgentContext) -> Critique:
     """Rules over metadata, then LM judgements.
 
     Rules, in order, for each passage: not current -> drop ``superseded``; a scope
-    (e.g. ``screening``) that the question does not mention while another scope of
-    the same topic does -> drop ``out-of-scope``; an older current passage of the same
-    organization and topic as a newer kept one -> drop ``outdated``; grade level
-    weaker than ``settings.min_grade_level`` while a passage at or above it is kept ->
-    drop ``low-grade``. Then the LM judges each remaining passage's relevance (a
-    two-option question, one forward pass each: kept when "relevant" scores higher)
-    and whether the kept passages conflict (one pass). Decision: ``requery`` when
+    (e.g. ``screening``) that the question does not mention (as whole words) while a
+    passage of the *same topic* has a scope the question does mention -> drop
+    ``out-of-scope``; an older current passage of the same organization, topic and
+    scope as a newer kept one -> drop ``outdated``; grade level weaker than
+    ``settings.min_grade_level`` while a passage at or above it is kept -> drop
+    ``low-grade``. Then the LM judges each remaining passage's relevance ("relevant" /
+    "not relevant" scored as continuations, PMI-normalized, one shared prompt prefill
+    per passage: dropped when "not relevant" wins) and whether the kept passages
+    conflict ("they agree" / "they conflict", likewise). Decision: ``requery`` when
     nothing relevant is left, else ``proceed``.
     """
     s = ctx.settings
     passages = [ctx.corpus.passage(pid) for pid in evidence_ids]
-    question = item.question.lower()
+    question = item.question
     drop: dict[str, str] = {}
     for p in passages:
         if p.status is not Status.CURRENT:
             drop[p.id] = p.status.value
-    scopes_in_question = {p.scope for p in passages if p.scope and p.scope.lower() in question}
+    topics_with_scope_in_question = {
+        p.topic for p in passages if p.scope and _mentions(question, p.scope)
+    }
     for p in passages:
         if (
             p.id not in drop
             and p.scope
-            and scopes_in_question
-            and p.scope not in scopes_in_question
+            and p.topic in topics_with_scope_in_question
+            and not _mentions(question, p.scope)
         ):
             drop[p.id] = "out-of-scope"
     for p in passages:
@@ -312,11 +340,11 @@ def default_critic(item: Item, evidence_ids: list[str], ctx: AgentContext) -> Cr
             prompts.RELEVANCE.render(passage=prompts.passage_line(1, p), question=item.question)
             for p in remaining
         ]
-        scores = ctx.lm.score_options(messages, ["A", "B"])
-        prompt_tokens += sum(_prompt_tokens(ctx, m) for m in messages)
-        for p, (relevant, irrelevant) in zip(remaining, scores, strict=True):
-            relevance[p.id] = float(relevant - irrelevant)
-            if relevant < irrelevant:
+        margins, tokens = judge(ctx, messages, prompts.RELEVANCE_ANSWERS)
+        prompt_tokens += tokens
+        for p, irrelevant_margin in zip(remaining, margins, strict=True):
+            relevance[p.id] = -irrelevant_margin  # > 0: "relevant" wins
+            if irrelevant_margin > 0:
                 drop[p.id] = "judged irrelevant"
     keep = [p.id for p in passages if p.id not in drop]
     conflict = False
@@ -326,16 +354,19 @@ def default_critic(item: Item, evidence_ids: list[str], ctx: AgentContext) -> Cr
             evidence=prompts.evidence_block([ctx.corpus.passage(pid) for pid in keep]),
             question=item.question,
         )
-        agree, disagree = ctx.lm.score_options([message], ["A", "B"])[0]
-        prompt_tokens += _prompt_tokens(ctx, message)
-        conflict_margin = float(disagree - agree)
+        (conflict_margin,), tokens = judge(ctx, [message], prompts.CONFLICT_ANSWERS)
+        prompt_tokens += tokens
         conflict = conflict_margin > 0
     return Critique(
         keep=keep,
         drop=drop,
         decision="proceed" if keep else "requery",
         conflict=conflict,
-        detail={"relevance_margin": relevance, "conflict_margin": conflict_margin},
+        detail={
+            "relevance_margin": relevance,
+            "conflict_margin": conflict_margin,
+            "judgement": "cloze PMI (relevance v2, conflict v2)",
+        },
         prompt_tokens=prompt_tokens,
     )
 
@@ -474,9 +505,10 @@ def parse_letter(text: str, letters: list[str]) -> str | None:
 
 
 def answer_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
-    """Read the answer: letter logits at the answer position (one forward pass); with
-    ``settings.samples > 1`` also N sampled answers and a majority vote (ties go to
-    the higher greedy logit); the vote share is the confidence."""
+    """Read the answer under ``settings.formulation`` (see
+    :mod:`safescale.agents.answering`); with ``settings.samples > 1`` also N sampled
+    answers and a majority vote (ties go to the higher formulation score); the vote
+    share is the confidence."""
     started = time.perf_counter()
     ctx = runtime.context
     s = ctx.settings
@@ -484,10 +516,18 @@ def answer_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
     letters = item.letters
     passages = _passages(ctx, state.get("evidence", []))
     summary = state.get("synthesis") or None
-    message = prompts.answer_message(item, passages, summary)
+    read = read_options(
+        ctx.lm,
+        item,
+        passages,
+        summary,
+        s.formulation,
+        position_prior={k: list(v) for k, v in (s.position_prior or {}).items()},
+    )
+    message = read.message
     message_noctx = prompts.answer_message(item, [], None)
-    logits = ctx.lm.score_options([message], letters)[0]
-    greedy = letters[int(np.argmax(logits))]
+    scores = read.scores
+    greedy = letters[int(np.argmax(scores))]
     n_samples = s.samples if s.samples > 1 else s.extra_samples
     samples = []
     completion_tokens = 1
@@ -517,7 +557,7 @@ def answer_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
         if votes:
             top = max(votes.values())
             tied = [letter for letter in letters if votes.get(letter) == top]
-            chosen = max(tied, key=lambda letter: logits[letters.index(letter)])
+            chosen = max(tied, key=lambda letter: scores[letters.index(letter)])
             vote_share = top / len(samples)
         else:
             vote_share = 0.0
@@ -525,7 +565,8 @@ def answer_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
     prompt_tokens = _prompt_tokens(ctx, message)
     answer = {
         "letters": letters,
-        "option_logits": [float(x) for x in logits],
+        "formulation": read.formulation,
+        "option_logits": [float(x) for x in scores],
         "chosen": chosen,
         "greedy": greedy,
         "vote_share": vote_share,
@@ -541,16 +582,18 @@ def answer_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
         ctx,
         "answer",
         started,
-        inputs=[item.id, message, s.samples],
+        inputs=[item.id, message, s.samples, s.formulation],
         retrieved=state.get("evidence", []),
         prompt=prompts.ANSWER,
         prompt_text=message,
         output=response,
         decision=f"chose {chosen}",
         detail={
-            "option_logits": dict(zip(letters, answer["option_logits"], strict=True)),
+            "formulation": read.formulation,
+            "option_scores": dict(zip(letters, answer["option_logits"], strict=True)),
             "vote_share": vote_share,
             "greedy": greedy,
+            **read.detail,
         },
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,

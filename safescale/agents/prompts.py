@@ -18,8 +18,10 @@ from safescale.corpora import Item, Passage
 __all__ = [
     "ANSWER",
     "CONFLICT",
+    "CONFLICT_ANSWERS",
     "REFORMULATE",
     "RELEVANCE",
+    "RELEVANCE_ANSWERS",
     "SYNTHESIZE",
     "Prompt",
     "answer_message",
@@ -52,19 +54,23 @@ ANSWER = Prompt(
     1,
     "{evidence}Question: {question}\n{options}\nAnswer with the letter of the correct option.",
 )
+# The critic's judgements are read as continuations (cloze, PMI-normalized against the
+# neutral prompt): the answer texts below are scored after the answer cue.
 RELEVANCE = Prompt(
     "relevance",
-    1,
+    2,
     "Passage:\n{passage}\n\nQuestion: {question}\n"
-    "Is this passage relevant to answering the question?\nA) relevant\nB) not relevant",
+    "Is this passage relevant to answering the question? Answer relevant or not relevant.",
 )
+RELEVANCE_ANSWERS = ("relevant", "not relevant")
 CONFLICT = Prompt(
     "conflict",
-    1,
+    2,
     "{evidence}Question: {question}\n"
-    "Do these passages give conflicting recommendations for this question?\n"
-    "A) they agree\nB) they conflict",
+    "Do these passages agree or conflict in what they recommend for this question? "
+    "Answer they agree or they conflict.",
 )
+CONFLICT_ANSWERS = ("they agree", "they conflict")
 REFORMULATE = Prompt(
     "reformulate",
     1,
@@ -82,9 +88,14 @@ SYNTHESIZE = Prompt(
 _CITATION = re.compile(r"\[P(\d+)\]")
 
 
-def options_block(item: Item) -> str:
-    """``A) text`` lines in the item's letter order."""
-    return "\n".join(f"{letter}) {text}" for letter, text in item.options.items())
+def options_block(item: Item, order: Sequence[str] | None = None) -> str:
+    """``A) text`` lines: letters in the item's order; with ``order`` (a permutation of
+    the item's letters) position ``j`` shows the text of option ``order[j]``."""
+    letters = item.letters
+    shown = letters if order is None else list(order)
+    return "\n".join(
+        f"{letter}) {item.options[source]}" for letter, source in zip(letters, shown, strict=True)
+    )
 
 
 def passage_line(number: int, passage: Passage) -> str:
@@ -108,12 +119,18 @@ def evidence_block(passages: Sequence[Passage], summary: str | None = None) -> s
     return "\n".join(lines) + "\n\n"
 
 
-def answer_message(item: Item, passages: Sequence[Passage], summary: str | None = None) -> str:
-    """The user turn the answer is read from (evidence, question, options)."""
+def answer_message(
+    item: Item,
+    passages: Sequence[Passage],
+    summary: str | None = None,
+    order: Sequence[str] | None = None,
+) -> str:
+    """The user turn the answer is read from (evidence, question, options; the option
+    texts shown in ``order``, see :func:`options_block`)."""
     return ANSWER.render(
         evidence=evidence_block(passages, summary),
         question=item.question,
-        options=options_block(item),
+        options=options_block(item, order),
     )
 
 

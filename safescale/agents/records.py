@@ -74,8 +74,10 @@ class ResponseRecord(_Record):
     ``message`` is the exact user turn the final answer was read from (question,
     options and the evidence block); ``message_noctx`` is the same turn with only the
     evidence removed (the NOCTX input of ECRT). ``response`` is the answer text the
-    detectors teacher-force. ``option_logits`` are the raw logits of the option letters
-    at the answer position (greedy pass), in ``letters`` order.
+    detectors teacher-force. ``option_logits`` are the option scores of the answer
+    ``formulation`` (log space, in ``letters`` order; their softmax is the option
+    distribution): the raw letter logits for ``letter``, the normalized cloze
+    log-probabilities for ``cloze_*`` (see :mod:`safescale.agents.answering`).
     """
 
     schema_version: int = RECORD_SCHEMA_VERSION
@@ -85,6 +87,7 @@ class ResponseRecord(_Record):
     item: str
     samples_budget: int = 1
     letters: list[str]
+    formulation: str = "letter"
     option_logits: list[float]
     chosen: str
     vote_share: float = 1.0

@@ -65,6 +65,7 @@ def records_from_state(
         item=state["item_id"],
         samples_budget=ctx.settings.samples,
         letters=answer["letters"],
+        formulation=answer["formulation"],
         option_logits=answer["option_logits"],
         chosen=answer["chosen"],
         vote_share=answer["vote_share"],

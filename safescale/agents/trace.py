@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
@@ -40,6 +41,32 @@ def _refs(refs: Sequence[RetrievedRef]) -> Text:
         if ref.score is not None:
             out.append(f" {ref.score:.3f}", style="dim")
     return out
+
+
+def _scores(step: StepRecord) -> str:
+    """The LM judgements a step made, as text: the critic's relevance and conflict
+    margins (PMI, > 0 means "relevant" / "they conflict" won) and the answer's option
+    probabilities under its formulation."""
+    detail = step.detail or {}
+    parts: list[str] = []
+    relevance = detail.get("relevance_margin")
+    if isinstance(relevance, dict) and relevance:
+        parts.append(
+            "relevance: " + ", ".join(f"{pid} {m:+.2f}" for pid, m in relevance.items())
+        )
+    conflict = detail.get("conflict_margin")
+    if isinstance(conflict, int | float):
+        parts.append(f"conflict: {conflict:+.2f}")
+    option_scores = detail.get("option_scores")
+    if isinstance(option_scores, dict) and option_scores:
+        values = np.asarray(list(option_scores.values()), dtype=np.float64)
+        probs = np.exp(values - values.max())
+        probs /= probs.sum()
+        shown = ", ".join(
+            f"{letter} {p:.2f}" for letter, p in zip(option_scores, probs, strict=True)
+        )
+        parts.append(f"{detail.get('formulation', '')} P: {shown}".strip())
+    return "\n".join(parts)
 
 
 def render_trace(
@@ -98,7 +125,7 @@ def render_trace(
             str(s.step),
             Text(s.node, style="bold red" if failed else "bold"),
             _refs(s.retrieved),
-            s.decision or "",
+            "\n".join(x for x in (s.decision or "", _scores(s)) if x),
             output,
             f"{s.prompt_tokens}+{s.completion_tokens}",
             f"{s.wall_ms:.0f}",

@@ -58,10 +58,16 @@ def print_report(
     is newer than all of its inputs is printed as it is instead of recomputed."""
     if reuse and replicates is None and seed is None and _up_to_date(Path(run_dir)):
         from safescale.experiments.metrics import read_metrics
-        from safescale.experiments.report import condition_tables, rich_table, triage_tables
+        from safescale.experiments.report import (
+            condition_tables,
+            print_validity,
+            rich_table,
+            triage_tables,
+        )
 
         console = Console()
         metrics = read_metrics(run_dir)
+        print_validity(console, metrics)
         for table in condition_tables(metrics):
             console.print(rich_table(table))
         for table in triage_tables(metrics):
@@ -71,6 +77,7 @@ def print_report(
     from safescale.experiments.metrics import run_settings
     from safescale.experiments.report import (
         condition_tables,
+        print_validity,
         rich_table,
         triage_tables,
         write_report,
@@ -91,6 +98,7 @@ def print_report(
         raise typer.Exit(1) from None
     for note in files.metrics["run"].get("notes") or []:
         console.print(f"[yellow]note:[/yellow] {note}")
+    print_validity(console, files.metrics)
     for table in condition_tables(files.metrics):
         console.print(rich_table(table))
     for table in triage_tables(files.metrics):

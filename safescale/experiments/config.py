@@ -24,6 +24,7 @@ from typing import Any, Literal, NamedTuple
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from safescale.agents.answering import FORMULATIONS
 from safescale.corpora.schema import Task
 from safescale.detection.pipeline import DetectionConfig
 from safescale.experiments.bootstrap import BootstrapConfig
@@ -33,6 +34,7 @@ __all__ = [
     "CONDITIONS",
     "CONFIGS_DIR",
     "AgenticConfig",
+    "AnswerConfig",
     "ComputeConfig",
     "ConfigError",
     "DetectionSettings",
@@ -158,6 +160,25 @@ class ComputeConfig(_Section):
         return tuple(sorted(samples))
 
 
+class AnswerConfig(_Section):
+    """How answers are read (see :mod:`safescale.agents.answering` and
+    :mod:`safescale.experiments.calibration`).
+
+    Attributes:
+        formulation: ``auto`` (chosen per model x corpus on held-out calibration items)
+            or a fixed formulation: ``letter``, ``letter_cyclic``, ``letter_pride``,
+            ``cloze_none``, ``cloze_token``, ``cloze_char``, ``cloze_pmi``.
+        calibration_items: items held out per corpus for ``auto`` / ``letter_pride``
+            (whole evidence groups; at most half of the corpus).
+        tie_margin: ``auto`` treats candidates within this calibration accuracy of the
+            best as tied and prefers the most evidence-sensitive among them.
+    """
+
+    formulation: Literal["auto", *FORMULATIONS] = "auto"  # type: ignore[valid-type]
+    calibration_items: int = Field(16, ge=2)
+    tie_margin: float = Field(0.05, ge=0.0, le=1.0)
+
+
 class DetectionSettings(DetectionConfig):
     """The detection layer's :class:`~safescale.detection.DetectionConfig` plus ``enabled``.
 
@@ -210,6 +231,7 @@ class ExperimentConfig(_Section):
         agentic: agentic RAG settings.
         context_budget: prompt token budget for the evidence (None: the model's limit).
         compute: compute budgets.
+        answer: how answers are read (formulation, calibration).
         detection: detection settings.
         bootstrap: bootstrap settings of the metrics.
         metrics: metric settings.
@@ -229,6 +251,7 @@ class ExperimentConfig(_Section):
     agentic: AgenticConfig = Field(default_factory=AgenticConfig)
     context_budget: int | None = Field(None, ge=1)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    answer: AnswerConfig = Field(default_factory=AnswerConfig)
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

@@ -70,6 +70,7 @@ from safescale.experiments.rundir import (
     item_corpus_map,
     load_run,
 )
+from safescale.experiments.validity import validity_section
 
 __all__ = [
     "CONDITIONS",
@@ -427,6 +428,7 @@ def metrics_from_records(
     triage: list[dict[str, Any]] | None = None,
     model_order: Sequence[str] | None = None,
     run_info: Mapping[str, Any] | None = None,
+    formulations: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The full metrics structure (JSON-ready) of a set of responses.
 
@@ -439,6 +441,7 @@ def metrics_from_records(
         triage: detection results to include verbatim.
         model_order: model display / comparison order (default: first appearance).
         run_info: extra entries for the ``run`` section.
+        formulations: ``{model: {corpus: answer calibration record}}`` (manifest).
 
     Returns:
         A dict with keys ``schema_version, run, settings, definitions, cells,
@@ -602,6 +605,9 @@ def metrics_from_records(
             **METRIC_DEFINITIONS,
             "dangerous_overconfidence_threshold": metrics.overconfidence_threshold,
         },
+        "validity": validity_section(
+            records, corpora, bootstrap=bootstrap, formulations=formulations
+        ),
         "cells": cells,
         "comparisons": comparisons,
         "concentration": worst_case_concentration(frame, metrics.worst_fraction),
@@ -634,6 +640,17 @@ def _model_order(manifest: Mapping[str, Any]) -> list[str]:
     return []
 
 
+def _formulations(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    models = manifest.get("models")
+    if not isinstance(models, dict):
+        return {}
+    return {
+        name: dict(info.get("formulations") or {})
+        for name, info in models.items()
+        if isinstance(info, dict)
+    }
+
+
 def compute_metrics(
     run_dir: str | Path,
     *,
@@ -657,6 +674,7 @@ def compute_metrics(
         attribution=run.attribution,
         triage=run.triage,
         model_order=_model_order(run.manifest),
+        formulations=_formulations(run.manifest),
         run_info={
             "dir": str(run_dir),
             "name": run.manifest.get("name") or run_dir.name,

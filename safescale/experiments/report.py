@@ -431,6 +431,94 @@ def _attribution_table(metrics: Mapping[str, Any]) -> TextTable | None:
     )
 
 
+def validity_verdicts(metrics: Mapping[str, Any]) -> list[str]:
+    """The plain sentences of the validity section (one or more per model x corpus)."""
+    return [v for entry in metrics.get("validity") or [] for v in entry.get("verdicts", [])]
+
+
+def _pct(x: Any) -> str:
+    return f"{100 * x:.0f}%" if _finite(x) else "–"
+
+
+def validity_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
+    """Per model x corpus: how answers were read, position bias and evidence
+    sensitivity; and the calibration candidates when ``auto`` chose the formulation."""
+    entries = metrics.get("validity") or []
+    if not entries:
+        return []
+    rows = []
+    for e in entries:
+        pos = e["position_bias"]
+        eff = e.get("evidence_sensitivity") or {}
+        gain = eff.get("accuracy_gain") or {}
+        changed = eff.get("changed_share") or {}
+        rows.append(
+            [
+                f"{e['model']} · {e['corpus']}",
+                e["formulation"],
+                f"{_pct(pos['top_position_share'])} ({chr(ord('A') + pos['top_position'])})",
+                f"{pos['chi_square']:.1f} (p={pos['p_value']:.2g})",
+                format_interval(changed),
+                format_interval(gain, signed=True),
+                _pct(e["chance"]),
+            ]
+        )
+    tables = [
+        TextTable(
+            "Validity: does the answer depend on the evidence?",
+            (
+                "model · corpus",
+                "answer read as",
+                "top position",
+                "χ² vs uniform",
+                "answers changed by clean evidence",
+                "accuracy gain clean − closed (pts)",
+                "chance",
+            ),
+            rows,
+            note="Position and sensitivity over greedy responses; the gain is paired over "
+            "the items answered in both conditions, with a 95 % bootstrap CI.",
+        )
+    ]
+    for e in entries:
+        cal = e.get("calibration") or {}
+        candidates = cal.get("candidates") or {}
+        if not candidates:
+            continue
+        crow = []
+        for name, c in candidates.items():
+            mark = " ← chosen" if name == cal.get("chosen") else ""
+            agree = c.get("orderings_agree")
+            crow.append(
+                [
+                    name + mark,
+                    _pct(c["accuracy_closed_book"]),
+                    _pct(c["accuracy_clean_evidence"]),
+                    _pct(c["evidence_sensitivity"]),
+                    _pct(c["top_position_share"]),
+                    _pct(agree) if agree is not None else "–",
+                ]
+            )
+        tables.append(
+            TextTable(
+                f"Answer formulation calibration — {e['model']} · {e['corpus']} "
+                f"({len(cal.get('calibration_items') or [])} held-out items)",
+                (
+                    "formulation",
+                    "acc. closed-book",
+                    "acc. clean evidence",
+                    "answers changed",
+                    "top position",
+                    "orderings agree",
+                ),
+                crow,
+                note=f"Rule: {cal.get('rule', '')}. Calibration items are never scored in "
+                "the study.",
+            )
+        )
+    return tables
+
+
 def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> str:
     """The whole report as markdown (plots linked relative to the run directory)."""
     run = metrics["run"]
@@ -444,6 +532,11 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> s
     ]
     for note in run.get("notes") or []:
         parts += [f"> note: {note}", ""]
+    verdicts = validity_verdicts(metrics)
+    if verdicts:
+        parts += ["## Validity", ""]
+        parts += [f"**{v}**\n" for v in verdicts]
+        parts += [t.to_markdown() for t in validity_tables(metrics)]
     parts += ["## Conditions", ""]
     parts += [t.to_markdown() for t in condition_tables(metrics)]
     comparison = _comparison_tables(metrics)
@@ -471,6 +564,14 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> s
         "",
     ]
     return "\n".join(parts)
+
+
+def print_validity(console: Any, metrics: Mapping[str, Any]) -> None:
+    """Print the validity sentences and tables (above the condition tables)."""
+    for verdict in validity_verdicts(metrics):
+        console.print(f"[bold]{verdict}[/bold]")
+    for table in validity_tables(metrics):
+        console.print(rich_table(table))
 
 
 def rich_table(table: TextTable) -> Table:

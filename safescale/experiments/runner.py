@@ -43,6 +43,7 @@ from safescale.agents import (
     thread_id,
 )
 from safescale.corpora import Corpus, Item, load_corpus
+from safescale.experiments.calibration import calibrate, calibration_item_ids, needs_calibration
 from safescale.experiments.config import ExperimentConfig, ModelConfig
 from safescale.experiments.rundir import (
     ATTRIBUTION_FILE,
@@ -103,9 +104,15 @@ class RunSummary:
 
 
 def select_items(corpus: Corpus, config: ExperimentConfig) -> list[Item]:
-    """Items of a corpus for this run: the item filter, then ``limit`` items drawn
-    without replacement with the run seed (kept in corpus order)."""
+    """Items of a corpus for this run: the calibration items removed (when the answer
+    formulation needs them, see :mod:`.calibration`), the item filter, then ``limit``
+    items drawn without replacement with the run seed (kept in corpus order)."""
     items = list(corpus.items)
+    if needs_calibration(config.answer.formulation):
+        held_out = set(
+            calibration_item_ids(corpus, config.answer.calibration_items, config.seed)
+        )
+        items = [i for i in items if i.id not in held_out]
     flt = config.item_filter
     if flt is not None:
         if flt.categories is not None:
@@ -307,15 +314,46 @@ class CellWorker:
         self._corpora: dict[str, Corpus] = {}
         self._stores: dict[str, object] = {}
         self._graphs: dict[str, object] = {}
+        self._answering: dict[str, dict] = {}
 
     @property
     def model_info(self) -> dict:
+        """Spec, hash and shape of the model, and how it reads answers on each corpus
+        (the calibration record of :func:`.calibration.calibrate`, or the fixed
+        formulation)."""
         return {
             "spec": self.model_cfg.spec or self.model_cfg.name,
             "hash": self.lm.model_hash,
             "context_length": self.lm.context_length,
             "layers": self.lm.n_layers,
+            "formulations": {
+                self.corpus(ref).name: self.answering(ref) for ref in self.config.corpora
+            },
         }
+
+    def answering(self, ref: str) -> dict:
+        """How this model reads answers on a corpus: calibrated once per worker when the
+        config asks for ``auto`` or ``letter_pride`` (every LM call is cached, so a
+        resumed run or a second worker recomputes nothing)."""
+        if ref not in self._answering:
+            answer = self.config.answer
+            if needs_calibration(answer.formulation):
+                corpus = self.corpus(ref)
+                ids = calibration_item_ids(corpus, answer.calibration_items, self.config.seed)
+                self._answering[ref] = calibrate(
+                    self.cached,
+                    corpus,
+                    ids,
+                    formulation=answer.formulation,
+                    tie_margin=answer.tie_margin,
+                )
+            else:
+                self._answering[ref] = {
+                    "requested": answer.formulation,
+                    "chosen": answer.formulation,
+                    "rule": "fixed by the config",
+                }
+        return self._answering[ref]
 
     def corpus(self, ref: str) -> Corpus:
         """The corpus of a config reference (loaded once)."""
@@ -344,6 +382,8 @@ class CellWorker:
             temperature=config.compute.temperature or 0.7,
             extra_samples=config.compute.detection_samples,
             seed=config.seed,
+            formulation=self.answering(task.corpus)["chosen"],
+            position_prior=self.answering(task.corpus).get("position_prior"),
         )
         return AgentContext(
             lm=self.cached,

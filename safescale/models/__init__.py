@@ -3,7 +3,14 @@ option scoring, generation and teacher-forced internals; plus the sentence embed
 
 from __future__ import annotations
 
-from safescale.models.backend import ANSWER_CUE, Generation, LanguageModel, PromptError
+from safescale.models.backend import (
+    ANSWER_CUE,
+    NEUTRAL_MESSAGE,
+    ContinuationScores,
+    Generation,
+    LanguageModel,
+    PromptError,
+)
 from safescale.models.cache import cache_root
 from safescale.models.embedder import Embedder, load_embedder
 from safescale.models.internals import Internals
@@ -19,6 +26,8 @@ from safescale.models.registry import (
 __all__ = [
     "ANSWER_CUE",
     "DEFAULT_MODEL",
+    "NEUTRAL_MESSAGE",
+    "ContinuationScores",
     "Embedder",
     "Generation",
     "Internals",

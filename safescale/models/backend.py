@@ -30,9 +30,20 @@ import torch
 
 from safescale.models.internals import Internals
 
-__all__ = ["ANSWER_CUE", "Generation", "LanguageModel", "PromptError"]
+__all__ = [
+    "ANSWER_CUE",
+    "NEUTRAL_MESSAGE",
+    "ContinuationScores",
+    "Generation",
+    "LanguageModel",
+    "PromptError",
+]
 
 ANSWER_CUE = "Answer:"
+#: The user turn of the unconditional (PMI) prompt: no question, no evidence, the same
+#: prompt format and answer cue, so ``log p(text | neutral)`` is the model's prior for an
+#: answer text in this position.
+NEUTRAL_MESSAGE = "Answer the question."
 LensMode = Literal["full", "topk", "none", "off"]
 
 
@@ -59,6 +70,22 @@ class Generation:
     def logprob(self) -> float:
         """Sum of the token log-probabilities."""
         return float(sum(self.token_logprobs))
+
+
+@dataclass(frozen=True)
+class ContinuationScores:
+    """Log-probabilities of continuations, one row per prompt.
+
+    Attributes:
+        logprob: ``float64 [n_prompts, n_continuations]``: ``sum_t log p(c_t | prompt,
+            c_<t)`` under the raw logits.
+        n_tokens: ``int [n_prompts, n_continuations]``: tokens of each continuation.
+        n_chars: ``int [n_prompts, n_continuations]``: characters of each continuation.
+    """
+
+    logprob: np.ndarray
+    n_tokens: np.ndarray
+    n_chars: np.ndarray
 
 
 class LanguageModel:
@@ -228,6 +255,91 @@ class LanguageModel:
             out[batch_idx] = logits[:, letter_ids.to(logits.device)].float().cpu().numpy()
         return out
 
+    def continuation_ids(self, text: str) -> list[int]:
+        """Token ids of a continuation as it follows the answer cue: ``" " + text``
+        tokenized on its own (no special tokens), as lm-evaluation-harness does with its
+        target delimiter; ids are concatenated to the prompt's, never re-tokenized
+        together."""
+        if not isinstance(text, str) or not text.strip():
+            raise PromptError("a continuation is empty")
+        return list(self.tokenizer(" " + text.strip(), add_special_tokens=False)["input_ids"])
+
+    @torch.inference_mode()
+    def score_continuations(
+        self,
+        messages: Sequence[str],
+        continuations: Sequence[Sequence[str]] | Sequence[str],
+        *,
+        answer_cue: bool = True,
+    ) -> ContinuationScores:
+        """Log-probability of each continuation after each prompt (the cloze formulation).
+
+        Each prompt is prefilled once; its continuations then run together as one
+        right-padded batch over a copy of that KV cache (the continuation of a prompt
+        never recomputes the prompt). A one-token continuation costs no extra pass: its
+        log-prob is read from the prefill's last position.
+
+        Args:
+            messages: user turns (see :meth:`prompt_text`).
+            continuations: one list of texts per message, or one list shared by all.
+            answer_cue: append the answer cue to the prompt (the continuation follows
+                ``"Answer:"``).
+        """
+        if continuations and isinstance(continuations[0], str):
+            per_message = [list(continuations)] * len(messages)  # type: ignore[list-item]
+        else:
+            per_message = [list(c) for c in continuations]  # type: ignore[arg-type]
+        if len(per_message) != len(messages):
+            raise ValueError("give one list of continuations per message (or one shared list)")
+        width = max((len(c) for c in per_message), default=0)
+        logprob = np.full((len(messages), width), np.nan)
+        n_tokens = np.zeros((len(messages), width), dtype=np.int64)
+        n_chars = np.zeros((len(messages), width), dtype=np.int64)
+        for row, (message, texts) in enumerate(zip(messages, per_message, strict=True)):
+            prompt = self.prompt_ids(message, answer_cue=answer_cue)
+            conts = [self.continuation_ids(t) for t in texts]
+            scores = self._continuation_logprobs(prompt, conts)
+            logprob[row, : len(texts)] = scores
+            n_tokens[row, : len(texts)] = [len(c) for c in conts]
+            n_chars[row, : len(texts)] = [len(t.strip()) for t in texts]
+        return ContinuationScores(logprob=logprob, n_tokens=n_tokens, n_chars=n_chars)
+
+    def _continuation_logprobs(self, prompt: list[int], conts: list[list[int]]) -> list[float]:
+        if len(prompt) + max(len(c) for c in conts) > self.context_length:
+            raise PromptError(
+                f"prompt + continuation exceeds the context limit of {self.name!r} "
+                f"({self.context_length} tokens)"
+            )
+        dev = self.device
+        out = self.model(
+            input_ids=torch.tensor([prompt], device=dev), use_cache=True, logits_to_keep=1
+        )
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        totals = [float(first[c[0]]) for c in conts]
+        longer = [i for i, c in enumerate(conts) if len(c) > 1]
+        if not longer:
+            return totals
+        cache = out.cache
+        if len(longer) > 1:
+            cache.batch_repeat_interleave(len(longer))
+        # Right padding: real tokens never attend to the pads that follow them.
+        feed = [conts[i][:-1] for i in longer]
+        width = max(len(f) for f in feed)
+        ids = torch.full((len(longer), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(longer), len(prompt) + width), dtype=torch.long)
+        mask[:, : len(prompt)] = 1
+        for r, f in enumerate(feed):
+            ids[r, : len(f)] = torch.tensor(f)
+            mask[r, len(prompt) : len(prompt) + len(f)] = 1
+        logits = self.model(
+            input_ids=ids.to(dev), attention_mask=mask.to(dev), cache=cache, use_cache=True
+        ).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        for r, i in enumerate(longer):
+            targets = torch.tensor(conts[i][1:], device=logp.device)
+            totals[i] += float(logp[r, : len(targets)].gather(-1, targets[:, None]).sum())
+        return totals
+
     def _left_pad(
         self, sequences: Sequence[Sequence[int]]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -298,14 +410,14 @@ class LanguageModel:
             if n > 1 and len(prompt) > 1:
                 # Prefill the prompt once and share its KV cache across the n samples
                 # (num_return_sequences would prefill it n times).
-                cache = self.model(input_ids=input_ids[:, :-1], use_cache=True).past_key_values
+                cache = self.model(input_ids=input_ids[:, :-1], use_cache=True).cache
                 cache.batch_repeat_interleave(n)
             input_ids = input_ids.repeat(n, 1)
             with _seeded(prompt_seed):
                 out = self.model.generate(
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),
-                    past_key_values=cache,
+                    cache=cache,
                     generation_config=config,
                 )
             new_tokens = out.sequences[:, len(prompt) :]

@@ -56,7 +56,7 @@ def build_tiny_model(
     hidden: int = 32,
     heads: int = 4,
     kv_heads: int = 2,
-    context_length: int = 1024,
+    context_length: int = 8192,
     chat: bool = True,
 ) -> LanguageModel:
     """A tiny random Llama (GQA, RoPE) with a character tokenizer.
