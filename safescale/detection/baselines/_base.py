@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -17,7 +18,38 @@ from safescale.detection.registry import (
     vector_column_or_unavailable,
 )
 
-__all__ = ["LinearProbeDetector", "ScalarScoreDetector"]
+__all__ = ["LinearProbeDetector", "ScalarScoreDetector", "scored_positions"]
+
+
+def scored_positions(
+    response_ids: torch.Tensor, *, include_eos: bool = True, eos_token_id: int | None = None
+) -> slice:
+    """The response positions a sequence-level baseline scores.
+
+    The end-of-sequence choice, one for every sequence-level baseline (``msp_seq``,
+    ``nll_mean``, ``msp_step``, ``mte``): every token of the teacher-forced response is
+    scored, a final EOS token included when the response ends in one — as LM-Polygraph
+    scores a generated sequence. ``include_eos=False`` leaves a final
+    ``eos_token_id`` out. safescale's own records carry no EOS (the answer is
+    teacher-forced from its text, tokenized without special tokens, and
+    :meth:`~safescale.models.backend.LanguageModel.generate` drops EOS), so for them the
+    two settings agree; to reproduce LM-Polygraph on an output that stopped at EOS,
+    teacher-force the response ids with the EOS id appended.
+
+    Args:
+        response_ids: ``[R]`` the response token ids.
+        include_eos: score a final EOS token.
+        eos_token_id: the EOS id; required when ``include_eos`` is False.
+
+    Returns:
+        A slice over the ``R`` positions.
+    """
+    if include_eos:
+        return slice(None)
+    if eos_token_id is None:
+        raise ValueError("include_eos=False needs the eos_token_id")
+    ends_in_eos = response_ids.numel() > 1 and int(response_ids[-1]) == eos_token_id
+    return slice(0, -1) if ends_in_eos else slice(None)
 
 
 class ScalarScoreDetector(Detector):
