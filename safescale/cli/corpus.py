@@ -143,10 +143,10 @@ def register(app: typer.Typer) -> None:
         n_errors = len(report.errors) + report.hidden_errors
         n_warnings = len(report.warnings) + report.hidden_warnings
         if n_errors:
-            console.print(f"[red]{n_errors} error(s)[/], {n_warnings} warning(s)")
+            console.print(f"[red]{n_errors} error(s)[/], {n_warnings} warning(s)", soft_wrap=True)
             raise typer.Exit(1)
         suffix = f" ({n_warnings} warning(s))" if n_warnings else ""
-        console.print(f"[green]ok[/] {path}{suffix}")
+        console.print(f"[green]ok[/] {path}{suffix}", soft_wrap=True)
 
     @corpus_app.command("stats")
     def stats(
