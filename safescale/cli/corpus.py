@@ -124,17 +124,29 @@ def register(app: typer.Typer) -> None:
     def validate(
         path: Annotated[str, typer.Argument(help="corpus directory or bundled name")],
     ) -> None:
-        """Check a corpus; print every problem as file:line: field: message."""
-        from safescale.corpora import validate_corpus
+        """Check a corpus; print every problem as file:line: field: message.
 
-        problems = validate_corpus(path)
+        Errors stop the corpus loading (exit 1); warnings are printed and the exit code
+        is 0. At most 200 errors and 200 warnings are listed; the rest are counted.
+        """
+        from safescale.corpora import check_corpus
+        from safescale.corpora.errors import hidden_note
+
+        report = check_corpus(path)
         console = Console()
-        if problems:
-            for problem in problems:
-                typer.echo(str(problem))  # plain, unwrapped: editors jump to file:line
-            console.print(f"[red]{len(problems)} problem(s)[/]")
+        for problem in [*report.errors, *report.warnings]:
+            typer.echo(str(problem))  # plain, unwrapped: editors jump to file:line
+        if report.hidden_errors:
+            typer.echo(hidden_note(report.hidden_errors, report.cap))
+        if report.hidden_warnings:
+            typer.echo(hidden_note(report.hidden_warnings, report.cap, "warning"))
+        n_errors = len(report.errors) + report.hidden_errors
+        n_warnings = len(report.warnings) + report.hidden_warnings
+        if n_errors:
+            console.print(f"[red]{n_errors} error(s)[/], {n_warnings} warning(s)", soft_wrap=True)
             raise typer.Exit(1)
-        console.print(f"[green]ok[/] {path}")
+        suffix = f" ({n_warnings} warning(s))" if n_warnings else ""
+        console.print(f"[green]ok[/] {path}{suffix}", soft_wrap=True)
 
     @corpus_app.command("stats")
     def stats(

@@ -132,7 +132,7 @@ def search(
         typer.Option(min=1, max=4, help="Keep grade levels <= this (1 = strongest)."),
     ] = None,
     include_superseded: Annotated[
-        bool, typer.Option(help="Also return superseded passages.")
+        bool, typer.Option(help="Also return superseded passages (default: current only).")
     ] = False,
     include_withdrawn: Annotated[
         bool, typer.Option(help="Also return withdrawn passages.")
@@ -157,15 +157,10 @@ def search(
         StaleIndexError,
         open_store,
     )
+    from safescale.retrieval.filters import allowed_statuses
 
-    statuses = {Status.CURRENT}
-    if include_superseded:
-        statuses.add(Status.SUPERSEDED)
-    if include_withdrawn:
-        statuses.add(Status.WITHDRAWN)
-    filters = SearchFilters(
-        min_grade_level=min_grade, statuses=frozenset(statuses), topics=topic or None
-    )
+    statuses = allowed_statuses(include_superseded, include_withdrawn)
+    filters = SearchFilters(min_grade_level=min_grade, topics=topic or None)
     loaded = _load(corpus)
     try:
         model = load_embedder(embedder)
@@ -175,7 +170,14 @@ def search(
             evidence = open_store(loaded, model, index_type)  # type: ignore[arg-type]
     except (StaleIndexError, CorruptIndexError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
-    hits = evidence.search(query, k=k, filters=filters, rerank=rerank)
+    hits = evidence.search(
+        query,
+        k=k,
+        filters=filters,
+        rerank=rerank,
+        include_superseded=include_superseded,
+        include_withdrawn=include_withdrawn,
+    )
 
     table = Table(
         title=f"{loaded.name}: {query!r}",

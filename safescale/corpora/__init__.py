@@ -22,7 +22,9 @@ from safescale.corpora.grades import (
     resolve_level,
 )
 from safescale.corpora.loader import (
+    ValidationReport,
     bundled_corpus_path,
+    check_corpus,
     list_bundled_corpora,
     load_corpus,
     resolve_corpus_path,
@@ -70,9 +72,11 @@ __all__ = [
     "Task",
     "UnknownGradeError",
     "UnknownGradeSystemError",
+    "ValidationReport",
     "assign_groups",
     "builtin_grade_system",
     "bundled_corpus_path",
+    "check_corpus",
     "corpus_stats",
     "grouped_kfold",
     "grouped_split",

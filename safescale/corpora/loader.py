@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 from safescale.corpora.corpus import Corpus
 from safescale.corpora.errors import CorpusError, Problem
 from safescale.corpora.grades import UnknownGradeError, UnknownGradeSystemError, resolve_level
-from safescale.corpora.schema import Item, Manifest, Passage, Status
+from safescale.corpora.schema import Item, Manifest, Passage, Stance, Status, Task
 
 __all__ = [
     "BUNDLED_DIR",
@@ -33,7 +35,9 @@ __all__ = [
     "ITEMS_FILE",
     "MANIFEST_FILE",
     "PASSAGES_FILE",
+    "ValidationReport",
     "bundled_corpus_path",
+    "check_corpus",
     "list_bundled_corpora",
     "load_corpus",
     "resolve_corpus_path",
@@ -48,21 +52,56 @@ DEFAULT_MAX_PROBLEMS = 200
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 
 
-class _TooMany(Exception):
-    """Internal: the problem cap was reached."""
-
-
 class _Problems:
+    """Problems found so far: up to ``cap`` errors and ``cap`` warnings are kept, the rest
+    counted (validation always runs to the end, so the count of the rest is exact)."""
+
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self.items: list[Problem] = []
-        self.truncated = False
+        self.errors: list[Problem] = []
+        self.warnings: list[Problem] = []
+        self.hidden_errors = 0
+        self.hidden_warnings = 0
 
     def add(self, file: Path | str, line: int, field: str, message: str) -> None:
-        if len(self.items) >= self.cap:
-            self.truncated = True
-            raise _TooMany
-        self.items.append(Problem(str(file), line, field or "-", message))
+        if len(self.errors) >= self.cap:
+            self.hidden_errors += 1
+            return
+        self.errors.append(Problem(str(file), line, field or "-", message))
+
+    def warn(self, file: Path | str, line: int, field: str, message: str) -> None:
+        if len(self.warnings) >= self.cap:
+            self.hidden_warnings += 1
+            return
+        self.warnings.append(Problem(str(file), line, field or "-", message, "warning"))
+
+    @property
+    def items(self) -> list[Problem]:
+        return [*self.errors, *self.warnings]
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What :func:`check_corpus` found.
+
+    Attributes:
+        errors: the errors listed (at most ``cap``); any error stops a corpus loading.
+        warnings: the warnings listed (at most ``cap``); the corpus loads regardless.
+        hidden_errors: errors found beyond the cap and not listed.
+        hidden_warnings: warnings found beyond the cap and not listed.
+        cap: the most errors (and, separately, warnings) listed.
+    """
+
+    errors: list[Problem]
+    warnings: list[Problem]
+    hidden_errors: int
+    hidden_warnings: int
+    cap: int
+
+    @property
+    def ok(self) -> bool:
+        """True when the corpus loads (warnings allowed)."""
+        return not self.errors and not self.hidden_errors
 
 
 # ---------------------------------------------------------------------------- finding
@@ -133,8 +172,8 @@ def load_corpus(
     """
     directory = resolve_corpus_path(path_or_name)
     problems, corpus = _validate(directory, max_problems)
-    if problems.items:
-        raise CorpusError(problems.items, truncated=problems.truncated)
+    if problems.errors:
+        raise CorpusError(problems.errors, hidden=problems.hidden_errors)
     assert corpus is not None
     return corpus
 
@@ -142,21 +181,37 @@ def load_corpus(
 def validate_corpus(
     path_or_name: str | os.PathLike[str], *, max_problems: int = DEFAULT_MAX_PROBLEMS
 ) -> list[Problem]:
-    """Every problem of a corpus (up to ``max_problems``); empty when it loads cleanly."""
+    """Every error and then every warning of a corpus (each up to ``max_problems``).
+
+    Empty when the corpus loads without a warning; see :func:`check_corpus` for the
+    counts beyond the cap.
+    """
+    report = check_corpus(path_or_name, max_problems=max_problems)
+    return [*report.errors, *report.warnings]
+
+
+def check_corpus(
+    path_or_name: str | os.PathLike[str], *, max_problems: int = DEFAULT_MAX_PROBLEMS
+) -> ValidationReport:
+    """Validate a corpus and report its errors and warnings, and how many were not listed."""
     try:
         directory = resolve_corpus_path(path_or_name)
     except CorpusError as error:
-        return error.problems
-    return _validate(directory, max_problems)[0].items
+        return ValidationReport(error.problems, [], 0, 0, max_problems)
+    problems = _validate(directory, max_problems)[0]
+    return ValidationReport(
+        problems.errors,
+        problems.warnings,
+        problems.hidden_errors,
+        problems.hidden_warnings,
+        max_problems,
+    )
 
 
 def _validate(directory: Path, max_problems: int) -> tuple[_Problems, Corpus | None]:
     problems = _Problems(max_problems)
-    try:
-        corpus = _validate_into(directory, problems)
-    except _TooMany:
-        return problems, None
-    return problems, (corpus if not problems.items else None)
+    corpus = _validate_into(directory, problems)
+    return problems, (corpus if not problems.errors else None)
 
 
 def _validate_into(directory: Path, problems: _Problems) -> Corpus | None:
@@ -164,14 +219,21 @@ def _validate_into(directory: Path, problems: _Problems) -> Corpus | None:
         problems.add(directory, 0, "-", "corpus directory does not exist")
         return None
     manifest = _load_manifest(directory / MANIFEST_FILE, problems)
-    passages = _load_records(directory / PASSAGES_FILE, Passage, problems, manifest, True)
+    passages_path = directory / PASSAGES_FILE
+    invalid: dict[str, int] = {}
+    passages = _load_records(passages_path, Passage, problems, manifest, True, invalid)
+    for _, passage in passages:  # an id that also has a valid line is not a cascade root
+        invalid.pop(passage.id, None)
+    if not passages and not invalid and passages_path.is_file():
+        problems.add(passages_path, 0, "-", "no passages: the file holds no records")
     items_path = directory / ITEMS_FILE
     items = (
         _load_records(items_path, Item, problems, manifest, False) if _exists(items_path) else []
     )
-    _check_passages(directory / PASSAGES_FILE, passages, problems)
-    _check_items(items_path, items, {p.id for _, p in passages}, manifest, problems)
-    if problems.items or manifest is None:
+    _check_passages(passages_path, passages, invalid, problems)
+    _check_items(items_path, items, passages, invalid, manifest, problems)
+    _report_cascades(passages_path, items_path, items, invalid, problems)
+    if problems.errors or manifest is None:
         return None
     return Corpus(
         manifest=manifest,
@@ -179,6 +241,10 @@ def _validate_into(directory: Path, problems: _Problems) -> Corpus | None:
         items=tuple(i for _, i in items),
         path=directory,
     )
+
+
+_BOM = b"\xef\xbb\xbf"
+_ID_IN_TEXT = re.compile(r'"id"\s*:\s*"([^"\\]+)"')
 
 
 def _exists(path: Path) -> bool:
@@ -195,6 +261,7 @@ def _read_lines(path: Path, problems: _Problems) -> list[tuple[int, str]] | None
     except OSError as error:
         problems.add(path, 0, "-", f"cannot read file: {error.strerror or error}")
         return None
+    data = data.removeprefix(_BOM)  # editors on Windows write one; it is not content
     lines: list[tuple[int, str]] = []
     for number, raw in enumerate(data.split(b"\n"), start=1):
         try:
@@ -274,7 +341,9 @@ def _load_records(
     problems: _Problems,
     manifest: Manifest | None,
     required: bool,
+    invalid: dict[str, int] | None = None,
 ) -> list[tuple[int, Any]]:
+    """Parse one JSONL file into records; ``invalid`` collects id -> line of bad lines."""
     if not required and not path.exists():
         return []
     lines = _read_lines(path, problems)
@@ -292,6 +361,9 @@ def _load_records(
             continue
         except (ValueError, RecursionError) as error:
             problems.add(path, number, "-", f"malformed JSON: {error}")
+            match = _ID_IN_TEXT.search(text)
+            if invalid is not None and match is not None:
+                invalid.setdefault(match.group(1).strip(), number)
             continue
         if not isinstance(data, dict):
             problems.add(path, number, "-", f"expected a JSON object, got {type(data).__name__}")
@@ -303,6 +375,9 @@ def _load_records(
         except ValidationError as error:
             for loc, message in _errors(error):
                 problems.add(path, number, _field(loc), message)
+            raw_id = data.get("id")
+            if invalid is not None and isinstance(raw_id, str) and raw_id.strip():
+                invalid.setdefault(raw_id.strip(), number)
             continue
         if record.id in seen:
             problems.add(
@@ -368,7 +443,12 @@ def _check_grade(
         )
 
 
-def _check_passages(path: Path, passages: list[tuple[int, Passage]], problems: _Problems) -> None:
+def _check_passages(
+    path: Path,
+    passages: list[tuple[int, Passage]],
+    invalid: dict[str, int],
+    problems: _Problems,
+) -> None:
     line_of = {p.id: line for line, p in passages}
     by_id = {p.id: p for _, p in passages}
     for line, passage in passages:
@@ -378,9 +458,13 @@ def _check_passages(path: Path, passages: list[tuple[int, Passage]], problems: _
                     path, line, f"supersedes[{index}]", "a passage cannot supersede itself"
                 )
             elif target not in by_id:
-                problems.add(
-                    path, line, f"supersedes[{index}]", f"supersedes unknown passage {target!r}"
-                )
+                if target not in invalid:  # an invalid line is reported once, at its line
+                    problems.add(
+                        path,
+                        line,
+                        f"supersedes[{index}]",
+                        f"supersedes unknown passage {target!r}",
+                    )
             elif by_id[target].status is Status.CURRENT:
                 problems.add(
                     path,
@@ -422,15 +506,18 @@ def _cycles(graph: dict[str, list[str]]) -> Iterator[list[str]]:
 def _check_items(
     path: Path,
     items: list[tuple[int, Item]],
-    passage_ids: set[str],
+    passages: list[tuple[int, Passage]],
+    invalid: dict[str, int],
     manifest: Manifest | None,
     problems: _Problems,
 ) -> None:
+    """Item-level rules; the semantic ones are listed in the README (Bring your own corpus)."""
+    by_id = {p.id: p for _, p in passages}
     categories = set(manifest.categories) if manifest is not None else set()
     for line, item in items:
         for name in ("clean", "conflict"):
             for index, pid in enumerate(getattr(item.evidence, name)):
-                if pid not in passage_ids:
+                if pid not in by_id and pid not in invalid:
                     problems.add(
                         path,
                         line,
@@ -438,7 +525,7 @@ def _check_items(
                         f"evidence names unknown passage {pid!r}",
                     )
         for pid in item.stance:
-            if pid not in passage_ids:
+            if pid not in by_id and pid not in invalid:
                 problems.add(path, line, f"stance.{pid}", f"stance names unknown passage {pid!r}")
         if categories and item.category not in categories:
             problems.add(
@@ -448,6 +535,106 @@ def _check_items(
                 f"category {item.category!r} is not declared in corpus.yaml "
                 f"(declared: {', '.join(sorted(categories))})",
             )
+        _check_item_semantics(path, line, item, by_id, problems)
+
+
+def _check_item_semantics(
+    path: Path, line: int, item: Item, by_id: dict[str, Passage], problems: _Problems
+) -> None:
+    """Rules without which the safety metrics of an item would be wrong."""
+    gold = item.gold
+    if gold in item.labels.unsafe:
+        index = item.labels.unsafe.index(gold)
+        problems.add(
+            path, line, f"labels.unsafe[{index}]", f"the gold option {gold!r} is listed as unsafe"
+        )
+    if gold in item.labels.high_risk:
+        index = item.labels.high_risk.index(gold)
+        problems.add(
+            path,
+            line,
+            f"labels.high_risk[{index}]",
+            f"the gold option {gold!r} is listed as high-risk",
+        )
+    if item.task is Task.GAP:
+        if item.labels.defer is None:
+            problems.add(
+                path,
+                line,
+                "labels.defer",
+                "a 'gap' item needs a defer option (the answer that withholds a decision)",
+            )
+        elif item.labels.defer != gold:
+            problems.warn(
+                path,
+                line,
+                "labels.defer",
+                f"'gap' item whose gold {gold!r} is not its defer option {item.labels.defer!r}",
+            )
+    for index, pid in enumerate(item.evidence.clean):
+        passage = by_id.get(pid)
+        if passage is not None and passage.status is not Status.CURRENT:
+            problems.add(
+                path,
+                line,
+                f"evidence.clean[{index}]",
+                f"passage {pid!r} is {passage.status.value}: a clean set holds current "
+                "passages only (put it in the conflict set)",
+            )
+        stance = item.stance.get(pid, {}).get(gold)
+        if stance is Stance.CONTRADICTS:
+            problems.add(
+                path,
+                line,
+                f"stance.{pid}.{gold}",
+                f"clean-set passage {pid!r} contradicts the gold option {gold!r}",
+            )
+    for pid in item.evidence_ids:
+        if pid not in by_id:
+            continue
+        name, index = (
+            ("clean", item.evidence.clean.index(pid))
+            if pid in item.evidence.clean
+            else ("conflict", item.evidence.conflict.index(pid))
+        )
+        if pid not in item.stance:
+            problems.add(
+                path,
+                line,
+                f"evidence.{name}[{index}]",
+                f"evidence-set passage {pid!r} has no stance (add stance.{pid})",
+            )
+        elif gold not in item.stance[pid]:
+            problems.warn(
+                path,
+                line,
+                f"stance.{pid}",
+                f"stance of evidence-set passage {pid!r} leaves out the gold option {gold!r}",
+            )
+
+
+def _report_cascades(
+    passages_path: Path,
+    items_path: Path,
+    items: list[tuple[int, Item]],
+    invalid: dict[str, int],
+    problems: _Problems,
+) -> None:
+    """Say once, at the invalid passage line, how many items cite that passage."""
+    citing: dict[str, list[int]] = {}
+    for line, item in items:
+        for pid in dict.fromkeys([*item.evidence_ids, *item.stance]):
+            if pid in invalid:
+                citing.setdefault(pid, []).append(line)
+    for pid, lines in citing.items():
+        shown = ", ".join(str(n) for n in lines[:5]) + (", ..." if len(lines) > 5 else "")
+        problems.add(
+            passages_path,
+            invalid[pid],
+            "id",
+            f"passage {pid!r} is invalid (see above) and is cited by {len(lines)} item(s) "
+            f"({items_path.name} line(s) {shown}); fix this line to fix them",
+        )
 
 
 def _errors(error: ValidationError) -> Iterable[tuple[tuple[str | int, ...], str]]:

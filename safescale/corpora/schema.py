@@ -72,14 +72,35 @@ class Task(StrEnum):
     GAP = "gap"
 
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 class Source(_Record):
-    """Where a passage comes from."""
+    """Where a passage comes from.
+
+    ``date`` is a calendar date written ``YYYY-MM-DD``. A year or year-month alone is
+    rejected rather than padded to a day that the source never gave; put the partial
+    date in ``version`` (e.g. ``"2024"``) instead.
+    """
 
     org: str = Field(min_length=1)
     title: str = Field(min_length=1)
     version: str | None = None
     date: dt.date | None = None
     url: str | None = None
+
+    @field_validator("date", mode="before")
+    @classmethod
+    def _date_is_iso_day(cls, value: object) -> object:
+        if value is None or isinstance(value, dt.date):
+            return value
+        text = str(value).strip()
+        if isinstance(value, str) and _ISO_DATE.fullmatch(text):
+            return text
+        raise ValueError(
+            f"expected a date as YYYY-MM-DD (e.g. 2017-07-01), got {value!r}; "
+            "for a year or month only, leave date out and give it in source.version"
+        )
 
 
 class Grade(_Record):

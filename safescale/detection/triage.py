@@ -11,9 +11,13 @@ XGBoost (same features, same hyperparameters, class-balanced) and reads
 ``P(unsafe) = P(gap) + P(conflict)``.
 
 Both take triage classes ``y`` in {0 safe, 1 gap, 2 conflict} and expose ``fit``,
-``predict_proba`` (columns safe, gap, conflict), ``predict``, ``risk_score``
-(``P(unsafe)``, higher = riskier) and ``get_params``; fitted boosters are saved as
-XGBoost JSON.
+``predict_proba`` (columns safe, gap, conflict), ``predict``, ``score`` (3-class
+accuracy, scikit-learn's classifier default), ``risk_score`` (``P(unsafe)``, higher =
+riskier) and ``get_params``; fitted boosters are saved as XGBoost JSON. They are
+scikit-learn classifiers (``ClassifierMixin`` tags: ``cross_val_score`` works without
+``scoring=`` and an integer ``cv`` stratifies), raise ``NotFittedError`` before ``fit``,
+check the feature count at prediction, and reject infinite values with a ValueError
+(NaN is allowed: XGBoost treats it as a missing value).
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.base import ClassifierMixin
 from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 from xgboost import XGBClassifier
 
 from safescale.detection.registry import CONFLICT, GAP, SAFE, Detector
@@ -37,7 +44,7 @@ def compose_stages(p1: np.ndarray, p2: np.ndarray) -> np.ndarray:
     return np.stack([1.0 - p1, p1 * p2, p1 * (1.0 - p2)], axis=1)
 
 
-class _XGBoostTriage(Detector):
+class _XGBoostTriage(ClassifierMixin, Detector):
     def __init__(
         self,
         n_estimators: int = 160,
@@ -69,18 +76,22 @@ class _XGBoostTriage(Detector):
             **extra,
         )
 
-    @staticmethod
-    def _check(X: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2:
-            raise ValueError(f"X must be 2-D, got shape {X.shape}")
-        if y is not None:
-            y = np.asarray(y, dtype=int)
-            if y.shape != (X.shape[0],):
-                raise ValueError("y must have one label per row of X")
-            if not np.isin(y, [SAFE, GAP, CONFLICT]).all():
-                raise ValueError("y must hold triage classes 0 (safe), 1 (gap), 2 (conflict)")
-        return X, y
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # XGBoost's missing value
+        return tags
+
+    def _validate_fit(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        X, y = validate_data(self, X, y, dtype=np.float64, ensure_all_finite="allow-nan")
+        check_classification_targets(y)
+        labels = np.asarray(y)
+        if labels.dtype.kind not in "iuf" or not np.isin(labels, [SAFE, GAP, CONFLICT]).all():
+            raise ValueError("y must hold triage classes 0 (safe), 1 (gap), 2 (conflict)")
+        return X, labels.astype(int)
+
+    def _validate_predict(self, X: np.ndarray) -> np.ndarray:
+        check_is_fitted(self)
+        return validate_data(self, X, reset=False, dtype=np.float64, ensure_all_finite="allow-nan")
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Most probable triage class per row."""
@@ -113,10 +124,12 @@ class TwoStageTriage(_XGBoostTriage):
     attributes_subtype = True
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> TwoStageTriage:
-        X, y = self._check(X, y)
+        X, y = self._validate_fit(X, y)
         unsafe = (y != SAFE).astype(int)
         if unsafe.min() == unsafe.max():
-            raise ValueError("stage 1 needs both safe and unsafe records in training")
+            raise ValueError(
+                "stage 1 needs both safe and unsafe records in training (got one class)"
+            )
         self.stage1_ = self._booster(objective="binary:logistic")
         self.stage1_.fit(X, unsafe, sample_weight=compute_sample_weight("balanced", unsafe))
         Xu, gap = X[unsafe == 1], (y[unsafe == 1] == GAP).astype(int)
@@ -138,7 +151,7 @@ class TwoStageTriage(_XGBoostTriage):
 
     def stage_probabilities(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(p1, p2)``: P(unsafe) from Stage 1 and P(gap | unsafe) from Stage 2."""
-        X, _ = self._check(X)
+        X = self._validate_predict(X)
         p1 = self.stage1_.predict_proba(X)[:, 1]
         if self.stage2_ is None:
             p2 = np.full(len(X), self.stage2_prior_)
@@ -190,7 +203,7 @@ class SingleStageTriage(_XGBoostTriage):
     attributes_subtype = True
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> SingleStageTriage:
-        X, y = self._check(X, y)
+        X, y = self._validate_fit(X, y)
         missing = sorted({SAFE, GAP, CONFLICT} - set(y.tolist()))
         if missing:
             names = {SAFE: "safe", GAP: "gap", CONFLICT: "conflict"}
@@ -206,7 +219,7 @@ class SingleStageTriage(_XGBoostTriage):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """``[n, 3]`` (safe, gap, conflict) probabilities."""
-        X, _ = self._check(X)
+        X = self._validate_predict(X)
         return self.model_.predict_proba(X).astype(np.float64)
 
     def _get_state(self, directory: Path) -> dict[str, Any]:

@@ -9,6 +9,13 @@
   rate vs unsafe recall) per backbone, with the target recall as a line;
 * :func:`plot_scaling` — accuracy and high-risk error (with CIs) across models or
   compute budgets, one line per condition (only when the run spans several).
+
+Every rate axis is fixed at 0–100 % (``RATE_LIMITS``, a little margin so points on 0 or
+100 stay whole), so panels are comparable and a degenerate panel never zooms into
+noise. Points of different conditions that coincide are dodged side by side (by
+``DODGE`` percentage points, or a fraction of a category slot on the scaling plot), so
+six conditions at the same value show as six markers. The ``*_figure`` functions return
+the matplotlib figure (for tests and notebooks); the ``plot_*`` functions save it.
 """
 
 from __future__ import annotations
@@ -27,14 +34,48 @@ import numpy as np
 from matplotlib.lines import Line2D
 
 __all__ = [
+    "DODGE",
+    "RATE_LIMITS",
+    "accuracy_vs_high_risk_figure",
+    "dodge_offsets",
     "plot_accuracy_vs_high_risk",
     "plot_category_heatmap",
     "plot_scaling",
     "plot_triage_operating_points",
+    "scaling_figure",
+    "triage_figure",
     "write_plots",
 ]
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+RATE_LIMITS = (-2.0, 102.0)
+DODGE = 1.6
+
+
+def dodge_offsets(points: Sequence[tuple[float, float]], step: float) -> list[float]:
+    """Horizontal offsets that set coinciding points side by side.
+
+    Points equal to 0.05 (in plotted units) form a group; a group of ``m`` points gets
+    offsets ``(j - (m - 1) / 2) * step``, in input order. A point alone stays put.
+    """
+    groups: dict[tuple[float, float], list[int]] = {}
+    for index, (x, y) in enumerate(points):
+        groups.setdefault((round(x / 0.05), round(y / 0.05)), []).append(index)
+    offsets = [0.0] * len(points)
+    for members in groups.values():
+        for j, index in enumerate(members):
+            offsets[index] = (j - (len(members) - 1) / 2) * step
+    return offsets
+
+
+def _rate_axes(ax: Any, *, x: bool = True, y: bool = True) -> None:
+    ticks = range(0, 101, 20)
+    if x:
+        ax.set_xlim(*RATE_LIMITS)
+        ax.set_xticks(ticks)
+    if y:
+        ax.set_ylim(*RATE_LIMITS)
+        ax.set_yticks(ticks)
 
 
 def _value(est: Mapping[str, Any] | None, key: str = "value") -> float:
@@ -86,6 +127,12 @@ def _save(fig: Any, path: Path) -> Path:
 
 def plot_accuracy_vs_high_risk(metrics: Mapping[str, Any], path: Path) -> Path | None:
     """Accuracy (y) vs high-risk error rate (x) per condition with CI bars."""
+    fig = accuracy_vs_high_risk_figure(metrics)
+    return None if fig is None else _save(fig, path)
+
+
+def accuracy_vs_high_risk_figure(metrics: Mapping[str, Any]) -> Any | None:
+    """The accuracy vs high-risk error figure (not saved); None without cells."""
     panels = _panels(metrics)
     if not panels:
         return None
@@ -94,16 +141,23 @@ def plot_accuracy_vs_high_risk(metrics: Mapping[str, Any], path: Path) -> Path |
     colors = {c: plt.cm.tab10(i % 10) for i, c in enumerate(conditions)}
     fig, axes = _grid(len(panels))
     for ax, (model, corpus) in zip(axes, panels, strict=True):
-        for cell in metrics["cells"]:
-            if (cell["model"], cell["corpus"]) != (model, corpus):
-                continue
+        cells = [c for c in metrics["cells"] if (c["model"], c["corpus"]) == (model, corpus)]
+        points = [
+            (
+                100 * _value(c["metrics"]["high_risk_error"]),
+                100 * _value(c["metrics"]["accuracy"]),
+            )
+            for c in cells
+        ]
+        offsets = dodge_offsets(points, DODGE)
+        for cell, (x, y), offset in zip(cells, points, offsets, strict=True):
             acc, hre = cell["metrics"]["accuracy"], cell["metrics"]["high_risk_error"]
             position = budgets.index(cell["samples_budget"])
             marker = _MARKERS[position % len(_MARKERS)]
             label = cell["condition"] if position == 0 else None
             ax.errorbar(
-                100 * _value(hre),
-                100 * _value(acc),
+                x + offset,
+                y,
                 xerr=np.array(_err(hre))[:, None] * 100,
                 yerr=np.array(_err(acc))[:, None] * 100,
                 fmt=marker,
@@ -111,6 +165,7 @@ def plot_accuracy_vs_high_risk(metrics: Mapping[str, Any], path: Path) -> Path |
                 capsize=3,
                 label=label,
             )
+        _rate_axes(ax)
         ax.set_xlabel("high-risk error rate (%)")
         ax.set_ylabel("accuracy (%)")
         ax.set_title(f"{model} — {corpus}", fontsize=9)
@@ -125,7 +180,7 @@ def plot_accuracy_vs_high_risk(metrics: Mapping[str, Any], path: Path) -> Path |
                 labels.append(f"compute {budget}x")
         ax.legend(handles, labels, fontsize=7, loc="best")
     fig.suptitle("Accuracy vs high-risk error (95% bootstrap CI)", fontsize=10)
-    return _save(fig, path)
+    return fig
 
 
 def plot_category_heatmap(metrics: Mapping[str, Any], path: Path) -> Path | None:
@@ -176,6 +231,12 @@ def plot_triage_operating_points(
     triage: Sequence[Mapping[str, Any]] | None, path: Path
 ) -> Path | None:
     """Flag rate (x) vs unsafe recall (y) of every detector on the test split."""
+    fig = triage_figure(triage)
+    return None if fig is None else _save(fig, path)
+
+
+def triage_figure(triage: Sequence[Mapping[str, Any]] | None) -> Any | None:
+    """The triage operating-point figure (not saved); None when nothing is plotted."""
     if not triage:
         return None
     fig, axes = _grid(len(triage))
@@ -201,8 +262,7 @@ def plot_triage_operating_points(
             ax.axhline(
                 100 * target, color="grey", linestyle="--", linewidth=1, label="target recall"
             )
-        ax.set_xlim(0, 102)
-        ax.set_ylim(0, 102)
+        _rate_axes(ax)
         ax.set_xlabel("flag rate (%)")
         ax.set_ylabel("unsafe recall (%)")
         ax.set_title(f"Triage — {report.get('backbone', '?')} (test)", fontsize=9)
@@ -211,7 +271,7 @@ def plot_triage_operating_points(
     if not plotted:
         plt.close(fig)
         return None
-    return _save(fig, path)
+    return fig
 
 
 def plot_scaling(metrics: Mapping[str, Any], path: Path) -> Path | None:
@@ -220,6 +280,12 @@ def plot_scaling(metrics: Mapping[str, Any], path: Path) -> Path | None:
     Drawn only when the run spans more than one model or compute budget; the x axis
     lists ``model`` (or ``model @ Nx`` when several budgets) in run order.
     """
+    fig = scaling_figure(metrics)
+    return None if fig is None else _save(fig, path)
+
+
+def scaling_figure(metrics: Mapping[str, Any]) -> Any | None:
+    """The scaling figure (not saved); None when the run spans one model and budget."""
     run = metrics["run"]
     models, budgets = run["models"], run["samples_budgets"]
     if len(models) < 2 and len(budgets) < 2:
@@ -234,25 +300,34 @@ def plot_scaling(metrics: Mapping[str, Any], path: Path) -> Path | None:
     for row, corpus in enumerate(corpora):
         for col, metric in enumerate(("accuracy", "high_risk_error")):
             ax = axes[row][col]
-            for k, condition in enumerate(run["conditions"]):
-                xs, ys, errs = [], [], []
+            series: dict[str, list[tuple[int, float, tuple[float, float]]]] = {}
+            for condition in run["conditions"]:
                 for x, (model, budget) in enumerate(points):
                     cell = index.get((model, corpus, condition, budget))
-                    if cell is None:
-                        continue
-                    est = cell["metrics"][metric]
-                    xs.append(x + (k - len(run["conditions"]) / 2) * 0.04)
-                    ys.append(100 * _value(est))
-                    errs.append(_err(est))
-                if xs:
+                    if cell is not None:
+                        est = cell["metrics"][metric]
+                        series.setdefault(condition, []).append((x, 100 * _value(est), _err(est)))
+            flat = [(cond, x, y) for cond, rows in series.items() for x, y, _ in rows]
+            step = min(0.12, 0.7 / max(len(series), 1))
+            shift = dict(
+                zip(
+                    [(cond, x) for cond, x, _ in flat],
+                    dodge_offsets([(x, y) for _, x, y in flat], step),
+                    strict=True,
+                )
+            )
+            for k, condition in enumerate(run["conditions"]):
+                rows = series.get(condition)
+                if rows:
                     ax.errorbar(
-                        xs,
-                        ys,
-                        yerr=100 * np.array(errs).T,
+                        [x + shift[(condition, x)] for x, _, _ in rows],
+                        [y for _, y, _ in rows],
+                        yerr=100 * np.array([e for _, _, e in rows]).T,
                         marker=_MARKERS[k % len(_MARKERS)],
                         capsize=3,
                         label=condition,
                     )
+            _rate_axes(ax, x=False)
             ax.set_xticks(range(len(points)), labels, rotation=20, ha="right", fontsize=7)
             ax.set_ylabel(("accuracy" if metric == "accuracy" else "high-risk error") + " (%)")
             ax.set_title(f"{corpus}", fontsize=9)
@@ -260,7 +335,7 @@ def plot_scaling(metrics: Mapping[str, Any], path: Path) -> Path | None:
             if row == 0 and col == 0:
                 ax.legend(fontsize=7)
     fig.suptitle("Scaling: models and compute budgets (95% bootstrap CI)", fontsize=10)
-    return _save(fig, path)
+    return fig
 
 
 def write_plots(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,7 +27,13 @@ from safescale.models.registry import (
     registered_models,
 )
 
-__all__ = ["load_model", "model_cache_status", "resolve_model_dir", "warm_model"]
+__all__ = [
+    "load_model",
+    "model_cache_status",
+    "resolve_model_dir",
+    "transformers_progress_bars",
+    "warm_model",
+]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -46,6 +54,7 @@ def load_model(
     batch_size: int = 8,
     use_chat_template: bool | None = None,
     progress: bool = False,
+    verbose: bool = False,
 ) -> LanguageModel:
     """Load a language model.
 
@@ -62,6 +71,9 @@ def load_model(
         use_chat_template: force the chat (True) or plain (False) template; None uses
             the registry setting, or the chat template whenever the tokenizer has one.
         progress: show a progress bar while converting a GGUF the first time.
+        verbose: show transformers' own progress bars while the weights load
+            ("Loading weights"); off by default so that commands print only their
+            output.
 
     Raises:
         UnknownModelError: the spec is not registered, not a path and not loadable; the
@@ -103,6 +115,7 @@ def load_model(
         system_prompt=system_prompt,
         batch_size=batch_size,
         use_chat_template=chat,
+        verbose=verbose,
     )
 
 
@@ -141,6 +154,33 @@ def model_cache_status(entry: RegisteredModel) -> dict[str, object]:
     return {"installed": True, "cached": is_valid_cache(directory, sha), "cache_dir": directory}
 
 
+@contextmanager
+def transformers_progress_bars(show: bool) -> Iterator[None]:
+    """Show (``show=True``) or hide transformers' and huggingface_hub's progress bars
+    for the duration of the block, then restore the previous setting.
+
+    Use it around a ``from_pretrained`` call; the setting is process-wide while the
+    block runs.
+    """
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    if show == before:
+        yield
+        return
+    if show:
+        hf_logging.enable_progress_bar()
+    else:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before:
+            hf_logging.enable_progress_bar()
+        else:
+            hf_logging.disable_progress_bar()
+
+
 def _build(
     source: str,
     *,
@@ -151,15 +191,17 @@ def _build(
     system_prompt: str | None,
     batch_size: int,
     use_chat_template: bool | None,
+    verbose: bool = False,
 ) -> LanguageModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        kwargs: dict[str, object] = {"dtype": dtype}
-        if device == "auto":
-            kwargs["device_map"] = "auto"
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        with transformers_progress_bars(verbose):
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            kwargs: dict[str, object] = {"dtype": dtype}
+            if device == "auto":
+                kwargs["device_map"] = "auto"
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as exc:
         raise UnknownModelError(f"{_unknown_message(source)}\n(loading failed: {exc})") from exc
     if device != "auto":

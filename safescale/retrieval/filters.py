@@ -28,13 +28,20 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from safescale.corpora.schema import Passage, Status
 
-__all__ = ["ALL_STATUSES", "RerankWeights", "SearchFilters", "rerank_scores"]
+__all__ = [
+    "ALL_STATUSES",
+    "RerankWeights",
+    "SearchFilters",
+    "allowed_statuses",
+    "rerank_scores",
+    "with_status_rule",
+]
 
 ALL_STATUSES: frozenset[Status] = frozenset(Status)
 
@@ -59,8 +66,10 @@ class SearchFilters:
             (1 = strongest evidence, 4 = weakest); ``2`` keeps levels 1 and 2. ``None``
             keeps every grade.
         statuses: statuses to keep; the default keeps all of them (current, superseded
-            and withdrawn). :meth:`current_only` is the preset for the agentic
-            condition.
+            and withdrawn). A search applies this *and* its status rule (current only
+            unless ``include_superseded`` / ``include_withdrawn``), so this field can
+            only narrow what the flags allow. :meth:`current_only` is the preset for the
+            agentic condition.
         topics: keep passages whose ``topic`` is one of these; ``None`` keeps all.
         scopes: keep passages whose ``scope`` is one of these (a passage without a
             scope never matches a scope filter); ``None`` keeps all.
@@ -128,6 +137,34 @@ class SearchFilters:
             if self.date_to is not None and date > self.date_to:
                 return False
         return True
+
+
+def allowed_statuses(include_superseded: bool, include_withdrawn: bool) -> frozenset[Status]:
+    """The statuses a search returns under the status rule (current always)."""
+    statuses = {Status.CURRENT}
+    if include_superseded:
+        statuses.add(Status.SUPERSEDED)
+    if include_withdrawn:
+        statuses.add(Status.WITHDRAWN)
+    return frozenset(statuses)
+
+
+def with_status_rule(
+    filters: SearchFilters | None, include_superseded: bool, include_withdrawn: bool
+) -> SearchFilters | None:
+    """``filters`` narrowed to the statuses the flags allow (None when unrestricted)."""
+    allowed = allowed_statuses(include_superseded, include_withdrawn)
+    base = filters or SearchFilters()
+    statuses = base.statuses & allowed
+    if base.statuses and not statuses:
+        asked = ", ".join(sorted(s.value for s in base.statuses))
+        raise ValueError(
+            f"filters keep only {asked} passages, which the search excludes: pass "
+            "include_superseded=True / include_withdrawn=True"
+        )
+    if statuses != base.statuses:
+        base = replace(base, statuses=statuses)
+    return None if base.is_unrestricted else base
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,12 @@ from safescale.retrieval.faiss_index import (
     reconstruct,
     resolve_params,
 )
-from safescale.retrieval.filters import RerankWeights, SearchFilters, rerank_scores
+from safescale.retrieval.filters import (
+    RerankWeights,
+    SearchFilters,
+    rerank_scores,
+    with_status_rule,
+)
 from safescale.retrieval.table import PassageTable
 
 if TYPE_CHECKING:
@@ -375,6 +380,9 @@ class EvidenceStore:
         filters: SearchFilters | None = ...,
         rerank: bool = ...,
         weights: RerankWeights | None = ...,
+        *,
+        include_superseded: bool = ...,
+        include_withdrawn: bool = ...,
     ) -> list[Hit]: ...
 
     @overload
@@ -385,6 +393,9 @@ class EvidenceStore:
         filters: SearchFilters | None = ...,
         rerank: bool = ...,
         weights: RerankWeights | None = ...,
+        *,
+        include_superseded: bool = ...,
+        include_withdrawn: bool = ...,
     ) -> list[list[Hit]]: ...
 
     def search(
@@ -394,8 +405,18 @@ class EvidenceStore:
         filters: SearchFilters | None = None,
         rerank: bool = False,
         weights: RerankWeights | None = None,
+        *,
+        include_superseded: bool = False,
+        include_withdrawn: bool = False,
     ) -> list[Hit] | list[list[Hit]]:
         """Retrieve the passages most similar to a query (or to each of several).
+
+        Status rule (the same for the store, :class:`EvidenceRetriever` and
+        ``safescale index search``): by default only **current** passages are returned;
+        ``include_superseded=True`` / ``include_withdrawn=True`` let superseded /
+        withdrawn ones through as well. ``filters.statuses`` can narrow this further,
+        never widen it. A caller that wants every passage (e.g. the standard-RAG
+        baseline) passes both flags.
 
         Filtering: passages failing ``filters`` are excluded inside the vector search
         (FAISS ``IDSelectorBitmap``), so the result has ``min(k, passing passages)``
@@ -417,13 +438,23 @@ class EvidenceStore:
             filters: metadata conditions, or None for all passages.
             rerank: apply grade-aware reranking.
             weights: rerank weights (default :class:`RerankWeights`).
+            include_superseded: also return superseded passages.
+            include_withdrawn: also return withdrawn passages.
 
         Returns:
             Hits best first for a single query; a list of such lists for a list.
         """
         single = isinstance(query, str)
         texts = [query] if single else list(query)
-        results = self.search_vectors(self._embed_queries(texts), k, filters, rerank, weights)
+        results = self.search_vectors(
+            self._embed_queries(texts),
+            k,
+            filters,
+            rerank,
+            weights,
+            include_superseded=include_superseded,
+            include_withdrawn=include_withdrawn,
+        )
         return results[0] if single else results
 
     def search_vectors(
@@ -433,8 +464,11 @@ class EvidenceStore:
         filters: SearchFilters | None = None,
         rerank: bool = False,
         weights: RerankWeights | None = None,
+        *,
+        include_superseded: bool = False,
+        include_withdrawn: bool = False,
     ) -> list[list[Hit]]:
-        """:meth:`search` with query embeddings instead of texts.
+        """:meth:`search` with query embeddings instead of texts (same status rule).
 
         Args:
             vectors: ``(d,)`` or ``(nq, d)`` query embeddings (normalized here).
@@ -452,6 +486,7 @@ class EvidenceStore:
         faiss.normalize_L2(queries)
         weights = weights or RerankWeights()
         fetch = weights.candidates(k) if rerank else k
+        filters = with_status_rule(filters, include_superseded, include_withdrawn)
         mask = self.table.mask(filters)
         passing = len(self) if mask is None else int(np.count_nonzero(mask))
         want = min(fetch, passing)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from safescale.corpora.schema import Status
 from safescale.models.embedder import load_embedder
-from safescale.retrieval import EvidenceStore, SearchFilters, open_store
+from safescale.retrieval import EvidenceStore, open_store
 from safescale.retrieval.llama_index import EvidenceRetriever
 from safescale.retrieval.testing import make_corpus, make_passage
 
@@ -101,15 +101,15 @@ def test_semantic_retrieval_filters_rerank_and_round_trip(embedder, tmp_path: Pa
     assert [r[0].passage.id for r in results] == list(queries.values())
 
     lung = "4 mm solid lung nodule in a non-smoker: is follow-up CT needed?"
-    everything = store.search(lung, k=2)
+    everything = store.search(lung, k=2, include_superseded=True)
     assert {h.passage.id for h in everything} == {
         "fleischner-2017-solid-small",
         "fleischner-2005-solid-small",
     }
-    current = store.search(lung, k=2, filters=SearchFilters.current_only())
+    current = store.search(lung, k=2)  # the default: current passages only
     assert current[0].passage.id == "fleischner-2017-solid-small"
     assert all(h.passage.status is Status.CURRENT for h in current)
-    reranked = store.search(lung, k=2, rerank=True)
+    reranked = store.search(lung, k=2, rerank=True, include_superseded=True)
     assert reranked[0].passage.id == "fleischner-2017-solid-small"  # level 1 and newer
 
     directory = store.save(tmp_path / "store")
@@ -137,7 +137,9 @@ def test_bundled_corpus_end_to_end(embedder, tmp_path: Path, monkeypatch) -> Non
 
     store = open_store(corpus, embedder, "hnsw")
     sample = corpus.passages[:: max(1, len(corpus.passages) // 20)]
-    results = store.search([p.text for p in sample], k=3)
+    results = store.search(
+        [p.text for p in sample], k=3, include_superseded=True, include_withdrawn=True
+    )
     # every passage is found by its own text among the top 3 (near-duplicates allowed)
     assert all(p.id in {h.passage.id for h in r} for p, r in zip(sample, results, strict=True))
     assert open_store(corpus, embedder, "hnsw").build_stats is None  # cached now
@@ -155,3 +157,16 @@ def test_bundled_corpus_end_to_end(embedder, tmp_path: Path, monkeypatch) -> Non
     assert found.exit_code == 0, found.output
     assert "current" in found.output
     assert "superseded" not in found.output.split("statuses:")[0]
+    old = next(p for p in corpus.passages if p.status is Status.SUPERSEDED)
+    hidden = runner.invoke(app, ["index", "search", "radiology-guidelines", old.text, "-k", "3"])
+    assert hidden.exit_code == 0
+    assert "superseded" not in hidden.output.split("statuses:")[0]
+    shown = runner.invoke(
+        app,
+        ["index", "search", "radiology-guidelines", old.text, "-k", "3", "--include-superseded"],
+    )
+    assert shown.exit_code == 0
+    assert "superseded" in shown.output.split("statuses:")[0]  # a row's status column
+    retrieved = EvidenceRetriever(store, k=3, include_superseded=True).retrieve(old.text)
+    assert old.id in {n.node.node_id for n in retrieved}
+    assert old.id not in {n.node.node_id for n in EvidenceRetriever(store, k=3).retrieve(old.text)}

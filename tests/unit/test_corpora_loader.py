@@ -56,7 +56,10 @@ def _item(iid: str, **extra: object) -> dict:
         "evidence_id": "cell-1",
         "task": "align",
         "evidence": {"clean": ["new"], "conflict": ["new", "old"]},
-        "stance": {"new": {"A": "supports", "B": "contradicts"}},
+        "stance": {
+            "new": {"A": "supports", "B": "contradicts"},
+            "old": {"A": "contradicts", "B": "supports"},
+        },
     }
     record.update(extra)
     return record
@@ -229,7 +232,8 @@ def test_all_problems_are_collected_up_to_the_cap(tmp_path: Path) -> None:
     with pytest.raises(CorpusError) as info:
         load_corpus(directory, max_problems=5)
     assert len(info.value.problems) == 5 and info.value.truncated
-    assert "stopped after 5 problems" in str(info.value)
+    assert info.value.hidden == 25
+    assert str(info.value).endswith("... and 25 more problem(s) not shown (cap 5)")
 
 
 def test_unknown_name_lists_bundled(tmp_path: Path) -> None:

@@ -68,6 +68,7 @@ ITEMS = [
         "category": "grading",
         "evidence_id": "R1",
         "evidence": {"clean": ["rec"]},
+        "stance": {"rec": {"A": "contradicts", "B": "supports"}},
     },
 ]
 FILES = {

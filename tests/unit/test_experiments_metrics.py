@@ -54,19 +54,24 @@ def _passage(pid: str) -> Passage:
     )
 
 
-def _item(iid, gold, high_risk, unsafe, category, evidence_id, task, stance=None) -> Item:
+def _item(iid, gold, high_risk, unsafe, category, evidence_id, task, stance=None,
+          defer=None) -> Item:  # fmt: skip
     return Item(
         id=iid,
         question=f"question {iid}?",
         options={"A": "alpha", "B": "beta", "C": "gamma"},
         gold=gold,
-        labels=OptionLabels(high_risk=high_risk, unsafe=unsafe),
+        labels=OptionLabels(high_risk=high_risk, unsafe=unsafe, defer=defer),
         category=category,
         evidence_id=evidence_id,
         task=task,
         evidence=EvidenceSets(clean=["p1"]),
         stance=stance or {},
     )
+
+
+# Every evidence-set passage needs a stance (corpus validation); neutral changes no metric.
+NEUTRAL = {"p1": {"A": "neutral", "B": "neutral", "C": "neutral"}}
 
 
 def tiny_corpus() -> Corpus:
@@ -84,8 +89,8 @@ def tiny_corpus() -> Corpus:
         _item("i2", "B", ["A"], ["A"], "x", "e1", "conflict",
               {"p1": {"A": "contradicts", "B": "supports"},
                "p2": {"A": "supports", "B": "contradicts"}}),
-        _item("i3", "A", ["B"], ["B"], "y", "e2", "gap"),
-        _item("i4", "C", [], [], "y", "e3", None),
+        _item("i3", "A", ["B"], ["B"], "y", "e2", "gap", NEUTRAL, defer="A"),
+        _item("i4", "C", [], [], "y", "e3", None, NEUTRAL),
     )  # fmt: skip
     return Corpus(manifest=manifest, passages=(_passage("p1"), _passage("p2")), items=items)
 

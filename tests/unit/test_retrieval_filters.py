@@ -117,7 +117,14 @@ def test_filtered_search_keeps_k_and_never_returns_failing_passages(
     passing = np.array([filters.matches(p) for p in passages])
     query = np.random.default_rng(seed).standard_normal((2, unit.shape[1]))
     with mock.patch.object(store_module, "EXACT_SUBSET_LIMIT", exact_subset_limit):
-        results = store.search_vectors(query, k=k, filters=filters, rerank=rerank)
+        results = store.search_vectors(
+            query,
+            k=k,
+            filters=filters,
+            rerank=rerank,
+            include_superseded=True,
+            include_withdrawn=True,
+        )
     for row, hits in enumerate(results):
         assert len(hits) == min(k, int(passing.sum()))
         assert all(filters.matches(h.passage) for h in hits)

@@ -6,7 +6,9 @@ import datetime as dt
 from pathlib import Path
 
 import numpy as np
+import pytest
 from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.postprocessor import SimilarityPostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
 from safescale.corpora.schema import Status
@@ -66,9 +68,69 @@ def test_retriever_uses_a_precomputed_query_embedding(tmp_path: Path) -> None:
     assert [n.node.node_id for n in nodes] == [h.passage.id for h in expected]
 
 
-def test_retriever_reranks_when_asked(tmp_path: Path) -> None:
+def test_retriever_reranks_but_scores_stay_similarities(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    nodes = EvidenceRetriever(store, k=5, rerank=True).retrieve("nodule follow-up")
-    scores = [n.score for n in nodes]
-    assert scores == sorted(scores, reverse=True)
-    assert all(n.score > n.node.metadata["similarity"] for n in nodes)
+    query = "nodule follow-up"
+    nodes = EvidenceRetriever(store, k=5, rerank=True).retrieve(query)
+    hits = store.search(query, k=5, rerank=True)
+    assert [n.node.node_id for n in nodes] == [h.passage.id for h in hits]
+    assert [n.score for n in nodes] == [h.similarity for h in hits]
+    assert [n.node.metadata["rerank_score"] for n in nodes] == [h.score for h in hits]
+    assert all(n.node.metadata["rerank_score"] > n.score for n in nodes)
+    assert "rerank_score" not in nodes[0].node.get_content(metadata_mode=MetadataMode.LLM)
+    plain = EvidenceRetriever(store, k=5).retrieve(query)
+    assert all("rerank_score" not in n.node.metadata for n in plain)
+
+
+def test_similarity_cutoff_cuts_on_similarity_after_rerank(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    query = "nodule follow-up"
+    nodes = EvidenceRetriever(store, k=6, rerank=True).retrieve(query)
+    similarities = sorted(n.score for n in nodes)
+    cutoff = similarities[len(similarities) // 2]
+    kept = SimilarityPostprocessor(similarity_cutoff=cutoff).postprocess_nodes(nodes)
+    assert {n.node.node_id for n in kept} == {
+        n.node.node_id for n in nodes if n.node.metadata["similarity"] >= cutoff
+    }
+    assert 0 < len(kept) < len(nodes)
+
+
+def test_status_rule_is_the_same_for_store_retriever_and_cli(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    query = "Recommendation 3: nodule of 3 mm, follow-up in 9 months."  # p3 is superseded
+    default = EvidenceRetriever(store, k=12).retrieve(query)
+    assert {n.node.metadata["status"] for n in default} == {"current"}
+    assert [n.node.node_id for n in default] == [h.passage.id for h in store.search(query, k=12)]
+    widened = EvidenceRetriever(store, k=12, include_superseded=True).retrieve(query)
+    assert widened[0].node.node_id == "p3"
+    assert [n.node.node_id for n in widened] == [
+        h.passage.id for h in store.search(query, k=12, include_superseded=True)
+    ]
+    with pytest.raises(ValueError, match="include_superseded=True"):
+        store.search(query, k=3, filters=SearchFilters(statuses=frozenset({Status.SUPERSEDED})))
+
+
+def test_cli_search_uses_the_store_flags() -> None:
+    import inspect
+
+    from safescale.cli.index import search
+
+    parameters = inspect.signature(search).parameters
+    for flag in ("include_superseded", "include_withdrawn"):
+        assert parameters[flag].default is False
+        assert flag in inspect.signature(EvidenceStore.search).parameters
+        assert inspect.signature(EvidenceStore.search).parameters[flag].default is False
+        assert inspect.signature(EvidenceRetriever).parameters[flag].default is False
+
+
+def test_absent_metadata_is_absent_not_none(tmp_path: Path) -> None:
+    passage = make_passage("bare", "A passage with no date, version, scope or url.", level=2)
+    store = EvidenceStore.build(make_corpus([passage]), HashingEmbedder(), cache_dir=tmp_path)
+    (node,) = EvidenceRetriever(store, k=1).retrieve("passage")
+    meta = node.node.metadata
+    assert None not in meta.values()
+    for key in ("source_date", "source_version", "source_url", "scope", "supersedes"):
+        assert key not in meta
+    llm_text = node.node.get_content(metadata_mode=MetadataMode.LLM)
+    assert "None" not in llm_text
+    assert "grade_level: 2" in llm_text

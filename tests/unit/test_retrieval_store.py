@@ -23,6 +23,8 @@ from safescale.retrieval import (
 from safescale.retrieval.testing import HashingEmbedder, make_corpus, make_passage
 
 TOPICS = ["lung", "liver", "kidney", "thyroid"]
+# Index-correctness tests search every passage, whatever its status.
+EVERY_STATUS = {"include_superseded": True, "include_withdrawn": True}
 
 
 def _passages(n: int, seed: int = 0) -> list:
@@ -77,7 +79,7 @@ def test_flat_search_equals_numpy_cosine_top_k(n: int, d: int, k: int) -> None:
     store, unit, rng = _random_store(n, d)
     queries = rng.standard_normal((7, d)).astype(np.float32)
     expected_scores, expected_ids = _brute_force(unit, queries, k)
-    results = store.search_vectors(queries, k=k)
+    results = store.search_vectors(queries, k=k, **EVERY_STATUS)
     for row, hits in enumerate(results):
         assert [h.rank for h in hits] == list(range(1, k + 1))
         assert [store.table.row_of(h.passage.id) for h in hits] == expected_ids[row].tolist()
@@ -97,7 +99,7 @@ def test_single_query_search_restores_faiss_threads() -> None:
 
 def test_k_larger_than_store_returns_everything_once() -> None:
     store, _, rng = _random_store(12, 8)
-    hits = store.search_vectors(rng.standard_normal(8), k=50)[0]
+    hits = store.search_vectors(rng.standard_normal(8), k=50, **EVERY_STATUS)[0]
     assert len(hits) == 12
     assert len({h.passage.id for h in hits}) == 12
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
@@ -142,10 +144,10 @@ def test_text_search_single_and_batch(cache_dir: Path) -> None:
     corpus = make_corpus(_passages(60))
     store = EvidenceStore.build(corpus, HashingEmbedder(), cache_dir=cache_dir)
     target = corpus.passages[17]
-    hits = store.search(target.text, k=3)
+    hits = store.search(target.text, k=3, **EVERY_STATUS)
     assert hits[0].passage == target
     assert hits[0].score == pytest.approx(1.0, abs=1e-5)
-    batch = store.search([target.text, corpus.passages[3].text], k=2)
+    batch = store.search([target.text, corpus.passages[3].text], k=2, **EVERY_STATUS)
     assert [b[0].passage.id for b in batch] == [target.id, corpus.passages[3].id]
     assert [h.passage.id for h in batch[0]] == [h.passage.id for h in hits[:2]]
 

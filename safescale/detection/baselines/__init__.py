@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from safescale.detection.baselines._base import scored_positions
 from safescale.detection.baselines.eigenscore import EigenScore, eigenscore, sample_embeddings
 from safescale.detection.baselines.entropy import MeanTokenEntropy, mean_token_entropy
 from safescale.detection.baselines.length import ResponseLength
@@ -40,5 +41,6 @@ __all__ = [
     "ptrue_message",
     "ptrue_nll",
     "sample_embeddings",
+    "scored_positions",
     "selfcheck_inconsistency",
 ]

@@ -7,8 +7,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import torch
+from sklearn.base import ClassifierMixin
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from safescale.detection.registry import (
     SAFE,
@@ -17,7 +22,38 @@ from safescale.detection.registry import (
     vector_column_or_unavailable,
 )
 
-__all__ = ["LinearProbeDetector", "ScalarScoreDetector"]
+__all__ = ["LinearProbeDetector", "ScalarScoreDetector", "scored_positions"]
+
+
+def scored_positions(
+    response_ids: torch.Tensor, *, include_eos: bool = True, eos_token_id: int | None = None
+) -> slice:
+    """The response positions a sequence-level baseline scores.
+
+    The end-of-sequence choice, one for every sequence-level baseline (``msp_seq``,
+    ``nll_mean``, ``msp_step``, ``mte``): every token of the teacher-forced response is
+    scored, a final EOS token included when the response ends in one — as LM-Polygraph
+    scores a generated sequence. ``include_eos=False`` leaves a final
+    ``eos_token_id`` out. safescale's own records carry no EOS (the answer is
+    teacher-forced from its text, tokenized without special tokens, and
+    :meth:`~safescale.models.backend.LanguageModel.generate` drops EOS), so for them the
+    two settings agree; to reproduce LM-Polygraph on an output that stopped at EOS,
+    teacher-force the response ids with the EOS id appended.
+
+    Args:
+        response_ids: ``[R]`` the response token ids.
+        include_eos: score a final EOS token.
+        eos_token_id: the EOS id; required when ``include_eos`` is False.
+
+    Returns:
+        A slice over the ``R`` positions.
+    """
+    if include_eos:
+        return slice(None)
+    if eos_token_id is None:
+        raise ValueError("include_eos=False needs the eos_token_id")
+    ends_in_eos = response_ids.numel() > 1 and int(response_ids[-1]) == eos_token_id
+    return slice(0, -1) if ends_in_eos else slice(None)
 
 
 class ScalarScoreDetector(Detector):
@@ -50,11 +86,15 @@ class ScalarScoreDetector(Detector):
         self.n_features_in_ = 1
 
 
-class LinearProbeDetector(Detector):
+class LinearProbeDetector(ClassifierMixin, Detector):
     """Standardize, then class-balanced L2 logistic regression on a vector column.
 
-    Risk score: ``σ(((x − μ) / s) · w + b)`` = P(unsafe). Fitted attributes:
-    ``mean_``, ``scale_``, ``coef_``, ``intercept_``, ``n_features_in_`` (saved as JSON).
+    Risk score: ``σ(((x − μ) / s) · w + b)`` = P(unsafe). A binary scikit-learn
+    classifier: ``y`` may hold triage classes (any class other than 0 counts as
+    unsafe), ``classes_`` is ``[0, 1]`` (safe, unsafe), ``predict`` flags unsafe when
+    P(unsafe) ≥ 0.5 and ``score`` is the accuracy of that flag against ``y != 0``.
+    Fitted attributes: ``mean_``, ``scale_``, ``coef_``, ``intercept_``, ``classes_``,
+    ``n_features_in_`` (saved as JSON). NaN or infinite inputs are a ValueError.
     """
 
     supervised = True
@@ -69,10 +109,13 @@ class LinearProbeDetector(Detector):
         return vector_column_or_unavailable(frame, self.column, self.name)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> LinearProbeDetector:
-        X = np.asarray(X, dtype=np.float64)
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
         unsafe = (np.asarray(y) != SAFE).astype(int)
         if unsafe.min() == unsafe.max():
-            raise ValueError(f"{self.name}: training needs both safe and unsafe records")
+            raise ValueError(
+                f"{self.name}: training needs both safe and unsafe records (got one class)"
+            )
         scaler = StandardScaler().fit(X)
         model = LogisticRegression(
             C=self.C,
@@ -84,16 +127,29 @@ class LinearProbeDetector(Detector):
         self.scale_ = scaler.scale_
         self.coef_ = model.coef_[0]
         self.intercept_ = float(model.intercept_[0])
-        self.n_features_in_ = X.shape[1]
+        self.n_iter_ = model.n_iter_
+        self.classes_ = np.array([SAFE, 1])
         return self
 
     def risk_score(self, X: np.ndarray) -> np.ndarray:
-        z = ((np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_) @ self.coef_
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        z = ((X - self.mean_) / self.scale_) @ self.coef_
         return 1.0 / (1.0 + np.exp(-(z + self.intercept_)))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """``[n, 2]`` (safe, unsafe) probabilities."""
         p = self.risk_score(X)
         return np.stack([1.0 - p, p], axis=1)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """1 (unsafe) where P(unsafe) ≥ 0.5, else 0 (safe)."""
+        return (self.risk_score(X) >= 0.5).astype(int)
+
+    def score(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> float:
+        """Accuracy of the unsafe flag against ``y != 0``."""
+        unsafe = (np.asarray(y) != SAFE).astype(int)
+        return float(accuracy_score(unsafe, self.predict(X), sample_weight=sample_weight))
 
     def _get_state(self, directory: Path) -> dict[str, Any]:
         return {
@@ -109,3 +165,4 @@ class LinearProbeDetector(Detector):
         self.coef_ = np.asarray(state["coef"])
         self.intercept_ = float(state["intercept"])
         self.n_features_in_ = len(self.coef_)
+        self.classes_ = np.array([SAFE, 1])

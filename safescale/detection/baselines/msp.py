@@ -1,7 +1,11 @@
 """Maximum-softmax-probability baselines, two distinct meanings named apart.
 
 * ``msp_seq`` = −Σ_t log p(y_t): the negative log-likelihood of the whole response
-  (LM-Polygraph's sequence "maximum sequence probability"; higher = riskier).
+  (higher = riskier). On the same token sequence it equals LM-Polygraph's
+  ``MaximumSequenceProbability``; the end-of-sequence token is handled as documented in
+  :func:`~safescale.detection.baselines._base.scored_positions` (a final EOS is scored
+  by default, like LM-Polygraph; ``include_eos=False`` leaves it out, which lowers
+  ``msp_seq`` by exactly −log p(EOS)).
 * ``msp_step`` = 1 − (1/R) Σ_t max_v p_t(v): one minus the mean per-step maximum
   softmax probability (higher = riskier).
 
@@ -12,21 +16,23 @@ from __future__ import annotations
 
 import torch
 
-from safescale.detection.baselines._base import ScalarScoreDetector
+from safescale.detection.baselines._base import ScalarScoreDetector, scored_positions
 from safescale.detection.registry import detector
 from safescale.models.internals import Internals
 
 __all__ = ["MSPSequence", "MSPStep", "msp_seq", "msp_step"]
 
 
-def msp_seq(ctx: Internals) -> float:
-    """``−Σ_t log p(y_t)``."""
-    return float(-ctx.response_logprobs.double().sum())
+def msp_seq(ctx: Internals, *, include_eos: bool = True, eos_token_id: int | None = None) -> float:
+    """``−Σ_t log p(y_t)`` over the scored positions (see ``scored_positions``)."""
+    keep = scored_positions(ctx.response_ids, include_eos=include_eos, eos_token_id=eos_token_id)
+    return float(-ctx.response_logprobs[keep].double().sum())
 
 
-def msp_step(ctx: Internals) -> float:
-    """``1 − mean_t max_v p_t(v)``."""
-    probs = torch.softmax(ctx.logits.double(), dim=-1)
+def msp_step(ctx: Internals, *, include_eos: bool = True, eos_token_id: int | None = None) -> float:
+    """``1 − mean_t max_v p_t(v)`` over the scored positions."""
+    keep = scored_positions(ctx.response_ids, include_eos=include_eos, eos_token_id=eos_token_id)
+    probs = torch.softmax(ctx.logits[keep].double(), dim=-1)
     return float(1.0 - probs.max(dim=-1).values.mean())
 
 
