@@ -166,7 +166,15 @@ def retrieve_node(*, agentic: bool) -> Node:
         if agentic and not s.include_superseded:
             filters = SearchFilters.current_only()
         excluded = set(state.get("excluded", []))
-        hits = ctx.store.search(query, k=s.k + len(excluded), filters=filters, rerank=agentic)
+        every = not agentic or s.include_superseded  # standard RAG sees every status
+        hits = ctx.store.search(
+            query,
+            k=s.k + len(excluded),
+            filters=filters,
+            rerank=agentic,
+            include_superseded=every,
+            include_withdrawn=every,
+        )
         hits = [h for h in hits if h.passage.id not in excluded][: s.k]
         evidence: list[EvidenceRef] = [
             {"id": h.passage.id, "score": float(h.score), "rank": h.rank} for h in hits
@@ -220,9 +228,10 @@ def pack_context_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict
     budget = min(s.context_budget or ctx.lm.context_length, ctx.lm.context_length)
     limit = budget - s.answer_reserve
     excluded = set(state.get("excluded", []))
-    hits = [
-        h for h in ctx.store.search(item.question, k=len(ctx.store)) if h.passage.id not in excluded
-    ]
+    ranked = ctx.store.search(
+        item.question, k=len(ctx.store), include_superseded=True, include_withdrawn=True
+    )
+    hits = [h for h in ranked if h.passage.id not in excluded]
     base = _prompt_tokens(ctx, prompts.answer_message(item, [], None))
     header = ctx.lm.count_tokens("Evidence:\n\n")
     used = base + header

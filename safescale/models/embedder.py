@@ -231,5 +231,8 @@ def load_embedder(name: str | None = None, *, device: str = "cpu") -> SentenceTr
         model_dir, canonical = _resolve_model_dir(name), name
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(model_dir), device=device, local_files_only=True)
+    from safescale.models.loading import transformers_progress_bars
+
+    with transformers_progress_bars(False):
+        model = SentenceTransformer(str(model_dir), device=device, local_files_only=True)
     return SentenceTransformerEmbedder(model, canonical, model_dir)
