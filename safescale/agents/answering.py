@@ -16,8 +16,10 @@ Two families, as OLMES and lm-evaluation-harness define them:
     all cyclic orderings, then divided out of the single-pass letter probabilities:
     ``score_j = log p(letter_j) - log prior_j``.
 
-* **CF** (cloze formulation): each option's *text* is scored as the continuation of the
-  same prompt after the answer cue (``sum_t log p(c_t | prompt, c_<t)``), normalized:
+* **CF** (cloze formulation): the prompt holds the evidence and the question but no
+  option list (:data:`~safescale.agents.prompts.CLOZE`), and each option's *text* is
+  scored as its continuation after the answer cue (``sum_t log p(c_t | prompt,
+  c_<t)``), normalized:
 
   - ``cloze_none``: the summed log-probability;
   - ``cloze_token``: divided by the number of tokens;
@@ -55,9 +57,11 @@ __all__ = [
     "CyclicScores",
     "Formulation",
     "OptionScores",
+    "answer_prompt",
     "cyclic_letter_logprobs",
     "estimate_position_prior",
     "log_softmax",
+    "message_for",
     "read_options",
 ]
 
@@ -174,6 +178,22 @@ def estimate_position_prior(cyclic: Sequence[CyclicScores]) -> dict[str, list[fl
     return out
 
 
+def answer_prompt(formulation: str) -> prompts.Prompt:
+    """The prompt template a formulation reads answers from: the lettered
+    :data:`~safescale.agents.prompts.ANSWER` for ``letter*``, the option-free
+    :data:`~safescale.agents.prompts.CLOZE` for ``cloze_*``."""
+    return prompts.CLOZE if formulation.startswith("cloze_") else prompts.ANSWER
+
+
+def message_for(
+    formulation: str, item: Item, passages: Sequence[Passage], summary: str | None = None
+) -> str:
+    """The user turn a formulation reads the answer from (see :func:`answer_prompt`)."""
+    if formulation.startswith("cloze_"):
+        return prompts.cloze_message(item, passages, summary)
+    return prompts.answer_message(item, passages, summary)
+
+
 def read_options(
     lm: LanguageModel | CachedLM,
     item: Item,
@@ -190,7 +210,7 @@ def read_options(
     ``letter_cyclic`` for that item and says so in ``detail``.
     """
     letters = item.letters
-    message = prompts.answer_message(item, passages, summary)
+    message = message_for(formulation, item, passages, summary)
     if formulation == "letter":
         logits = lm.score_options([message], letters)[0]
         return OptionScores(formulation, [float(x) for x in logits], message)

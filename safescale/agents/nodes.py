@@ -18,7 +18,7 @@ import numpy as np
 from langgraph.runtime import Runtime
 
 from safescale.agents import prompts
-from safescale.agents.answering import read_options
+from safescale.agents.answering import answer_prompt, message_for, read_options
 from safescale.agents.context import AgentContext, Critique
 from safescale.agents.records import RetrievedRef
 from safescale.agents.state import AgentState, EvidenceRef
@@ -534,7 +534,7 @@ def answer_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
         position_prior={k: list(v) for k, v in (s.position_prior or {}).items()},
     )
     message = read.message
-    message_noctx = prompts.answer_message(item, [], None)
+    message_noctx = message_for(s.formulation, item, [], None)
     scores = read.scores
     greedy = letters[int(np.argmax(scores))]
     n_samples = s.samples if s.samples > 1 else s.extra_samples
@@ -593,7 +593,7 @@ def answer_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
         started,
         inputs=[item.id, message, s.samples, s.formulation],
         retrieved=state.get("evidence", []),
-        prompt=prompts.ANSWER,
+        prompt=answer_prompt(s.formulation),
         prompt_text=message,
         output=response,
         decision=f"chose {chosen}",

@@ -17,6 +17,7 @@ from safescale.corpora import Item, Passage
 
 __all__ = [
     "ANSWER",
+    "CLOZE",
     "CONFLICT",
     "CONFLICT_ANSWERS",
     "REFORMULATE",
@@ -25,6 +26,7 @@ __all__ = [
     "SYNTHESIZE",
     "Prompt",
     "answer_message",
+    "cloze_message",
     "evidence_block",
     "options_block",
     "parse_citations",
@@ -56,6 +58,10 @@ ANSWER = Prompt(
 )
 # The critic's judgements are read as continuations (cloze, PMI-normalized against the
 # neutral prompt): the answer texts below are scored after the answer cue.
+# The cloze formulation (OLMES "CF"): no option list, the option texts are scored as
+# continuations after the answer cue. Listing the options here (or asking for a letter)
+# makes a small model's cloze scores follow the list, not the evidence.
+CLOZE = Prompt("cloze", 1, "{evidence}Question: {question}")
 RELEVANCE = Prompt(
     "relevance",
     2,
@@ -132,6 +138,11 @@ def answer_message(
         question=item.question,
         options=options_block(item, order),
     )
+
+
+def cloze_message(item: Item, passages: Sequence[Passage], summary: str | None = None) -> str:
+    """The user turn of the cloze formulation (evidence and question, no options)."""
+    return CLOZE.render(evidence=evidence_block(passages, summary), question=item.question)
 
 
 def parse_citations(text: str, passage_ids: Sequence[str]) -> list[str]:

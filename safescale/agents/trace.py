@@ -51,9 +51,7 @@ def _scores(step: StepRecord) -> str:
     parts: list[str] = []
     relevance = detail.get("relevance_margin")
     if isinstance(relevance, dict) and relevance:
-        parts.append(
-            "relevance: " + ", ".join(f"{pid} {m:+.2f}" for pid, m in relevance.items())
-        )
+        parts.append("relevance: " + ", ".join(f"{pid} {m:+.2f}" for pid, m in relevance.items()))
     conflict = detail.get("conflict_margin")
     if isinstance(conflict, int | float):
         parts.append(f"conflict: {conflict:+.2f}")

@@ -88,7 +88,7 @@ def _prompt_scores(lm: CachedLM, item: Item, passages: Sequence) -> dict[str, An
     under the cyclic orderings, and the cloze log-probs with their neutral priors."""
     message = prompts.answer_message(item, passages)
     texts = [item.options[letter] for letter in item.letters]
-    cloze = lm.score_continuations([message], [texts])
+    cloze = lm.score_continuations([prompts.cloze_message(item, passages)], [texts])
     return {
         "letter": log_softmax(lm.score_options([message], item.letters)[0]),
         "cyclic": cyclic_letter_logprobs(lm, item, passages),

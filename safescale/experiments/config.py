@@ -343,12 +343,15 @@ class ExperimentConfig(_Section):
 
 
 def config_hash(config: ExperimentConfig) -> str:
-    """sha256 of the canonical JSON of the resolved config, ``output_dir`` excluded.
+    """sha256 of the canonical JSON of the resolved config, ``output_dir`` and ``limit``
+    excluded.
 
-    Two configs that differ only in where the run is written hash equally; any other
-    change (including a default made explicit with a different value) changes it.
+    Two configs that differ only in where the run is written, or in how many items of
+    the same nested order they take (``limit``: a larger limit extends a run), hash
+    equally; any other change (including a default made explicit with a different
+    value) changes it.
     """
-    data = config.model_dump(mode="json", exclude={"output_dir"})
+    data = config.model_dump(mode="json", exclude={"output_dir", "limit"})
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 

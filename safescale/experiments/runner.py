@@ -63,6 +63,7 @@ __all__ = [
     "RunConflictError",
     "RunSummary",
     "commit",
+    "item_order",
     "plan_tasks",
     "prepare_run",
     "record_model",
@@ -105,8 +106,8 @@ class RunSummary:
 
 def select_items(corpus: Corpus, config: ExperimentConfig) -> list[Item]:
     """Items of a corpus for this run: the calibration items removed (when the answer
-    formulation needs them, see :mod:`.calibration`), the item filter, then ``limit``
-    items drawn without replacement with the run seed (kept in corpus order)."""
+    formulation needs them, see :mod:`.calibration`), the item filter, then the first
+    ``limit`` items of the seeded :func:`item_order` (kept in corpus order)."""
     items = list(corpus.items)
     if needs_calibration(config.answer.formulation):
         held_out = set(
@@ -122,10 +123,20 @@ def select_items(corpus: Corpus, config: ExperimentConfig) -> list[Item]:
         if flt.ids is not None:
             items = [i for i in items if i.id in flt.ids]
     if config.limit is not None and config.limit < len(items):
-        rng = np.random.default_rng([config.seed, len(items)])
-        keep = set(rng.choice(len(items), size=config.limit, replace=False).tolist())
-        items = [item for i, item in enumerate(items) if i in keep]
+        eligible = {item.id for item in items}
+        ranked = [i for i in item_order(corpus, config.seed) if i in eligible]
+        keep = set(ranked[: config.limit])
+        items = [item for item in items if item.id in keep]
     return items
+
+
+def item_order(corpus: Corpus, seed: int) -> list[str]:
+    """The run's fixed, seeded order of a corpus's item ids: ``limit: N`` takes the
+    first N of it (after the filters), so a larger limit keeps every item a smaller one
+    took and only adds new ones."""
+    ids = sorted(item.id for item in corpus.items)
+    rng = np.random.default_rng([seed, 104729])
+    return [ids[i] for i in rng.permutation(len(ids))]
 
 
 # ---------------------------------------------------------------- run directory
@@ -169,6 +180,8 @@ def _prepare(run_dir: Path, config: ExperimentConfig, fresh: bool) -> dict:
                     "--out directory, or --fresh to move the old run aside and start again"
                 )
         else:
+            # same config up to ``limit``: a new limit extends (or re-reads) the run
+            atomic_write_text(run_dir / "config.yaml", config.to_yaml())
             return manifest
     if fresh and run_dir.exists() and any(run_dir.iterdir()):
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")

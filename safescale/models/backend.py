@@ -43,7 +43,7 @@ ANSWER_CUE = "Answer:"
 #: The user turn of the unconditional (PMI) prompt: no question, no evidence, the same
 #: prompt format and answer cue, so ``log p(text | neutral)`` is the model's prior for an
 #: answer text in this position.
-NEUTRAL_MESSAGE = "Answer the question."
+NEUTRAL_MESSAGE = "Question:"
 LensMode = Literal["full", "topk", "none", "off"]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import string
+from pathlib import Path
 
 import torch
 
@@ -97,3 +98,14 @@ def build_tiny_model(
         model_hash=digest.hexdigest(),
         use_chat_template=chat,
     )
+
+
+def save_tiny_model(path: str | Path, seed: int = 0, **kwargs) -> Path:
+    """Write :func:`build_tiny_model` as a Hugging Face model directory (safetensors +
+    tokenizer), so a config can name it as a model ``spec`` and the real runner loads
+    it like any local model."""
+    path = Path(path)
+    lm = build_tiny_model(seed, **kwargs)
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return path
