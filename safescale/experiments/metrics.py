@@ -52,8 +52,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from safescale.agents.records import ResponseRecord
-from safescale.agents.registry import CONDITIONS
 from safescale.corpora.corpus import Corpus
 from safescale.experiments.bootstrap import (
     BootstrapConfig,
@@ -70,6 +68,7 @@ from safescale.experiments.rundir import (
     item_corpus_map,
     load_run,
 )
+from safescale.records import CONDITIONS, ResponseRecord
 
 __all__ = [
     "CONDITIONS",

@@ -89,7 +89,7 @@ def toy_records(lm, corpus: Corpus, *, with_samples: bool = True) -> list[Respon
             ResponseRecord(
                 run="toy-run",
                 model=lm.name,
-                condition="clean",
+                condition="clean_evidence",
                 item=item.id,
                 letters=item.letters,
                 option_logits=[float(x) for x in logits],
