@@ -107,10 +107,13 @@ def _guard_all(typer_app: typer.Typer) -> None:
         if group.typer_instance is not None:
             _guard_all(group.typer_instance)
             callback = group.typer_instance.registered_callback
-            if callback is not None and callback.callback is not None:
-                if not getattr(callback.callback, "_guarded", False):
-                    callback.callback = _guard(callback.callback)
-                    callback.callback._guarded = True  # type: ignore[attr-defined]
+            if (
+                callback is not None
+                and callback.callback is not None
+                and not getattr(callback.callback, "_guarded", False)
+            ):
+                callback.callback = _guard(callback.callback)
+                callback.callback._guarded = True  # type: ignore[attr-defined]
 
 
 @app.callback()

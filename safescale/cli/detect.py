@@ -100,7 +100,9 @@ def register(app: typer.Typer) -> None:
         from safescale.experiments.rundir import RunDir
 
         config = detection_config(detectors, target_recall, label_source, seed)
-        RunDir(run_dir).responses()  # a user error before any model loads
+        reader = RunDir(run_dir)  # user errors surface before any model loads
+        reader.manifest()
+        reader.responses()
         from safescale.experiments.runner import detect_run
 
         columns = (

@@ -13,9 +13,9 @@ are found by name (:func:`list_bundled_configs`).
 from __future__ import annotations
 
 import difflib
-import re
 import hashlib
 import json
+import re
 import types
 import typing
 from collections.abc import Sequence
