@@ -83,7 +83,9 @@ def test_rerank_is_not_a_config_key():
     from safescale.experiments.config import ConfigError
 
     with pytest.raises(ConfigError, match=r":5: retrieval\.rerank: unknown key"):
-        parse_config("name: x\nmodels: [m]\ncorpus: radiology-guidelines\nretrieval:\n  rerank: true\n")
+        parse_config(
+            "name: x\nmodels: [m]\ncorpus: radiology-guidelines\nretrieval:\n  rerank: true\n"
+        )
 
 
 def test_zero_temperature_is_refused_at_load_not_replaced():
