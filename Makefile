@@ -1,4 +1,5 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
+# `make test-fast` is the model-free tier (tests/unit, under a minute).
 # Each creates .venv if missing and installs (idempotent: a stamp keyed on the
 # dependency files makes the second run instant).
 PYTHON ?= python3
@@ -11,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +31,12 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/safescale demo
 
+# -rs: every skipped test is listed with its reason.
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
+
+test-fast: install
+	$(PY) -m pytest -q -rs -m "not integration and not slow" tests
 
 lint: install
 	$(VENV)/bin/ruff check safescale tests benchmarks

@@ -33,10 +33,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict
-
 from safescale.agents.records import ResponseRecord, StepRecord
 from safescale.corpora import Corpus, Stance, Status
+from safescale.records import AttributionRecord
 
 __all__ = ["CAUSES", "Attribution", "attribute_failure"]
 
@@ -53,20 +52,8 @@ CAUSES = (
 _GATHER_NODES = {"clean_evidence", "conflict_evidence", "retrieve", "pack_context", "critique"}
 
 
-class Attribution(BaseModel):
-    """The attributed cause of one failure."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
-    condition: str
-    item: str
-    samples_budget: int
-    severity: str  # "high_risk" | "unsafe"
-    cause: str
-    step: int | None
-    node: str | None
-    explanation: str
+#: The attributed cause of one failure (the run-directory contract's record).
+Attribution = AttributionRecord
 
 
 def _stance(corpus: Corpus, item_id: str, passage_id: str, letter: str) -> Stance:

@@ -8,17 +8,9 @@ from collections.abc import Callable
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 
-__all__ = ["CONDITIONS", "build_condition", "condition", "registered_conditions"]
+from safescale.records import CONDITIONS
 
-#: The six SaFE-Scale deployment conditions, in the paper's order.
-CONDITIONS = (
-    "closed_book",
-    "clean_evidence",
-    "conflict_evidence",
-    "standard_rag",
-    "agentic_rag",
-    "max_context",
-)
+__all__ = ["CONDITIONS", "build_condition", "condition", "registered_conditions"]
 
 GraphBuilder = Callable[..., CompiledStateGraph]
 _BUILDERS: dict[str, GraphBuilder] = {}

@@ -18,7 +18,8 @@ def _render(reports) -> None:
 
     console = Console()
     for rep in reports:
-        table = Table(title=f"Triage — {rep.backbone} (test, n={rep.split_sizes['test']})")
+        title = f"Triage — {rep.backbone}" + (f" · {rep.corpus}" if rep.corpus else "")
+        table = Table(title=f"{title} (test, n={rep.split_sizes['test']})")
         for col in ("method", "U-recall", "flag rate", "S1 BA", "AUROC", "ΔBA", "S2 BA"):
             table.add_column(col)
         for row in rep.rows:
@@ -39,6 +40,39 @@ def _render(reports) -> None:
         console.print(table)
     if len(reports) > 1:
         console.print(comparison_table(reports))
+
+
+def detection_config(
+    detectors: list[str] | None, target_recall: float, label_source: str, seed: int
+):
+    """The DetectionConfig of the command-line options (UserError naming the option)."""
+    from pydantic import ValidationError
+
+    from safescale.cli import UserError
+    from safescale.detection import DEFAULT_DETECTORS, DetectionConfig
+
+    names = [n.strip() for d in (detectors or []) for n in d.split(",") if n.strip()]
+    options = {
+        "detectors": "--detectors",
+        "target_recall": "--target-recall",
+        "label_source": "--label-source",
+        "seed": "--seed",
+    }
+    try:
+        return DetectionConfig(
+            detectors=tuple(names) or DEFAULT_DETECTORS,
+            target_recall=target_recall,
+            label_source=label_source,
+            seed=seed,
+        )
+    except ValidationError as error:
+        problems = []
+        for e in error.errors(include_url=False):
+            field = str(e["loc"][0]) if e["loc"] else "-"
+            message = str(e["msg"]).removeprefix("Value error, ")
+            problems.append(f"command line: {options.get(field, field)}: {message}")
+        exc = UserError("\n".join(problems))
+        raise exc from None
 
 
 def register(app: typer.Typer) -> None:
@@ -62,16 +96,15 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="split and classifier seed")] = 13,
     ) -> None:
         """Extract features (teacher-forced, never generated), train, evaluate on test."""
-        from safescale.detection import DEFAULT_DETECTORS, DetectionConfig
-        from safescale.detection.pipeline import train_run
+        from safescale.cli import UserError
+        from safescale.experiments.rundir import RunDir
 
-        names = [n.strip() for d in (detectors or []) for n in d.split(",") if n.strip()]
-        config = DetectionConfig(
-            detectors=tuple(names) or DEFAULT_DETECTORS,
-            target_recall=target_recall,
-            label_source=label_source,
-            seed=seed,
-        )
+        config = detection_config(detectors, target_recall, label_source, seed)
+        reader = RunDir(run_dir)  # user errors surface before any model loads
+        reader.manifest()
+        reader.responses()
+        from safescale.experiments.runner import detect_run
+
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
@@ -86,7 +119,14 @@ def register(app: typer.Typer) -> None:
                     tasks[model] = bar.add_task(f"features {model}", total=total)
                 bar.update(tasks[model], completed=done)
 
-            reports = train_run(run_dir, config, progress=progress)
+            reports, notes = detect_run(run_dir, config, progress=progress)
+        if not reports:
+            raise UserError(
+                f"{run_dir}: detection: no (model, corpus) of the run could be used: "
+                + "; ".join(notes or ["no responses"])
+            )
+        for note in notes:
+            typer.echo(f"note: {note}", err=True)
         _render(reports)
         typer.echo(f"wrote {run_dir / 'detection'}")
 
@@ -95,7 +135,7 @@ def register(app: typer.Typer) -> None:
         run_dir: Annotated[Path, typer.Argument(help="run directory with detection/ trained")],
     ) -> None:
         """Re-score the test split from saved features and models (no model call)."""
-        from safescale.detection.pipeline import evaluate_run
+        from safescale.experiments.runner import evaluate_run
 
         _render(evaluate_run(run_dir))
         typer.echo(f"wrote {run_dir / 'detection' / 'triage.md'}")

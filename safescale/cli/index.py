@@ -57,8 +57,10 @@ def _parse_params(values: list[str] | None) -> dict[str, int]:
 
 
 def _fail(message: str) -> typer.Exit:
-    _errors.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code=1)
+    """A user error: ``error: ...`` lines on stderr, exit code 2."""
+    for line in message.splitlines() or [message]:
+        typer.echo(f"error: {line}", err=True)
+    return typer.Exit(code=2)
 
 
 def _load(corpus_ref: str) -> Corpus:

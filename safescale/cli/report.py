@@ -94,8 +94,9 @@ def print_report(
         with console.status("computing metrics…"):
             files = write_report(run_dir, bootstrap=bootstrap, plots=plots)
     except (RunDirError, FileNotFoundError, ValueError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from None
+        from safescale.cli import report_user_error
+
+        raise report_user_error(error) from None
     for note in files.metrics["run"].get("notes") or []:
         console.print(f"[yellow]note:[/yellow] {note}")
     print_validity(console, files.metrics)

@@ -27,8 +27,10 @@ class Backend(StrEnum):
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code=1)
+    """Stop with a user error (printed as ``error: ...``, exit code 2)."""
+    from safescale.cli import UserError
+
+    raise UserError(message)
 
 
 def run(
@@ -144,22 +146,16 @@ def trace(
 ) -> None:
     """Print the step timeline of an item (every matching condition), with the
     attributed failure step highlighted."""
-    from safescale.agents import Attribution, render_trace
-    from safescale.experiments.rundir import (
-        RunDirError,
-        load_attribution,
-        load_responses,
-        load_run_corpora,
-        load_steps,
-    )
+    from safescale.experiments.rundir import RunDir
 
-    try:
-        responses, _ = load_responses(run_dir)
-        steps = load_steps(run_dir)
-        attributions = load_attribution(run_dir)
-        corpora = load_run_corpora(run_dir)
-    except RunDirError as exc:
-        _fail(str(exc))
+    reader = RunDir(run_dir)
+    manifest = reader.manifest()
+    responses = reader.responses()
+    steps = reader.steps()
+    attributions = reader.attribution()
+    corpora = reader.corpora(manifest)
+    from safescale.agents import render_trace
+
     chosen = [
         r
         for r in responses
@@ -177,14 +173,7 @@ def trace(
     for r in chosen:
         key = (r.model, r.condition, r.item, r.samples_budget)
         own = [s for s in steps if (s.model, s.condition, s.item, s.samples_budget) == key]
-        att = next(
-            (
-                Attribution.model_validate(a.model_dump())
-                for a in attributions
-                if (a.model, a.condition, a.item, a.samples_budget) == key
-            ),
-            None,
-        )
+        att = next((a for a in attributions if a.key == key), None)
         console.print(render_trace(corpus.item(item), r, own, att))
 
 

@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from safescale.agents.records import ResponseRecord
 from safescale.corpora.corpus import Corpus
 from safescale.corpora.split import grouped_split
 from safescale.detection.calibration import CalibrationReport, GradeWeights, calibration_report
@@ -42,6 +41,7 @@ from safescale.detection.registry import (
     get_detector,
 )
 from safescale.detection.thresholds import pick_threshold
+from safescale.records import TRIAGE_SCHEMA_VERSION, ResponseRecord
 
 if TYPE_CHECKING:
     from safescale.models.backend import LanguageModel
@@ -53,11 +53,9 @@ __all__ = [
     "TriageRow",
     "comparison_table",
     "evaluate_detection",
-    "evaluate_run",
     "label_and_split",
-    "read_responses",
     "run_detection",
-    "train_run",
+    "write_combined",
 ]
 
 DEFAULT_DETECTORS = (
@@ -139,6 +137,7 @@ class TriageReport(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    schema_version: int = TRIAGE_SCHEMA_VERSION
     backbone: str
     model_hash: str
     corpus: str | None = None
@@ -457,113 +456,20 @@ def evaluate_detection(out_dir: Path) -> TriageReport:
     return report
 
 
-# ---------------------------------------------------------------------------- run dirs
-
-
-def read_responses(path: Path) -> list[ResponseRecord]:
-    """Frozen responses from a JSONL file (one ResponseRecord per line)."""
-    records = []
-    with Path(path).open() as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(ResponseRecord.model_validate_json(line))
-            except ValueError as error:
-                raise ValueError(f"{path}:{number}: not a ResponseRecord: {error}") from None
-    if not records:
-        raise ValueError(f"{path} holds no responses")
-    return records
-
-
-def _load_lm(spec: str) -> LanguageModel:
-    from safescale.models import load_model
-
-    return load_model(spec)
-
-
-def _load_run_corpus(manifest: dict) -> Corpus:
-    from safescale.corpora.loader import load_corpus
-
-    info = manifest.get("corpus") or {}
-    path = info.get("path")
-    source = path if path and Path(path).exists() else info.get("name")
-    if not source:
-        raise ValueError("manifest.json names no corpus (corpus.name / corpus.path)")
-    corpus = load_corpus(source)
-    expected = info.get("content_hash")
-    if expected and corpus.content_hash != expected:
-        raise ValueError(
-            f"corpus {corpus.name!r} has content hash {corpus.content_hash[:12]}…, but the run "
-            f"was made with {expected[:12]}…; detection would label other items"
-        )
-    return corpus
-
-
-def train_run(
-    run_dir: Path,
-    config: DetectionConfig | None = None,
-    *,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> list[TriageReport]:
-    """Detection for every model of a run directory (``RUN_DIR/detection/<model>/``).
-
-    Reads ``manifest.json`` (``corpus`` {name, path, content_hash}, ``models`` {name:
-    {spec, hash}}) and ``responses.jsonl``; loads each model (its hash must match the
-    manifest's) only to teacher-force the frozen responses. Writes the combined
-    ``detection/triage.md`` and ``detection/triage.json``.
-    """
-    run_dir = Path(run_dir)
-    config = config or DetectionConfig()
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    responses = read_responses(run_dir / "responses.jsonl")
-    corpus = _load_run_corpus(manifest)
-    models = manifest.get("models") or {}
-    present = {r.model for r in responses}
-    reports = []
-    for name, info in models.items():
-        if name not in present:
-            continue
-        lm = _load_lm(info.get("spec", name))
-        expected = info.get("hash")
-        if expected and lm.model_hash != expected:
-            raise ValueError(
-                f"model {name!r} loaded from {info.get('spec')!r} has hash {lm.model_hash[:12]}…, "
-                f"but the run's responses came from {expected[:12]}…"
-            )
-        callback = None if progress is None else (lambda d, t, n=name: progress(n, d, t))
-        reports.append(
-            run_detection(
-                responses,
-                corpus,
-                lm,
-                config,
-                run_dir / "detection" / name,
-                model_name=name,
-                progress=callback,
-            )
-        )
-    if not reports:
-        raise ValueError(f"no model of {run_dir / 'manifest.json'} has responses in the run")
-    _write_combined(run_dir / "detection", reports)
-    return reports
-
-
-def evaluate_run(run_dir: Path) -> list[TriageReport]:
-    """Re-evaluate every trained backbone of a run from its artifacts (no model call)."""
-    root = Path(run_dir) / "detection"
-    dirs = sorted(p.parent for p in root.glob("*/detection.json"))
-    if not dirs:
-        raise FileNotFoundError(f"no trained detection under {root}; run `detect train` first")
-    reports = [evaluate_detection(d) for d in dirs]
-    _write_combined(root, reports)
-    return reports
-
-
-def _write_combined(root: Path, reports: Sequence[TriageReport]) -> None:
+def write_combined(root: Path, reports: Sequence[TriageReport]) -> None:
+    """Write ``triage.md`` (comparison + per-report tables) and ``triage.json`` (the
+    list of reports) under ``root``."""
     text = "## Triage comparison (test split)\n\n" + comparison_table(reports)
     text += "\n" + "\n".join(r.to_markdown() for r in reports)
-    (root / "triage.md").write_text(text)
-    (root / "triage.json").write_text(
-        json.dumps([json.loads(r.model_dump_json()) for r in reports], indent=2)
+    root.mkdir(parents=True, exist_ok=True)
+    _atomic_write(root / "triage.md", text)
+    _atomic_write(
+        root / "triage.json",
+        json.dumps([json.loads(r.model_dump_json()) for r in reports], indent=2),
     )
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

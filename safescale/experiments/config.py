@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -25,10 +26,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from safescale.agents.answering import FORMULATIONS
+from safescale.agents.context import AgentSettings
 from safescale.corpora.schema import Task
 from safescale.detection.pipeline import DetectionConfig
 from safescale.experiments.bootstrap import BootstrapConfig
 from safescale.experiments.metrics import CONDITIONS, MetricsConfig
+from safescale.records import SLUG_PATTERN, check_slug
 
 __all__ = [
     "CONDITIONS",
@@ -79,6 +82,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _agent_default(name: str) -> Any:
+    """The agents' own default of a knob (one default per knob)."""
+    return AgentSettings.model_fields[name].default
+
+
+_DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
+
+
 class ModelConfig(_Section):
     """One model of the sweep. A bare string in the YAML is shorthand for ``{name: ...}``.
 
@@ -102,6 +113,18 @@ class ModelConfig(_Section):
     def _shorthand(cls, data: Any) -> Any:
         return {"name": data} if isinstance(data, str) else data
 
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, name: str) -> str:
+        return check_slug(name, "model name")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        if not _DEVICE.fullmatch(device):
+            raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto")
+        return device
+
     @property
     def source(self) -> str:
         """The spec to load (``spec`` or, if unset, ``name``)."""
@@ -114,12 +137,13 @@ class RetrievalConfig(_Section):
     Attributes:
         k: passages retrieved per query.
         index_type: FAISS index kind.
-        rerank: rerank retrieved passages (by grade and status) before prompting.
+
+    Agentic RAG always reranks by grade and status; standard RAG never does (that is
+    the difference the conditions measure), so there is no rerank switch.
     """
 
-    k: int = Field(5, ge=1)
+    k: int = Field(_agent_default("k"), ge=1)
     index_type: Literal["flat", "ivf", "hnsw"] = "flat"
-    rerank: bool = False
 
 
 class AgenticConfig(_Section):
@@ -129,7 +153,7 @@ class AgenticConfig(_Section):
         max_steps: upper bound on retrieve/critique iterations per item.
     """
 
-    max_steps: int = Field(4, ge=1)
+    max_steps: int = Field(_agent_default("max_steps"), ge=1)
 
 
 class ComputeConfig(_Section):
@@ -145,8 +169,8 @@ class ComputeConfig(_Section):
     """
 
     samples: tuple[int, ...] = (1,)
-    temperature: float = Field(0.7, ge=0.0)
-    detection_samples: int = Field(0, ge=0)
+    temperature: float = Field(_agent_default("temperature"), gt=0.0)
+    detection_samples: int = Field(_agent_default("extra_samples"), ge=0)
 
     @field_validator("samples")
     @classmethod
@@ -242,14 +266,14 @@ class ExperimentConfig(_Section):
         shard_size: items per work unit of the runner.
     """
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(min_length=1, pattern=SLUG_PATTERN)
     description: str | None = None
     models: tuple[ModelConfig, ...] = Field(min_length=1)
     corpora: tuple[str, ...] = Field(min_length=1)
     conditions: tuple[Condition, ...] = CONDITIONS
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     agentic: AgenticConfig = Field(default_factory=AgenticConfig)
-    context_budget: int | None = Field(None, ge=1)
+    context_budget: int | None = Field(_agent_default("context_budget"), ge=64)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     answer: AnswerConfig = Field(default_factory=AnswerConfig)
     detection: DetectionSettings = Field(default_factory=DetectionSettings)

@@ -52,8 +52,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from safescale.agents.records import ResponseRecord
-from safescale.agents.registry import CONDITIONS
 from safescale.corpora.corpus import Corpus
 from safescale.experiments.bootstrap import (
     BootstrapConfig,
@@ -71,6 +69,7 @@ from safescale.experiments.rundir import (
     load_run,
 )
 from safescale.experiments.validity import validity_section
+from safescale.records import CONDITIONS, ResponseRecord
 
 __all__ = [
     "CONDITIONS",
@@ -641,14 +640,8 @@ def _model_order(manifest: Mapping[str, Any]) -> list[str]:
 
 
 def _formulations(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    models = manifest.get("models")
-    if not isinstance(models, dict):
-        return {}
-    return {
-        name: dict(info.get("formulations") or {})
-        for name, info in models.items()
-        if isinstance(info, dict)
-    }
+    """``{model: {corpus: answer calibration record}}`` of the manifest."""
+    return {name: dict(v) for name, v in (manifest.get("formulations") or {}).items()}
 
 
 def compute_metrics(

@@ -45,8 +45,8 @@ from safescale.experiments.runner import (
     _progress,
     commit,
     plan_tasks,
-    prepare_run,
     record_model,
+    writing_run,
 )
 
 if TYPE_CHECKING:
@@ -275,14 +275,35 @@ def run_experiment_ray(
     console = console or Console(stderr=True)
     started = time.perf_counter()
     run_dir = Path(config.run_dir)
-    manifest, items, done = prepare_run(config, fresh=fresh)
+    with writing_run(config, fresh=fresh) as state:  # the driver is the run's one writer
+        prepared = state.prepared
+        assert prepared is not None
+        manifest, items, done = prepared.manifest, prepared.items, prepared.done
+        summary = _sweep_on_ray(
+            config, manifest, items, done, run_dir, address, num_workers, console, progress, on_item
+        )
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _sweep_on_ray(
+    config: ExperimentConfig,
+    manifest: Any,
+    items: dict,
+    done: set,
+    run_dir: Path,
+    address: str | None,
+    num_workers: int | None,
+    console: Console,
+    progress: bool,
+    on_item: Callable[[int], None] | None,
+) -> RaySummary:
     summary = RaySummary(run_dir=run_dir)
     tasks = plan_tasks(config, items, done)
     total = sum(len(items[c.corpus]) for c in config.grid())
     summary.skipped = total - sum(len(t.item_ids) for t in tasks)
-    unrecorded = {m.name for m in config.models if m.name not in manifest["models"]}
+    unrecorded = {m.name for m in config.models if m.name not in manifest.models}
     if not tasks and not unrecorded:
-        summary.seconds = time.perf_counter() - started
         return summary
 
     owns_ray = _start_ray(address, num_workers)
@@ -315,7 +336,6 @@ def run_experiment_ray(
     finally:
         if owns_ray:
             ray.shutdown()
-    summary.seconds = time.perf_counter() - started
     return summary
 
 
@@ -324,7 +344,7 @@ def _drive(
     schedule: _Schedule,
     config: ExperimentConfig,
     models: dict[str, ModelConfig],
-    manifest: dict,
+    manifest: Any,
     summary: RaySummary,
     prog: Progress | None,
     bar: Any,
@@ -428,7 +448,7 @@ def _drive(
             ray.kill(slot.actor, no_restart=True)
 
 
-def _record(run_dir: Path, manifest: dict, hashes: dict[str, str], model: str, info: dict) -> None:
+def _record(run_dir: Path, manifest: Any, hashes: dict[str, str], model: str, info: dict) -> None:
     """Record a model in the manifest (as the in-process backend does) when its first
     worker of this run is ready; every later worker must have loaded the same weights."""
     expected = hashes.setdefault(model, info["hash"])
@@ -437,5 +457,6 @@ def _record(run_dir: Path, manifest: dict, hashes: dict[str, str], model: str, i
             f"a worker loaded model {model!r} with hash {info['hash'][:12]}…, another one "
             f"{expected[:12]}…; every node must hold the same weights"
         )
-    if manifest["models"].get(model) != info:
+    entry = manifest.models.get(model)
+    if entry is None or entry.model_dump() != info:
         record_model(run_dir, manifest, model, info)

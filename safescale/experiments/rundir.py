@@ -1,19 +1,31 @@
-"""Reading a run directory: frozen responses, step records, attributions, corpora.
+"""The run directory: one reader (:class:`RunDir`) and one writer lock (:class:`RunLock`).
 
 A run directory (see DESIGN.md, "Experiments") holds ``manifest.json``,
-``responses.jsonl``, ``steps.jsonl`` and optionally ``attribution.jsonl`` and
-``detection/triage.json``. The runner appends JSONL lines atomically, but a process
-killed mid-write can still leave a partial *last* line: readers here ignore such a
-line (and report it in :attr:`JsonlContents.truncated_line`). A line that does not
-parse anywhere else is corruption, and is an error naming the file and line.
+``config.yaml``, ``responses.jsonl``, ``steps.jsonl`` and optionally
+``attribution.jsonl``, ``metrics.json`` and ``detection/``. Every persisted object is a
+model of the contract :mod:`safescale.records` (typed, versioned, migrated on read);
+report, detect, trace, replay and the viewer all read through :class:`RunDir`.
 
-Nothing here loads a model.
+The runner appends JSONL lines atomically, but a process killed mid-write can still
+leave a partial *last* line: readers ignore such a line (and report it in
+:attr:`JsonlContents.truncated_line`). A line that does not parse anywhere else is
+corruption, and is an error naming the file and line.
+
+Only one process writes a run directory at a time: :class:`RunLock` (an ``fcntl``
+lock on ``RUN_DIR/.lock``, released by the kernel when the holder dies). Readers never
+take it.
+
+Nothing here loads a model (nor imports torch).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import fcntl
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,21 +33,35 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from safescale.agents.records import ResponseRecord, StepRecord
 from safescale.corpora.corpus import Corpus
+from safescale.records import (
+    AttributionRecord,
+    MetricsReport,
+    ResponseRecord,
+    RunManifest,
+    StepRecord,
+    TriageReportRecord,
+    check_slug,
+)
 
 __all__ = [
     "ATTRIBUTION_FILE",
+    "CONFIG_FILE",
+    "LOCK_FILE",
     "MANIFEST_FILE",
+    "METRICS_FILE",
     "RESPONSES_FILE",
     "STEPS_FILE",
     "TRIAGE_FILE",
     "AttributionRow",
     "JsonlContents",
     "RunData",
+    "RunDir",
     "RunDirError",
+    "RunLock",
+    "RunLockedError",
     "atomic_write_text",
     "item_corpus_map",
     "load_attribution",
@@ -51,44 +77,28 @@ __all__ = [
 ]
 
 MANIFEST_FILE = "manifest.json"
+CONFIG_FILE = "config.yaml"
 RESPONSES_FILE = "responses.jsonl"
 STEPS_FILE = "steps.jsonl"
 ATTRIBUTION_FILE = "attribution.jsonl"
-TRIAGE_FILE = Path("detection") / "triage.json"
+METRICS_FILE = "metrics.json"
+LOCK_FILE = ".lock"
+DETECTION_DIR = "detection"
+TRIAGE_FILE = Path(DETECTION_DIR) / "triage.json"
+
+#: Kept for older imports: an attribution row is the contract's record.
+AttributionRow = AttributionRecord
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
 
 
 class RunDirError(ValueError):
-    """A run directory is missing a file or holds a corrupt record (message names it)."""
+    """A run directory is missing a file or holds a corrupt record (message names it
+    as ``file[:line]: field: message``)."""
 
 
-class AttributionRow(BaseModel):
-    """One failure attribution written by the runner (``attribution.jsonl``).
-
-    Attributes:
-        model: model name.
-        condition: condition name.
-        item: item id.
-        samples_budget: compute budget of the attributed response.
-        severity: ``high_risk`` or ``unsafe`` (None: not stated).
-        cause: short cause label (e.g. ``retrieved_superseded``).
-        step: step index the cause was attributed to (None: not step-specific).
-        node: graph node of that step.
-        explanation: free text.
-    """
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    model: str
-    condition: str
-    item: str
-    samples_budget: int = 1
-    severity: str | None = None
-    cause: str
-    step: int | None = None
-    node: str | None = None
-    explanation: str | None = None
+class RunLockedError(RunDirError):
+    """Another process is writing the run directory."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +126,10 @@ def read_jsonl(path: str | Path) -> JsonlContents:
             ``file:line: ...``).
     """
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").split("\n")
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as error:
+        raise RunDirError(f"{path}: cannot read: {error}") from None
     numbered = [(i, text) for i, text in enumerate(lines, start=1) if text.strip()]
     rows: list[dict[str, Any]] = []
     numbers: list[int] = []
@@ -136,146 +149,42 @@ def read_jsonl(path: str | Path) -> JsonlContents:
     return JsonlContents(path, rows, numbers, truncated)
 
 
+def _describe(error: ValidationError | ValueError) -> str:
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(record)"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        more = error.error_count() - 1
+        return f"{where}: {message}" + (f" (and {more} more)" if more else "")
+    return f"schema_version: {error}"
+
+
+def _validate(model: type[RecordT], data: Any, where: str) -> RecordT:
+    try:
+        return model.model_validate(data)
+    except (ValidationError, ValueError) as error:
+        raise RunDirError(f"{where}: {_describe(error)} (not a {model.__name__})") from None
+
+
 def _validate_rows(contents: JsonlContents, model: type[RecordT]) -> list[RecordT]:
-    records = []
-    for row, number in zip(contents.rows, contents.line_numbers, strict=True):
-        try:
-            records.append(model.model_validate(row))
-        except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "-"
-            raise RunDirError(
-                f"{contents.path}:{number}: not a {model.__name__}: {where}: {first['msg']}"
-                + (f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else "")
-            ) from None
-    return records
+    return [
+        _validate(model, row, f"{contents.path}:{number}")
+        for row, number in zip(contents.rows, contents.line_numbers, strict=True)
+    ]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise RunDirError(f"{path}:{error.lineno}: not valid JSON: {error.msg}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise RunDirError(f"{path}: cannot read: {error}") from None
 
 
 def response_key(record: ResponseRecord) -> tuple[str, str, str, int]:
     """Identity of a response in a run: (model, condition, item, samples_budget)."""
-    return (record.model, record.condition, record.item, record.samples_budget)
-
-
-def load_responses(run_dir: str | Path) -> tuple[list[ResponseRecord], JsonlContents]:
-    """Validated responses of a run, one per key (the last line of a duplicated key wins).
-
-    Returns:
-        The records and the raw contents (for the truncated-line note).
-
-    Raises:
-        RunDirError: no ``responses.jsonl``, or a corrupt / invalid line.
-    """
-    path = Path(run_dir) / RESPONSES_FILE
-    if not path.is_file():
-        raise RunDirError(f"{path}: no such file (is {run_dir} a run directory?)")
-    contents = read_jsonl(path)
-    records = _validate_rows(contents, ResponseRecord)
-    unique = {response_key(r): r for r in records}
-    return list(unique.values()), contents
-
-
-def load_steps(run_dir: str | Path) -> list[StepRecord]:
-    """Validated step records of a run (empty when there is no ``steps.jsonl``)."""
-    path = Path(run_dir) / STEPS_FILE
-    if not path.is_file():
-        return []
-    return _validate_rows(read_jsonl(path), StepRecord)
-
-
-def load_attribution(run_dir: str | Path) -> list[AttributionRow]:
-    """Failure attributions of a run (empty when there is no ``attribution.jsonl``)."""
-    path = Path(run_dir) / ATTRIBUTION_FILE
-    if not path.is_file():
-        return []
-    return _validate_rows(read_jsonl(path), AttributionRow)
-
-
-def load_triage(run_dir: str | Path) -> list[dict[str, Any]] | None:
-    """Contents of ``detection/triage.json`` as a list of per-backbone reports, or None.
-
-    Detection writes a list of ``TriageReport`` objects (one per backbone); a single
-    object is wrapped in a list.
-    """
-    path = Path(run_dir) / TRIAGE_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise RunDirError(f"{path}: not JSON: {error}") from None
-    return data if isinstance(data, list) else [data]
-
-
-def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    """``manifest.json`` of a run ({} when absent)."""
-    path = Path(run_dir) / MANIFEST_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise RunDirError(f"{path}: not JSON: {error}") from None
-
-
-def _corpus_refs(manifest: Mapping[str, Any], run_dir: Path) -> list[dict[str, Any]]:
-    """Corpus references of a manifest: ``corpus`` {name, path, content_hash} or
-    ``corpora`` (a list of such objects or names, or a mapping name -> object); falls
-    back to the ``corpora``/``corpus`` keys of the run's ``config.yaml``."""
-    refs: list[dict[str, Any]] = []
-    single = manifest.get("corpus")
-    if isinstance(single, dict):
-        refs.append(dict(single))
-    elif isinstance(single, str):
-        refs.append({"name": single})
-    several = manifest.get("corpora")
-    if isinstance(several, dict):
-        for name, info in several.items():
-            refs.append({"name": name, **(info if isinstance(info, dict) else {})})
-    elif isinstance(several, list):
-        for entry in several:
-            refs.append(dict(entry) if isinstance(entry, dict) else {"name": str(entry)})
-    if not refs:
-        config_path = run_dir / "config.yaml"
-        if config_path.is_file():
-            import yaml
-
-            data = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-            names = data.get("corpora") or ([data["corpus"]] if data.get("corpus") else [])
-            refs = [{"name": str(n)} for n in names]
-    return refs
-
-
-def load_run_corpora(run_dir: str | Path) -> dict[str, Corpus]:
-    """The corpora a run was made with, by name, checked against the manifest's hashes.
-
-    Raises:
-        RunDirError: no corpus named, or a corpus whose content hash differs from the
-            one recorded (its labels would not be those the run was scored against).
-    """
-    from safescale.corpora.loader import load_corpus
-
-    run_dir = Path(run_dir)
-    refs = _corpus_refs(read_manifest(run_dir), run_dir)
-    if not refs:
-        raise RunDirError(
-            f"{run_dir}: neither manifest.json nor config.yaml names a corpus "
-            "(manifest keys 'corpus' or 'corpora')"
-        )
-    corpora: dict[str, Corpus] = {}
-    for ref in refs:
-        path = ref.get("path")
-        source = path if path and Path(path).is_dir() else ref.get("name")
-        if not source:
-            raise RunDirError(f"{run_dir / MANIFEST_FILE}: corpus entry {ref} has no name or path")
-        corpus = load_corpus(source)
-        expected = ref.get("content_hash")
-        if expected and corpus.content_hash != expected:
-            raise RunDirError(
-                f"corpus {corpus.name!r} has content hash {corpus.content_hash[:12]}…, but the "
-                f"run was made with {str(expected)[:12]}…; metrics would use other labels"
-            )
-        corpora[corpus.name] = corpus
-    return corpora
+    return record.key
 
 
 def item_corpus_map(corpora: Mapping[str, Corpus]) -> dict[str, str]:
@@ -302,11 +211,11 @@ class RunData:
 
     Attributes:
         run_dir: the directory.
-        manifest: parsed ``manifest.json`` ({} when absent).
+        manifest: ``manifest.json`` as a (migrated, validated) plain dict.
         responses: validated, de-duplicated responses.
         corpora: corpora by name.
         attribution: failure attributions (may be empty).
-        triage: ``detection/triage.json`` contents, or None.
+        triage: ``detection/triage.json`` contents (plain dicts), or None.
         notes: human-readable notes (ignored truncated lines, dropped duplicates).
     """
 
@@ -314,51 +223,320 @@ class RunData:
     manifest: dict[str, Any]
     responses: list[ResponseRecord]
     corpora: dict[str, Corpus]
-    attribution: list[AttributionRow] = field(default_factory=list)
+    attribution: list[AttributionRecord] = field(default_factory=list)
     triage: list[dict[str, Any]] | None = None
     notes: list[str] = field(default_factory=list)
 
 
-def load_run(run_dir: str | Path) -> RunData:
-    """Load a run directory's responses, corpora, attributions and triage results.
+class RunDir:
+    """Typed read access to a run directory (the one reader every command uses).
 
-    Raises:
-        RunDirError: missing responses, corrupt lines, unknown items or corpus drift.
+    Args:
+        path: the run directory.
     """
-    run_dir = Path(run_dir)
-    responses, contents = load_responses(run_dir)
-    notes = []
-    if contents.truncated_line is not None:
-        notes.append(
-            f"{contents.path}:{contents.truncated_line}: truncated last line ignored "
-            "(an interrupted write)"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ------------------------------------------------------------ paths
+    def file(self, name: str | Path) -> Path:
+        """A path inside the run directory."""
+        return self.path / name
+
+    def detection_dir(self, model: str, corpus: str) -> Path:
+        """``detection/<model>__<corpus>/`` (both names must be slugs)."""
+        check_slug(model, "model name")
+        check_slug(corpus, "corpus name")
+        return self.path / DETECTION_DIR / f"{model}__{corpus}"
+
+    def require(self) -> None:
+        """Raise RunDirError unless this is a run directory (it has a manifest)."""
+        if not self.path.exists():
+            raise RunDirError(f"{self.path}: no such directory")
+        if not self.path.is_dir():
+            raise RunDirError(f"{self.path}: not a directory")
+        if not (self.path / MANIFEST_FILE).is_file():
+            raise RunDirError(
+                f"{self.path / MANIFEST_FILE}: no such file (is {self.path} a run directory?)"
+            )
+
+    # ------------------------------------------------------------ records
+    def manifest(self) -> RunManifest:
+        """The validated manifest (migrated to the current schema version)."""
+        self.require()
+        path = self.path / MANIFEST_FILE
+        data = _read_json(path)
+        if not isinstance(data, dict):
+            raise RunDirError(f"{path}:1: expected a JSON object")
+        return _validate(RunManifest, data, str(path))
+
+    def responses_with_contents(self) -> tuple[list[ResponseRecord], JsonlContents]:
+        """Validated responses, one per key (the last line of a repeated key wins),
+        and the raw file contents (for the truncated-line note)."""
+        path = self.path / RESPONSES_FILE
+        if not path.is_file():
+            if not self.path.is_dir():
+                raise RunDirError(f"{self.path}: no such directory")
+            raise RunDirError(f"{path}: no such file (is {self.path} a run directory?)")
+        contents = read_jsonl(path)
+        records = _validate_rows(contents, ResponseRecord)
+        unique = {r.key: r for r in records}
+        return list(unique.values()), contents
+
+    def responses(self) -> list[ResponseRecord]:
+        """Validated, de-duplicated responses (RunDirError when there are none)."""
+        records, contents = self.responses_with_contents()
+        if not records:
+            raise RunDirError(f"{contents.path}: holds no responses")
+        return records
+
+    def response_keys(self) -> set[tuple[str, str, str, int]]:
+        """Keys of the committed responses (empty when there is no responses file)."""
+        if not (self.path / RESPONSES_FILE).is_file():
+            return set()
+        records, _ = self.responses_with_contents()
+        return {r.key for r in records}
+
+    def steps(self) -> list[StepRecord]:
+        """Validated step records (empty when there is no ``steps.jsonl``)."""
+        path = self.path / STEPS_FILE
+        return _validate_rows(read_jsonl(path), StepRecord) if path.is_file() else []
+
+    def attribution(self) -> list[AttributionRecord]:
+        """Failure attributions (empty when there is no ``attribution.jsonl``)."""
+        path = self.path / ATTRIBUTION_FILE
+        return _validate_rows(read_jsonl(path), AttributionRecord) if path.is_file() else []
+
+    def triage(self) -> list[TriageReportRecord] | None:
+        """The reports of ``detection/triage.json`` (one per model x corpus), or None."""
+        path = self.path / TRIAGE_FILE
+        if not path.is_file():
+            return None
+        data = _read_json(path)
+        if not isinstance(data, list):
+            raise RunDirError(f"{path}:1: expected a JSON list of triage reports")
+        return [
+            _validate(TriageReportRecord, entry, f"{path}: [{i}]") for i, entry in enumerate(data)
+        ]
+
+    def metrics(self) -> MetricsReport:
+        """``metrics.json`` (RunDirError when absent: run ``safescale report`` first)."""
+        path = self.path / METRICS_FILE
+        if not path.is_file():
+            raise RunDirError(f"{path}: no such file (run `safescale report {self.path}`)")
+        return _validate(MetricsReport, _read_json(path), str(path))
+
+    def config_data(self) -> dict[str, Any]:
+        """The resolved config (``config.yaml``) as plain data ({} when absent)."""
+        import yaml
+
+        path = self.path / CONFIG_FILE
+        if not path.is_file():
+            return {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise RunDirError(f"{path}: not valid YAML: {error}") from None
+        if not isinstance(data, dict):
+            raise RunDirError(f"{path}:1: expected a mapping")
+        return data
+
+    def corpora(self, manifest: RunManifest | None = None) -> dict[str, Corpus]:
+        """The run's corpora by name, each checked against the manifest's content hash.
+
+        Raises:
+            RunDirError: no corpus recorded, a corpus that does not load, or one whose
+                content hash differs from the recorded one.
+        """
+        from safescale.corpora import CorpusError, load_corpus
+
+        manifest = manifest or self.manifest()
+        where = self.path / MANIFEST_FILE
+        if not manifest.corpora:
+            raise RunDirError(f"{where}: corpora: the run records no corpus")
+        corpora: dict[str, Corpus] = {}
+        for name, entry in manifest.corpora.items():
+            source = entry.path if entry.path and Path(entry.path).is_dir() else entry.ref
+            try:
+                corpus = load_corpus(source)
+            except CorpusError as error:
+                raise RunDirError(
+                    f"{where}: corpora.{name}: cannot load {source!r}: {error}"
+                ) from None
+            if corpus.content_hash != entry.content_hash:
+                raise RunDirError(
+                    f"{where}: corpora.{name}.content_hash: corpus {corpus.name!r} now has "
+                    f"content hash {corpus.content_hash[:12]}…, but the run was made with "
+                    f"{entry.content_hash[:12]}…; metrics would use other labels"
+                )
+            corpora[name] = corpus
+        return corpora
+
+    def load(self) -> RunData:
+        """Responses, corpora, attributions and triage results (what metrics read).
+
+        Raises:
+            RunDirError: missing responses, corrupt lines, unknown items or corpus drift.
+        """
+        manifest = self.manifest()
+        responses, contents = self.responses_with_contents()
+        notes = []
+        if contents.truncated_line is not None:
+            notes.append(
+                f"{contents.path}:{contents.truncated_line}: truncated last line ignored "
+                "(an interrupted write)"
+            )
+        dropped = len(contents.rows) - len(responses)
+        if dropped:
+            notes.append(f"{contents.path}: {dropped} duplicated response(s) dropped (last kept)")
+        corpora = self.corpora(manifest)
+        owner = item_corpus_map(corpora)
+        unknown = sorted({r.item for r in responses} - owner.keys())
+        if unknown:
+            raise RunDirError(
+                f"{contents.path}: item: {len(unknown)} item(s) not in the run's corpora "
+                f"{sorted(corpora)}: {unknown[:5]}"
+            )
+        attribution_path = self.path / ATTRIBUTION_FILE
+        attribution = self.attribution()
+        if attribution_path.is_file():
+            tail = read_jsonl(attribution_path).truncated_line
+            if tail is not None:
+                notes.append(f"{attribution_path}:{tail}: truncated last line ignored")
+        triage = self.triage()
+        return RunData(
+            run_dir=self.path,
+            manifest=manifest.model_dump(mode="json"),
+            responses=responses,
+            corpora=corpora,
+            attribution=attribution,
+            triage=None if triage is None else [t.model_dump(mode="json") for t in triage],
+            notes=notes,
         )
-    dropped = len(contents.rows) - len(responses)
-    if dropped:
-        notes.append(f"{contents.path}: {dropped} duplicated response(s) dropped (last kept)")
-    corpora = load_run_corpora(run_dir)
-    owner = item_corpus_map(corpora)
-    unknown = sorted({r.item for r in responses} - owner.keys())
-    if unknown:
-        raise RunDirError(
-            f"{contents.path}: {len(unknown)} item(s) not in the run's corpora "
-            f"{sorted(corpora)}: {unknown[:5]}"
-        )
-    attribution_path = run_dir / ATTRIBUTION_FILE
-    attribution = load_attribution(run_dir)
-    if attribution_path.is_file():
-        tail = read_jsonl(attribution_path).truncated_line
-        if tail is not None:
-            notes.append(f"{attribution_path}:{tail}: truncated last line ignored")
-    return RunData(
-        run_dir=run_dir,
-        manifest=read_manifest(run_dir),
-        responses=responses,
-        corpora=corpora,
-        attribution=attribution,
-        triage=load_triage(run_dir),
-        notes=notes,
-    )
+
+
+# ------------------------------------------------------------ thin function wrappers
+def load_responses(run_dir: str | Path) -> tuple[list[ResponseRecord], JsonlContents]:
+    """:meth:`RunDir.responses_with_contents`."""
+    return RunDir(run_dir).responses_with_contents()
+
+
+def load_steps(run_dir: str | Path) -> list[StepRecord]:
+    """:meth:`RunDir.steps`."""
+    return RunDir(run_dir).steps()
+
+
+def load_attribution(run_dir: str | Path) -> list[AttributionRecord]:
+    """:meth:`RunDir.attribution`."""
+    return RunDir(run_dir).attribution()
+
+
+def load_triage(run_dir: str | Path) -> list[dict[str, Any]] | None:
+    """:meth:`RunDir.triage` as plain dicts (one per model x corpus), or None."""
+    reports = RunDir(run_dir).triage()
+    return None if reports is None else [r.model_dump(mode="json") for r in reports]
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    """:meth:`RunDir.manifest` as a plain dict."""
+    return RunDir(run_dir).manifest().model_dump(mode="json")
+
+
+def load_run_corpora(run_dir: str | Path) -> dict[str, Corpus]:
+    """:meth:`RunDir.corpora`."""
+    return RunDir(run_dir).corpora()
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """:meth:`RunDir.load`."""
+    return RunDir(run_dir).load()
+
+
+# ------------------------------------------------------------ the writer lock
+class RunLock:
+    """The exclusive writer lock of a run directory (``RUN_DIR/.lock``, ``fcntl.flock``).
+
+    The kernel releases it when the holder exits, however it exits (kill -9
+    included), so a stale lock never blocks a resume. The file records the holder's
+    pid and host for the message a second writer gets.
+
+    Args:
+        run_dir: the run directory (created if missing).
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self._fd: int | None = None
+        #: the last :meth:`acquire` created the directory.
+        self.created_dir = False
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / LOCK_FILE
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> RunLock:
+        """Take the lock at once or raise.
+
+        Raises:
+            RunLockedError: another process holds it (the message names its pid and host).
+            RunDirError: the run directory path is a file.
+        """
+        if self._fd is not None:
+            return self
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RunDirError(f"{self.run_dir}: --out: is a file, not a directory")
+        self.created_dir = not self.run_dir.exists()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip()
+            os.close(fd)
+            try:
+                info = json.loads(holder)
+                who = (
+                    f"pid {info.get('pid')} on host {info.get('host')} "
+                    f"(since {info.get('since')})"
+                )
+            except ValueError:
+                who = "another process"
+            raise RunLockedError(
+                f"{self.run_dir}: locked: {who} is writing this run directory; wait for it to "
+                "finish or use another --out"
+            ) from None
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Release the lock (the file stays; an unlocked file means nothing)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def records_frame(records: Iterable[BaseModel], *, exclude: Sequence[str] = ()) -> pd.DataFrame:

@@ -18,16 +18,19 @@ Durability rules:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -47,12 +50,24 @@ from safescale.experiments.calibration import calibrate, calibration_item_ids, n
 from safescale.experiments.config import ExperimentConfig, ModelConfig
 from safescale.experiments.rundir import (
     ATTRIBUTION_FILE,
+    CONFIG_FILE,
+    DETECTION_DIR,
+    LOCK_FILE,
     MANIFEST_FILE,
     RESPONSES_FILE,
     STEPS_FILE,
+    RunDir,
     RunDirError,
+    RunLock,
     atomic_write_text,
     read_jsonl,
+)
+from safescale.records import (
+    MANIFEST_SCHEMA_VERSION,
+    CorpusEntry,
+    ModelEntry,
+    RunManifest,
+    check_slug,
 )
 
 __all__ = [
@@ -60,19 +75,24 @@ __all__ = [
     "CellTask",
     "CellWorker",
     "ItemResult",
+    "PreparedRun",
     "RunConflictError",
     "RunSummary",
     "commit",
+    "detect_run",
+    "evaluate_run",
     "item_order",
+    "open_checkpointer",
     "plan_tasks",
     "prepare_run",
     "record_model",
     "run_detection_stage",
     "run_experiment",
     "select_items",
+    "writing_run",
 ]
 
-RUN_SCHEMA_VERSION = 1
+RUN_SCHEMA_VERSION = MANIFEST_SCHEMA_VERSION
 _RAG = {"standard_rag", "agentic_rag", "max_context"}
 _PACKAGES = (
     "safescale",
@@ -164,43 +184,64 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _prepare(run_dir: Path, config: ExperimentConfig, fresh: bool) -> dict:
-    manifest_path = run_dir / MANIFEST_FILE
-    digest = config.config_hash()
-    if manifest_path.exists():
+def _check_sqlite(path: Path) -> None:
+    """Refuse an SQLite file of the run that is not a database (named in the message)."""
+    if not path.exists():
+        return
+    conn = sqlite3.connect(str(path))
+    try:
+        conn.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise RunDirError(
+            f"{path}: not an SQLite database ({exc}); move it away and the run rebuilds it"
+        ) from None
+    finally:
+        conn.close()
+
+
+def _load_corpora(config: ExperimentConfig) -> dict[str, Corpus]:
+    """The config's corpora by reference; their names must be slugs and distinct."""
+    corpora: dict[str, Corpus] = {}
+    seen: dict[str, str] = {}
+    for ref in config.corpora:
+        corpus = load_corpus(ref)
+        where = f"{corpus.path / 'corpus.yaml'}" if corpus.path else ref
         try:
-            manifest = json.loads(manifest_path.read_text())
+            check_slug(corpus.name, "corpus name")
         except ValueError as exc:
-            raise RunDirError(f"{manifest_path}: corrupt manifest: {exc}") from None
-        if manifest.get("config_hash") != digest:
-            if not fresh:
-                raise RunConflictError(
-                    f"{run_dir} holds a run of a different config (hash "
-                    f"{str(manifest.get('config_hash'))[:12]}… vs {digest[:12]}…); use another "
-                    "--out directory, or --fresh to move the old run aside and start again"
-                )
-        else:
-            # same config up to ``limit``: a new limit extends (or re-reads) the run
-            atomic_write_text(run_dir / "config.yaml", config.to_yaml())
-            return manifest
-    if fresh and run_dir.exists() and any(run_dir.iterdir()):
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        os.replace(run_dir, run_dir.with_name(f"{run_dir.name}.old-{stamp}"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "schema_version": RUN_SCHEMA_VERSION,
-        "name": config.name,
-        "config_hash": digest,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "packages": _versions(),
-        "git_revision": _git_revision(),
-        "seed": config.seed,
-        "models": {},
-        "corpora": {},
-    }
-    atomic_write_text(run_dir / "config.yaml", config.to_yaml())
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
-    return manifest
+            raise RunDirError(f"{where}: name: {exc}") from None
+        if corpus.name in seen:
+            raise RunDirError(
+                f"{where}: name: corpus name {corpus.name!r} is also the name of "
+                f"{seen[corpus.name]!r}"
+            )
+        seen[corpus.name] = ref
+        corpora[ref] = corpus
+    return corpora
+
+
+def _new_manifest(config: ExperimentConfig, corpora: dict[str, Corpus]) -> RunManifest:
+    return RunManifest(
+        name=config.name,
+        config_hash=config.config_hash(),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        packages=_versions(),
+        git_revision=_git_revision(),
+        seed=config.seed,
+        corpora={
+            corpus.name: CorpusEntry(
+                ref=ref,
+                path=str(corpus.path) if corpus.path else None,
+                content_hash=corpus.content_hash,
+            )
+            for ref, corpus in corpora.items()
+        },
+    )
+
+
+def write_manifest(run_dir: Path, manifest: RunManifest) -> None:
+    """Write ``manifest.json`` atomically."""
+    atomic_write_text(run_dir / MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
 
 
 def _repair_jsonl(path: Path) -> None:
@@ -231,15 +272,6 @@ def _append(path: Path, rows: Iterable[str]) -> None:
         os.close(fd)
 
 
-def _done_keys(run_dir: Path) -> set[tuple[str, str, str, int]]:
-    path = run_dir / RESPONSES_FILE
-    if not path.exists():
-        return set()
-    return {
-        (r["model"], r["condition"], r["item"], r["samples_budget"]) for r in read_jsonl(path).rows
-    }
-
-
 def _drop_orphans(run_dir: Path, done: set[tuple[str, str, str, int]]) -> None:
     """Remove step/attribution rows of items whose response was never committed."""
     for name in (STEPS_FILE, ATTRIBUTION_FILE):
@@ -249,7 +281,12 @@ def _drop_orphans(run_dir: Path, done: set[tuple[str, str, str, int]]) -> None:
         rows = read_jsonl(path).rows
         keep = []
         for row in rows:
-            key = (row["model"], row["condition"], row["item"], row.get("samples_budget", 1))
+            key = (
+                row.get("model"),
+                row.get("condition"),
+                row.get("item"),
+                row.get("samples_budget", 1),
+            )
             if key in done:
                 keep.append(row)
         if len(keep) != len(rows):
@@ -310,8 +347,6 @@ class CellWorker:
     cache, the corpora and the evidence stores across tasks."""
 
     def __init__(self, config: ExperimentConfig, model_name: str) -> None:
-        from langgraph.checkpoint.sqlite import SqliteSaver
-
         from safescale.models import load_model
 
         self.config = config
@@ -319,11 +354,7 @@ class CellWorker:
         self.model_cfg = next(m for m in config.models if m.name == model_name)
         self.lm = _load(self.model_cfg, load_model)
         self.cached = CachedLM(self.lm, self.run_dir / "lm_cache.sqlite")
-        self._conn = sqlite3.connect(
-            str(self.run_dir / "checkpoints.sqlite"), check_same_thread=False, timeout=60
-        )
-        self.checkpointer = SqliteSaver(self._conn)
-        self.checkpointer.setup()
+        self._conn, self.checkpointer = open_checkpointer(self.run_dir / "checkpoints.sqlite")
         self._corpora: dict[str, Corpus] = {}
         self._stores: dict[str, object] = {}
         self._graphs: dict[str, object] = {}
@@ -392,7 +423,7 @@ class CellWorker:
             max_steps=config.agentic.max_steps,
             context_budget=config.context_budget,
             samples=task.samples_budget,
-            temperature=config.compute.temperature or 0.7,
+            temperature=config.compute.temperature,
             extra_samples=config.compute.detection_samples,
             seed=config.seed,
             formulation=self.answering(task.corpus)["chosen"],
@@ -444,36 +475,171 @@ def commit(run_dir: Path, result: ItemResult) -> None:
     _append(run_dir / RESPONSES_FILE, [result.response])
 
 
-def prepare_run(
-    config: ExperimentConfig, *, fresh: bool = False
-) -> tuple[dict, dict[str, list[Item]], set[tuple[str, str, str, int]]]:
-    """Create or check the run directory, repair it after a crash, record the corpora.
+@dataclass
+class PreparedRun:
+    """A run directory ready for work (see :func:`prepare_run`).
 
-    Returns:
-        The manifest, the selected items per corpus, and the keys already done.
+    Attributes:
+        manifest: the run's manifest (models are added as they load).
+        items: the selected items per corpus reference.
+        done: keys of the responses already committed.
+        created: this call created the manifest (a failed start removes the run).
+        created_dir: this call created the directory itself.
+    """
+
+    manifest: RunManifest
+    items: dict[str, list[Item]]
+    done: set[tuple[str, str, str, int]]
+    created: bool = False
+    created_dir: bool = False
+
+
+def prepare_run(config: ExperimentConfig, lock: RunLock, *, fresh: bool = False) -> PreparedRun:
+    """Create or check the run directory (whose writer ``lock`` the caller holds), repair
+    it after a crash. The corpora load before anything is written.
+
+    Raises:
+        RunConflictError: the directory holds a run of another config (and not ``fresh``).
+        RunDirError: a corrupt manifest, response file or SQLite file; a corpus name
+            that is not a slug.
+        CorpusError: a corpus does not load.
     """
     run_dir = Path(config.run_dir)
-    manifest = _prepare(run_dir, config, fresh)
-    for name in (RESPONSES_FILE, STEPS_FILE, ATTRIBUTION_FILE):
-        _repair_jsonl(run_dir / name)
-    done = _done_keys(run_dir)
-    _drop_orphans(run_dir, done)
-    corpora = {ref: load_corpus(ref) for ref in config.corpora}
-    for ref, corpus in corpora.items():
-        manifest["corpora"][corpus.name] = {
-            "ref": ref,
-            "path": str(corpus.path) if corpus.path else None,
-            "content_hash": corpus.content_hash,
-        }
+    corpora = _load_corpora(config)
     items = {ref: select_items(corpus, config) for ref, corpus in corpora.items()}
-    atomic_write_text(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2))
-    return manifest, items, done
+    reader = RunDir(run_dir)
+    digest = config.config_hash()
+    if (run_dir / MANIFEST_FILE).exists():
+        manifest = reader.manifest()
+        if manifest.config_hash == digest:
+            for name in ("lm_cache.sqlite", "checkpoints.sqlite"):
+                _check_sqlite(run_dir / name)
+            for name in (RESPONSES_FILE, STEPS_FILE, ATTRIBUTION_FILE):
+                _repair_jsonl(run_dir / name)
+            done = reader.response_keys()
+            _drop_orphans(run_dir, done)
+            # same config up to ``limit``: a new limit extends (or re-reads) the run
+            atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
+            return PreparedRun(manifest, items, done)
+        if not fresh:
+            raise RunConflictError(
+                f"{run_dir / MANIFEST_FILE}: config_hash: {run_dir} holds a run of a different "
+                f"config (hash {manifest.config_hash[:12]}… vs {digest[:12]}…); use another "
+                "--out directory, or --fresh to move the old run aside and start again"
+            )
+    created_dir = lock.created_dir
+    if fresh and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        lock.release()
+        os.replace(run_dir, run_dir.with_name(f"{run_dir.name}.old-{stamp}"))
+        lock.acquire()
+        created_dir = True
+    for name in ("lm_cache.sqlite", "checkpoints.sqlite"):
+        _check_sqlite(run_dir / name)
+    manifest = _new_manifest(config, corpora)
+    atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
+    write_manifest(run_dir, manifest)
+    return PreparedRun(manifest, items, set(), created=True, created_dir=created_dir)
 
 
-def record_model(run_dir: Path, manifest: dict, name: str, info: dict) -> None:
-    """Write a model's spec and hash into the manifest."""
-    manifest["models"][name] = info
-    atomic_write_text(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2))
+_STARTED_FILES = (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    RESPONSES_FILE,
+    STEPS_FILE,
+    ATTRIBUTION_FILE,
+    "lm_cache.sqlite",
+    "lm_cache.sqlite-wal",
+    "lm_cache.sqlite-shm",
+    "checkpoints.sqlite",
+    "checkpoints.sqlite-wal",
+    "checkpoints.sqlite-shm",
+)
+
+
+def _undo_start(run_dir: Path, prepared: PreparedRun | None, lock: RunLock) -> None:
+    """Remove what a start that failed before its first response created."""
+    created_dir = lock.created_dir if prepared is None else prepared.created_dir
+    if prepared is not None and not prepared.created:
+        return
+    responses = run_dir / RESPONSES_FILE
+    if responses.exists() and responses.stat().st_size > 0:
+        return
+    if prepared is None and (run_dir / MANIFEST_FILE).exists():
+        return  # the failure came before this call wrote anything
+    if created_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for name in (*_STARTED_FILES, LOCK_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+@dataclass
+class _Writing:
+    lock: RunLock
+    prepared: PreparedRun | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class writing_run:
+    """Hold a run directory's writer lock for a run; a run that fails before its first
+    response is committed leaves nothing behind (so the corrected command works).
+
+    Usage::
+
+        with writing_run(config, fresh=fresh) as state:
+            prepared = state.prepared
+    """
+
+    def __init__(self, config: ExperimentConfig, *, fresh: bool = False) -> None:
+        self.config = config
+        self.fresh = fresh
+        self.state = _Writing(RunLock(config.run_dir))
+
+    def __enter__(self) -> _Writing:
+        run_dir = Path(self.config.run_dir)
+        self.state.lock.acquire()
+        try:
+            self.state.prepared = prepare_run(self.config, self.state.lock, fresh=self.fresh)
+        except BaseException:
+            _undo_start(run_dir, None, self.state.lock)
+            self.state.lock.release()
+            raise
+        return self.state
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is not None:
+                _undo_start(Path(self.config.run_dir), self.state.prepared, self.state.lock)
+        finally:
+            self.state.lock.release()
+
+
+def record_model(run_dir: Path, manifest: RunManifest, name: str, info: dict) -> None:
+    """Write a model's spec and hash, and how it reads answers on each corpus
+    (``info["formulations"]``), into the manifest."""
+    info = dict(info)
+    formulations = info.pop("formulations", None)
+    manifest.models[name] = ModelEntry.model_validate(info)
+    if formulations is not None:
+        manifest.formulations[name] = formulations
+    write_manifest(run_dir, manifest)
+
+
+def open_checkpointer(path: Path) -> tuple[sqlite3.Connection, Any]:
+    """A SQLite checkpointer whose deserializer is strict: only LangGraph's own safe types
+    (and plain data, which is all a safescale state holds) are revived; any other type
+    in a tampered ``checkpoints.sqlite`` is refused instead of imported."""
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    serde = JsonPlusSerializer(
+        pickle_fallback=False, allowed_json_modules=None, allowed_msgpack_modules=None
+    )
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=60)
+    saver = SqliteSaver(conn, serde=serde)
+    saver.setup()
+    return conn, saver
 
 
 def _progress(console: Console, enabled: bool):
@@ -504,37 +670,46 @@ def run_experiment(
     console = console or Console(stderr=True)
     started = time.perf_counter()
     run_dir = Path(config.run_dir)
-    manifest, items, done = prepare_run(config, fresh=fresh)
-    summary = RunSummary(run_dir=run_dir)
-    tasks = plan_tasks(config, items, done)
-    total = sum(len(items[c.corpus]) for c in config.grid())
-    summary.skipped = total - sum(len(t.item_ids) for t in tasks)
-    with _progress(console, progress) as prog:
-        bar = prog.add_task("items", total=total, completed=summary.skipped) if progress else None
-        for model_cfg in config.models:
-            mine = [t for t in tasks if t.model == model_cfg.name]
-            if not mine and model_cfg.name in manifest["models"]:
-                continue
-            worker = CellWorker(config, model_cfg.name)
-            record_model(run_dir, manifest, model_cfg.name, worker.model_info)
-            for task in mine:
-                if progress:
-                    prog.update(
-                        bar,
-                        description=f"{task.model} · {task.corpus} · {task.condition}"
-                        f" · x{task.samples_budget}",
-                    )
-                ctx = worker.context(task)
-                for item_id in task.item_ids:
-                    commit(run_dir, worker.run_item(task, item_id, ctx))
-                    summary.answered += 1
-                    if on_item is not None:
-                        on_item(summary.answered)
-                    if progress:
-                        prog.advance(bar)
-            summary.lm_cache_hits += worker.cached.hits
-            summary.lm_cache_misses += worker.cached.misses
-            worker.close()
+    with writing_run(config, fresh=fresh) as state:
+        prepared = state.prepared
+        assert prepared is not None
+        manifest, items, done = prepared.manifest, prepared.items, prepared.done
+        summary = RunSummary(run_dir=run_dir)
+        tasks = plan_tasks(config, items, done)
+        total = sum(len(items[c.corpus]) for c in config.grid())
+        summary.skipped = total - sum(len(t.item_ids) for t in tasks)
+        with _progress(console, progress) as prog:
+            bar = (
+                prog.add_task("items", total=total, completed=summary.skipped)
+                if progress
+                else None
+            )
+            for model_cfg in config.models:
+                mine = [t for t in tasks if t.model == model_cfg.name]
+                if not mine and model_cfg.name in manifest.models:
+                    continue
+                worker = CellWorker(config, model_cfg.name)
+                record_model(run_dir, manifest, model_cfg.name, worker.model_info)
+                try:
+                    for task in mine:
+                        if progress:
+                            prog.update(
+                                bar,
+                                description=f"{task.model} · {task.corpus} · {task.condition}"
+                                f" · x{task.samples_budget}",
+                            )
+                        ctx = worker.context(task)
+                        for item_id in task.item_ids:
+                            commit(run_dir, worker.run_item(task, item_id, ctx))
+                            summary.answered += 1
+                            if on_item is not None:
+                                on_item(summary.answered)
+                            if progress:
+                                prog.advance(bar)
+                finally:
+                    summary.lm_cache_hits += worker.cached.hits
+                    summary.lm_cache_misses += worker.cached.misses
+                    worker.close()
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -548,84 +723,171 @@ def _load(model_cfg: ModelConfig, load_model):
     )
 
 
-def run_detection_stage(
-    config: ExperimentConfig, *, console: Console | None = None, force: bool = False
-) -> list:
-    """Train and evaluate the configured detectors on the run's frozen responses, per
-    model x corpus, into ``detection/<model>__<corpus>/``; write the combined
-    ``detection/triage.json``. Skips a (model, corpus) whose detection outputs exist
-    for the same responses unless ``force``. Never regenerates answers.
-
-    A corpus whose items carry no ``task`` (e.g. ``radiology-guidelines``) cannot use
-    ``label_source="task"``; it is labeled by outcome instead, and the report says so.
-    """
-    from safescale.detection.pipeline import (
-        _write_combined,
-        evaluate_detection,
-        read_responses,
-        run_detection,
-    )
+def _model_loader(config_models: Sequence[ModelConfig]) -> Callable[[str, ModelEntry], Any]:
+    """Load a run's model by its config entry (device, dtype) or its recorded spec."""
     from safescale.models import load_model
 
+    by_name = {m.name: m for m in config_models}
+
+    def load(name: str, entry: ModelEntry):
+        model_cfg = by_name.get(name) or ModelConfig(name=name, spec=entry.spec)
+        return _load(model_cfg, load_model)
+
+    return load
+
+
+def _run_models(reader: RunDir) -> list[ModelConfig]:
+    """The model entries of the run's ``config.yaml`` (device, dtype, batch size)."""
+    models = []
+    for entry in reader.config_data().get("models") or []:
+        try:
+            models.append(ModelConfig.model_validate(entry))
+        except ValueError:
+            continue
+    return models
+
+
+def detect_run(
+    run_dir: str | Path,
+    config: Any,
+    *,
+    models: Sequence[ModelConfig] | None = None,
+    force: bool = True,
+    console: Console | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[list, list[str]]:
+    """Train and evaluate detectors on a run directory's frozen responses, per model x
+    corpus, into ``detection/<model>__<corpus>/``, and write the combined
+    ``detection/triage.json`` / ``triage.md``. The one code path of ``safescale detect
+    train`` and the runner's detection stage. Never regenerates answers.
+
+    Args:
+        run_dir: the run directory (read through :class:`RunDir`).
+        config: the :class:`~safescale.detection.DetectionConfig`.
+        models: model settings (device, dtype) by name; default the run's config.yaml.
+        force: retrain a (model, corpus) whose outputs exist for the same responses.
+        console: where notes go.
+        progress: called with (model, done, total) while features are extracted.
+
+    A corpus whose items carry no ``task`` (e.g. ``radiology-guidelines``) cannot use
+    ``label_source="task"``; it is labeled by outcome instead, and a note says so.
+
+    Returns:
+        The triage reports and the notes (skipped or relabeled pairs).
+
+    Raises:
+        RunDirError: not a run directory, no responses, or a model whose weights changed.
+    """
+    from safescale.detection.pipeline import evaluate_detection, run_detection, write_combined
+
     console = console or Console(stderr=True)
-    run_dir = Path(config.run_dir)
-    if not config.detection.enabled:
-        return []
-    manifest = json.loads((run_dir / MANIFEST_FILE).read_text())
-    responses = read_responses(run_dir / RESPONSES_FILE)
-    base = config.detection.detection_config()
-    reports = []
-    notes = []
+    reader = RunDir(run_dir)
+    manifest = reader.manifest()
+    responses = reader.responses()
+    corpora = reader.corpora(manifest)
+    load = _model_loader(models if models is not None else _run_models(reader))
+    reports: list = []
+    notes: list[str] = []
     trained = False
-    for model_cfg in config.models:
-        lm = None
-        for ref in config.corpora:
-            corpus = load_corpus(ref)
-            ids = set(corpus.items_by_id)
-            records = [r for r in responses if r.model == model_cfg.name and r.item in ids]
-            if not records:
-                continue
-            out = run_dir / "detection" / f"{model_cfg.name}__{corpus.name}"
-            digest = _records_digest(records)
-            stamp = out / "responses.sha256"
-            if not force and stamp.exists() and stamp.read_text() == digest:
-                reports.append(evaluate_detection(out))
-                continue
-            detection_config = base
-            if base.label_source == "task" and not any(i.task for i in corpus.items):
-                detection_config = base.model_copy(update={"label_source": "outcome"})
-                notes.append(f"{corpus.name}: items have no task; labeled by outcome")
-            if lm is None:
-                lm = _load(model_cfg, load_model)
-                expected = manifest["models"].get(model_cfg.name, {}).get("hash")
-                if expected and lm.model_hash != expected:
-                    raise RunDirError(
-                        f"model {model_cfg.name!r} now has hash {lm.model_hash[:12]}…, the run's "
-                        f"responses came from {expected[:12]}…"
+    with RunLock(reader.path):
+        for name, entry in manifest.models.items():
+            lm = None
+            for corpus_name, corpus in corpora.items():
+                ids = set(corpus.items_by_id)
+                records = [r for r in responses if r.model == name and r.item in ids]
+                if config.conditions is not None:
+                    records = [r for r in records if r.condition in config.conditions]
+                if not records:
+                    continue
+                out = reader.detection_dir(name, corpus_name)
+                digest = _records_digest(records, config)
+                stamp = out / "responses.sha256"
+                if not force and stamp.exists() and stamp.read_text() == digest:
+                    reports.append(evaluate_detection(out))
+                    continue
+                detection_config = config
+                if config.label_source == "task" and not any(i.task for i in corpus.items):
+                    detection_config = config.model_copy(update={"label_source": "outcome"})
+                    notes.append(f"{corpus_name}: items have no task; labeled by outcome")
+                if lm is None:
+                    lm = load(name, entry)
+                    if lm.model_hash != entry.hash:
+                        raise RunDirError(
+                            f"{reader.file(MANIFEST_FILE)}: models.{name}.hash: model {name!r} "
+                            f"loaded from {entry.spec!r} now has hash {lm.model_hash[:12]}…, "
+                            f"the run's responses came from {entry.hash[:12]}…"
+                        )
+                console.print(f"detection: {name} · {corpus_name} ({len(records)} responses)")
+                callback = None if progress is None else (lambda d, t, n=name: progress(n, d, t))
+                try:
+                    report = run_detection(
+                        records,
+                        corpus,
+                        lm,
+                        detection_config,
+                        out,
+                        model_name=name,
+                        progress=callback,
                     )
-            console.print(f"detection: {model_cfg.name} · {corpus.name} ({len(records)} responses)")
-            try:
-                report = run_detection(
-                    records, corpus, lm, detection_config, out, model_name=model_cfg.name
-                )
-            except ValueError as exc:  # e.g. too few evidence groups for three splits
-                notes.append(f"{model_cfg.name} · {corpus.name}: detection skipped: {exc}")
-                console.print(f"[yellow]detection skipped[/]: {exc}")
-                continue
-            atomic_write_text(stamp, digest)
-            reports.append(report)
-            trained = True
-    if reports and (trained or not (run_dir / "detection" / "triage.json").exists()):
-        _write_combined(run_dir / "detection", reports)
-    if trained or notes:
-        atomic_write_text(run_dir / "detection" / "notes.json", json.dumps(notes, indent=2))
+                except ValueError as exc:  # e.g. too few evidence groups for three splits
+                    notes.append(f"{name} · {corpus_name}: detection skipped: {exc}")
+                    console.print(f"[yellow]detection skipped[/]: {exc}")
+                    continue
+                atomic_write_text(stamp, digest)
+                reports.append(report)
+                trained = True
+        root = reader.file(DETECTION_DIR)
+        if reports and (trained or not (root / "triage.json").exists()):
+            write_combined(root, reports)
+        if trained or notes:
+            atomic_write_text(root / "notes.json", json.dumps(notes, indent=2))
+    return reports, notes
+
+
+def evaluate_run(run_dir: str | Path) -> list:
+    """Re-evaluate every trained (model, corpus) of a run from its artifacts (no model
+    call) and rewrite the combined triage files.
+
+    Raises:
+        RunDirError: not a run directory, or nothing trained yet.
+    """
+    from safescale.detection.pipeline import evaluate_detection, write_combined
+
+    reader = RunDir(run_dir)
+    reader.require()
+    root = reader.file(DETECTION_DIR)
+    dirs = sorted(p.parent for p in root.glob("*/detection.json"))
+    if not dirs:
+        raise RunDirError(
+            f"{root}: no trained detection here; run `safescale detect train {reader.path}` first"
+        )
+    with RunLock(reader.path):
+        reports = [evaluate_detection(d) for d in dirs]
+        write_combined(root, reports)
     return reports
 
 
-def _records_digest(records) -> str:
-    import hashlib
+def run_detection_stage(
+    config: ExperimentConfig, *, console: Console | None = None, force: bool = False
+) -> list:
+    """The runner's detection stage: :func:`detect_run` with the config's detection
+    settings, skipping (model, corpus) pairs already trained on the same responses."""
+    if not config.detection.enabled:
+        return []
+    reports, _ = detect_run(
+        config.run_dir,
+        config.detection.detection_config(),
+        models=config.models,
+        force=force,
+        console=console or Console(stderr=True),
+    )
+    return reports
 
+
+def _records_digest(records, config: Any = None) -> str:
     digest = hashlib.sha256()
+    if config is not None:
+        digest.update(config.model_dump_json().encode())
     for r in sorted(records, key=lambda r: (r.condition, r.item, r.samples_budget)):
         digest.update(f"{r.condition}|{r.item}|{r.samples_budget}|{r.chosen}|{r.response}".encode())
     return digest.hexdigest()

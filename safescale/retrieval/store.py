@@ -1020,6 +1020,9 @@ def open_store(
                 if search_params:
                     store.set_search_params(**search_params)
                 return store
+    elif directory.is_dir() and any(directory.iterdir()):
+        log.warning("rebuilding cached index: %s has lost its %s", directory, MANIFEST)
+        shutil.rmtree(directory)
     store = EvidenceStore.build(
         corpus, embedder, index_type, cache_dir=root, show_progress=show_progress, **params
     )

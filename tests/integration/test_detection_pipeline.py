@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
 from safescale.agents.records import ResponseRecord, SampleRecord
 from safescale.corpora.corpus import Corpus
@@ -89,7 +88,7 @@ def toy_records(lm, corpus: Corpus, *, with_samples: bool = True) -> list[Respon
             ResponseRecord(
                 run="toy-run",
                 model=lm.name,
-                condition="clean",
+                condition="clean_evidence",
                 item=item.id,
                 letters=item.letters,
                 option_logits=[float(x) for x in logits],
@@ -160,35 +159,3 @@ def test_cache_reuse_and_unavailable_sample_detectors(setup, tmp_path):
         row = report.row(name)
         assert row.status == "unavailable" and "lack the inputs" in row.reason
     assert report.row("perplexity").status == "ok"
-
-
-def test_cli_train_and_eval(setup, tmp_path, monkeypatch):
-    from safescale.cli import app
-    from safescale.detection import pipeline
-
-    lm, corpus, records = setup
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "responses.jsonl").write_text("\n".join(r.model_dump_json() for r in records) + "\n")
-    manifest = {
-        "corpus": {"name": "toy", "path": None, "content_hash": corpus.content_hash},
-        "models": {lm.name: {"spec": "tiny", "hash": lm.model_hash}},
-    }
-    (run / "manifest.json").write_text(json.dumps(manifest))
-    monkeypatch.setattr(pipeline, "_load_lm", lambda spec: lm)
-    monkeypatch.setattr(pipeline, "_load_run_corpus", lambda manifest: corpus)
-    runner = CliRunner()
-    result = runner.invoke(app, ["detect", "train", str(run), "-d", "ecrt,perplexity,pmi"])
-    assert result.exit_code == 0, result.output
-    assert (run / "detection" / lm.name / "models" / "ecrt" / "stage1.json").is_file()
-    table = (run / "detection" / "triage.md").read_text()
-    assert "| ecrt |" in table and "| pmi |" in table and "| ptrue |" not in table
-    (run / "detection" / "triage.md").unlink()
-    result = runner.invoke(app, ["detect", "eval", str(run)])
-    assert result.exit_code == 0, result.output
-    assert (run / "detection" / "triage.md").read_text() == table
-    # a model hash that does not match the responses' model is refused
-    manifest["models"][lm.name]["hash"] = "0" * 64
-    (run / "manifest.json").write_text(json.dumps(manifest))
-    result = runner.invoke(app, ["detect", "train", str(run), "-d", "perplexity"])
-    assert result.exit_code != 0 and "hash" in str(result.exception)

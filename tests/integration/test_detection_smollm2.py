@@ -50,7 +50,7 @@ def scored():
             ResponseRecord(
                 run="it",
                 model=lm.name,
-                condition="clean",
+                condition="clean_evidence",
                 item=item.id,
                 letters=item.letters,
                 option_logits=[float(x) for x in z],

@@ -66,7 +66,7 @@ def test_auto_formulation_is_calibrated_held_out_and_recorded(tiny_dir, tmp_path
     config = _config(tiny_dir, out, "answer: {formulation: auto, calibration_items: 4}\nlimit: 4")
     run_experiment(config, progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
-    record = manifest["models"]["tiny"]["formulations"]["radiology-guidelines"]
+    record = manifest["formulations"]["tiny"]["radiology-guidelines"]
     responses = load_responses(out)[0]
     assert {r.formulation for r in responses} == {record["chosen"]}
     assert not {r.item for r in responses} & set(record["calibration_items"])

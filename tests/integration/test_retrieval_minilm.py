@@ -127,12 +127,9 @@ def test_semantic_retrieval_filters_rerank_and_round_trip(embedder, tmp_path: Pa
 
 
 def test_bundled_corpus_end_to_end(embedder, tmp_path: Path, monkeypatch) -> None:
-    corpora = pytest.importorskip("safescale.corpora")
-    if not hasattr(corpora, "load_corpus") or not hasattr(corpora, "list_bundled_corpora"):
-        pytest.skip("safescale.corpora does not export load_corpus yet")
-    if "radiology-guidelines" not in corpora.list_bundled_corpora():
-        pytest.skip("the bundled corpus 'radiology-guidelines' is not available yet")
-    corpus = corpora.load_corpus("radiology-guidelines")
+    from safescale.corpora import load_corpus
+
+    corpus = load_corpus("radiology-guidelines")
     monkeypatch.setenv("SAFESCALE_CACHE", str(tmp_path / "cache"))
 
     store = open_store(corpus, embedder, "hnsw")

@@ -63,7 +63,7 @@ def _step(i, node, corpus, kept=(), retrieved=(), detail=None):
     return StepRecord(
         run="r",
         item="q1",
-        condition="c",
+        condition="standard_rag",
         model="m",
         node=node,
         step=i,
@@ -78,7 +78,7 @@ def _response(chosen, evidence, cited=()):
     return ResponseRecord(
         run="r",
         model="m",
-        condition="c",
+        condition="standard_rag",
         item="q1",
         letters=["A", "B", "C", "D"],
         option_logits=[0, 0, 0, 0],

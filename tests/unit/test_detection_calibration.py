@@ -66,7 +66,7 @@ def record(it: Item, chosen: str, logits: list[float], evidence: list[str] | Non
     return ResponseRecord(
         run="r",
         model="m",
-        condition="clean",
+        condition="clean_evidence",
         item=it.id,
         letters=["A", "B", "C"],
         option_logits=logits,

@@ -40,6 +40,7 @@ from safescale.experiments.report import (
     write_report,
 )
 from safescale.experiments.rundir import RunDirError, load_responses, load_run, read_jsonl
+from safescale.records import CorpusEntry, ModelEntry, RunManifest
 
 FAST = BootstrapConfig(replicates=200, seed=1, cluster_by_evidence_id=False)
 
@@ -314,12 +315,18 @@ def _write_run(tmp_path: Path, records, *, attribution=(), triage=None) -> Path:
     corpus_dir = write_corpus(tmp_path / "corpus", corpus.manifest, corpus.passages, corpus.items)
     run = tmp_path / "run"
     run.mkdir()
-    manifest = {
-        "name": "unit-run",
-        "models": {"m": {"spec": "m"}},
-        "corpora": {"tiny": {"path": str(corpus_dir), "content_hash": corpus.content_hash}},
-    }
-    (run / "manifest.json").write_text(json.dumps(manifest))
+    manifest = RunManifest(
+        name="unit-run",
+        config_hash="0" * 64,
+        created="2025-01-01T00:00:00+00:00",
+        models={"m": ModelEntry(spec="m", hash="h")},
+        corpora={
+            "tiny": CorpusEntry(
+                ref=str(corpus_dir), path=str(corpus_dir), content_hash=corpus.content_hash
+            )
+        },
+    )
+    (run / "manifest.json").write_text(manifest.model_dump_json())
     (run / "responses.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in records))
     if attribution:
         (run / "attribution.jsonl").write_text("".join(json.dumps(a) + "\n" for a in attribution))
@@ -354,7 +361,7 @@ def test_invalid_record_names_file_and_line(tmp_path):
     with (run / "responses.jsonl").open("a") as handle:
         handle.write('{"model": "m"}\n')
         handle.write(standard_rag_records()[0].model_dump_json() + "\n")
-    with pytest.raises(RunDirError, match=r"responses\.jsonl:5: not a ResponseRecord"):
+    with pytest.raises(RunDirError, match=r"responses\.jsonl:5: run: Field required"):
         load_responses(run)
 
 
@@ -386,7 +393,8 @@ def test_compute_metrics_from_run_dir_uses_run_config_and_counts_attribution(tmp
          "severity": "high_risk", "cause": "contradicting_evidence", "step": 1, "node": "answer",
          "explanation": "e"},
         {"model": "m", "condition": "closed_book", "item": "i2", "samples_budget": 1,
-         "cause": "no_evidence", "step": None, "node": None, "explanation": "e"},
+         "severity": "high_risk", "cause": "no_evidence", "step": None, "node": None,
+         "explanation": "e"},
     ]  # fmt: skip
     run = _write_run(
         tmp_path, standard_rag_records() + closed_book_records(), attribution=attribution
@@ -514,8 +522,8 @@ def test_report_cli_prints_tables_and_writes_files(tmp_path):
     assert (run / "report.md").is_file() and not (run / "plots").exists()
     assert read_metrics(run)["settings"]["bootstrap"]["replicates"] == 50
     missing = runner.invoke(app, ["report", str(tmp_path / "corpus")])
-    assert missing.exit_code == 1
-    assert "responses.jsonl" in missing.output
+    assert missing.exit_code == 2
+    assert "error: " in missing.output and "manifest.json: no such file" in missing.output
 
 
 def test_unparsed_answers_do_not_count_as_anything_but_wrong():

@@ -401,6 +401,21 @@ def test_open_store_rebuilds_corrupt_cache(cache_dir: Path) -> None:
     assert len(EvidenceStore.load(directory, corpus)) == 30
 
 
+def test_open_store_rebuilds_a_cache_that_lost_its_manifest(
+    cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    corpus = make_corpus(_passages(30))
+    embedder = HashingEmbedder()
+    open_store(corpus, embedder, "flat", cache_dir)
+    directory = store_dir(corpus, embedder, "flat", cache_dir)
+    (directory / "manifest.json").unlink()
+    with caplog.at_level("WARNING"):
+        store = open_store(corpus, embedder, "flat", cache_dir)
+    assert "lost its manifest.json" in caplog.text
+    assert store.build_stats is not None
+    assert len(EvidenceStore.load(directory, corpus)) == 30
+
+
 def test_empty_corpus_is_rejected(cache_dir: Path) -> None:
     with pytest.raises(ValueError, match="no passages"):
         EvidenceStore.build(make_corpus([]), HashingEmbedder(), cache_dir=cache_dir)

@@ -1,0 +1,375 @@
+"""The run-directory contract: every record safescale persists, typed and versioned.
+
+One module, imported by the writer (the runner, detection) and by every reader
+(report, detect, trace, replay, the viewer). It imports nothing heavier than pydantic:
+reading a finished run never loads torch.
+
+Each persisted model carries a ``schema_version``. A stored object of an older version
+is upgraded on validation by the model's explicit migrations (``version n -> n + 1``
+functions); an object of a newer version than this code knows is refused. The run
+directory itself is read through :class:`RunDir` (in :mod:`safescale.experiments.rundir`).
+
+Names that become file or directory names (run, model, corpus, detector names) must be
+slugs (:data:`SLUG_PATTERN`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "ATTRIBUTION_SCHEMA_VERSION",
+    "CONDITIONS",
+    "MANIFEST_SCHEMA_VERSION",
+    "METRICS_SCHEMA_VERSION",
+    "RECORD_SCHEMA_VERSION",
+    "RESPONSE_SCHEMA_VERSION",
+    "SLUG_PATTERN",
+    "STEP_SCHEMA_VERSION",
+    "TRIAGE_SCHEMA_VERSION",
+    "AttributionRecord",
+    "Condition",
+    "CorpusEntry",
+    "MetricsReport",
+    "ModelEntry",
+    "ResponseRecord",
+    "RetrievedRef",
+    "RunManifest",
+    "SampleRecord",
+    "SchemaVersionError",
+    "StepRecord",
+    "TriageReportRecord",
+    "check_slug",
+]
+
+RESPONSE_SCHEMA_VERSION = 2
+STEP_SCHEMA_VERSION = 1
+ATTRIBUTION_SCHEMA_VERSION = 1
+MANIFEST_SCHEMA_VERSION = 2
+METRICS_SCHEMA_VERSION = 1
+TRIAGE_SCHEMA_VERSION = 1
+#: Kept for older imports: the version of the response records.
+RECORD_SCHEMA_VERSION = RESPONSE_SCHEMA_VERSION
+
+#: A name that may become a path component: starts with a letter or digit, then
+#: letters, digits, ``.``, ``_`` or ``-`` (so never ``..``, ``/`` or empty).
+SLUG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+_SLUG = re.compile(SLUG_PATTERN)
+
+
+def check_slug(value: str, what: str = "name") -> str:
+    """Return ``value`` if it is a safe path component, else raise ValueError.
+
+    Args:
+        value: the name.
+        what: what the name is, for the message (``model name``, ``corpus name``).
+    """
+    if not isinstance(value, str) or not _SLUG.fullmatch(value) or ".." in value:
+        raise ValueError(
+            f"{what} {value!r} is not a slug (letters, digits, '.', '_', '-'; starting "
+            "with a letter or digit, no '..'): it becomes a directory name"
+        )
+    return value
+
+
+class Condition(StrEnum):
+    """The six SaFE-Scale deployment conditions, in the paper's order."""
+
+    closed_book = "closed_book"
+    clean_evidence = "clean_evidence"
+    conflict_evidence = "conflict_evidence"
+    standard_rag = "standard_rag"
+    agentic_rag = "agentic_rag"
+    max_context = "max_context"
+
+
+#: The condition names in order (plain strings).
+CONDITIONS: tuple[str, ...] = tuple(c.value for c in Condition)
+
+
+class SchemaVersionError(ValueError):
+    """A stored object has a schema version this code cannot read."""
+
+
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class _Versioned(BaseModel):
+    """A persisted model: stored dicts are migrated to :attr:`SCHEMA_VERSION` first.
+
+    ``MIGRATIONS[n]`` turns a version-``n`` dict into a version-``n + 1`` dict. A dict
+    without ``schema_version`` is a record being made now, i.e. the current version
+    (every version ever written stores its ``schema_version``).
+    """
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+    MIGRATIONS: ClassVar[dict[int, Migration]] = {}
+
+    schema_version: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        version = data.get("schema_version", cls.SCHEMA_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise SchemaVersionError(f"schema_version must be a positive integer, got {version!r}")
+        if version > cls.SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"schema_version {version} is newer than this safescale reads "
+                f"({cls.__name__} v{cls.SCHEMA_VERSION}); upgrade safescale"
+            )
+        data = dict(data)
+        while version < cls.SCHEMA_VERSION:
+            data = cls.MIGRATIONS[version](data)
+            version += 1
+            data["schema_version"] = version
+        data["schema_version"] = version
+        return data
+
+
+# ---------------------------------------------------------------- agent records
+class RetrievedRef(BaseModel):
+    """A passage as a step saw it: id, grade level, status and retrieval score."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    grade_level: int
+    grade_raw: str
+    status: str
+    score: float | None = None
+    rank: int | None = None
+
+
+class StepRecord(_Versioned):
+    """One node execution inside one condition graph for one item (``steps.jsonl``)."""
+
+    SCHEMA_VERSION: ClassVar[int] = STEP_SCHEMA_VERSION
+
+    schema_version: int = STEP_SCHEMA_VERSION
+    run: str
+    item: str
+    condition: Condition
+    model: str
+    samples_budget: int = 1
+    node: str
+    step: int
+    inputs_digest: str
+    retrieved: list[RetrievedRef] = Field(default_factory=list)
+    kept: list[str] = Field(default_factory=list)
+    dropped: list[str] = Field(default_factory=list)
+    prompt_id: str | None = None
+    prompt_hash: str | None = None
+    output: str | None = None
+    decision: str | None = None
+    detail: dict[str, object] = Field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    wall_ms: float = 0.0
+
+
+class SampleRecord(BaseModel):
+    """One sampled answer (inference-compute axis): the text generated and the option
+    it was read as, with the summed raw log-probability of its tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    letter: str | None
+    token_ids: list[int] = Field(default_factory=list)
+    token_logprobs: list[float] = Field(default_factory=list)
+    temperature: float
+
+
+def _response_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    # v1 answers were always read from the option letters' logits.
+    return {**data, "formulation": "letter"}
+
+
+class ResponseRecord(_Versioned):
+    """The frozen answer of one model under one condition to one item
+    (``responses.jsonl``; the response line is the item's commit mark).
+
+    ``message`` is the exact user turn the final answer was read from (question,
+    options and the evidence block); ``message_noctx`` is the same turn with only the
+    evidence removed (the NOCTX input of ECRT). ``response`` is the answer text the
+    detectors teacher-force. ``formulation`` names how the option scores were read
+    (``letter``, ``letter_debiased``, ``cloze``, ``cloze_token``, ``cloze_char``,
+    ``cloze_pmi``, ...); ``option_logits`` are that formulation's log-space option
+    scores in ``letters`` order (their softmax is the option distribution).
+
+    Versions: 1 had no ``formulation`` (always the letter logits); 2 adds it.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = RESPONSE_SCHEMA_VERSION
+    MIGRATIONS: ClassVar[dict[int, Migration]] = {1: _response_v1_to_v2}
+
+    schema_version: int = RESPONSE_SCHEMA_VERSION
+    run: str
+    model: str
+    condition: Condition
+    item: str
+    samples_budget: int = 1
+    formulation: str = "letter"
+    letters: list[str]
+    option_logits: list[float]
+    chosen: str
+    vote_share: float = 1.0
+    response: str
+    message: str
+    message_noctx: str
+    evidence_ids: list[str] = Field(default_factory=list)
+    cited_ids: list[str] = Field(default_factory=list)
+    samples: list[SampleRecord] = Field(default_factory=list)
+    stop_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    wall_ms: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        """Identity in a run: (model, condition, item, samples_budget)."""
+        return (self.model, str(self.condition), self.item, self.samples_budget)
+
+
+class AttributionRecord(_Versioned):
+    """The attributed cause of one high-risk or unsafe answer (``attribution.jsonl``)."""
+
+    SCHEMA_VERSION: ClassVar[int] = ATTRIBUTION_SCHEMA_VERSION
+
+    schema_version: int = ATTRIBUTION_SCHEMA_VERSION
+    model: str
+    condition: Condition
+    item: str
+    samples_budget: int = 1
+    severity: str  # "high_risk" | "unsafe"
+    cause: str
+    step: int | None = None
+    node: str | None = None
+    explanation: str
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        """Identity of the attributed response."""
+        return (self.model, str(self.condition), self.item, self.samples_budget)
+
+
+# ---------------------------------------------------------------- the manifest
+class ModelEntry(BaseModel):
+    """A model of the run as loaded: what was loaded and the weights' hash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: str
+    hash: str
+    context_length: int | None = None
+    layers: int | None = None
+
+
+class CorpusEntry(BaseModel):
+    """A corpus of the run: the config reference, its directory and content hash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ref: str
+    path: str | None = None
+    content_hash: str
+
+
+def _manifest_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "formulations": data.get("formulations", {})}
+
+
+class RunManifest(_Versioned):
+    """``manifest.json``: what a run was made with.
+
+    Attributes:
+        name: run name (the config's).
+        config_hash: hash of the resolved config (a run directory belongs to one).
+        created: ISO time the run directory was created.
+        packages: versions of the packages that matter.
+        git_revision: safescale's git revision when known.
+        seed: the run seed.
+        models: model name -> what was loaded (recorded when the model loads).
+        corpora: corpus name -> reference and content hash.
+        formulations: model -> corpus -> answer-formulation choice
+            (``{"chosen": str, "candidates": {...}, "calibration_items": [...]}``).
+
+    Versions: 1 had no ``formulations``; 2 adds it.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = MANIFEST_SCHEMA_VERSION
+    MIGRATIONS: ClassVar[dict[int, Migration]] = {1: _manifest_v1_to_v2}
+
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+    name: str
+    config_hash: str
+    created: str
+    packages: dict[str, str] = Field(default_factory=dict)
+    git_revision: str | None = None
+    seed: int = 0
+    models: dict[str, ModelEntry] = Field(default_factory=dict)
+    corpora: dict[str, CorpusEntry] = Field(default_factory=dict)
+    formulations: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name_slug(cls, value: str) -> str:
+        return check_slug(value, "run name")
+
+    @field_validator("models", "corpora")
+    @classmethod
+    def _keys_slug(cls, value: dict[str, Any], info: Any) -> dict[str, Any]:
+        what = "model name" if info.field_name == "models" else "corpus name"
+        for key in value:
+            check_slug(key, what)
+        return value
+
+
+# ---------------------------------------------------------------- derived reports
+class TriageReportRecord(_Versioned):
+    """One backbone x corpus triage report as stored in ``detection/triage.json`` (a
+    list of these). The detection layer's ``TriageReport`` writes this shape; the rows
+    stay plain dicts here so that reading them needs no detection import."""
+
+    SCHEMA_VERSION: ClassVar[int] = TRIAGE_SCHEMA_VERSION
+
+    schema_version: int = TRIAGE_SCHEMA_VERSION
+    backbone: str
+    model_hash: str
+    corpus: str | None = None
+    label_source: str
+    target_recall: float
+    seed: int
+    n_records: int
+    split_sizes: dict[str, int]
+    class_counts: dict[str, dict[str, int]]
+    rows: list[dict[str, Any]]
+    calibration: dict[str, Any] | None = None
+
+
+class MetricsReport(_Versioned):
+    """``metrics.json``: per-cell metrics with bootstrap CIs, comparisons, attribution
+    counts, triage results and validity checks (the sections stay plain data)."""
+
+    SCHEMA_VERSION: ClassVar[int] = METRICS_SCHEMA_VERSION
+
+    schema_version: int = METRICS_SCHEMA_VERSION
+    run: dict[str, Any]
+    settings: dict[str, Any] = Field(default_factory=dict)
+    definitions: dict[str, Any] = Field(default_factory=dict)
+    cells: list[dict[str, Any]] = Field(default_factory=list)
+    comparisons: list[dict[str, Any]] = Field(default_factory=list)
+    concentration: Any = None
+    attribution: list[dict[str, Any]] = Field(default_factory=list)
+    triage: list[dict[str, Any]] | None = None
+    validity: list[dict[str, Any]] = Field(default_factory=list)
