@@ -593,6 +593,7 @@ async function route() {
   app.replaceWith(fresh);
   document.body.dataset.view = view;
   document.body.dataset.ready = "1";
+  if (!document.body.dataset.readyMs) document.body.dataset.readyMs = performance.now().toFixed(1);
 }
 
 document.addEventListener("keydown", (event) => {
