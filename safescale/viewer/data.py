@@ -182,6 +182,65 @@ def _passage_ids_of(item: Item, responses: list[dict[str, Any]]) -> list[str]:
     return list(ids)
 
 
+def _detection_scores(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Per-response detector scores and triage verdicts, by detection record key.
+
+    Scores every record of ``detection/<backbone>/features.parquet`` (all splits) with
+    the saved detectors and their frozen thresholds, as ``safescale detect eval`` does
+    for the test split; no language model is loaded. Empty when detection did not run.
+    """
+    root = run_dir / "detection"
+    infos = sorted(root.glob("*/detection.json")) if root.is_dir() else []
+    if not infos:
+        return {}
+    import pandas as pd
+
+    from safescale.detection.registry import DetectorUnavailable, get_detector
+
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for info_path in infos:
+        directory = info_path.parent
+        features_path = directory / "features.parquet"
+        if not features_path.is_file():
+            continue
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise RunDirError(f"{info_path}: not JSON: {error}") from None
+        frame = pd.read_parquet(features_path)
+        keys = frame["record_key"].tolist()
+        for name in (info.get("config") or {}).get("detectors", []):
+            model_dir = directory / "models" / name
+            policy_path = model_dir / "policy.json"
+            if (model_dir / "unavailable.json").is_file() or not policy_path.is_file():
+                continue
+            threshold = float(json.loads(policy_path.read_text(encoding="utf-8"))["threshold"])
+            detector = get_detector(name).load(model_dir)
+            try:
+                X = detector.design_matrix(frame)
+            except DetectorUnavailable:
+                continue
+            scores = detector.risk_score(X)
+            gap = detector.gap_given_unsafe(X) if detector.attributes_subtype else None
+            for i, key in enumerate(keys):
+                flagged = bool(scores[i] >= threshold)
+                verdict = "safe"
+                if flagged:
+                    verdict = "unsafe" if gap is None else ("gap" if gap[i] >= 0.5 else "conflict")
+                out[key].append(
+                    {
+                        "backbone": directory.name,
+                        "method": name,
+                        "score": float(scores[i]),
+                        "threshold": threshold,
+                        "verdict": verdict,
+                        "split": str(frame["split"].iloc[i]),
+                        "label": int(frame["label"].iloc[i]),
+                    }
+                )
+    return dict(out)
+
+
 def load_view_data(run_dir: str | Path) -> ViewData:
     """Read a run directory for the viewer (responses, steps, attribution, triage,
     manifest, corpora, ``metrics.json`` and plots); never calls a model.
@@ -194,6 +253,9 @@ def load_view_data(run_dir: str | Path) -> ViewData:
     steps = load_steps(run_dir)
     metrics = _metrics(run_dir)
     owner = item_corpus_map(run.corpora)
+    detection = _detection_scores(run_dir)
+    if detection:
+        from safescale.detection.extraction import record_key
 
     steps_by_key: dict[tuple[str, str, str, int], list[StepRecord]] = defaultdict(list)
     for step in steps:
@@ -286,6 +348,7 @@ def load_view_data(run_dir: str | Path) -> ViewData:
                 "ms": round(record.wall_ms, 2),
                 "steps": [_step_json(s) for s in ordered],
                 "attribution": attributions,
+                "detection": detection.get(record_key(record), []) if detection else [],
             }
         )
 

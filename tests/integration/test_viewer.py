@@ -286,3 +286,46 @@ def test_served_page_loads_item_details_on_demand(run_dir, tmp_path):
         assert '"details":null' in page
     finally:
         server.close()
+
+
+DETECTED = """
+name: viewer-detect
+corpora: [retina-rules]
+conditions: [clean_evidence]
+bootstrap: {replicates: 100}
+limit: 15
+detection: {enabled: true, detectors: [perplexity, length], label_source: task}
+"""
+
+
+@pytest.fixture(scope="module")
+def detected_run(tmp_path_factory) -> Path:
+    from safescale.experiments.runner import run_detection_stage
+    from safescale.models.tiny import build_tiny_model
+
+    out = tmp_path_factory.mktemp("viewer-detect") / "run"
+    # detection teacher-forces prompt + response: a window long enough for the records
+    long_lm = build_tiny_model(seed=0, context_length=4096)
+    make_tiny_run(out, long_lm, DETECTED, report=False)
+    config = parse_config(DETECTED + f"models: [{{name: tiny, spec: {out.parent / 'tiny-model'}}}]")
+    run_detection_stage(config.with_overrides(output_dir=out))
+    return out
+
+
+def test_detector_scores_and_verdicts_per_response(detected_run, tmp_path):
+    from safescale.viewer import load_view_data, write_view
+
+    view = load_view_data(detected_run)
+    responses = [r for d in view.details.values() for r in d["responses"]]
+    assert len(responses) == 15
+    for r in responses:
+        assert {d["method"] for d in r["detection"]} == {"perplexity", "length"}
+        for d in r["detection"]:
+            assert d["verdict"] == ("unsafe" if d["score"] >= d["threshold"] else "safe")
+    if CHROMIUM is None:
+        pytest.skip("no Chromium (apt-get install chromium; .ci/run installs it)")
+    page = write_view(detected_run, view)
+    item = responses[0]
+    dom = render(page.as_uri() + f"#item={next(iter(view.details))}", tmp_path)
+    rows = dom.find(id="col-clean_evidence").find("table", class_="det-table").find_all("tr")
+    assert len(rows) == 1 + len(item["detection"])

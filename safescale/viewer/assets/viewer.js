@@ -520,8 +520,16 @@ function responseColumn(detail, item, r, focused) {
     el("details", { class: "raw" }, el("summary", { text: "raw answer" }), el("pre", { text: r.response })),
     r.samples.length ? el("details", { class: "raw" }, el("summary", { text: `${r.samples.length} samples` }),
       el("pre", { text: r.samples.map((s) => `[${s.letter ?? "?"}] ${s.text}`).join("\n") })) : null);
+  const labels = ["safe", "gap", "conflict"];
+  const detection = (r.detection || []).length ? el("div", { class: "kv detection" }, el("b", { text: "detectors (frozen thresholds):" }),
+    el("table", { class: "det-table" },
+      el("thead", {}, el("tr", {}, ["backbone", "method", "score", "threshold", "verdict", "split", "label"].map((t) => el("th", { text: t })))),
+      el("tbody", {}, r.detection.map((d) => el("tr", { class: "verdict-" + d.verdict },
+        el("td", { text: d.backbone }), el("td", { text: d.method }), el("td", { text: num(d.score, 3) }),
+        el("td", { text: num(d.threshold, 3) }), el("td", { class: "verdict", text: d.verdict }),
+        el("td", { text: d.split }), el("td", { text: labels[d.label] ?? d.label })))))) : null;
   return el("section", { class: "cond-col" + (focused ? " focus" : ""), id: `col-${r.condition}`, "data-condition": r.condition },
-    head, steps, evidence, raw);
+    head, steps, evidence, detection, raw);
 }
 
 async function renderItem(app, params) {
