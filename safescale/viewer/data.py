@@ -104,6 +104,12 @@ def _item_json(item: Item, corpus: str) -> dict[str, Any]:
         "category": item.category,
         "task": str(item.task) if item.task is not None else None,
         "evidence_id": item.evidence_id,
+    }
+
+
+def _item_extra(item: Item) -> dict[str, Any]:
+    """What only the item page needs (kept out of the item list)."""
+    return {
         "evidence": {"clean": item.evidence.clean, "conflict": item.evidence.conflict},
         "stance": {pid: {k: str(v) for k, v in opts.items()} for pid, opts in item.stance.items()},
     }
@@ -322,7 +328,9 @@ def load_view_data(run_dir: str | Path) -> ViewData:
             }
         )
         ordered = sorted(steps_by_key.get(key, []), key=lambda s: s.step)
-        detail = details.setdefault(record.item, {"item": record.item, "responses": []})
+        detail = details.setdefault(
+            record.item, {"item": record.item, **_item_extra(item), "responses": []}
+        )
         detail["responses"].append(
             {
                 "model": record.model,

@@ -568,6 +568,7 @@ async function renderItem(app, params) {
     box.replaceChildren(el("p", { class: "note", text: String(error) }));
     return;
   }
+  const full = { ...item, stance: detail.stance, evidence: detail.evidence };
   const models = [...new Set(detail.responses.map((r) => r.model))];
   const budgets = [...new Set(detail.responses.map((r) => String(r.budget)))];
   const model = params.get("model") && models.includes(params.get("model")) ? params.get("model") : models[0];
@@ -576,7 +577,7 @@ async function renderItem(app, params) {
     models.map((m) => budgets.map((b) => el("a", { class: m === model && b === budget ? "on" : "", href: linkTo({ ...f, item: id, model: m, budget: b }), text: `${m} ${b}x` })))) : null;
   const focus = params.get("condition");
   const cols = detail.responses.filter((r) => r.model === model && String(r.budget) === budget)
-    .map((r) => responseColumn(detail, item, r, r.condition === focus));
+    .map((r) => responseColumn(detail, full, r, r.condition === focus));
   box.replaceChildren(...[switcher, el("div", { class: "columns", id: "columns" }, cols)].filter(Boolean));
   if (focus) {
     const col = document.getElementById(`col-${focus}`);
