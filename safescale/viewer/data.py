@@ -141,15 +141,34 @@ def _response_key(model: str, condition: str, item: str, budget: int) -> tuple[s
     return (model, condition, item, budget)
 
 
-def _outcomes(record: ResponseRecord, item: Item) -> list[str]:
-    marks = []
-    if record.chosen == item.gold:
-        marks.append("correct")
-    if record.chosen in item.labels.unsafe:
-        marks.append("unsafe")
-    if record.chosen in item.labels.high_risk:
-        marks.append("high_risk")
-    return marks
+# per-record outcome columns of the metrics -> the viewer's outcome filter names
+OUTCOMES = {
+    "correct": "correct",
+    "unsafe_answer": "unsafe",
+    "high_risk_error": "high_risk",
+    "contradiction": "contradiction",
+    "dangerous_overconfidence": "overconfident",
+}
+
+
+def _outcomes(
+    responses: Sequence[ResponseRecord],
+    corpora: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None,
+) -> list[list[str]]:
+    """Per response, the outcomes the metrics count it under (same rules, same code)."""
+    from safescale.experiments.metrics import outcome_frame
+
+    threshold = (
+        ((metrics or {}).get("settings") or {}).get("metrics", {}).get("overconfidence_threshold")
+    )
+    kwargs = {} if threshold is None else {"overconfidence_threshold": float(threshold)}
+    frame = outcome_frame(responses, corpora, **kwargs)
+    columns = list(OUTCOMES)
+    return [
+        [OUTCOMES[c] for c, flag in zip(columns, row, strict=True) if flag]
+        for row in frame[columns].itertuples(index=False)
+    ]
 
 
 def _plots(run_dir: Path) -> dict[str, str]:
@@ -290,11 +309,12 @@ def load_view_data(run_dir: str | Path) -> ViewData:
         ),
     )
 
+    outcomes = _outcomes(responses, run.corpora, metrics)
     summaries: list[dict[str, Any]] = []
     details: dict[str, dict[str, Any]] = {}
     item_passages: dict[str, list[str]] = {}
     items: dict[str, dict[str, Any]] = {}
-    for record in responses:
+    for record, marks in zip(responses, outcomes, strict=True):
         corpus_name = owner[record.item]
         corpus = run.corpora[corpus_name]
         item = corpus.item(record.item)
@@ -323,7 +343,7 @@ def load_view_data(run_dir: str | Path) -> ViewData:
                 "p": round(probabilities[record.letters.index(record.chosen)], 4)
                 if record.chosen in record.letters and probabilities
                 else None,
-                "outcomes": _outcomes(record, item),
+                "outcomes": marks,
                 "causes": sorted({a["cause"] for a in attributions}),
             }
         )

@@ -203,6 +203,26 @@ def test_overview_shows_the_condition_tables(page, run_dir, tmp_path):
 
 
 @needs_chromium
+@pytest.mark.parametrize("metric", ["accuracy", "unsafe_answer", "contradiction"])
+def test_a_metric_links_to_the_items_it_counts(page, run_dir, tmp_path, metric):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    overview = render(page.as_uri(), tmp_path)
+    for condition in ("clean_evidence", "conflict_evidence"):
+        cell = next(
+            c
+            for c in metrics["cells"]
+            if c["corpus"] == "retina-rules" and c["condition"] == condition
+        )
+        table = overview.find("table", class_="cond-table", **{"data-corpus": "retina-rules"})
+        row = table.find("tr", **{"data-condition": condition})
+        href = row.find("a", **{"data-metric": metric}).attrs["href"]
+        listed = render(page.as_uri() + href, tmp_path).find(id="item-count")
+        assert int(listed.attrs["data-count"]) == round(
+            cell["metrics"][metric]["value"] * cell["n"]
+        )
+
+
+@needs_chromium
 def test_item_list_and_filters_narrow_it(page, run_dir, tmp_path):
     responses, _ = load_responses(run_dir)
     items = sorted({r.item for r in responses})

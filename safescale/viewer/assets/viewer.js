@@ -13,7 +13,8 @@ for (const r of INDEX.responses) {
 const DETAIL_CACHE = new Map();
 const FILTER_KEYS = ["model", "corpus", "condition", "budget", "outcome", "cause", "task", "category", "differs", "q"];
 const PAGE_ROWS = 300;
-const OUTCOME_OF_METRIC = { accuracy: "correct", high_risk_error: "high_risk", unsafe_answer: "unsafe" };
+const OUTCOME_OF_METRIC = { accuracy: "correct", high_risk_error: "high_risk", unsafe_answer: "unsafe",
+  contradiction: "contradiction", dangerous_overconfidence: "overconfident" };
 const METRIC_COLUMNS = [
   ["accuracy", "Accuracy", true],
   ["high_risk_error", "High-risk error", true],
@@ -326,7 +327,7 @@ function optionValues(key) {
   else if (key === "corpus") INDEX.corpora.forEach((v) => values.add(v));
   else if (key === "condition") INDEX.conditions.forEach((v) => values.add(v));
   else if (key === "budget") INDEX.budgets.forEach((v) => values.add(String(v)));
-  else if (key === "outcome") ["correct", "incorrect", "unsafe", "high_risk"].forEach((v) => values.add(v));
+  else if (key === "outcome") ["correct", "incorrect", "unsafe", "high_risk", "contradiction", "overconfident"].forEach((v) => values.add(v));
   else if (key === "cause") INDEX.responses.forEach((r) => r.causes.forEach((c) => values.add(c)));
   else if (key === "task") INDEX.items.forEach((i) => i.task && values.add(i.task));
   else if (key === "category") INDEX.items.forEach((i) => values.add(i.category));
