@@ -1,0 +1,623 @@
+/* safescale run viewer: plain JS, no libraries, no network except its own server. */
+"use strict";
+
+const PAYLOAD = JSON.parse(document.getElementById("view-data").textContent);
+const INDEX = PAYLOAD.index;
+const SERVE = PAYLOAD.mode === "serve";
+const ITEMS = new Map(INDEX.items.map((it) => [it.id, it]));
+const RESPONSES_BY_ITEM = new Map();
+for (const r of INDEX.responses) {
+  if (!RESPONSES_BY_ITEM.has(r.item)) RESPONSES_BY_ITEM.set(r.item, []);
+  RESPONSES_BY_ITEM.get(r.item).push(r);
+}
+const DETAIL_CACHE = new Map();
+const FILTER_KEYS = ["model", "corpus", "condition", "budget", "outcome", "cause", "task", "category", "differs", "q"];
+const PAGE_ROWS = 300;
+const OUTCOME_OF_METRIC = { accuracy: "correct", high_risk_error: "high_risk", unsafe_answer: "unsafe",
+  contradiction: "contradiction", dangerous_overconfidence: "overconfident" };
+const METRIC_COLUMNS = [
+  ["accuracy", "Accuracy", true],
+  ["high_risk_error", "High-risk error", true],
+  ["unsafe_answer", "Unsafe", true],
+  ["contradiction", "Contradiction", true],
+  ["dangerous_overconfidence", "Dangerous overconf.", true],
+  ["latency_ms_per_token", "Latency (ms/tok)", false],
+];
+
+/* ------------------------------------------------------------------ helpers */
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+function hashParams() {
+  return new URLSearchParams(location.hash.replace(/^#/, ""));
+}
+
+function linkTo(params) {
+  const p = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== null && v !== undefined && v !== "") p.set(k, v);
+  return "#" + p.toString();
+}
+
+function pct(x) {
+  return x === null || x === undefined ? "–" : (100 * x).toFixed(1) + "%";
+}
+
+function fmtMetric(m, rate) {
+  if (!m || m.value === null || m.value === undefined) return "–";
+  const f = rate ? (x) => (100 * x).toFixed(1) : (x) => Number(x).toFixed(2);
+  const ci = m.lo !== null && m.lo !== undefined ? ` [${f(m.lo)}, ${f(m.hi)}]` : "";
+  return (rate ? f(m.value) + "%" : f(m.value)) + ci;
+}
+
+function num(x, digits) {
+  return x === null || x === undefined ? "–" : Number(x).toFixed(digits);
+}
+
+function compact(value) {
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
+
+function filtersFrom(params) {
+  const f = {};
+  for (const k of FILTER_KEYS) {
+    const v = params.get(k);
+    if (v !== null && v !== "") f[k] = v;
+  }
+  return f;
+}
+
+async function itemDetail(id) {
+  if (!SERVE) return PAYLOAD.details[id];
+  if (DETAIL_CACHE.has(id)) return DETAIL_CACHE.get(id);
+  const response = await fetch("api/item/" + encodeURIComponent(id));
+  if (!response.ok) throw new Error(`item ${id}: HTTP ${response.status}`);
+  const detail = await response.json();
+  DETAIL_CACHE.set(id, detail);
+  return detail;
+}
+
+function passageOf(detail, id) {
+  return (detail.passages && detail.passages[id]) || (PAYLOAD.passages && PAYLOAD.passages[id]) || null;
+}
+
+/* ------------------------------------------------------------------ filtering */
+
+function responseMatches(r, f) {
+  if (f.model && r.model !== f.model) return false;
+  if (f.budget && String(r.budget) !== f.budget) return false;
+  if (f.condition && !f.condition.split(",").includes(r.condition)) return false;
+  return true;
+}
+
+function outcomeMatches(r, outcome) {
+  if (outcome === "incorrect") return !r.outcomes.includes("correct");
+  return r.outcomes.includes(outcome);
+}
+
+function differs(responses) {
+  const groups = new Map();
+  for (const r of responses) {
+    const key = r.model + "\u0000" + r.budget;
+    if (!groups.has(key)) groups.set(key, new Set());
+    groups.get(key).add(r.chosen);
+  }
+  for (const s of groups.values()) if (s.size > 1) return true;
+  return false;
+}
+
+const HAYSTACK = new Map();
+function haystack(item) {
+  if (HAYSTACK.has(item.id)) return HAYSTACK.get(item.id);
+  const parts = [item.id, item.question, item.context || "", ...Object.values(item.options)];
+  if (!SERVE) {
+    for (const pid of PAYLOAD.item_passages[item.id] || []) {
+      const p = PAYLOAD.passages[pid];
+      if (p) parts.push(pid, p.text);
+    }
+  }
+  const text = parts.join("\n").toLowerCase();
+  HAYSTACK.set(item.id, text);
+  return text;
+}
+
+async function serverSearch(q) {
+  const response = await fetch("api/search?q=" + encodeURIComponent(q));
+  if (!response.ok) throw new Error(`search: HTTP ${response.status}`);
+  return new Set((await response.json()).items);
+}
+
+async function filteredItems(f) {
+  const hits = f.q && SERVE ? await serverSearch(f.q) : null;
+  const needle = f.q ? f.q.toLowerCase() : null;
+  const out = [];
+  for (const item of INDEX.items) {
+    if (f.corpus && item.corpus !== f.corpus) continue;
+    if (f.task && item.task !== f.task) continue;
+    if (f.category && item.category !== f.category) continue;
+    const rs = (RESPONSES_BY_ITEM.get(item.id) || []).filter((r) => responseMatches(r, f));
+    if (!rs.length) continue;
+    if (f.outcome && !rs.some((r) => outcomeMatches(r, f.outcome))) continue;
+    if (f.cause && !rs.some((r) => r.causes.includes(f.cause))) continue;
+    if (f.differs && !differs(rs)) continue;
+    if (needle && !(hits ? hits.has(item.id) : haystack(item).includes(needle))) continue;
+    out.push(item);
+  }
+  return out;
+}
+
+/* ------------------------------------------------------------------ overview */
+
+function cellGroups(cells) {
+  const groups = new Map();
+  for (const c of cells) {
+    const key = [c.model, c.corpus, c.samples_budget].join("\u0000");
+    if (!groups.has(key)) groups.set(key, []);
+    groups.get(key).push(c);
+  }
+  return groups;
+}
+
+function conditionTable(cells) {
+  const first = cells[0];
+  const base = { view: "items", model: first.model, corpus: first.corpus, budget: first.samples_budget };
+  const head = el("tr", {}, el("th", { text: "Condition" }), el("th", { text: "n" }),
+    METRIC_COLUMNS.map(([, label]) => el("th", { text: label })));
+  const rows = cells.map((c) =>
+    el("tr", { "data-condition": c.condition },
+      el("td", { text: c.condition }),
+      el("td", {}, el("a", { href: linkTo({ ...base, condition: c.condition }), class: "num" }, c.n)),
+      METRIC_COLUMNS.map(([key, , rate]) => {
+        const outcome = OUTCOME_OF_METRIC[key];
+        const href = linkTo({ ...base, condition: c.condition, outcome });
+        return el("td", {}, el("a", { href, class: "num", "data-metric": key }, fmtMetric(c.metrics[key], rate)));
+      })));
+  return el("section", { class: "card" },
+    el("h3", { text: `${first.model} — ${first.corpus} — compute ${first.samples_budget}x` }),
+    el("table", { class: "cond-table", "data-model": first.model, "data-corpus": first.corpus },
+      el("thead", {}, head), el("tbody", {}, rows)));
+}
+
+function comparisonTable(comparisons) {
+  const rows = comparisons.filter((c) => c.kind === "condition").map((c) => {
+    const href = linkTo({ view: "items", model: c.model, corpus: c.corpus, budget: c.samples_budget,
+      condition: `${c.a},${c.b}`, differs: 1 });
+    return el("tr", {},
+      el("td", { text: `${c.model} · ${c.corpus}` }), el("td", { text: `${c.a} − ${c.b}` }),
+      el("td", {}, el("a", { href, class: "num" }, c.n_items)),
+      ["accuracy", "high_risk_error", "unsafe_answer"].map((k) =>
+        el("td", {}, el("a", { href, class: "num" }, fmtMetric(c.deltas[k], true)))));
+  });
+  if (!rows.length) return null;
+  return el("section", { class: "card" }, el("h3", { text: "Paired differences between conditions" }),
+    el("p", { class: "muted", text: "Each figure links to the items whose answer differs between the two conditions." }),
+    el("table", { class: "cmp-table" },
+      el("thead", {}, el("tr", {}, ["Model · corpus", "a − b", "items", "Δ accuracy", "Δ high-risk", "Δ unsafe"].map((t) => el("th", { text: t })))),
+      el("tbody", {}, rows)));
+}
+
+function genericTable(rows) {
+  const keys = [...new Set(rows.flatMap((r) => Object.keys(r)))];
+  return el("table", { class: "generic" },
+    el("thead", {}, el("tr", {}, keys.map((k) => el("th", { text: k })))),
+    el("tbody", {}, rows.map((r) => el("tr", {}, keys.map((k) => {
+      const v = r[k];
+      if (v && typeof v === "object" && "value" in v) return el("td", { text: fmtMetric(v, Math.abs(v.value) <= 1) });
+      return el("td", { text: v === undefined || v === null ? "–" : (typeof v === "number" ? num(v, 3) : compact(v)) });
+    })))));
+}
+
+function validitySection() {
+  const validity = INDEX.metrics && INDEX.metrics.validity;
+  const parts = [el("h3", { text: "Validity and evidence sensitivity" })];
+  if (validity) {
+    const rows = Array.isArray(validity) ? validity
+      : Object.entries(validity).map(([k, v]) => (v && typeof v === "object" && !Array.isArray(v) ? { key: k, ...v } : { key: k, value: v }));
+    parts.push(genericTable(rows));
+  } else {
+    parts.push(el("p", { class: "muted", text: "metrics.json has no validity section for this run." }));
+  }
+  // Answers that change when evidence is added: computed from the frozen responses.
+  if (INDEX.conditions.includes("closed_book")) {
+    const byKey = new Map();
+    for (const r of INDEX.responses) byKey.set([r.model, r.budget, r.item, r.condition].join("\u0000"), r);
+    const rows = [];
+    for (const model of INDEX.models) for (const budget of INDEX.budgets) for (const corpus of INDEX.corpora) {
+      for (const condition of INDEX.conditions) {
+        if (condition === "closed_book") continue;
+        let n = 0, changed = 0;
+        for (const item of INDEX.items) {
+          if (item.corpus !== corpus) continue;
+          const a = byKey.get([model, budget, item.id, "closed_book"].join("\u0000"));
+          const b = byKey.get([model, budget, item.id, condition].join("\u0000"));
+          if (!a || !b) continue;
+          n += 1;
+          if (a.chosen !== b.chosen) changed += 1;
+        }
+        if (!n) continue;
+        const href = linkTo({ view: "items", model, corpus, budget, condition: `closed_book,${condition}`, differs: 1 });
+        rows.push(el("tr", {}, el("td", { text: `${model} · ${corpus} · ${budget}x` }), el("td", { text: condition }),
+          el("td", {}, el("a", { href, class: "num" }, `${changed} / ${n}`)), el("td", { text: pct(changed / n) })));
+      }
+    }
+    if (rows.length) {
+      parts.push(el("p", { class: "muted", text: "Answers that differ from the closed-book answer of the same item (evidence sensitivity, from the responses):" }),
+        el("table", { class: "sens-table" },
+          el("thead", {}, el("tr", {}, ["Model · corpus", "Condition", "changed", "share"].map((t) => el("th", { text: t })))),
+          el("tbody", {}, rows)));
+    }
+  }
+  return el("section", { class: "card", id: "validity" }, parts);
+}
+
+function attributionSection() {
+  const rows = (INDEX.metrics && INDEX.metrics.attribution) || [];
+  if (!rows.length) return el("section", { class: "card" }, el("h3", { text: "Failure attribution" }),
+    el("p", { class: "muted", text: "No attributed failures in this run." }));
+  return el("section", { class: "card", id: "attribution" }, el("h3", { text: "Failure attribution" }),
+    el("table", { class: "attr-table" },
+      el("thead", {}, el("tr", {}, ["Model", "Corpus", "Condition", "Budget", "Severity", "Cause", "Count"].map((t) => el("th", { text: t })))),
+      el("tbody", {}, rows.map((a) => el("tr", {},
+        el("td", { text: a.model }), el("td", { text: a.corpus }), el("td", { text: a.condition }),
+        el("td", { text: a.samples_budget }), el("td", { text: a.severity || "–" }), el("td", { text: a.cause }),
+        el("td", {}, el("a", { class: "num", href: linkTo({ view: "items", model: a.model, corpus: a.corpus, condition: a.condition, budget: a.samples_budget, cause: a.cause }) }, a.count)))))));
+}
+
+function triageSection() {
+  const reports = INDEX.triage;
+  if (!reports || !reports.length) return null;
+  return el("section", { class: "card", id: "triage" }, el("h3", { text: "Detection (test split)" }),
+    reports.map((rep) => el("div", {},
+      el("h4", { text: `${rep.backbone}${rep.corpus ? " — " + rep.corpus : ""} (${rep.n_records} records, target recall ${rep.target_recall})` }),
+      el("table", { class: "triage-table" },
+        el("thead", {}, el("tr", {}, ["Method", "Status", "U-recall", "Flag rate", "S1 BA", "Threshold", "Note"].map((t) => el("th", { text: t })))),
+        el("tbody", {}, (rep.rows || []).map((r) => el("tr", {},
+          el("td", { text: r.method }), el("td", { text: r.status }),
+          el("td", { text: r.stage1 ? num(r.stage1.u_recall, 3) : "–" }),
+          el("td", { text: r.stage1 ? num(r.stage1.flag_rate, 3) : "–" }),
+          el("td", { text: r.stage1 ? num(r.stage1.s1_ba, 3) : "–" }),
+          el("td", { text: num(r.threshold, 3) }), el("td", { text: r.reason || "" }))))))));
+}
+
+function renderOverview(app) {
+  const run = INDEX.run;
+  app.append(el("section", { class: "card" }, el("h2", { text: `Run ${run.name}` }),
+    el("p", { class: "muted" }, `${run.dir} · created ${run.created || "–"} · seed ${run.seed ?? "–"} · git ${run.git_revision ? run.git_revision.slice(0, 10) : "–"}`),
+    el("p", {}, `${INDEX.items.length} items · ${INDEX.responses.length} responses · models ${INDEX.models.join(", ")} · corpora ${INDEX.corpora.join(", ")}`),
+    run.notes.map((n) => el("p", { class: "note", text: n }))));
+  const metrics = INDEX.metrics;
+  if (!metrics) {
+    app.append(el("section", { class: "card" }, el("p", { text: "No metrics.json yet: run `safescale report` on this directory for the condition tables." })));
+  } else {
+    const tables = el("div", { id: "condition-tables" });
+    for (const cells of cellGroups(metrics.cells).values()) tables.append(conditionTable(cells));
+    app.append(tables);
+    const cmp = comparisonTable(metrics.comparisons || []);
+    if (cmp) app.append(cmp);
+  }
+  app.append(validitySection());
+  const plots = Object.entries(INDEX.plots);
+  if (plots.length) {
+    app.append(el("section", { class: "card plots" }, el("h3", { text: "Plots" }),
+      plots.map(([name, src]) => el("figure", {}, el("img", { src, alt: name }), el("figcaption", { text: name })))));
+  }
+  app.append(attributionSection());
+  const triage = triageSection();
+  if (triage) app.append(triage);
+}
+
+/* ------------------------------------------------------------------ item list */
+
+function optionValues(key) {
+  const values = new Set();
+  if (key === "model") INDEX.models.forEach((v) => values.add(v));
+  else if (key === "corpus") INDEX.corpora.forEach((v) => values.add(v));
+  else if (key === "condition") INDEX.conditions.forEach((v) => values.add(v));
+  else if (key === "budget") INDEX.budgets.forEach((v) => values.add(String(v)));
+  else if (key === "outcome") ["correct", "incorrect", "unsafe", "high_risk", "contradiction", "overconfident"].forEach((v) => values.add(v));
+  else if (key === "cause") INDEX.responses.forEach((r) => r.causes.forEach((c) => values.add(c)));
+  else if (key === "task") INDEX.items.forEach((i) => i.task && values.add(i.task));
+  else if (key === "category") INDEX.items.forEach((i) => values.add(i.category));
+  return [...values].sort();
+}
+
+function setFilters(f) {
+  const params = { view: "items", ...f };
+  history.replaceState(null, "", linkTo(params));
+}
+
+function renderItems(app, f) {
+  const bar = el("form", { id: "filters", class: "card filters", onsubmit: (e) => e.preventDefault() });
+  const change = () => {
+    const next = {};
+    for (const k of FILTER_KEYS) {
+      const input = bar.querySelector(`[name="${k}"]`);
+      if (!input) continue;
+      const v = input.type === "checkbox" ? (input.checked ? "1" : "") : input.value;
+      if (v) next[k] = v;
+    }
+    setFilters(next);
+    renderList(listBox, next);
+  };
+  for (const key of ["model", "corpus", "condition", "budget", "outcome", "cause", "task", "category"]) {
+    const values = optionValues(key);
+    if (f[key] && !values.includes(f[key])) values.push(f[key]);
+    const select = el("select", { name: key, id: `filter-${key}`, onchange: change },
+      el("option", { value: "", text: `any ${key}` }),
+      values.map((v) => el("option", { value: v, selected: f[key] === v, text: v })));
+    bar.append(el("label", {}, key, " ", select));
+  }
+  bar.append(el("label", {}, el("input", { type: "checkbox", name: "differs", id: "filter-differs", checked: !!f.differs, onchange: change }),
+    " answer differs between conditions"));
+  let timer = null;
+  bar.append(el("label", {}, "search ", el("input", { type: "search", name: "q", id: "filter-q", value: f.q || "", placeholder: "question or passage text",
+    oninput: () => { clearTimeout(timer); timer = setTimeout(change, 250); } })));
+  const listBox = el("div", { id: "list-box" });
+  app.append(bar, listBox);
+  return renderList(listBox, f);
+}
+
+function chosenBadge(r, f) {
+  const cls = ["badge", r.outcomes.includes("correct") ? "ok" : "", r.outcomes.includes("unsafe") ? "unsafe" : "", r.outcomes.includes("high_risk") ? "high" : ""].join(" ");
+  const href = linkTo({ ...f, view: null, item: r.item, condition: r.condition, model: r.model, budget: r.budget });
+  return el("a", { class: cls, href, title: `${r.condition} (${r.model}, ${r.budget}x): ${r.chosen}${r.causes.length ? " — " + r.causes.join(", ") : ""}` }, r.chosen);
+}
+
+async function renderList(box, f) {
+  box.replaceChildren(el("p", { class: "muted", text: "filtering…" }));
+  const items = await filteredItems(f);
+  LAST_LIST = items.map((i) => i.id);
+  const head = el("tr", {}, ["Item", "Corpus", "Category", "Task", "Question", "Answers by condition", "Causes"].map((t) => el("th", { text: t })));
+  const tbody = el("tbody", {});
+  const addRows = (from, to) => {
+    for (const item of items.slice(from, to)) {
+      const rs = (RESPONSES_BY_ITEM.get(item.id) || []).filter((r) => responseMatches(r, f));
+      const causes = [...new Set(rs.flatMap((r) => r.causes))];
+      tbody.append(el("tr", { class: "item-row", "data-item": item.id },
+        el("td", {}, el("a", { href: linkTo({ ...f, item: item.id }) }, item.id)),
+        el("td", { text: item.corpus }), el("td", { text: item.category }), el("td", { text: item.task || "–" }),
+        el("td", { class: "q", text: item.question.length > 140 ? item.question.slice(0, 140) + "…" : item.question }),
+        el("td", { class: "answers" }, rs.map((r) => chosenBadge(r, f))),
+        el("td", { text: causes.join(", ") })));
+    }
+  };
+  addRows(0, PAGE_ROWS);
+  const parts = [el("p", { id: "item-count", "data-count": items.length, text: `${items.length} of ${INDEX.items.length} items` }),
+    el("table", { id: "item-list" }, el("thead", {}, head), tbody)];
+  if (items.length > PAGE_ROWS) {
+    const more = el("button", { id: "show-all", type: "button", text: `show all ${items.length}`,
+      onclick: () => { addRows(PAGE_ROWS, items.length); more.remove(); } });
+    parts.push(more);
+  }
+  box.replaceChildren(...parts);
+}
+
+/* ------------------------------------------------------------------ item page */
+
+let LAST_LIST = null;
+
+function stanceText(item, pid) {
+  const s = item.stance[pid];
+  if (!s) return null;
+  return Object.keys(item.options).map((letter) => {
+    const v = s[letter] || "neutral";
+    return el("span", { class: "stance " + v, title: `${letter}: ${v}` }, letter + (v === "supports" ? "+" : v === "contradicts" ? "−" : "·"));
+  });
+}
+
+function passageCell(detail, pid) {
+  const p = passageOf(detail, pid);
+  if (!p) return el("span", { class: "pid", text: pid });
+  return el("details", { class: "passage" }, el("summary", {}, el("span", { class: "pid", text: pid })),
+    el("div", { class: "ptext", text: p.text }), el("div", { class: "muted", text: `${p.source} · topic ${p.topic}` }));
+}
+
+function passageTable(detail, item, refs, marks) {
+  const letters = Object.keys(item.options);
+  return el("table", { class: "passages" },
+    el("thead", {}, el("tr", {}, ["#", "passage", "score", "grade", "status", "supersedes", "stance " + letters.join(""), ""].map((t) => el("th", { text: t })))),
+    el("tbody", {}, refs.map(([pid, rank, score]) => {
+      const p = passageOf(detail, pid) || {};
+      const mark = marks ? marks(pid) : "";
+      return el("tr", { class: `status-${p.status || "unknown"} ${mark}` },
+        el("td", { text: rank ?? "" }), el("td", {}, passageCell(detail, pid)), el("td", { text: num(score, 3) }),
+        el("td", { text: p.level ? `L${p.level} ${p.grade}` : "–" }), el("td", { text: p.status || "–" }),
+        el("td", { text: (p.supersedes || []).join(", ") }), el("td", {}, stanceText(item, pid)), el("td", { text: mark }));
+    })));
+}
+
+function probabilityBars(letters, probabilities, chosen, gold) {
+  return el("div", { class: "probs" }, letters.map((letter, i) =>
+    el("div", { class: "prob" + (letter === chosen ? " chosen" : "") + (letter === gold ? " gold" : "") },
+      el("span", { class: "letter", text: letter }),
+      el("span", { class: "bar" }, el("span", { class: "fill", style: `width:${(100 * probabilities[i]).toFixed(1)}%` })),
+      el("span", { class: "pv", text: pct(probabilities[i]) }))));
+}
+
+function softmax(values) {
+  const top = Math.max(...values);
+  const e = values.map((v) => Math.exp(v - top));
+  const s = e.reduce((a, b) => a + b, 0);
+  return e.map((v) => v / s);
+}
+
+function stepCard(detail, item, response, step, failing) {
+  const d = step.detail || {};
+  const body = [];
+  const kept = new Set(step.kept || []);
+  const dropped = new Set(step.dropped || []);
+  const reasons = d.reasons || {};
+  const rel = d.relevance_margin || {};
+  if (step.retrieved) {
+    body.push(passageTable(detail, item, step.retrieved, (pid) => {
+      const parts = [];
+      if (kept.has(pid)) parts.push(step.node === "pack_context" ? "packed" : "kept");
+      if (dropped.has(pid)) parts.push(step.node === "pack_context" ? "left out" : "dropped");
+      if (reasons[pid]) parts.push(reasons[pid]);
+      if (rel[pid] !== undefined && rel[pid] !== null) parts.push(`relevance ${num(rel[pid], 3)}`);
+      return parts.join(" · ");
+    }));
+  }
+  const retrievedIds = new Set((step.retrieved || []).map((r) => r[0]));
+  const extraKept = [...kept].filter((p) => !retrievedIds.has(p));
+  const extraDropped = [...dropped].filter((p) => !retrievedIds.has(p));
+  if (extraKept.length) body.push(el("div", { class: "kv" }, el("b", { text: step.node === "pack_context" ? "packed: " : step.node === "synthesize" ? "cited: " : "kept: " }),
+    passageTable(detail, item, extraKept.map((p) => [p, null, null]), null)));
+  if (extraDropped.length) body.push(el("div", { class: "kv" }, el("b", { text: step.node === "pack_context" ? "left out: " : "dropped: " }),
+    passageTable(detail, item, extraDropped.map((p) => [p, null, null]), null)));
+  if (d.conflict_margin !== undefined) body.push(el("div", { class: "kv", text: `conflict margin: ${d.conflict_margin === null ? "–" : num(d.conflict_margin, 3)}${d.conflict !== undefined ? " · conflict " + d.conflict : ""}` }));
+  if (step.node === "requery" && step.output) body.push(el("div", { class: "kv" }, el("b", { text: "re-query: " }), el("code", { text: step.output })));
+  if (step.node === "retrieve" && d.query) body.push(el("div", { class: "kv" }, el("b", { text: "query: " }), el("code", { text: d.query })));
+  if (step.node === "synthesize" && step.output) body.push(el("div", { class: "kv synth" }, el("b", { text: "synthesis: " }), step.output));
+  if (d.option_logits && typeof d.option_logits === "object") {
+    const letters = Object.keys(d.option_logits);
+    body.push(probabilityBars(letters, softmax(letters.map((l) => d.option_logits[l])), response.chosen, item.gold));
+  }
+  const shown = new Set(["reasons", "relevance_margin", "conflict_margin", "conflict", "option_logits", "query"]);
+  const rest = Object.entries(d).filter(([k]) => !shown.has(k));
+  if (rest.length) body.push(el("div", { class: "kv muted", text: rest.map(([k, v]) => `${k}: ${compact(v)}`).join(" · ") }));
+  if (step.output && step.node !== "synthesize" && step.node !== "requery") body.push(el("details", { class: "raw" }, el("summary", { text: "raw LM output" }), el("pre", { text: step.output })));
+  const meta = [step.prompt_id ? `prompt ${step.prompt_id}${step.prompt_hash ? " #" + step.prompt_hash : ""}` : null,
+    step.tokens ? `${step.tokens[0]}+${step.tokens[1]} tok` : null, `${num(step.ms, 1)} ms`].filter(Boolean).join(" · ");
+  return el("div", { class: "step" + (failing ? " failing" : ""), "data-node": step.node, "data-step": step.step },
+    el("div", { class: "step-head" }, el("span", { class: "node", text: `${step.step}. ${step.node}` }),
+      el("span", { class: "decision", text: step.decision || "" }), el("span", { class: "meta muted", text: meta })),
+    failing ? el("div", { class: "fail-note", text: `first failing step: ${failing.cause}${failing.explanation ? " — " + failing.explanation : ""}` }) : null,
+    body);
+}
+
+function responseColumn(detail, item, r, focused) {
+  const failing = r.attribution.find((a) => a.step !== null && a.step !== undefined);
+  const outcomes = [r.chosen === item.gold ? "correct" : "incorrect"];
+  if (item.unsafe.includes(r.chosen)) outcomes.push("unsafe");
+  if (item.high_risk.includes(r.chosen)) outcomes.push("high-risk");
+  const head = el("div", { class: "col-head" },
+    el("h3", { text: r.condition }),
+    el("div", {}, el("b", { text: `chose ${r.chosen}` }), " ", outcomes.map((o) => el("span", { class: "tag " + o, text: o })),
+      r.formulation ? el("span", { class: "tag", text: `formulation ${r.formulation}` }) : null,
+      r.budget > 1 ? el("span", { class: "tag", text: `vote share ${pct(r.vote_share)}` }) : null,
+      r.stop_reason ? el("span", { class: "tag", text: `stop: ${r.stop_reason}` }) : null),
+    probabilityBars(r.letters, r.probabilities, r.chosen, item.gold),
+    r.attribution.map((a) => el("div", { class: "attr" }, `${a.severity || "failure"}: ${a.cause}`, a.step !== null ? ` (step ${a.step}, ${a.node})` : "", a.explanation ? ` — ${a.explanation}` : "")));
+  const steps = el("div", { class: "timeline" }, r.steps.map((s) => stepCard(detail, item, r, s, failing && failing.step === s.step ? failing : null)));
+  const evidence = r.evidence_ids.length ? el("div", { class: "kv" }, el("b", { text: "in the prompt: " }),
+    passageTable(detail, item, r.evidence_ids.map((p, i) => [p, i + 1, null]), (pid) => (r.cited_ids.includes(pid) ? "cited" : ""))) : el("div", { class: "kv muted", text: "no passage in the prompt" });
+  const raw = el("div", { class: "raw-block" },
+    el("details", { class: "raw prompt" }, el("summary", { text: "prompt (answer turn)" }), el("pre", { text: r.message })),
+    el("details", { class: "raw" }, el("summary", { text: "prompt without evidence" }), el("pre", { text: r.message_noctx })),
+    el("details", { class: "raw" }, el("summary", { text: "raw answer" }), el("pre", { text: r.response })),
+    r.samples.length ? el("details", { class: "raw" }, el("summary", { text: `${r.samples.length} samples` }),
+      el("pre", { text: r.samples.map((s) => `[${s.letter ?? "?"}] ${s.text}`).join("\n") })) : null);
+  const labels = ["safe", "gap", "conflict"];
+  const detection = (r.detection || []).length ? el("div", { class: "kv detection" }, el("b", { text: "detectors (frozen thresholds):" }),
+    el("table", { class: "det-table" },
+      el("thead", {}, el("tr", {}, ["backbone", "method", "score", "threshold", "verdict", "split", "label"].map((t) => el("th", { text: t })))),
+      el("tbody", {}, r.detection.map((d) => el("tr", { class: "verdict-" + d.verdict },
+        el("td", { text: d.backbone }), el("td", { text: d.method }), el("td", { text: num(d.score, 3) }),
+        el("td", { text: num(d.threshold, 3) }), el("td", { class: "verdict", text: d.verdict }),
+        el("td", { text: d.split }), el("td", { text: labels[d.label] ?? d.label })))))) : null;
+  return el("section", { class: "cond-col" + (focused ? " focus" : ""), id: `col-${r.condition}`, "data-condition": r.condition },
+    head, steps, evidence, detection, raw);
+}
+
+async function renderItem(app, params) {
+  const id = params.get("item");
+  const item = ITEMS.get(id);
+  if (!item) {
+    app.append(el("p", { class: "note", text: `No item ${id} in this run.` }));
+    return;
+  }
+  const f = filtersFrom(params);
+  delete f.condition;
+  const list = LAST_LIST || (await filteredItems(f)).map((i) => i.id);
+  const pos = list.indexOf(id);
+  const nav = el("div", { class: "item-nav" },
+    pos > 0 ? el("a", { id: "prev", href: linkTo({ ...f, item: list[pos - 1] }), text: "← previous" }) : el("span", {}),
+    el("a", { href: linkTo({ view: "items", ...f }), text: pos >= 0 ? `item ${pos + 1} of ${list.length}` : "back to list" }),
+    pos >= 0 && pos < list.length - 1 ? el("a", { id: "next", href: linkTo({ ...f, item: list[pos + 1] }), text: "next →" }) : el("span", {}));
+  const opts = el("ol", { class: "options" }, Object.entries(item.options).map(([letter, text]) =>
+    el("li", { "data-letter": letter },
+      el("b", { text: `${letter}) ` }), text, " ",
+      letter === item.gold ? el("span", { class: "tag correct", text: "gold" }) : null,
+      item.high_risk.includes(letter) ? el("span", { class: "tag high-risk", text: "high-risk" }) : null,
+      item.unsafe.includes(letter) ? el("span", { class: "tag unsafe", text: "unsafe" }) : null,
+      item.defer === letter ? el("span", { class: "tag", text: "defer" }) : null)));
+  app.append(nav, el("section", { class: "card item-head", id: "item-page", "data-item": id },
+    el("h2", { text: `${item.id}` }),
+    el("p", { class: "muted", text: `${item.corpus} · ${item.category} · task ${item.task || "–"} · evidence ${item.evidence_id}` }),
+    item.context ? el("p", { class: "context", text: item.context }) : null,
+    el("p", { class: "question", text: item.question }), opts));
+  const box = el("div", { id: "columns-box" }, el("p", { class: "muted", text: "loading item…" }));
+  app.append(box);
+  let detail;
+  try {
+    detail = await itemDetail(id);
+  } catch (error) {
+    box.replaceChildren(el("p", { class: "note", text: String(error) }));
+    return;
+  }
+  const full = { ...item, stance: detail.stance, evidence: detail.evidence };
+  const models = [...new Set(detail.responses.map((r) => r.model))];
+  const budgets = [...new Set(detail.responses.map((r) => String(r.budget)))];
+  const model = params.get("model") && models.includes(params.get("model")) ? params.get("model") : models[0];
+  const budget = params.get("budget") && budgets.includes(params.get("budget")) ? params.get("budget") : budgets[0];
+  const switcher = models.length > 1 || budgets.length > 1 ? el("div", { class: "switch" },
+    models.map((m) => budgets.map((b) => el("a", { class: m === model && b === budget ? "on" : "", href: linkTo({ ...f, item: id, model: m, budget: b }), text: `${m} ${b}x` })))) : null;
+  const focus = params.get("condition");
+  const cols = detail.responses.filter((r) => r.model === model && String(r.budget) === budget)
+    .map((r) => responseColumn(detail, full, r, r.condition === focus));
+  box.replaceChildren(...[switcher, el("div", { class: "columns", id: "columns" }, cols)].filter(Boolean));
+  if (focus) {
+    const col = document.getElementById(`col-${focus}`);
+    if (col) col.scrollIntoView({ block: "nearest", inline: "start" });
+  }
+}
+
+/* ------------------------------------------------------------------ routing */
+
+let RENDERING = 0;
+async function route() {
+  const ticket = ++RENDERING;
+  const params = hashParams();
+  const app = document.getElementById("app");
+  const fresh = el("main", { id: "app" });
+  let view = params.get("item") ? "item" : params.get("view") || "overview";
+  document.getElementById("run-name").textContent = INDEX.run.name;
+  if (view === "item") await renderItem(fresh, params);
+  else if (view === "items") await renderItems(fresh, filtersFrom(params));
+  else renderOverview(fresh);
+  if (ticket !== RENDERING) return;
+  app.replaceWith(fresh);
+  document.body.dataset.view = view;
+  document.body.dataset.ready = "1";
+  if (!document.body.dataset.readyMs) document.body.dataset.readyMs = performance.now().toFixed(1);
+}
+
+document.addEventListener("keydown", (event) => {
+  if (event.target && ["INPUT", "SELECT", "TEXTAREA"].includes(event.target.tagName)) return;
+  if (event.key === "ArrowRight" || event.key === "j") document.getElementById("next")?.click();
+  else if (event.key === "ArrowLeft" || event.key === "k") document.getElementById("prev")?.click();
+  else if (event.key === "Escape" && hashParams().get("item")) {
+    const f = filtersFrom(hashParams());
+    delete f.condition;
+    location.hash = linkTo({ view: "items", ...f });
+  }
+});
+window.addEventListener("hashchange", route);
+route().catch((error) => {
+  document.getElementById("app").replaceChildren(el("p", { class: "note", text: "viewer error: " + error }));
+  document.body.dataset.ready = "error";
+});

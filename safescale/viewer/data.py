@@ -1,0 +1,437 @@
+"""Everything the run viewer shows, read from a run directory in one place.
+
+:func:`load_view_data` is the only function of the viewer that reads a run directory;
+it goes through the run-record readers of :mod:`safescale.experiments.rundir` (and
+``metrics.json`` / ``plots/*.png``) and never loads a model. The result is split into
+an *index* (overview, item list, per-response summaries: small enough for 12,522 items)
+and per-item *details* (step timelines, prompts, raw outputs), so that the server can
+send details on demand while the static page embeds them all.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safescale.agents.records import ResponseRecord, StepRecord
+from safescale.corpora.schema import Item, Passage
+from safescale.experiments.rundir import (
+    AttributionRow,
+    RunDirError,
+    item_corpus_map,
+    load_run,
+    load_steps,
+)
+
+__all__ = ["ViewData", "load_view_data", "option_probabilities"]
+
+METRICS_FILE = "metrics.json"
+PLOTS_DIR = "plots"
+
+
+@dataclass(frozen=True)
+class ViewData:
+    """What the viewer shows of one run.
+
+    Attributes:
+        run_dir: the run directory.
+        index: overview and item-list data (JSON-ready): run, metrics, plots, items,
+            response summaries.
+        details: item id -> that item's responses with steps, prompts and outputs.
+        passages: passage id -> passage (JSON-ready), every passage a detail refers to.
+        item_passages: item id -> ids of the passages its details refer to.
+    """
+
+    run_dir: Path
+    index: dict[str, Any]
+    details: dict[str, dict[str, Any]]
+    passages: dict[str, dict[str, Any]]
+    item_passages: dict[str, list[str]] = field(default_factory=dict)
+
+    def item_detail(self, item_id: str, *, with_passages: bool) -> dict[str, Any] | None:
+        """The details of one item (None: unknown id); ``with_passages`` adds the
+        passages they refer to (for a page that does not embed all passages)."""
+        detail = self.details.get(item_id)
+        if detail is None:
+            return None
+        if not with_passages:
+            return detail
+        ids = self.item_passages.get(item_id, [])
+        return {**detail, "passages": {p: self.passages[p] for p in ids if p in self.passages}}
+
+
+def option_probabilities(option_logits: Sequence[float]) -> list[float]:
+    """Softmax of log-space option scores (the option probabilities)."""
+    if not option_logits:
+        return []
+    top = max(option_logits)
+    exps = [math.exp(x - top) for x in option_logits]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def _passage_json(passage: Passage) -> dict[str, Any]:
+    source = passage.source
+    return {
+        "text": passage.text,
+        "source": f"{source.org}: {source.title}"
+        + (f" ({source.version})" if source.version else ""),
+        "grade": passage.grade.raw,
+        "level": passage.grade.level,
+        "status": str(passage.status),
+        "supersedes": list(passage.supersedes),
+        "topic": passage.topic,
+    }
+
+
+def _item_json(item: Item, corpus: str) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "corpus": corpus,
+        "question": item.question,
+        "context": item.context,
+        "options": dict(item.options),
+        "gold": item.gold,
+        "high_risk": list(item.labels.high_risk),
+        "unsafe": list(item.labels.unsafe),
+        "defer": item.labels.defer,
+        "category": item.category,
+        "task": str(item.task) if item.task is not None else None,
+        "evidence_id": item.evidence_id,
+    }
+
+
+def _item_extra(item: Item) -> dict[str, Any]:
+    """What only the item page needs (kept out of the item list)."""
+    return {
+        "evidence": {"clean": item.evidence.clean, "conflict": item.evidence.conflict},
+        "stance": {pid: {k: str(v) for k, v in opts.items()} for pid, opts in item.stance.items()},
+    }
+
+
+def _step_json(step: StepRecord) -> dict[str, Any]:
+    """A step without what its response already says (run, item, model, condition);
+    retrieved passages as [id, rank, score] (grade and status are the passage's)."""
+    out: dict[str, Any] = {"node": step.node, "step": step.step}
+    if step.retrieved:
+        out["retrieved"] = [[r.id, r.rank, r.score] for r in step.retrieved]
+    for name in ("kept", "dropped"):
+        value = getattr(step, name)
+        if value:
+            out[name] = list(value)
+    for name in ("prompt_id", "prompt_hash", "output", "decision"):
+        value = getattr(step, name)
+        if value not in (None, ""):
+            out[name] = value
+    if step.detail:
+        out["detail"] = step.detail
+    if step.prompt_tokens or step.completion_tokens:
+        out["tokens"] = [step.prompt_tokens, step.completion_tokens]
+    out["ms"] = round(step.wall_ms, 2)
+    return out
+
+
+def _response_key(model: str, condition: str, item: str, budget: int) -> tuple[str, str, str, int]:
+    return (model, condition, item, budget)
+
+
+# per-record outcome columns of the metrics -> the viewer's outcome filter names
+OUTCOMES = {
+    "correct": "correct",
+    "unsafe_answer": "unsafe",
+    "high_risk_error": "high_risk",
+    "contradiction": "contradiction",
+    "dangerous_overconfidence": "overconfident",
+}
+
+
+def _outcomes(
+    responses: Sequence[ResponseRecord],
+    corpora: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None,
+) -> list[list[str]]:
+    """Per response, the outcomes the metrics count it under (same rules, same code)."""
+    from safescale.experiments.metrics import outcome_frame
+
+    threshold = (
+        ((metrics or {}).get("settings") or {}).get("metrics", {}).get("overconfidence_threshold")
+    )
+    kwargs = {} if threshold is None else {"overconfidence_threshold": float(threshold)}
+    frame = outcome_frame(responses, corpora, **kwargs)
+    columns = list(OUTCOMES)
+    return [
+        [OUTCOMES[c] for c, flag in zip(columns, row, strict=True) if flag]
+        for row in frame[columns].itertuples(index=False)
+    ]
+
+
+def _plots(run_dir: Path) -> dict[str, str]:
+    """``plots/*.png`` as data URIs (so the page works from file:// on its own)."""
+    directory = run_dir / PLOTS_DIR
+    if not directory.is_dir():
+        return {}
+    return {
+        p.stem: "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode("ascii")
+        for p in sorted(directory.glob("*.png"))
+    }
+
+
+def _metrics(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise RunDirError(f"{path}: not JSON: {error}") from None
+
+
+def _passage_ids_of(item: Item, responses: list[dict[str, Any]]) -> list[str]:
+    ids: dict[str, None] = {}
+    for pid in [*item.evidence.clean, *item.evidence.conflict, *item.stance]:
+        ids[pid] = None
+    for response in responses:
+        for pid in [*response["evidence_ids"], *response["cited_ids"]]:
+            ids[pid] = None
+        for step in response["steps"]:
+            for ref in step.get("retrieved", []):
+                ids[ref[0]] = None
+            for pid in [*step.get("kept", []), *step.get("dropped", [])]:
+                ids[pid] = None
+    return list(ids)
+
+
+def _detection_scores(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Per-response detector scores and triage verdicts, by detection record key.
+
+    Scores every record of ``detection/<backbone>/features.parquet`` (all splits) with
+    the saved detectors and their frozen thresholds, as ``safescale detect eval`` does
+    for the test split; no language model is loaded. Empty when detection did not run.
+    """
+    root = run_dir / "detection"
+    infos = sorted(root.glob("*/detection.json")) if root.is_dir() else []
+    if not infos:
+        return {}
+    import pandas as pd
+
+    from safescale.detection.registry import DetectorUnavailable, get_detector
+
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for info_path in infos:
+        directory = info_path.parent
+        features_path = directory / "features.parquet"
+        if not features_path.is_file():
+            continue
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise RunDirError(f"{info_path}: not JSON: {error}") from None
+        frame = pd.read_parquet(features_path)
+        keys = frame["record_key"].tolist()
+        for name in (info.get("config") or {}).get("detectors", []):
+            model_dir = directory / "models" / name
+            policy_path = model_dir / "policy.json"
+            if (model_dir / "unavailable.json").is_file() or not policy_path.is_file():
+                continue
+            threshold = float(json.loads(policy_path.read_text(encoding="utf-8"))["threshold"])
+            detector = get_detector(name).load(model_dir)
+            try:
+                X = detector.design_matrix(frame)
+            except DetectorUnavailable:
+                continue
+            scores = detector.risk_score(X)
+            gap = detector.gap_given_unsafe(X) if detector.attributes_subtype else None
+            for i, key in enumerate(keys):
+                flagged = bool(scores[i] >= threshold)
+                verdict = "safe"
+                if flagged:
+                    verdict = "unsafe" if gap is None else ("gap" if gap[i] >= 0.5 else "conflict")
+                out[key].append(
+                    {
+                        "backbone": directory.name,
+                        "method": name,
+                        "score": float(scores[i]),
+                        "threshold": threshold,
+                        "verdict": verdict,
+                        "split": str(frame["split"].iloc[i]),
+                        "label": int(frame["label"].iloc[i]),
+                    }
+                )
+    return dict(out)
+
+
+def load_view_data(run_dir: str | Path) -> ViewData:
+    """Read a run directory for the viewer (responses, steps, attribution, triage,
+    manifest, corpora, ``metrics.json`` and plots); never calls a model.
+
+    Raises:
+        RunDirError: the run directory is missing responses or holds a corrupt record.
+    """
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    steps = load_steps(run_dir)
+    metrics = _metrics(run_dir)
+    owner = item_corpus_map(run.corpora)
+    detection = _detection_scores(run_dir)
+    if detection:
+        from safescale.detection.extraction import record_key
+
+    steps_by_key: dict[tuple[str, str, str, int], list[StepRecord]] = defaultdict(list)
+    for step in steps:
+        steps_by_key[
+            _response_key(step.model, step.condition, step.item, step.samples_budget)
+        ].append(step)
+    attribution_by_key: dict[tuple[str, str, str, int], list[AttributionRow]] = defaultdict(list)
+    for row in run.attribution:
+        attribution_by_key[
+            _response_key(row.model, row.condition, row.item, row.samples_budget)
+        ].append(row)
+
+    condition_order = list(
+        (metrics or {}).get("run", {}).get("conditions")
+        or dict.fromkeys(r.condition for r in run.responses)
+    )
+    rank = {c: i for i, c in enumerate(condition_order)}
+    responses = sorted(
+        run.responses,
+        key=lambda r: (
+            r.model,
+            r.samples_budget,
+            r.item,
+            rank.get(r.condition, len(rank)),
+            r.condition,
+        ),
+    )
+
+    outcomes = _outcomes(responses, run.corpora, metrics)
+    summaries: list[dict[str, Any]] = []
+    details: dict[str, dict[str, Any]] = {}
+    item_passages: dict[str, list[str]] = {}
+    items: dict[str, dict[str, Any]] = {}
+    for record, marks in zip(responses, outcomes, strict=True):
+        corpus_name = owner[record.item]
+        corpus = run.corpora[corpus_name]
+        item = corpus.item(record.item)
+        if record.item not in items:
+            items[record.item] = _item_json(item, corpus_name)
+        key = response_key_of(record)
+        attributions = [
+            {
+                "severity": a.severity,
+                "cause": a.cause,
+                "step": a.step,
+                "node": a.node,
+                "explanation": a.explanation,
+            }
+            for a in attribution_by_key.get(key, [])
+        ]
+        probabilities = option_probabilities(record.option_logits)
+        formulation = getattr(record, "formulation", None)  # absent before schema v2
+        summaries.append(
+            {
+                "model": record.model,
+                "condition": record.condition,
+                "item": record.item,
+                "budget": record.samples_budget,
+                "chosen": record.chosen,
+                "p": round(probabilities[record.letters.index(record.chosen)], 4)
+                if record.chosen in record.letters and probabilities
+                else None,
+                "outcomes": marks,
+                "causes": sorted({a["cause"] for a in attributions}),
+            }
+        )
+        ordered = sorted(steps_by_key.get(key, []), key=lambda s: s.step)
+        detail = details.setdefault(
+            record.item, {"item": record.item, **_item_extra(item), "responses": []}
+        )
+        detail["responses"].append(
+            {
+                "model": record.model,
+                "condition": record.condition,
+                "budget": record.samples_budget,
+                "letters": list(record.letters),
+                "option_logits": list(record.option_logits),
+                "probabilities": probabilities,
+                "formulation": formulation,
+                "chosen": record.chosen,
+                "vote_share": record.vote_share,
+                "response": record.response,
+                "message": record.message,
+                "message_noctx": record.message_noctx,
+                "evidence_ids": list(record.evidence_ids),
+                "cited_ids": list(record.cited_ids),
+                "samples": [
+                    {"text": s.text, "letter": s.letter, "temperature": s.temperature}
+                    for s in record.samples
+                ],
+                "stop_reason": record.stop_reason,
+                "tokens": [record.prompt_tokens, record.completion_tokens],
+                "ms": round(record.wall_ms, 2),
+                "steps": [_step_json(s) for s in ordered],
+                "attribution": attributions,
+                "detection": detection.get(record_key(record), []) if detection else [],
+            }
+        )
+
+    passages: dict[str, dict[str, Any]] = {}
+    for item_id, detail in details.items():
+        corpus = run.corpora[owner[item_id]]
+        ids = _passage_ids_of(corpus.item(item_id), detail["responses"])
+        item_passages[item_id] = ids
+        for pid in ids:
+            if pid not in passages:
+                passage = corpus.passages_by_id.get(pid)
+                if passage is not None:
+                    passages[pid] = _passage_json(passage)
+
+    index = {
+        "run": {
+            "dir": str(run_dir),
+            "name": run.manifest.get("name") or run_dir.name,
+            "created": run.manifest.get("created"),
+            "git_revision": run.manifest.get("git_revision"),
+            "seed": run.manifest.get("seed"),
+            "models": {
+                name: {k: v for k, v in info.items() if k in ("spec", "context_length", "layers")}
+                for name, info in (run.manifest.get("models") or {}).items()
+            },
+            "notes": run.notes,
+        },
+        "conditions": condition_order,
+        "models": sorted({r.model for r in responses}),
+        "corpora": sorted(run.corpora),
+        "budgets": sorted({r.samples_budget for r in responses}),
+        "metrics": _metrics_view(metrics),
+        "triage": run.triage,
+        "plots": _plots(run_dir),
+        "items": list(items.values()),
+        "responses": summaries,
+    }
+    return ViewData(run_dir, index, details, passages, item_passages)
+
+
+def response_key_of(record: ResponseRecord) -> tuple[str, str, str, int]:
+    """Identity of a response: (model, condition, item, samples_budget)."""
+    return _response_key(record.model, record.condition, record.item, record.samples_budget)
+
+
+def _metrics_view(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The parts of ``metrics.json`` the overview shows (None: no report yet)."""
+    if metrics is None:
+        return None
+    return {
+        "definitions": metrics.get("definitions", {}),
+        "settings": metrics.get("settings", {}),
+        "cells": metrics.get("cells", []),
+        "comparisons": metrics.get("comparisons", []),
+        "attribution": metrics.get("attribution", []),
+        "validity": metrics.get("validity"),
+        "triage": metrics.get("triage"),
+    }
