@@ -23,10 +23,9 @@ from safescale.agents.records import ResponseRecord, StepRecord
 from safescale.corpora.schema import Item, Passage
 from safescale.experiments.rundir import (
     AttributionRow,
+    RunDir,
     RunDirError,
     item_corpus_map,
-    load_run,
-    load_steps,
 )
 
 __all__ = ["ViewData", "load_view_data", "option_probabilities"]
@@ -274,8 +273,9 @@ def load_view_data(run_dir: str | Path) -> ViewData:
         RunDirError: the run directory is missing responses or holds a corrupt record.
     """
     run_dir = Path(run_dir)
-    run = load_run(run_dir)
-    steps = load_steps(run_dir)
+    reader = RunDir(run_dir)
+    run = reader.load()
+    steps = reader.steps()
     metrics = _metrics(run_dir)
     owner = item_corpus_map(run.corpora)
     detection = _detection_scores(run_dir)

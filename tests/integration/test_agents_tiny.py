@@ -173,3 +173,33 @@ def test_majority_vote_with_samples(tiny_lm, corpus, store):
         assert letters.count(response.chosen) == top
     else:
         assert response.vote_share == 0.0
+
+
+def test_critic_judgements_are_pmi_continuations_shown_by_trace(tiny_lm, corpus, store):
+    from rich.console import Console
+
+    from safescale.agents import prompts, render_trace
+    from safescale.agents.prompts import RELEVANCE_ANSWERS
+    from safescale.models import NEUTRAL_MESSAGE
+
+    ctx = _ctx(tiny_lm, corpus, store, k=3, max_steps=1)
+    graph = build_condition("agentic_rag", checkpointer=InMemorySaver())
+    item = corpus.items[2]
+    response, steps = answer_item(graph, "agentic_rag", item.id, ctx, model="tiny")
+    critique = next(s for s in steps if s.node == "critique")
+    margins = critique.detail["relevance_margin"]
+    assert margins, "the critic judged no passage"
+    # each margin is pmi("relevant") - pmi("not relevant") on the real model
+    lm = ctx.lm
+    for pid, margin in margins.items():
+        message = prompts.RELEVANCE.render(
+            passage=prompts.passage_line(1, corpus.passage(pid)), question=item.question
+        )
+        cond = lm.score_continuations([message], list(RELEVANCE_ANSWERS)).logprob[0]
+        neutral = lm.score_continuations([NEUTRAL_MESSAGE], list(RELEVANCE_ANSWERS)).logprob[0]
+        assert margin == pytest.approx((cond[0] - neutral[0]) - (cond[1] - neutral[1]), abs=1e-6)
+        assert (pid in critique.kept) == (margin >= 0)
+    console = Console(record=True, width=200)
+    console.print(render_trace(item, response, steps))
+    text = console.export_text()
+    assert "relevance:" in text and f"{response.formulation} P:" in text
