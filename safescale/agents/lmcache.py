@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from safescale.models import ContinuationScores, Generation, LanguageModel
+from safescale.models.backend import continuation_arrays
 
 __all__ = ["CachedLM"]
 
@@ -93,14 +94,7 @@ class CachedLM:
         answer_cue: bool = True,
     ) -> ContinuationScores:
         """Cached :meth:`LanguageModel.score_continuations` (per prompt x continuation)."""
-        if continuations and isinstance(continuations[0], str):
-            per_message = [list(continuations)] * len(messages)  # type: ignore[list-item]
-        else:
-            per_message = [list(c) for c in continuations]  # type: ignore[arg-type]
-        width = max((len(c) for c in per_message), default=0)
-        logprob = np.full((len(messages), width), np.nan)
-        n_tokens = np.zeros((len(messages), width), dtype=np.int64)
-        n_chars = np.zeros((len(messages), width), dtype=np.int64)
+        per_message, logprob, n_tokens, n_chars = continuation_arrays(messages, continuations)
         for row, (message, texts) in enumerate(zip(messages, per_message, strict=True)):
             keys = [self._key("continuation", [message, text, answer_cue]) for text in texts]
             missing = []

@@ -88,6 +88,26 @@ class ContinuationScores:
     n_chars: np.ndarray
 
 
+def continuation_arrays(
+    messages: Sequence[str], continuations: Sequence[Sequence[str]] | Sequence[str]
+) -> tuple[list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
+    """The continuations per message (one list per message, or one list shared by all)
+    and empty ``logprob`` / ``n_tokens`` / ``n_chars`` arrays to fill."""
+    if continuations and isinstance(continuations[0], str):
+        per_message = [list(continuations)] * len(messages)  # type: ignore[list-item]
+    else:
+        per_message = [list(c) for c in continuations]  # type: ignore[arg-type]
+    if len(per_message) != len(messages):
+        raise ValueError("give one list of continuations per message (or one shared list)")
+    width = max((len(c) for c in per_message), default=0)
+    return (
+        per_message,
+        np.full((len(messages), width), np.nan),
+        np.zeros((len(messages), width), dtype=np.int64),
+        np.zeros((len(messages), width), dtype=np.int64),
+    )
+
+
 class LanguageModel:
     """A causal LM with its tokenizer and prompt format.
 
@@ -285,16 +305,7 @@ class LanguageModel:
             answer_cue: append the answer cue to the prompt (the continuation follows
                 ``"Answer:"``).
         """
-        if continuations and isinstance(continuations[0], str):
-            per_message = [list(continuations)] * len(messages)  # type: ignore[list-item]
-        else:
-            per_message = [list(c) for c in continuations]  # type: ignore[arg-type]
-        if len(per_message) != len(messages):
-            raise ValueError("give one list of continuations per message (or one shared list)")
-        width = max((len(c) for c in per_message), default=0)
-        logprob = np.full((len(messages), width), np.nan)
-        n_tokens = np.zeros((len(messages), width), dtype=np.int64)
-        n_chars = np.zeros((len(messages), width), dtype=np.int64)
+        per_message, logprob, n_tokens, n_chars = continuation_arrays(messages, continuations)
         for row, (message, texts) in enumerate(zip(messages, per_message, strict=True)):
             prompt = self.prompt_ids(message, answer_cue=answer_cue)
             conts = [self.continuation_ids(t) for t in texts]
