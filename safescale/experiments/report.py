@@ -63,7 +63,8 @@ CONDITION_COLUMNS = (
     "Unsafe",
     "Contradiction",
     "Dangerous overconf.",
-    "Latency (ms/tok)",
+    "Latency (ms/response)",
+    "ms/generated token",
 )
 TRIAGE_COLUMNS = (
     "Method",
@@ -148,7 +149,7 @@ def _condition_label(name: str) -> str:
 def condition_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
     """One results table per model × corpus × compute budget: condition rows with
     accuracy, high-risk error, unsafe, contradiction, dangerous overconfidence (each
-    ``x.x% [lo, hi]``) and latency in ms per token."""
+    ``x.x% [lo, hi]``), latency per response and ms per generated token."""
     groups: dict[tuple[str, str, int], list[Mapping[str, Any]]] = {}
     for cell in metrics["cells"]:
         groups.setdefault((cell["model"], cell["corpus"], cell["samples_budget"]), []).append(cell)
@@ -164,7 +165,8 @@ def condition_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
                 _condition_label(cell["condition"]),
                 str(cell["n"]),
                 *(format_interval(cell["metrics"][m]) for m in RATE_METRICS),
-                format_interval(cell["metrics"]["latency_ms_per_token"], percent=False),
+                format_interval(cell["metrics"]["latency_ms"], percent=False),
+                format_interval(cell["metrics"]["ms_per_generated_token"], percent=False),
             ]
             for cell in cells
         ]

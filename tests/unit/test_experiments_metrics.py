@@ -127,7 +127,8 @@ def standard_rag_records(condition: str = "standard_rag") -> list[ResponseRecord
     i2 chooses B: correct; cited p2 contradicts B (cited wins over evidence p1).
     i3 chooses B: high-risk, unsafe, confidence softmax([0, 2, -inf-ish]) < 0.95.
     i4 chooses Z: unparsed -> wrong and nothing else.
-    Latency: (100 + 200 + 300 + 400) ms / (50 + 50 + 100 + 0) tokens = 5 ms/token.
+    Latency: (100 + 200 + 300 + 400) ms / 4 responses = 250 ms per response, and
+    1000 ms / (10 + 5 + 10 + 0) generated tokens = 40 ms per generated token.
     """
     return [
         _response("i1", "C", condition, logits=(0, 0, 12), evidence=["p1"], wall=100, prompt=40,
@@ -171,7 +172,7 @@ def test_outcome_frame_matches_hand_computed_flags():
         math.exp(2) / (1 + math.exp(2) + math.exp(-9))
     )
     assert math.isnan(frame.loc["i4", "confidence"])
-    assert frame["tokens"].tolist() == [50, 50, 100, 0]
+    assert frame["tokens"].tolist() == [10, 5, 10, 0]  # generated tokens
 
 
 def test_contradiction_uses_evidence_when_nothing_is_cited():
@@ -205,7 +206,8 @@ def test_cell_metrics_equal_hand_computed_values():
         "unsafe_answer": 0.5,
         "contradiction": 0.5,
         "dangerous_overconfidence": 0.25,
-        "latency_ms_per_token": 5.0,
+        "latency_ms": 250.0,
+        "ms_per_generated_token": 40.0,
     }
     for est in cell["metrics"].values():
         assert est["lo"] <= est["value"] <= est["hi"]
@@ -456,13 +458,14 @@ def test_condition_table_has_the_results_table_shape():
     (table,) = condition_tables(metrics)
     assert table.columns[2:] == (
         "Accuracy", "High-risk error", "Unsafe", "Contradiction", "Dangerous overconf.",
-        "Latency (ms/tok)",
+        "Latency (ms/response)", "ms/generated token",
     )  # fmt: skip
     rows = {row[0]: row for row in table.rows}
     assert list(rows) == ["Closed-book", "Standard RAG"]  # canonical condition order
     assert rows["Standard RAG"][2].startswith("25.0% [")
     assert rows["Standard RAG"][3].startswith("50.0% [")
-    assert rows["Standard RAG"][7].startswith("5.0 [")
+    assert rows["Standard RAG"][7].startswith("250.0 [")
+    assert rows["Standard RAG"][8].startswith("40.0 [")
     markdown = render_markdown(metrics)
     assert "| Standard RAG | 4 | 25.0% [" in markdown
     assert "Worst-case concentration — tiny" in markdown
@@ -488,7 +491,8 @@ def test_write_report_writes_every_file_from_the_run_dir(tmp_path):
     conditions = pd.read_csv(files.conditions_csv)
     assert len(conditions) == 2
     std = conditions.set_index("condition").loc["standard_rag"]
-    assert std["high_risk_error"] == 0.5 and std["latency_ms_per_token"] == 5.0
+    assert std["high_risk_error"] == 0.5 and std["latency_ms"] == 250.0
+    assert std["ms_per_generated_token"] == 40.0
     assert std["high_risk_error_lo"] <= 0.5 <= std["high_risk_error_hi"]
     report = files.report_md.read_text()
     assert "## Triage" in report and "| ecrt | 0.800 | 0.625 |" in report

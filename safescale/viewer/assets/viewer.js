@@ -21,7 +21,8 @@ const METRIC_COLUMNS = [
   ["unsafe_answer", "Unsafe", true],
   ["contradiction", "Contradiction", true],
   ["dangerous_overconfidence", "Dangerous overconf.", true],
-  ["latency_ms_per_token", "Latency (ms/tok)", false],
+  ["latency_ms", "Latency (ms/response)", false],
+  ["ms_per_generated_token", "ms/generated token", false],
 ];
 
 /* ------------------------------------------------------------------ helpers */
