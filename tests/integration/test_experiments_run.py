@@ -149,7 +149,11 @@ def _strip_latency(metrics: dict) -> list[dict]:
     """The cells without timing (wall time differs between any two runs)."""
     cells = []
     for cell in metrics["cells"]:
-        m = {k: v for k, v in cell["metrics"].items() if k not in ("latency_ms", "ms_per_generated_token")}
+        m = {
+            k: v
+            for k, v in cell["metrics"].items()
+            if k not in ("latency_ms", "ms_per_generated_token")
+        }
         counts = {k: v for k, v in cell["counts"].items() if k != "wall_ms"}
         cells.append({**cell, "metrics": m, "counts": counts})
     return cells
