@@ -28,6 +28,7 @@ __all__ = [
     "MANIFEST_SCHEMA_VERSION",
     "METRICS_SCHEMA_VERSION",
     "RECORD_SCHEMA_VERSION",
+    "REPLAY_SCHEMA_VERSION",
     "RESPONSE_SCHEMA_VERSION",
     "SLUG_PATTERN",
     "STEP_SCHEMA_VERSION",
@@ -37,6 +38,7 @@ __all__ = [
     "CorpusEntry",
     "MetricsReport",
     "ModelEntry",
+    "ReplayRecord",
     "ResponseRecord",
     "RetrievedRef",
     "RunManifest",
@@ -373,3 +375,36 @@ class MetricsReport(_Versioned):
     attribution: list[dict[str, Any]] = Field(default_factory=list)
     triage: list[dict[str, Any]] | None = None
     validity: list[dict[str, Any]] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- what-if replays
+REPLAY_SCHEMA_VERSION = 1
+
+
+class ReplayRecord(_Versioned):
+    """One what-if replay of a response (``replays.jsonl``): the item re-run from after
+    its evidence step without some passages (``safescale replay``).
+
+    Attributes:
+        created: ISO time of the replay.
+        dropped: the passages removed.
+        fork_step: the step index the replay forked after.
+        original_chosen: the option the original response chose.
+        response: the replayed response (same model, condition, item and budget).
+        steps: the replayed steps (the original steps up to the fork, then the new ones).
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = REPLAY_SCHEMA_VERSION
+
+    schema_version: int = REPLAY_SCHEMA_VERSION
+    created: str
+    dropped: list[str]
+    fork_step: int
+    original_chosen: str
+    response: ResponseRecord
+    steps: list[StepRecord] = Field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        """Identity of the replayed response."""
+        return self.response.key

@@ -200,6 +200,8 @@ def replay(
         f"old answer: [bold]{result.old.chosen}[/] {result.item.options[result.old.chosen]}\n"
         f"new answer: [bold]{result.new.chosen}[/] {result.item.options[result.new.chosen]}"
         + ("  [yellow](changed)[/]" if result.old.chosen != result.new.chosen else "  (same)")
+        + f"\nrecorded in {Path(run_dir) / 'replays.jsonl'} (`safescale view` shows it next "
+        "to the original)"
     )
 
 

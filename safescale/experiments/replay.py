@@ -1,15 +1,20 @@
-"""What-if replay of one item of a run directory (loads the run's model and LM cache)."""
+"""What-if replay of one item of a run directory (loads the run's model and LM cache).
+
+A replay is a writer of the run directory (it adds to the LM cache and the checkpoints,
+and appends its record to ``replays.jsonl``), so it holds the run's writer lock."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
 from safescale.agents import ResponseRecord, StepRecord, build_condition, replay_without, thread_id
 from safescale.corpora import Item
 from safescale.experiments.config import load_config
-from safescale.experiments.rundir import load_responses
-from safescale.experiments.runner import CellTask, CellWorker
+from safescale.experiments.rundir import REPLAYS_FILE, RunDir, RunLock
+from safescale.experiments.runner import CellTask, CellWorker, _append
+from safescale.records import ReplayRecord
 
 __all__ = ["ReplayResult", "replay_item"]
 
@@ -36,25 +41,37 @@ def replay_item(
     """Replay ``item_id`` under ``condition`` without the passages in ``drop``, with the
     run's own settings, model, LM cache and checkpoints."""
     run_dir = Path(run_dir)
+    reader = RunDir(run_dir)
+    reader.require()
     config = load_config(run_dir / "config.yaml").with_overrides(output_dir=run_dir)
-    responses, _ = load_responses(run_dir)
     matches = [
         r
-        for r in responses
+        for r in reader.responses()
         if r.item == item_id and r.condition == condition and (model is None or r.model == model)
     ]
     if not matches:
         raise KeyError(f"no response for item {item_id!r} under {condition!r} in {run_dir}")
     old = matches[0]
-    worker = CellWorker(config, old.model)
-    try:
-        ref = next(r for r in config.corpora if item_id in worker.corpus(r).items_by_id)
-        ctx = worker.context(CellTask(old.model, ref, condition, old.samples_budget, (item_id,)))
-        graph = build_condition(condition, checkpointer=worker.checkpointer)
-        thread = thread_id(old.model, ctx.corpus.name, condition, old.samples_budget, item_id)
-        new, steps, fork_step = replay_without(
-            graph, ctx, thread, list(drop), condition=condition, model=old.model
+    with RunLock(run_dir):
+        worker = CellWorker(config, old.model)
+        try:
+            ref = next(r for r in config.corpora if item_id in worker.corpus(r).items_by_id)
+            task = CellTask(old.model, ref, condition, old.samples_budget, (item_id,))
+            ctx = worker.context(task)
+            graph = build_condition(condition, checkpointer=worker.checkpointer)
+            thread = thread_id(old.model, ctx.corpus.name, condition, old.samples_budget, item_id)
+            new, steps, fork_step = replay_without(
+                graph, ctx, thread, list(drop), condition=condition, model=old.model
+            )
+        finally:
+            worker.close()
+        record = ReplayRecord(
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            dropped=list(drop),
+            fork_step=fork_step,
+            original_chosen=old.chosen,
+            response=new,
+            steps=steps,
         )
-    finally:
-        worker.close()
+        _append(run_dir / REPLAYS_FILE, [record.model_dump_json()])
     return ReplayResult(ctx.corpus.item(item_id), old, new, steps, fork_step)

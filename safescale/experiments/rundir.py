@@ -39,6 +39,7 @@ from safescale.corpora.corpus import Corpus
 from safescale.records import (
     AttributionRecord,
     MetricsReport,
+    ReplayRecord,
     ResponseRecord,
     RunManifest,
     StepRecord,
@@ -52,6 +53,7 @@ __all__ = [
     "LOCK_FILE",
     "MANIFEST_FILE",
     "METRICS_FILE",
+    "REPLAYS_FILE",
     "RESPONSES_FILE",
     "STEPS_FILE",
     "TRIAGE_FILE",
@@ -81,6 +83,7 @@ CONFIG_FILE = "config.yaml"
 RESPONSES_FILE = "responses.jsonl"
 STEPS_FILE = "steps.jsonl"
 ATTRIBUTION_FILE = "attribution.jsonl"
+REPLAYS_FILE = "replays.jsonl"
 METRICS_FILE = "metrics.json"
 LOCK_FILE = ".lock"
 DETECTION_DIR = "detection"
@@ -309,6 +312,11 @@ class RunDir:
         """Failure attributions (empty when there is no ``attribution.jsonl``)."""
         path = self.path / ATTRIBUTION_FILE
         return _validate_rows(read_jsonl(path), AttributionRecord) if path.is_file() else []
+
+    def replays(self) -> list[ReplayRecord]:
+        """What-if replays written by ``safescale replay`` (empty when there are none)."""
+        path = self.path / REPLAYS_FILE
+        return _validate_rows(read_jsonl(path), ReplayRecord) if path.is_file() else []
 
     def triage(self) -> list[TriageReportRecord] | None:
         """The reports of ``detection/triage.json`` (one per model x corpus), or None."""

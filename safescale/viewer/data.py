@@ -276,6 +276,7 @@ def load_view_data(run_dir: str | Path) -> ViewData:
     reader = RunDir(run_dir)
     run = reader.load()
     steps = reader.steps()
+    replays = reader.replays()
     metrics = _metrics(run_dir)
     owner = item_corpus_map(run.corpora)
     detection = _detection_scores(run_dir)
@@ -332,7 +333,6 @@ def load_view_data(run_dir: str | Path) -> ViewData:
             for a in attribution_by_key.get(key, [])
         ]
         probabilities = option_probabilities(record.option_logits)
-        formulation = getattr(record, "formulation", None)  # absent before schema v2
         summaries.append(
             {
                 "model": record.model,
@@ -352,38 +352,35 @@ def load_view_data(run_dir: str | Path) -> ViewData:
             record.item, {"item": record.item, **_item_extra(item), "responses": []}
         )
         detail["responses"].append(
+            _response_json(
+                record,
+                ordered,
+                attributions,
+                detection.get(record_key(record), []) if detection else [],
+            )
+        )
+    for replay in replays:
+        detail = details.get(replay.response.item)
+        if detail is None:
+            continue
+        detail.setdefault("replays", []).append(
             {
-                "model": record.model,
-                "condition": record.condition,
-                "budget": record.samples_budget,
-                "letters": list(record.letters),
-                "option_logits": list(record.option_logits),
-                "probabilities": probabilities,
-                "formulation": formulation,
-                "chosen": record.chosen,
-                "vote_share": record.vote_share,
-                "response": record.response,
-                "message": record.message,
-                "message_noctx": record.message_noctx,
-                "evidence_ids": list(record.evidence_ids),
-                "cited_ids": list(record.cited_ids),
-                "samples": [
-                    {"text": s.text, "letter": s.letter, "temperature": s.temperature}
-                    for s in record.samples
-                ],
-                "stop_reason": record.stop_reason,
-                "tokens": [record.prompt_tokens, record.completion_tokens],
-                "ms": round(record.wall_ms, 2),
-                "steps": [_step_json(s) for s in ordered],
-                "attribution": attributions,
-                "detection": detection.get(record_key(record), []) if detection else [],
+                **_response_json(replay.response, replay.steps, [], []),
+                "replay": {
+                    "dropped": list(replay.dropped),
+                    "fork_step": replay.fork_step,
+                    "original_chosen": replay.original_chosen,
+                    "created": replay.created,
+                },
             }
         )
 
     passages: dict[str, dict[str, Any]] = {}
     for item_id, detail in details.items():
         corpus = run.corpora[owner[item_id]]
-        ids = _passage_ids_of(corpus.item(item_id), detail["responses"])
+        ids = _passage_ids_of(
+            corpus.item(item_id), [*detail["responses"], *detail.get("replays", [])]
+        )
         item_passages[item_id] = ids
         for pid in ids:
             if pid not in passages:
@@ -415,6 +412,41 @@ def load_view_data(run_dir: str | Path) -> ViewData:
         "responses": summaries,
     }
     return ViewData(run_dir, index, details, passages, item_passages)
+
+
+def _response_json(
+    record: ResponseRecord,
+    steps: Sequence[StepRecord],
+    attributions: list[dict[str, Any]],
+    detection: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One response with its ordered steps, as the item page shows it."""
+    return {
+        "model": record.model,
+        "condition": record.condition,
+        "budget": record.samples_budget,
+        "letters": list(record.letters),
+        "option_logits": list(record.option_logits),
+        "probabilities": option_probabilities(record.option_logits),
+        "formulation": record.formulation,
+        "chosen": record.chosen,
+        "vote_share": record.vote_share,
+        "response": record.response,
+        "message": record.message,
+        "message_noctx": record.message_noctx,
+        "evidence_ids": list(record.evidence_ids),
+        "cited_ids": list(record.cited_ids),
+        "samples": [
+            {"text": s.text, "letter": s.letter, "temperature": s.temperature}
+            for s in record.samples
+        ],
+        "stop_reason": record.stop_reason,
+        "tokens": [record.prompt_tokens, record.completion_tokens],
+        "ms": round(record.wall_ms, 2),
+        "steps": [_step_json(s) for s in sorted(steps, key=lambda s: s.step)],
+        "attribution": attributions,
+        "detection": detection,
+    }
 
 
 def response_key_of(record: ResponseRecord) -> tuple[str, str, str, int]:

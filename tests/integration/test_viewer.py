@@ -349,3 +349,33 @@ def test_detector_scores_and_verdicts_per_response(detected_run, tmp_path):
     dom = render(page.as_uri() + f"#item={next(iter(view.details))}", tmp_path)
     rows = dom.find(id="col-clean_evidence").find("table", class_="det-table").find_all("tr")
     assert len(rows) == 1 + len(item["detection"])
+
+
+@needs_chromium
+def test_a_replay_is_recorded_and_shown_next_to_its_original(tmp_path, tiny_lm):
+    from safescale.experiments.replay import replay_item
+    from safescale.experiments.rundir import RunDir
+    from safescale.viewer import write_view
+
+    out = make_tiny_run(
+        tmp_path / "run",
+        tiny_lm,
+        "name: replayed\ncorpora: [radiology-guidelines]\nconditions: [standard_rag]\n"
+        "retrieval: {k: 3}\nanswer: {formulation: cloze_pmi}\nbootstrap: {replicates: 50}\n"
+        "limit: 1\n",
+    )
+    (original,) = RunDir(out).responses()
+    dropped = original.evidence_ids[0]
+    result = replay_item(out, original.item, "standard_rag", [dropped])
+    assert dropped not in result.new.evidence_ids
+    (record,) = RunDir(out).replays()
+    assert record.dropped == [dropped] and record.original_chosen == original.chosen
+    assert record.response.key == original.key
+    page = write_view(out)
+    dom = render(page.as_uri() + f"#item={original.item}", tmp_path)
+    columns = dom.find(id="columns").find_all("section", class_="cond-col")
+    assert [c.attrs["id"] for c in columns] == ["col-standard_rag", "col-standard_rag-replay-1"]
+    note = columns[1].find("p", class_="replay-note")
+    assert dropped in note.text and f"the original chose {original.chosen}" in note.text
+    shown = [int(s.attrs["data-step"]) for s in columns[1].find_all("div", class_="step")]
+    assert shown == sorted(s.step for s in record.steps)

@@ -500,13 +500,14 @@ function stepCard(detail, item, response, step, failing) {
     body);
 }
 
-function responseColumn(detail, item, r, focused) {
+function responseColumn(detail, item, r, focused, replayNumber) {
   const failing = r.attribution.find((a) => a.step !== null && a.step !== undefined);
   const outcomes = [r.chosen === item.gold ? "correct" : "incorrect"];
   if (item.unsafe.includes(r.chosen)) outcomes.push("unsafe");
   if (item.high_risk.includes(r.chosen)) outcomes.push("high-risk");
   const head = el("div", { class: "col-head" },
-    el("h3", { text: r.condition }),
+    el("h3", { text: r.replay ? `${r.condition} · replay ${replayNumber}` : r.condition }),
+    r.replay ? el("p", { class: "replay-note", text: `without ${r.replay.dropped.join(", ")} (forked after step ${r.replay.fork_step}; the original chose ${r.replay.original_chosen})` }) : null,
     el("div", {}, el("b", { text: `chose ${r.chosen}` }), " ", outcomes.map((o) => el("span", { class: "tag " + o, text: o })),
       r.formulation ? el("span", { class: "tag", text: `formulation ${r.formulation}` }) : null,
       r.budget > 1 ? el("span", { class: "tag", text: `vote share ${pct(r.vote_share)}` }) : null,
@@ -530,7 +531,8 @@ function responseColumn(detail, item, r, focused) {
         el("td", { text: d.backbone }), el("td", { text: d.method }), el("td", { text: num(d.score, 3) }),
         el("td", { text: num(d.threshold, 3) }), el("td", { class: "verdict", text: d.verdict }),
         el("td", { text: d.split }), el("td", { text: labels[d.label] ?? d.label })))))) : null;
-  return el("section", { class: "cond-col" + (focused ? " focus" : ""), id: `col-${r.condition}`, "data-condition": r.condition },
+  const colId = r.replay ? `col-${r.condition}-replay-${replayNumber}` : `col-${r.condition}`;
+  return el("section", { class: "cond-col" + (focused ? " focus" : "") + (r.replay ? " replay" : ""), id: colId, "data-condition": r.condition, "data-replay": r.replay ? String(replayNumber) : null },
     head, steps, evidence, detection, raw);
 }
 
@@ -578,8 +580,14 @@ async function renderItem(app, params) {
   const switcher = models.length > 1 || budgets.length > 1 ? el("div", { class: "switch" },
     models.map((m) => budgets.map((b) => el("a", { class: m === model && b === budget ? "on" : "", href: linkTo({ ...f, item: id, model: m, budget: b }), text: `${m} ${b}x` })))) : null;
   const focus = params.get("condition");
-  const cols = detail.responses.filter((r) => r.model === model && String(r.budget) === budget)
-    .map((r) => responseColumn(detail, full, r, r.condition === focus));
+  const mine = (r) => r.model === model && String(r.budget) === budget;
+  const cols = [];
+  for (const r of detail.responses.filter(mine)) {
+    cols.push(responseColumn(detail, full, r, r.condition === focus));
+    // what-if replays of this response sit next to it
+    (detail.replays || []).filter((x) => mine(x) && x.condition === r.condition)
+      .forEach((x, i) => cols.push(responseColumn(detail, full, x, false, i + 1)));
+  }
   box.replaceChildren(...[switcher, el("div", { class: "columns", id: "columns" }, cols)].filter(Boolean));
   if (focus) {
     const col = document.getElementById(`col-${focus}`);
