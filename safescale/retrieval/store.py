@@ -643,11 +643,19 @@ class EvidenceStore:
             The directory.
 
         Raises:
-            FileExistsError: when ``directory`` exists, is not empty and is not a store.
+            FileExistsError: when ``directory`` exists, is not empty and holds anything but
+                a store's own files (a store that lost its manifest is replaced).
         """
         target = Path(directory).expanduser()
         if target.exists() and any(target.iterdir()) and not (target / MANIFEST).exists():
-            raise FileExistsError(f"{target} exists and is not an evidence store; not replacing it")
+            foreign = {p.name for p in target.iterdir()} - {INDEX_FILE, TABLE_FILE}
+            if foreign:
+                raise FileExistsError(
+                    f"{target} exists and is not an evidence store (holds "
+                    f"{', '.join(sorted(foreign)[:3])}); not replacing it"
+                )
+            # a store that lost its manifest (a crash mid-write, a manual delete): rebuilt
+            log.warning("%s: evidence store without a manifest; replacing it", target)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()

@@ -339,6 +339,10 @@ def test_save_replaces_a_store_but_never_a_foreign_directory(
     with pytest.raises(FileExistsError, match="not an evidence store"):
         store.save(foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
+    # a store that lost its manifest is a damaged store: `index build` replaces it
+    (directory / "manifest.json").unlink()
+    store.save(directory)
+    assert EvidenceStore.load(directory, corpus).search_vectors(np.ones(64), k=1)
 
 
 def test_embedding_cache_reuses_vectors(cache_dir: Path) -> None:
