@@ -272,3 +272,32 @@ def test_tampered_checkpoint_types_are_not_revived(tmp_path):
     finally:
         conn.close()
     assert sqlite3.connect(tmp_path / "checkpoints.sqlite").execute("select 1").fetchone()
+
+
+@pytest.mark.parametrize("bad_name", ["../escape", "a/b"])
+def test_a_corpus_name_that_is_not_a_slug_is_refused_before_anything_is_written(
+    tmp_path, tiny_dir, bad_name
+):
+    import shutil
+
+    import yaml
+
+    from safescale.corpora import load_corpus
+
+    source = load_corpus("radiology-guidelines").path
+    corpus_dir = tmp_path / "corpus"
+    shutil.copytree(source, corpus_dir)
+    meta = yaml.safe_load((corpus_dir / "corpus.yaml").read_text())
+    meta["name"] = bad_name
+    (corpus_dir / "corpus.yaml").write_text(yaml.safe_dump(meta))
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        f"name: bad\nmodels: [{{name: tiny, spec: {tiny_dir}}}]\ncorpora: [{corpus_dir}]\n"
+        "conditions: [closed_book]\nlimit: 1\n"
+    )
+    out = tmp_path / "runs" / "bad"
+    result = _invoke("run", str(config), "--out", str(out))
+    assert result.exit_code == 2, result.output
+    assert "corpus" in result.output and "name" in result.output
+    assert not out.exists()
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "runs" / "escape").exists()
