@@ -65,6 +65,20 @@ class CachedLM:
             )
             self._db.commit()
 
+    def lookup(self, kind: str, payload: object) -> object | None:
+        """A cached JSON value of a composite call (e.g. an answer read from a shared
+        prompt pass), or None."""
+        value = self._get(self._key(kind, payload))
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return value
+
+    def store(self, kind: str, payload: object, value: object) -> None:
+        """Cache the JSON value of a composite call (see :meth:`lookup`)."""
+        self._put(self._key(kind, payload), value)
+
     def score_options(self, messages: Sequence[str], letters: Sequence[str]) -> np.ndarray:
         """Cached :meth:`LanguageModel.score_options` (per message)."""
         keys = [self._key("score", [m, list(letters)]) for m in messages]
