@@ -190,8 +190,8 @@ def teacher_forced_pair(
     response_ids = list(lm.tokenizer(record.response, add_special_tokens=False)["input_ids"])
     if not response_ids:
         raise ValueError(f"record {record.item!r}/{record.condition!r} has an empty response")
-    ctx = lm.internals(record.message, response_ids, attentions=attentions, lens="none")
-    noctx = lm.internals(record.message_noctx, response_ids, lens="none")
+    ctx = lm.internals(record.message, response_ids, attentions=attentions, lens="kl")
+    noctx = lm.internals(record.message_noctx, response_ids, lens="kl")
     return ctx, noctx
 
 
@@ -351,8 +351,8 @@ class SharedPassRecorder:
         response_ids = list(lm.tokenizer(response, add_special_tokens=False)["input_ids"])
         if not response_ids:
             raise ValueError("the response is empty")
-        ctx = lm.internals_from(handle.state, response_ids, lens="none")
-        noctx = lm.internals(message_noctx, response_ids, lens="none")
+        ctx = lm.internals_from(handle.state, response_ids, lens="kl")
+        noctx = lm.internals(message_noctx, response_ids, lens="kl")
         payload: dict[str, Any] = {
             "v": FEATURE_VERSION,
             "model": self.model_hash,

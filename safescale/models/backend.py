@@ -46,7 +46,7 @@ ANSWER_CUE = "Answer:"
 #: prompt format and answer cue, so ``log p(text | neutral)`` is the model's prior for an
 #: answer text in this position.
 NEUTRAL_MESSAGE = "Question:"
-LensMode = Literal["full", "topk", "none", "off"]
+LensMode = Literal["full", "topk", "none", "kl", "off"]
 
 
 class PromptError(ValueError):
@@ -524,8 +524,10 @@ class LanguageModel:
             lens: ``"full"`` keeps every layer's logit-lens log-probabilities
                 ``[L+1, R, V]``; ``"topk"`` keeps only the top ``topk`` per layer and
                 token; ``"none"`` keeps neither (KL-to-final and entropy per layer are
-                still computed in these three modes); ``"off"`` skips the logit lens
-                entirely (a plain forward with hidden states).
+                still computed in these three modes); ``"kl"`` computes only the
+                KL-to-final per layer (what ECRT's incoherence features read; the
+                cheapest lens); ``"off"`` skips the logit lens entirely (a plain
+                forward with hidden states).
         """
         prompt = self.prompt_ids(message)
         response_ids = self._response_ids(response)
@@ -590,7 +592,7 @@ class LanguageModel:
             lens_topk_logprobs=None if stats is None else stats.get("topk_values"),
             lens_topk_ids=None if stats is None else stats.get("topk_ids"),
             lens_kl_to_final=None if stats is None else stats["kl"],
-            lens_entropy=None if stats is None else stats["entropy"],
+            lens_entropy=None if stats is None else stats.get("entropy"),
             attentions=None if att is None else att.cpu(),
         )
 
@@ -611,7 +613,8 @@ class LanguageModel:
         and ``H(lens_l) = lse - sum_v softmax(z) z``.
 
         Returns:
-            ``kl`` and ``entropy`` ``[L+1, R]`` (row ``L`` = the final layer: KL 0),
+            ``kl`` and (unless ``lens="kl"``) ``entropy`` ``[L+1, R]`` (row ``L`` = the
+            final layer: KL 0),
             plus ``full`` ``[L+1, R, V]`` or ``topk_values`` / ``topk_ids``
             ``[L+1, R, k]`` as ``lens`` asks.
         """
@@ -634,6 +637,8 @@ class LanguageModel:
             lse = torch.logsumexp(z, dim=-1)  # [c, R]
             cross = torch.einsum("crv,rv->cr", z, p_final)
             kls.append((neg_h_final - (cross - lse)).clamp(min=0.0))
+            if lens == "kl":
+                continue
             if lens == "full":
                 logp = z - lse[..., None]
                 kept.append(logp)
@@ -648,7 +653,9 @@ class LanguageModel:
                 top_i.append(t.indices)
         kls.append(torch.zeros(1, R, device=final.device))
         entropies.append(-neg_h_final[None])
-        out = {"kl": torch.cat(kls).cpu(), "entropy": torch.cat(entropies).cpu()}
+        out = {"kl": torch.cat(kls).cpu()}
+        if lens != "kl":
+            out["entropy"] = torch.cat(entropies).cpu()
         if lens == "full":
             out["full"] = torch.cat([*kept, final[None]]).cpu()
         elif lens == "topk":

@@ -192,3 +192,19 @@ def test_detect_train_refits_from_the_stored_inputs_without_the_model(runs, tmp_
     assert report.n_records == 30
     assert report.row("ecrt").status == "ok"
     assert report.row("ptrue").status == "ok", report.row("ptrue").reason
+
+
+def test_kl_lens_mode_gives_the_same_kl_without_the_entropy(tiny_lm):
+    full = tiny_lm.internals(MESSAGE, RESPONSE, lens="none")
+    kl = tiny_lm.internals(MESSAGE, RESPONSE, lens="kl")
+    assert torch.allclose(full.lens_kl_to_final, kl.lens_kl_to_final, atol=1e-6)
+    assert kl.lens_entropy is None and full.lens_entropy is not None
+    # the batched lens equals the per-layer definition log_softmax(head(norm(h_l)))
+    ref = tiny_lm.internals(MESSAGE, RESPONSE, lens="full")
+    head, norm = tiny_lm.model.get_output_embeddings(), tiny_lm._final_norm()
+    with torch.inference_mode():
+        layer0 = torch.log_softmax(head(norm(ref.hidden_states[0])).float(), dim=-1)
+    assert torch.allclose(ref.logit_lens[0], layer0, atol=1e-5)
+    final = torch.log_softmax(ref.logits, dim=-1)
+    kl0 = (final.exp() * (final - layer0)).sum(-1)
+    assert torch.allclose(kl.lens_kl_to_final[0], kl0, atol=1e-5)
