@@ -115,6 +115,7 @@ class CachedLM:
         logprob = np.full((len(messages), width), np.nan)
         n_tokens = np.zeros((len(messages), width), dtype=np.int64)
         n_chars = np.zeros((len(messages), width), dtype=np.int64)
+        pending: list[tuple[int, list[int]]] = []
         for row, (message, texts) in enumerate(zip(messages, per_message, strict=True)):
             keys = [self._key("continuation", [message, text, answer_cue]) for text in texts]
             missing = []
@@ -127,17 +128,28 @@ class CachedLM:
             self.hits += len(texts) - len(missing)
             self.misses += len(missing)
             if missing:
-                fresh = self.lm.score_continuations(
-                    [message], [[texts[c] for c in missing]], answer_cue=answer_cue
-                )
+                pending.append((row, missing))
+        # rows missing the same continuations go to the model in one call (so prompts
+        # with a common prefix share its prefill)
+        groups: dict[tuple[str, ...], list[tuple[int, list[int]]]] = {}
+        for row, missing in pending:
+            texts = tuple(per_message[row][c] for c in missing)
+            groups.setdefault(texts, []).append((row, missing))
+        for texts, rows in groups.items():
+            fresh = self.lm.score_continuations(
+                [messages[row] for row, _ in rows], [list(texts)] * len(rows), answer_cue=answer_cue
+            )
+            for i, (row, missing) in enumerate(rows):
                 for j, col in enumerate(missing):
                     value = [
-                        float(fresh.logprob[0, j]),
-                        int(fresh.n_tokens[0, j]),
-                        int(fresh.n_chars[0, j]),
+                        float(fresh.logprob[i, j]),
+                        int(fresh.n_tokens[i, j]),
+                        int(fresh.n_chars[i, j]),
                     ]
                     logprob[row, col], n_tokens[row, col], n_chars[row, col] = value
-                    self._put(keys[col], value)
+                    self._put(
+                        self._key("continuation", [messages[row], texts[j], answer_cue]), value
+                    )
         return ContinuationScores(logprob=logprob, n_tokens=n_tokens, n_chars=n_chars)
 
     def generate(

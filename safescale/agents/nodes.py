@@ -376,7 +376,8 @@ def default_critic(item: Item, evidence_ids: list[str], ctx: AgentContext) -> Cr
         detail={
             "relevance_margin": relevance,
             "conflict_margin": conflict_margin,
-            "judgement": "cloze PMI (relevance v2, conflict v2)",
+            "judgement": f"cloze PMI (relevance v{prompts.RELEVANCE.version}, "
+            f"conflict v{prompts.CONFLICT.version})",
         },
         prompt_tokens=prompt_tokens,
     )

@@ -326,7 +326,10 @@ class LanguageModel:
 
         Each prompt is prefilled once; its continuations then run together as one
         right-padded batch over a copy of that KV cache (the continuation of a prompt
-        never recomputes the prompt). A one-token continuation costs no extra pass: its
+        never recomputes the prompt). Prompts that share a leading run of at least
+        :attr:`MIN_SHARED_PREFIX` tokens (e.g. the critic's per-passage relevance
+        prompts, which start with the question) prefill it once and extend a copy of
+        its cache by their own suffix. A one-token continuation costs no extra pass: its
         log-prob is read from the prefill's last position.
 
         Args:
@@ -345,14 +348,55 @@ class LanguageModel:
         logprob = np.full((len(messages), width), np.nan)
         n_tokens = np.zeros((len(messages), width), dtype=np.int64)
         n_chars = np.zeros((len(messages), width), dtype=np.int64)
-        for row, (message, texts) in enumerate(zip(messages, per_message, strict=True)):
-            prompt = self.prompt_ids(message, answer_cue=answer_cue)
+        prompts_ids = [self.prompt_ids(m, answer_cue=answer_cue) for m in messages]
+        shared = self._shared_prefix(prompts_ids)
+        for row, (prompt, texts) in enumerate(zip(prompts_ids, per_message, strict=True)):
             conts = [self.continuation_ids(t) for t in texts]
-            scores = self._continuation_logprobs(prompt, conts)
+            if shared is None:
+                scores = self._continuation_logprobs(prompt, conts)
+            else:
+                scores = self._continuation_logprobs_after(shared, prompt, conts)
             logprob[row, : len(texts)] = scores
             n_tokens[row, : len(texts)] = [len(c) for c in conts]
             n_chars[row, : len(texts)] = [len(t.strip()) for t in texts]
         return ContinuationScores(logprob=logprob, n_tokens=n_tokens, n_chars=n_chars)
+
+    #: Shortest common prompt prefix (tokens) worth one shared prefill.
+    MIN_SHARED_PREFIX = 8
+
+    def _shared_prefix(self, prompts: list[list[int]]) -> tuple[list[int], object] | None:
+        """The common leading ids of ``prompts`` (each keeps at least one own token)
+        and their KV cache, or None when there is nothing worth sharing."""
+        if len(prompts) < 2:
+            return None
+        n = min(len(p) for p in prompts) - 1
+        first = prompts[0]
+        for p in prompts[1:]:
+            k = 0
+            while k < n and p[k] == first[k]:
+                k += 1
+            n = k
+        if n < self.MIN_SHARED_PREFIX:
+            return None
+        cache = self.model(
+            input_ids=torch.tensor([first[:n]], device=self.device),
+            use_cache=True,
+            logits_to_keep=1,
+        ).cache
+        return first[:n], cache
+
+    def _continuation_logprobs_after(
+        self, shared: tuple[list[int], object], prompt: list[int], conts: list[list[int]]
+    ) -> list[float]:
+        prefix, cache = shared
+        self._check_continuation_room(len(prompt), conts)
+        out = self.model(
+            input_ids=torch.tensor([prompt[len(prefix) :]], device=self.device),
+            cache=copy.deepcopy(cache),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return self._continuations_over_cache(out.logits[0, -1], out.cache, len(prompt), conts)
 
     def _continuation_logprobs(self, prompt: list[int], conts: list[list[int]]) -> list[float]:
         self._check_continuation_room(len(prompt), conts)

@@ -208,3 +208,27 @@ def test_kl_lens_mode_gives_the_same_kl_without_the_entropy(tiny_lm):
     final = torch.log_softmax(ref.logits, dim=-1)
     kl0 = (final.exp() * (final - layer0)).sum(-1)
     assert torch.allclose(kl.lens_kl_to_final[0], kl0, atol=1e-5)
+
+
+def test_prompts_with_a_common_prefix_share_its_prefill(tiny_lm):
+    from safescale.agents import prompts
+
+    question = "Which treatment is first line for centre-involving macular oedema with vision loss?"
+    messages = [
+        prompts.RELEVANCE.render(question=question, passage=f"[P1] Source {i}: finding {i}.")
+        for i in range(3)
+    ]
+    ids = [tiny_lm.prompt_ids(m, answer_cue=True) for m in messages]
+    prefix = tiny_lm._shared_prefix(ids)
+    assert prefix is not None and len(prefix[0]) >= tiny_lm.MIN_SHARED_PREFIX
+    answers = list(prompts.RELEVANCE_ANSWERS)
+    together = tiny_lm.score_continuations(messages, answers).logprob
+    alone = np.vstack([tiny_lm.score_continuations([m], answers).logprob for m in messages])
+    assert np.allclose(together, alone, atol=ATOL)
+    from safescale.agents.lmcache import CachedLM
+
+    cached = CachedLM(tiny_lm)
+    assert np.allclose(cached.score_continuations(messages, answers).logprob, alone, atol=ATOL)
+    assert cached.misses == 6
+    assert np.allclose(cached.score_continuations(messages, answers).logprob, alone, atol=ATOL)
+    assert cached.hits == 6
