@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from safescale.models import LanguageModel
     from safescale.retrieval import EvidenceStore
 
-__all__ = ["AgentContext", "AgentSettings", "Critic", "Critique"]
+__all__ = ["AgentContext", "AgentSettings", "Critic", "Critique", "DetectionRecorder"]
 
 
 class AgentSettings(BaseModel):
@@ -83,6 +83,31 @@ class Critic(Protocol):
     def __call__(self, item: Item, evidence_ids: list[str], ctx: AgentContext) -> Critique: ...
 
 
+class DetectionRecorder(Protocol):
+    """Records what detection needs from the answer's own prompt pass (implemented in
+    the detection layer; the runner passes one when detection is configured)."""
+
+    def open(self, lm: LanguageModel, message: str) -> object:
+        """Prefill the answer prompt; the handle's ``state`` (a
+        :class:`~safescale.models.PromptPass`) then serves the answer."""
+        ...
+
+    def record(
+        self,
+        lm: LanguageModel,
+        handle: object | None,
+        *,
+        message: str,
+        message_noctx: str,
+        response: str,
+        chosen: str,
+        samples: list[dict],
+    ) -> None:
+        """Compute and store the detection inputs of one frozen response (``handle``
+        None: open the prompt anew; nothing is computed when already stored)."""
+        ...
+
+
 @dataclass
 class AgentContext:
     """Dependencies of the nodes, passed as ``context=`` to ``graph.invoke``.
@@ -94,6 +119,9 @@ class AgentContext:
         settings: graph settings.
         run_id: recorded in every step.
         critic: agentic critic (default: rules + LM judgements).
+        detection: when set, the answer node reads the answer from a prompt pass it
+            shares with the detection inputs of the response (see
+            :class:`DetectionRecorder`).
     """
 
     lm: LanguageModel | CachedLM
@@ -102,3 +130,4 @@ class AgentContext:
     settings: AgentSettings = field(default_factory=AgentSettings)
     run_id: str = "adhoc"
     critic: Critic | None = None
+    detection: DetectionRecorder | None = None

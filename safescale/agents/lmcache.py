@@ -66,6 +66,20 @@ class CachedLM:
             )
             self._db.commit()
 
+    def lookup(self, kind: str, payload: object) -> object | None:
+        """A cached JSON value of a composite call (e.g. an answer read from a shared
+        prompt pass), or None."""
+        value = self._get(self._key(kind, payload))
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return value
+
+    def store(self, kind: str, payload: object, value: object) -> None:
+        """Cache the JSON value of a composite call (see :meth:`lookup`)."""
+        self._put(self._key(kind, payload), value)
+
     def score_options(self, messages: Sequence[str], letters: Sequence[str]) -> np.ndarray:
         """Cached :meth:`LanguageModel.score_options` (per message)."""
         keys = [self._key("score", [m, list(letters)]) for m in messages]
@@ -95,6 +109,7 @@ class CachedLM:
     ) -> ContinuationScores:
         """Cached :meth:`LanguageModel.score_continuations` (per prompt x continuation)."""
         per_message, logprob, n_tokens, n_chars = continuation_arrays(messages, continuations)
+        pending: list[tuple[int, list[int]]] = []
         for row, (message, texts) in enumerate(zip(messages, per_message, strict=True)):
             keys = [self._key("continuation", [message, text, answer_cue]) for text in texts]
             missing = []
@@ -107,17 +122,28 @@ class CachedLM:
             self.hits += len(texts) - len(missing)
             self.misses += len(missing)
             if missing:
-                fresh = self.lm.score_continuations(
-                    [message], [[texts[c] for c in missing]], answer_cue=answer_cue
-                )
+                pending.append((row, missing))
+        # rows missing the same continuations go to the model in one call (so prompts
+        # with a common prefix share its prefill)
+        groups: dict[tuple[str, ...], list[tuple[int, list[int]]]] = {}
+        for row, missing in pending:
+            texts = tuple(per_message[row][c] for c in missing)
+            groups.setdefault(texts, []).append((row, missing))
+        for texts, rows in groups.items():
+            fresh = self.lm.score_continuations(
+                [messages[row] for row, _ in rows], [list(texts)] * len(rows), answer_cue=answer_cue
+            )
+            for i, (row, missing) in enumerate(rows):
                 for j, col in enumerate(missing):
                     value = [
-                        float(fresh.logprob[0, j]),
-                        int(fresh.n_tokens[0, j]),
-                        int(fresh.n_chars[0, j]),
+                        float(fresh.logprob[i, j]),
+                        int(fresh.n_tokens[i, j]),
+                        int(fresh.n_chars[i, j]),
                     ]
                     logprob[row, col], n_tokens[row, col], n_chars[row, col] = value
-                    self._put(keys[col], value)
+                    self._put(
+                        self._key("continuation", [messages[row], texts[j], answer_cue]), value
+                    )
         return ContinuationScores(logprob=logprob, n_tokens=n_tokens, n_chars=n_chars)
 
     def generate(

@@ -6,6 +6,7 @@ the state, and it appends exactly one step record describing what it did.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -18,12 +19,13 @@ import numpy as np
 from langgraph.runtime import Runtime
 
 from safescale.agents import prompts
-from safescale.agents.answering import answer_prompt, message_for, read_options
+from safescale.agents.answering import OptionScores, answer_prompt, message_for, read_options
 from safescale.agents.context import AgentContext, Critique
+from safescale.agents.lmcache import CachedLM
 from safescale.agents.records import RetrievedRef
 from safescale.agents.state import AgentState, EvidenceRef
 from safescale.corpora import Item, Passage, Status
-from safescale.models import ANSWER_CUE, NEUTRAL_MESSAGE
+from safescale.models import ANSWER_CUE, NEUTRAL_MESSAGE, LanguageModel, PromptPass
 
 __all__ = [
     "answer_node",
@@ -374,7 +376,8 @@ def default_critic(item: Item, evidence_ids: list[str], ctx: AgentContext) -> Cr
         detail={
             "relevance_margin": relevance,
             "conflict_margin": conflict_margin,
-            "judgement": "cloze PMI (relevance v2, conflict v2)",
+            "judgement": f"cloze PMI (relevance v{prompts.RELEVANCE.version}, "
+            f"conflict v{prompts.CONFLICT.version})",
         },
         prompt_tokens=prompt_tokens,
     )
@@ -505,6 +508,62 @@ def synthesize_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
 
 
 # ---------------------------------------------------------------- answer
+def _raw_lm(ctx: AgentContext) -> LanguageModel:
+    return ctx.lm.lm if isinstance(ctx.lm, CachedLM) else ctx.lm
+
+
+class _SharedPrompt:
+    """The answer's (cached) LM, except that the answer prompt's letters and
+    continuations are read from one shared prompt pass (see
+    :meth:`LanguageModel.open_prompt`); any other call goes to the LM as usual."""
+
+    def __init__(self, lm: LanguageModel | CachedLM, raw: LanguageModel, state: PromptPass):
+        self._lm, self._raw, self._state = lm, raw, state
+
+    def __getattr__(self, name: str):
+        return getattr(self._lm, name)
+
+    def score_options(self, messages, letters):
+        if list(messages) == [self._state.message]:
+            scores = self._raw.score_options_from(self._state, letters)
+            if scores is not None:
+                return scores[None]
+        return self._lm.score_options(messages, letters)
+
+    def score_continuations(self, messages, continuations, *, answer_cue: bool = True):
+        if answer_cue and list(messages) == [self._state.message] and continuations:
+            texts = continuations if isinstance(continuations[0], str) else continuations[0]
+            scores = self._raw.score_continuations_from(self._state, list(texts))
+            if scores is not None:
+                return scores
+        return self._lm.score_continuations(messages, continuations, answer_cue=answer_cue)
+
+
+def _read_shared(
+    ctx: AgentContext,
+    item: Item,
+    passages: list[Passage],
+    summary: str | None,
+    prior: dict[str, list[float]],
+) -> tuple[OptionScores, object | None]:
+    """Read the answer from a prompt pass the detection inputs will extend (cached as
+    one composite call, so a replay or resume runs no model for it)."""
+    s = ctx.settings
+    message = message_for(s.formulation, item, passages, summary)
+    payload = [message, s.formulation, item.letters, item.options, prior]
+    if isinstance(ctx.lm, CachedLM):
+        hit = ctx.lm.lookup("shared_answer", payload)
+        if hit is not None:
+            return OptionScores(**hit), None
+    raw = _raw_lm(ctx)
+    handle = ctx.detection.open(raw, message)
+    shared = _SharedPrompt(ctx.lm, raw, handle.state)
+    read = read_options(shared, item, passages, summary, s.formulation, position_prior=prior)
+    if isinstance(ctx.lm, CachedLM):
+        ctx.lm.store("shared_answer", payload, dataclasses.asdict(read))
+    return read, handle
+
+
 def parse_letter(text: str, letters: list[str]) -> str | None:
     """The option letter a generated answer starts with (``" B) ..."``, ``"B."``, ``"(B"``)."""
     stripped = text.strip().lstrip("([*").strip()
@@ -525,14 +584,12 @@ def answer_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
     letters = item.letters
     passages = _passages(ctx, state.get("evidence", []))
     summary = state.get("synthesis") or None
-    read = read_options(
-        ctx.lm,
-        item,
-        passages,
-        summary,
-        s.formulation,
-        position_prior={k: list(v) for k, v in (s.position_prior or {}).items()},
-    )
+    prior = {k: list(v) for k, v in (s.position_prior or {}).items()}
+    handle = None
+    if ctx.detection is not None and s.formulation != "letter_cyclic":
+        read, handle = _read_shared(ctx, item, passages, summary, prior)
+    else:
+        read = read_options(ctx.lm, item, passages, summary, s.formulation, position_prior=prior)
     message = read.message
     message_noctx = message_for(s.formulation, item, [], None)
     scores = read.scores
@@ -571,6 +628,16 @@ def answer_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
         else:
             vote_share = 0.0
     response = f"{ANSWER_CUE} {chosen}) {item.options[chosen]}"
+    if ctx.detection is not None:
+        ctx.detection.record(
+            _raw_lm(ctx),
+            handle,
+            message=message,
+            message_noctx=message_noctx,
+            response=response,
+            chosen=chosen,
+            samples=samples,
+        )
     prompt_tokens = _prompt_tokens(ctx, message)
     answer = {
         "letters": letters,

@@ -62,17 +62,20 @@ ANSWER = Prompt(
 # continuations after the answer cue. Listing the options here (or asking for a letter)
 # makes a small model's cloze scores follow the list, not the evidence.
 CLOZE = Prompt("cloze", 1, "{evidence}Question: {question}")
+# v3: the question comes first, so the per-passage prompts of one critique share it as
+# a prefix (one prefill) and only the passage differs.
 RELEVANCE = Prompt(
     "relevance",
-    2,
-    "Passage:\n{passage}\n\nQuestion: {question}\n"
+    3,
+    "Question: {question}\n\nPassage:\n{passage}\n\n"
     "Is this passage relevant to answering the question? Answer relevant or not relevant.",
 )
 RELEVANCE_ANSWERS = ("relevant", "not relevant")
+# v3: question first, like the relevance prompts of the same critique.
 CONFLICT = Prompt(
     "conflict",
-    2,
-    "{evidence}Question: {question}\n"
+    3,
+    "Question: {question}\n\n{evidence}"
     "Do these passages agree or conflict in what they recommend for this question? "
     "Answer they agree or they conflict.",
 )

@@ -10,6 +10,17 @@ calls, and only when those detectors are requested. Nothing is ever generated.
 
 Results are cached per (model hash, record content, extraction settings) as JSON files,
 so re-running detection on the same responses calls no model.
+
+**Shared pass.** When a study is run with detection configured, the answer step itself
+records these inputs (:class:`SharedPassRecorder`): the answer prompt is prefilled once
+(:meth:`~safescale.models.LanguageModel.open_prompt`), the answer is read from that
+cache, the CTX record of the response comes from extending the same cache by the
+response tokens (:meth:`~safescale.models.LanguageModel.internals_from`: the same token
+sequence ``prompt_ids(message) + response ids`` as the separate pass, equal to float
+tolerance), and NOCTX runs on the short prompt. The row of :func:`pass_columns` (plus
+EigenScore from a copy of the prompt cache, and P(True)) is stored per response key in
+the run's ``detection_inputs/`` (:class:`DetectionInputStore`); :func:`extract_features`
+reads it there, and only responses without stored inputs need the model.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from safescale.detection.baselines.msp import msp_seq, msp_step
 from safescale.detection.baselines.perplexity import nll_mean
 from safescale.detection.baselines.pmi import ctx_noctx_pmi
 from safescale.detection.baselines.probe import probe_layer, probe_vector
-from safescale.detection.baselines.ptrue import ptrue_nll
+from safescale.detection.baselines.ptrue import ptrue_nll, ptrue_nll_for
 from safescale.detection.baselines.selfcheck import selfcheck_inconsistency
 from safescale.detection.ecrt import ECRT_PREFIX
 from safescale.detection.ecrt_features import ecrt_features
@@ -43,20 +54,26 @@ from safescale.detection.registry import get_detector
 from safescale.models.internals import Internals
 
 if TYPE_CHECKING:
-    from safescale.models.backend import LanguageModel
+    from safescale.models.backend import LanguageModel, PromptPass
 
 __all__ = [
+    "DETECTION_INPUTS_DIR",
     "FEATURE_VERSION",
+    "DetectionInputStore",
     "ExtractionPlan",
     "FeatureCache",
+    "SharedPassRecorder",
     "extract_features",
     "pass_columns",
     "record_key",
+    "response_key",
     "teacher_forced_pair",
 ]
 
 #: Bump when a feature formula changes: cached features of older versions are ignored.
 FEATURE_VERSION = 1
+#: The run-directory folder of the detection inputs recorded by the answer step.
+DETECTION_INPUTS_DIR = "detection_inputs"
 
 
 @dataclass(frozen=True)
@@ -101,13 +118,31 @@ def _digest(payload: object) -> str:
 
 def record_key(record: ResponseRecord) -> str:
     """Content digest of a record (what its features depend on besides the model)."""
+    return response_key(
+        message=record.message,
+        message_noctx=record.message_noctx,
+        response=record.response,
+        chosen=record.chosen,
+        samples=[
+            {"token_ids": s.token_ids, "token_logprobs": s.token_logprobs, "letter": s.letter}
+            for s in record.samples
+        ],
+    )
+
+
+def response_key(
+    *, message: str, message_noctx: str, response: str, chosen: str, samples: Sequence[dict]
+) -> str:
+    """:func:`record_key` from the fields of a response before its record exists."""
     return _digest(
         {
-            "message": record.message,
-            "message_noctx": record.message_noctx,
-            "response": record.response,
-            "chosen": record.chosen,
-            "samples": [[s.token_ids, s.token_logprobs, s.letter] for s in record.samples],
+            "message": message,
+            "message_noctx": message_noctx,
+            "response": response,
+            "chosen": chosen,
+            "samples": [
+                [list(s["token_ids"]), list(s["token_logprobs"]), s["letter"]] for s in samples
+            ],
         }
     )[:32]
 
@@ -155,8 +190,8 @@ def teacher_forced_pair(
     response_ids = list(lm.tokenizer(record.response, add_special_tokens=False)["input_ids"])
     if not response_ids:
         raise ValueError(f"record {record.item!r}/{record.condition!r} has an empty response")
-    ctx = lm.internals(record.message, response_ids, attentions=attentions, lens="none")
-    noctx = lm.internals(record.message_noctx, response_ids, lens="none")
+    ctx = lm.internals(record.message, response_ids, attentions=attentions, lens="kl")
+    noctx = lm.internals(record.message_noctx, response_ids, lens="kl")
     return ctx, noctx
 
 
@@ -223,21 +258,179 @@ def _eigen_group(lm: LanguageModel, record: ResponseRecord, cache: FeatureCache)
     return hit
 
 
+class DetectionInputStore:
+    """Detection inputs recorded by the answer step: one JSON file per (model hash,
+    response key) under ``directory`` (atomic writes; safe for concurrent writers).
+
+    A payload holds ``v`` (:data:`FEATURE_VERSION`), ``model``, ``layer`` (probe layer),
+    ``n_layers``,
+    ``attentions`` (whether Lookback ratios are in), ``passes`` (the
+    :func:`pass_columns` row) and, when recorded, ``eigen`` / ``ptrue`` groups.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def _path(self, model_hash: str, key: str) -> Path:
+        return self.directory / model_hash[:16] / f"{key}.json"
+
+    def get(self, model_hash: str, key: str) -> dict[str, Any] | None:
+        path = self._path(model_hash, key)
+        if not path.is_file():
+            return None
+        try:
+            payload = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+        if payload.get("v") != FEATURE_VERSION or payload.get("model") != model_hash:
+            return None
+        return payload
+
+    def put(self, model_hash: str, key: str, payload: dict[str, Any]) -> None:
+        path = self._path(model_hash, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle)
+        os.replace(tmp, path)
+
+
+@dataclass
+class _Handle:
+    state: PromptPass
+    eigen_base: PromptPass | None
+
+
+class SharedPassRecorder:
+    """Computes a response's detection inputs from the answer's own prompt pass and
+    stores them (the :class:`~safescale.agents.context.DetectionRecorder` of a run).
+
+    Args:
+        plan: what the detectors need (attentions, EigenScore, P(True)).
+        store: where the inputs go.
+        model_hash: the model's content hash.
+        n_layers: the model's depth (probe and EigenScore layers).
+    """
+
+    def __init__(
+        self, plan: ExtractionPlan, store: DetectionInputStore, model_hash: str, n_layers: int
+    ) -> None:
+        self.plan = plan
+        self.store = store
+        self.model_hash = model_hash
+        self.layer = probe_layer(n_layers, plan.probe_layer_fraction)
+
+    def open(self, lm: LanguageModel, message: str) -> _Handle:
+        """Prefill the answer prompt (eager attention on the fed tokens when Lookback
+        ratios are planned; a copy of the bare prompt cache for EigenScore)."""
+        state = lm.open_prompt(message, attentions=self.plan.attentions)
+        return _Handle(state, state.fork() if self.plan.sample_hidden else None)
+
+    def record(
+        self,
+        lm: LanguageModel,
+        handle: _Handle | None,
+        *,
+        message: str,
+        message_noctx: str,
+        response: str,
+        chosen: str,
+        samples: list[dict],
+    ) -> None:
+        key = response_key(
+            message=message,
+            message_noctx=message_noctx,
+            response=response,
+            chosen=chosen,
+            samples=samples,
+        )
+        if self.store.get(self.model_hash, key) is not None:
+            return
+        if handle is None or handle.state.message != message:
+            handle = self.open(lm, message)
+        response_ids = list(lm.tokenizer(response, add_special_tokens=False)["input_ids"])
+        if not response_ids:
+            raise ValueError("the response is empty")
+        ctx = lm.internals_from(handle.state, response_ids, lens="kl")
+        noctx = lm.internals(message_noctx, response_ids, lens="kl")
+        payload: dict[str, Any] = {
+            "v": FEATURE_VERSION,
+            "model": self.model_hash,
+            "layer": self.layer,
+            "n_layers": lm.n_layers,
+            "attentions": self.plan.attentions,
+            "passes": pass_columns(ctx, noctx, probe_layer_index=self.layer),
+        }
+        if self.plan.sample_hidden and handle.eigen_base is not None:
+            Z = lm.last_hidden_from(
+                handle.eigen_base, [s["token_ids"] for s in samples], lm.n_layers // 2
+            )
+            payload["eigen"] = {"eigenscore": eigenscore(Z) if Z.shape[0] >= 2 else math.nan}
+        if self.plan.ptrue:
+            payload["ptrue"] = {"ptrue_nll": ptrue_nll_for(lm, message, response)}
+        self.store.put(self.model_hash, key, payload)
+
+
+def _stored_groups(
+    stored: DetectionInputStore | None,
+    model_hash: str,
+    record: ResponseRecord,
+    plan: ExtractionPlan,
+) -> dict[str, dict[str, Any]]:
+    """The groups of a record's stored inputs that fit ``plan`` (may be empty): the
+    pass row only when it was made at the plan's probe layer and, if the plan wants
+    Lookback ratios, with attentions."""
+    if stored is None:
+        return {}
+    payload = stored.get(model_hash, record_key(record))
+    if payload is None:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    layer = probe_layer(int(payload["n_layers"]), plan.probe_layer_fraction)
+    if payload["layer"] == layer and (payload["attentions"] or not plan.attentions):
+        out["passes"] = payload["passes"]
+    for group in ("eigen", "ptrue"):
+        if isinstance(payload.get(group), dict):
+            out[group] = payload[group]
+    return out
+
+
 def extract_features(
     records: Sequence[ResponseRecord],
-    lm: LanguageModel,
+    lm: LanguageModel | Callable[[], LanguageModel],
     plan: ExtractionPlan | None = None,
     *,
     cache: FeatureCache | None = None,
     progress: Callable[[int, int], None] | None = None,
+    stored: DetectionInputStore | None = None,
+    model_hash: str | None = None,
 ) -> pd.DataFrame:
     """One row of features per record (identity columns first, then features).
 
     Sample-based columns are NaN for records without samples (those detectors then
     report themselves unavailable).
+
+    Args:
+        records: frozen responses of one model.
+        lm: the model, or a function that loads it (called only when some record has
+            neither stored inputs nor cached features).
+        plan: what to compute.
+        cache: the feature cache.
+        progress: called with (done, total) after each record.
+        stored: inputs recorded by the answer step (:class:`SharedPassRecorder`).
+        model_hash: the model's hash (default ``lm.model_hash``; needed with a loader).
     """
     plan = plan or ExtractionPlan()
     cache = cache or FeatureCache(None)
+    loaded: list[LanguageModel] = []
+
+    def model() -> LanguageModel:
+        if not loaded:
+            loaded.append(lm() if callable(lm) and not hasattr(lm, "model_hash") else lm)
+        return loaded[0]
+
+    if model_hash is None:
+        model_hash = model().model_hash
     rows = []
     for i, record in enumerate(records):
         row: dict[str, Any] = {
@@ -248,14 +441,18 @@ def extract_features(
             "record_key": record_key(record),
             "n_samples": len(record.samples),
         }
-        row.update(_pass_group(lm, record, plan, cache))
+        groups = _stored_groups(stored, model_hash, record, plan)
+        if "passes" in groups:
+            row.update(groups["passes"])
+        else:
+            row.update(_pass_group(model(), record, plan, cache))
         if plan.samples:
             row["ln_entropy"] = ln_entropy(record.samples)
             row["selfcheck"] = selfcheck_inconsistency(record.chosen, record.samples)
         if plan.sample_hidden:
-            row.update(_eigen_group(lm, record, cache))
+            row.update(groups.get("eigen") or _eigen_group(model(), record, cache))
         if plan.ptrue:
-            row.update(_ptrue_group(lm, record, cache))
+            row.update(groups.get("ptrue") or _ptrue_group(model(), record, cache))
         rows.append(row)
         if progress is not None:
             progress(i + 1, len(records))

@@ -31,7 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from safescale.corpora.corpus import Corpus
 from safescale.corpora.split import grouped_split
 from safescale.detection.calibration import CalibrationReport, GradeWeights, calibration_report
-from safescale.detection.extraction import ExtractionPlan, FeatureCache, extract_features
+from safescale.detection.extraction import (
+    DetectionInputStore,
+    ExtractionPlan,
+    FeatureCache,
+    extract_features,
+)
 from safescale.detection.labels import triage_classes
 from safescale.detection.metrics import Stage1Metrics, Stage2Metrics, stage1_metrics, stage2_metrics
 from safescale.detection.registry import (
@@ -280,12 +285,14 @@ def label_and_split(
 def run_detection(
     responses: Sequence[ResponseRecord],
     corpus: Corpus,
-    lm: LanguageModel,
+    lm: LanguageModel | Callable[[], LanguageModel],
     config: DetectionConfig,
     out_dir: Path,
     *,
     model_name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    stored: DetectionInputStore | None = None,
+    model_hash: str | None = None,
 ) -> TriageReport:
     """Extract features, train every detector, evaluate once on test; write artifacts.
 
@@ -293,13 +300,17 @@ def run_detection(
         responses: frozen records (others' models are ignored; ``config.conditions``
             filters conditions).
         corpus: the corpus the items come from (labels, evidence groups, grades).
-        lm: the backbone the responses came from (``lm.name`` selects records).
+        lm: the backbone the responses came from (``lm.name`` selects records), or a
+            function that loads it (then ``model_name`` and ``model_hash`` are needed;
+            it is called only for responses without ``stored`` inputs).
         config: detection settings.
         out_dir: receives ``features.parquet``, ``models/``, ``detection.json``,
             ``triage.json``, ``triage.md`` and ``calibration.json``.
         model_name: the records' ``model`` field to select (default ``lm.name``); also
             the backbone name in the report.
         progress: called with (done, total) after each record's features.
+        stored: detection inputs recorded by the answer step.
+        model_hash: the model's hash (default ``lm.model_hash``).
 
     Returns:
         The test-split triage report.
@@ -307,6 +318,7 @@ def run_detection(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     backbone = model_name or lm.name
+    model_hash = model_hash or lm.model_hash
     records = _select(responses, backbone, config.conditions)
     meta = label_and_split(records, corpus, config)
     for name in SPLITS:
@@ -314,14 +326,16 @@ def run_detection(
             raise ValueError(f"the {name} split is empty; need more evidence groups")
     plan = ExtractionPlan.for_detectors(config.detectors, config.probe_layer_fraction)
     cache = FeatureCache(config.cache_dir or out_dir / "cache")
-    features = extract_features(records, lm, plan, cache=cache, progress=progress)
+    features = extract_features(
+        records, lm, plan, cache=cache, progress=progress, stored=stored, model_hash=model_hash
+    )
     frame = pd.concat([meta, features.drop(columns=["item"])], axis=1)
     frame.to_parquet(out_dir / "features.parquet", index=False)
     (out_dir / "detection.json").write_text(
         json.dumps(
             {
                 "backbone": backbone,
-                "model_hash": lm.model_hash,
+                "model_hash": model_hash,
                 "corpus": corpus.name,
                 "corpus_hash": corpus.content_hash,
                 "config": config.model_dump(mode="json"),

@@ -435,7 +435,25 @@ class CellWorker:
             store=self._store(task.corpus) if task.condition in _RAG else None,
             settings=settings,
             run_id=config.name,
+            detection=self._detection_recorder(),
         )
+
+    def _detection_recorder(self):
+        """With detection configured, the answer step records the detection inputs of
+        each response from its own prompt pass (see :class:`SharedPassRecorder`)."""
+        if not self.config.detection.enabled:
+            return None
+        from safescale.detection.extraction import (
+            DETECTION_INPUTS_DIR,
+            DetectionInputStore,
+            ExtractionPlan,
+            SharedPassRecorder,
+        )
+
+        settings = self.config.detection
+        plan = ExtractionPlan.for_detectors(settings.detectors, settings.probe_layer_fraction)
+        store = DetectionInputStore(self.run_dir / DETECTION_INPUTS_DIR)
+        return SharedPassRecorder(plan, store, self.lm.model_hash, self.lm.n_layers)
 
     def run_item(self, task: CellTask, item_id: str, ctx: AgentContext) -> ItemResult:
         """Answer one item (a stale partial checkpoint thread is deleted first)."""
@@ -778,6 +796,7 @@ def detect_run(
     Raises:
         RunDirError: not a run directory, no responses, or a model whose weights changed.
     """
+    from safescale.detection.extraction import DETECTION_INPUTS_DIR, DetectionInputStore
     from safescale.detection.pipeline import evaluate_detection, run_detection, write_combined
 
     console = console or Console(stderr=True)
@@ -810,13 +829,7 @@ def detect_run(
                     detection_config = config.model_copy(update={"label_source": "outcome"})
                     notes.append(f"{corpus_name}: items have no task; labeled by outcome")
                 if lm is None:
-                    lm = load(name, entry)
-                    if lm.model_hash != entry.hash:
-                        raise RunDirError(
-                            f"{reader.file(MANIFEST_FILE)}: models.{name}.hash: model {name!r} "
-                            f"loaded from {entry.spec!r} now has hash {lm.model_hash[:12]}…, "
-                            f"the run's responses came from {entry.hash[:12]}…"
-                        )
+                    lm = _lazy_model(load, name, entry, reader)
                 console.print(f"detection: {name} · {corpus_name} ({len(records)} responses)")
                 callback = None if progress is None else (lambda d, t, n=name: progress(n, d, t))
                 try:
@@ -828,6 +841,8 @@ def detect_run(
                         out,
                         model_name=name,
                         progress=callback,
+                        stored=DetectionInputStore(reader.path / DETECTION_INPUTS_DIR),
+                        model_hash=entry.hash,
                     )
                 except ValueError as exc:  # e.g. too few evidence groups for three splits
                     notes.append(f"{name} · {corpus_name}: detection skipped: {exc}")
@@ -842,6 +857,26 @@ def detect_run(
         if trained or notes:
             atomic_write_text(root / "notes.json", json.dumps(notes, indent=2))
     return reports, notes
+
+
+def _lazy_model(load, name: str, entry: ModelEntry, reader: RunDir) -> Callable[[], Any]:
+    """A loader of a run's model that loads it once, on first call, and checks its hash
+    (detection needs the model only for responses without recorded inputs)."""
+    loaded: list = []
+
+    def get():
+        if not loaded:
+            lm = load(name, entry)
+            if lm.model_hash != entry.hash:
+                raise RunDirError(
+                    f"{reader.file(MANIFEST_FILE)}: models.{name}.hash: model {name!r} "
+                    f"loaded from {entry.spec!r} now has hash {lm.model_hash[:12]}…, "
+                    f"the run's responses came from {entry.hash[:12]}…"
+                )
+            loaded.append(lm)
+        return loaded[0]
+
+    return get
 
 
 def evaluate_run(run_dir: str | Path) -> list:

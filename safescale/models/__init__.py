@@ -10,6 +10,7 @@ from safescale.models.backend import (
     Generation,
     LanguageModel,
     PromptError,
+    PromptPass,
 )
 from safescale.models.cache import cache_root
 from safescale.models.embedder import Embedder, load_embedder
@@ -34,6 +35,7 @@ __all__ = [
     "LanguageModel",
     "MissingModelPackageError",
     "PromptError",
+    "PromptPass",
     "RegisteredModel",
     "UnknownModelError",
     "cache_root",

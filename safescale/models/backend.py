@@ -19,10 +19,11 @@ reads the letter logits.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -37,6 +38,7 @@ __all__ = [
     "Generation",
     "LanguageModel",
     "PromptError",
+    "PromptPass",
 ]
 
 ANSWER_CUE = "Answer:"
@@ -44,7 +46,7 @@ ANSWER_CUE = "Answer:"
 #: prompt format and answer cue, so ``log p(text | neutral)`` is the model's prior for an
 #: answer text in this position.
 NEUTRAL_MESSAGE = "Question:"
-LensMode = Literal["full", "topk", "none", "off"]
+LensMode = Literal["full", "topk", "none", "kl", "off"]
 
 
 class PromptError(ValueError):
@@ -106,6 +108,54 @@ def continuation_arrays(
         np.zeros((len(messages), width), dtype=np.int64),
         np.zeros((len(messages), width), dtype=np.int64),
     )
+
+
+@dataclass
+class PromptPass:
+    """A prompt held in the model's KV cache and extended token by token.
+
+    Made by :meth:`LanguageModel.open_prompt`: the cache holds every prompt token but the
+    last; :meth:`LanguageModel.feed` runs new tokens (the first fed token is the prompt's
+    last) and keeps, per fed position, its final logits, hidden states and (with
+    ``attentions``) attention weights. Row ``i`` of those is the prediction position
+    ``P - 1 + i``, as in :class:`~safescale.models.internals.Internals`.
+
+    Attributes:
+        message: the user turn.
+        prompt: ``prompt_ids(message)`` (``P`` ids, no answer cue).
+        cache: the KV cache over ``prompt[:-1] + fed`` (None before the first feed of a
+            one-token prompt).
+        attentions: feeds run with eager attention and keep the weights.
+        fed: the ids fed so far.
+        logits / hidden / attention: per feed, ``[n, V]``, ``[L+1, n, D]``,
+            ``[L, H, n, keys]``.
+    """
+
+    message: str
+    prompt: list[int]
+    cache: object | None
+    attentions: bool = False
+    fed: list[int] = field(default_factory=list)
+    logits: list[torch.Tensor] = field(default_factory=list)
+    hidden: list[torch.Tensor] = field(default_factory=list)
+    attention: list[torch.Tensor] = field(default_factory=list)
+
+    def row_logits(self) -> torch.Tensor:
+        """``[len(fed), V]`` final logits of every fed position."""
+        return torch.cat(self.logits, dim=0)
+
+    def fork(self) -> PromptPass:
+        """An independent copy (the cache is copied; recorded rows are shared)."""
+        return PromptPass(
+            message=self.message,
+            prompt=list(self.prompt),
+            cache=copy.deepcopy(self.cache),
+            attentions=self.attentions,
+            fed=list(self.fed),
+            logits=list(self.logits),
+            hidden=list(self.hidden),
+            attention=list(self.attention),
+        )
 
 
 class LanguageModel:
@@ -296,7 +346,10 @@ class LanguageModel:
 
         Each prompt is prefilled once; its continuations then run together as one
         right-padded batch over a copy of that KV cache (the continuation of a prompt
-        never recomputes the prompt). A one-token continuation costs no extra pass: its
+        never recomputes the prompt). Prompts that share a leading run of at least
+        :attr:`MIN_SHARED_PREFIX` tokens (e.g. the critic's per-passage relevance
+        prompts, which start with the question) prefill it once and extend a copy of
+        its cache by their own suffix. A one-token continuation costs no extra pass: its
         log-prob is read from the prefill's last position.
 
         Args:
@@ -306,42 +359,92 @@ class LanguageModel:
                 ``"Answer:"``).
         """
         per_message, logprob, n_tokens, n_chars = continuation_arrays(messages, continuations)
-        for row, (message, texts) in enumerate(zip(messages, per_message, strict=True)):
-            prompt = self.prompt_ids(message, answer_cue=answer_cue)
+        prompts_ids = [self.prompt_ids(m, answer_cue=answer_cue) for m in messages]
+        shared = self._shared_prefix(prompts_ids)
+        for row, (prompt, texts) in enumerate(zip(prompts_ids, per_message, strict=True)):
             conts = [self.continuation_ids(t) for t in texts]
-            scores = self._continuation_logprobs(prompt, conts)
+            if shared is None:
+                scores = self._continuation_logprobs(prompt, conts)
+            else:
+                scores = self._continuation_logprobs_after(shared, prompt, conts)
             logprob[row, : len(texts)] = scores
             n_tokens[row, : len(texts)] = [len(c) for c in conts]
             n_chars[row, : len(texts)] = [len(t.strip()) for t in texts]
         return ContinuationScores(logprob=logprob, n_tokens=n_tokens, n_chars=n_chars)
 
+    #: Shortest common prompt prefix (tokens) worth one shared prefill.
+    MIN_SHARED_PREFIX = 8
+
+    def _shared_prefix(self, prompts: list[list[int]]) -> tuple[list[int], object] | None:
+        """The common leading ids of ``prompts`` (each keeps at least one own token)
+        and their KV cache, or None when there is nothing worth sharing."""
+        if len(prompts) < 2:
+            return None
+        n = min(len(p) for p in prompts) - 1
+        first = prompts[0]
+        for p in prompts[1:]:
+            k = 0
+            while k < n and p[k] == first[k]:
+                k += 1
+            n = k
+        if n < self.MIN_SHARED_PREFIX:
+            return None
+        cache = self.model(
+            input_ids=torch.tensor([first[:n]], device=self.device),
+            use_cache=True,
+            logits_to_keep=1,
+        ).cache
+        return first[:n], cache
+
+    def _continuation_logprobs_after(
+        self, shared: tuple[list[int], object], prompt: list[int], conts: list[list[int]]
+    ) -> list[float]:
+        prefix, cache = shared
+        self._check_continuation_room(len(prompt), conts)
+        out = self.model(
+            input_ids=torch.tensor([prompt[len(prefix) :]], device=self.device),
+            cache=copy.deepcopy(cache),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return self._continuations_over_cache(out.logits[0, -1], out.cache, len(prompt), conts)
+
     def _continuation_logprobs(self, prompt: list[int], conts: list[list[int]]) -> list[float]:
-        if len(prompt) + max(len(c) for c in conts) > self.context_length:
+        self._check_continuation_room(len(prompt), conts)
+        out = self.model(
+            input_ids=torch.tensor([prompt], device=self.device), use_cache=True, logits_to_keep=1
+        )
+        return self._continuations_over_cache(out.logits[0, -1], out.cache, len(prompt), conts)
+
+    def _check_continuation_room(self, prompt_length: int, conts: list[list[int]]) -> None:
+        if prompt_length + max(len(c) for c in conts) > self.context_length:
             raise PromptError(
                 f"prompt + continuation exceeds the context limit of {self.name!r} "
                 f"({self.context_length} tokens)"
             )
+
+    def _continuations_over_cache(
+        self, last_logits: torch.Tensor, cache, prompt_length: int, conts: list[list[int]]
+    ) -> list[float]:
+        """Continuation log-probs given the prompt's last logits and its KV cache (the
+        cache is consumed: it is expanded in place for the batch)."""
         dev = self.device
-        out = self.model(
-            input_ids=torch.tensor([prompt], device=dev), use_cache=True, logits_to_keep=1
-        )
-        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        first = torch.log_softmax(last_logits.float(), dim=-1)
         totals = [float(first[c[0]]) for c in conts]
         longer = [i for i, c in enumerate(conts) if len(c) > 1]
         if not longer:
             return totals
-        cache = out.cache
         if len(longer) > 1:
             cache.batch_repeat_interleave(len(longer))
         # Right padding: real tokens never attend to the pads that follow them.
         feed = [conts[i][:-1] for i in longer]
         width = max(len(f) for f in feed)
         ids = torch.full((len(longer), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(longer), len(prompt) + width), dtype=torch.long)
-        mask[:, : len(prompt)] = 1
+        mask = torch.zeros((len(longer), prompt_length + width), dtype=torch.long)
+        mask[:, :prompt_length] = 1
         for r, f in enumerate(feed):
             ids[r, : len(f)] = torch.tensor(f)
-            mask[r, len(prompt) : len(prompt) + len(f)] = 1
+            mask[r, prompt_length : prompt_length + len(f)] = 1
         logits = self.model(
             input_ids=ids.to(dev), attention_mask=mask.to(dev), cache=cache, use_cache=True
         ).logits.float()
@@ -465,6 +568,8 @@ class LanguageModel:
         The response ids are concatenated to the prompt ids (a string response is
         tokenized on its own, without special tokens; the concatenated text is never
         re-tokenized). See :class:`~safescale.models.internals.Internals` for shapes.
+        :meth:`internals_from` gives the same record (to float tolerance) from a
+        prompt already held in a KV cache.
 
         Args:
             message: the user turn (prompt without answer cue).
@@ -474,24 +579,14 @@ class LanguageModel:
             lens: ``"full"`` keeps every layer's logit-lens log-probabilities
                 ``[L+1, R, V]``; ``"topk"`` keeps only the top ``topk`` per layer and
                 token; ``"none"`` keeps neither (KL-to-final and entropy per layer are
-                still computed in these three modes); ``"off"`` skips the logit lens
-                entirely (a plain forward with hidden states).
+                still computed in these three modes); ``"kl"`` computes only the
+                KL-to-final per layer (what ECRT's incoherence features read; the
+                cheapest lens); ``"off"`` skips the logit lens entirely (a plain
+                forward with hidden states).
         """
         prompt = self.prompt_ids(message)
-        if isinstance(response, str):
-            if not response.strip():
-                raise PromptError("the response is empty")
-            response_ids = list(self.tokenizer(response, add_special_tokens=False)["input_ids"])
-        else:
-            response_ids = [int(t) for t in response]
-        if not response_ids:
-            raise PromptError("the response has no tokens")
-        total = len(prompt) + len(response_ids)
-        if total > self.context_length:
-            raise PromptError(
-                f"prompt + response is {total} tokens; the context limit of "
-                f"{self.name!r} is {self.context_length}"
-            )
+        response_ids = self._response_ids(response)
+        self._check_room(len(prompt) + len(response_ids))
         ids = torch.tensor([prompt + response_ids], device=self.device)
         P, R = len(prompt), len(response_ids)
         positions = torch.arange(P - 1, P + R - 1, device=self.device)
@@ -505,58 +600,298 @@ class LanguageModel:
             )
         logits = out.logits[0, :R].float()
         hidden = torch.stack([h[0, positions] for h in out.hidden_states]).float()
-        lens_logp = kl = entropy = topk_lp = topk_ids = None
-        if lens != "off":
-            # One layer at a time: the [R, V] temporaries stay cache-sized; the full
-            # [L+1, R, V] stack is only built when asked for.
-            final = torch.log_softmax(logits, dim=-1)
-            p_final = final.exp()
-            kls, entropies, kept, tops = [], [], [], []
-            for layer_logp in self._logit_lens_layers(hidden, final):
-                kls.append((p_final * (final - layer_logp)).sum(-1).clamp(min=0.0))
-                entropies.append(-(layer_logp.exp() * layer_logp).sum(-1))
-                if lens == "full":
-                    kept.append(layer_logp)
-                elif lens == "topk":
-                    tops.append(layer_logp.topk(min(topk, layer_logp.shape[-1]), dim=-1))
-            kl, entropy = torch.stack(kls), torch.stack(entropies)
-            if lens == "full":
-                lens_logp = torch.stack(kept)
-            elif lens == "topk":
-                topk_lp = torch.stack([t.values for t in tops])
-                topk_ids = torch.stack([t.indices for t in tops])
         att = None
         if attentions:
             if not out.attentions or out.attentions[0] is None:
                 raise RuntimeError(f"model {self.name!r} returned no attention weights")
             att = torch.stack([a[0][:, positions, :] for a in out.attentions]).float()
+        return self._build_internals(prompt, response_ids, logits, hidden, att, lens, topk)
+
+    def _response_ids(self, response: str | Sequence[int]) -> list[int]:
+        if isinstance(response, str):
+            if not response.strip():
+                raise PromptError("the response is empty")
+            response_ids = list(self.tokenizer(response, add_special_tokens=False)["input_ids"])
+        else:
+            response_ids = [int(t) for t in response]
+        if not response_ids:
+            raise PromptError("the response has no tokens")
+        return response_ids
+
+    def _check_room(self, total: int) -> None:
+        if total > self.context_length:
+            raise PromptError(
+                f"prompt + response is {total} tokens; the context limit of "
+                f"{self.name!r} is {self.context_length}"
+            )
+
+    def _build_internals(
+        self,
+        prompt: list[int],
+        response_ids: list[int],
+        logits: torch.Tensor,
+        hidden: torch.Tensor,
+        att: torch.Tensor | None,
+        lens: LensMode,
+        topk: int,
+    ) -> Internals:
+        """An :class:`Internals` from the prediction rows of a pass (logit lens here)."""
+        stats = None if lens == "off" else self._lens_statistics(hidden, logits, lens, topk)
         return Internals(
-            input_ids=ids[0].cpu(),
-            prompt_length=P,
+            input_ids=torch.tensor(prompt + response_ids),
+            prompt_length=len(prompt),
             response_ids=torch.tensor(response_ids),
             logits=logits.cpu(),
             hidden_states=hidden.cpu(),
-            logit_lens=lens_logp.cpu() if lens == "full" else None,
-            lens_topk_logprobs=None if topk_lp is None else topk_lp.cpu(),
-            lens_topk_ids=None if topk_ids is None else topk_ids.cpu(),
-            lens_kl_to_final=None if kl is None else kl.cpu(),
-            lens_entropy=None if entropy is None else entropy.cpu(),
+            logit_lens=None if stats is None else stats.get("full"),
+            lens_topk_logprobs=None if stats is None else stats.get("topk_values"),
+            lens_topk_ids=None if stats is None else stats.get("topk_ids"),
+            lens_kl_to_final=None if stats is None else stats["kl"],
+            lens_entropy=None if stats is None else stats.get("entropy"),
             attentions=None if att is None else att.cpu(),
         )
 
-    def _logit_lens_layers(self, hidden: torch.Tensor, final_logp: torch.Tensor):
-        """Yield ``log_softmax(lm_head(norm(h_l)))`` for each layer ``l < L``, then the
-        final layer's log-probabilities (``final_logp``, from the model's own logits)."""
+    #: Elements of the ``[layers x tokens, V]`` lens logits computed at once (bounds
+    #: the temporaries to a few hundred MB whatever the vocabulary and response length).
+    LENS_CHUNK_ELEMENTS = 32 * 1024 * 1024
+
+    def _lens_statistics(
+        self, hidden: torch.Tensor, logits: torch.Tensor, lens: LensMode, topk: int
+    ) -> dict[str, torch.Tensor]:
+        """Per-layer logit-lens statistics of the prediction rows.
+
+        The final norm and LM head are applied to the rows of every layer ``l < L`` as
+        one batched matmul (in chunks of layers); KL to the final layer and entropy are
+        read from the lens logits ``z`` without materializing more than two
+        ``[rows, V]`` tensors: with ``lse = logsumexp(z)``,
+        ``KL(final || lens_l) = sum_v p_final log p_final - (sum_v p_final z - lse)``
+        and ``H(lens_l) = lse - sum_v softmax(z) z``.
+
+        Returns:
+            ``kl`` and (unless ``lens="kl"``) ``entropy`` ``[L+1, R]`` (row ``L`` = the
+            final layer: KL 0),
+            plus ``full`` ``[L+1, R, V]`` or ``topk_values`` / ``topk_ids``
+            ``[L+1, R, k]`` as ``lens`` asks.
+        """
         norm = self._final_norm()
         head = self.model.get_output_embeddings()
         cfg = self.model.config.get_text_config()
         softcap = getattr(cfg, "final_logit_softcapping", None)
-        for h in hidden[:-1]:
-            z = head(norm(h.to(head.weight.dtype))).float()
+        final = torch.log_softmax(logits.float(), dim=-1)  # [R, V]
+        p_final = final.exp()
+        neg_h_final = (p_final * final).sum(-1)  # sum p log p  [R]
+        n_layers, R = hidden.shape[0] - 1, hidden.shape[1]
+        V = final.shape[-1]
+        per_chunk = max(1, self.LENS_CHUNK_ELEMENTS // max(1, R * V))
+        kls, entropies, kept, top_v, top_i = [], [], [], [], []
+        for start in range(0, n_layers, per_chunk):
+            h = hidden[start : min(n_layers, start + per_chunk)]  # [c, R, D]
+            z = head(norm(h.to(head.weight.dtype))).float()  # [c, R, V]
             if softcap:
                 z = torch.tanh(z / softcap) * softcap
-            yield torch.log_softmax(z, dim=-1)
-        yield final_logp
+            lse = torch.logsumexp(z, dim=-1)  # [c, R]
+            cross = torch.einsum("crv,rv->cr", z, p_final)
+            kls.append((neg_h_final - (cross - lse)).clamp(min=0.0))
+            if lens == "kl":
+                continue
+            if lens == "full":
+                logp = z - lse[..., None]
+                kept.append(logp)
+                entropies.append(-(logp.exp() * logp).sum(-1))
+                continue
+            p = torch.softmax(z, dim=-1)
+            entropies.append(lse - torch.einsum("crv,crv->cr", p, z))
+            del p
+            if lens == "topk":
+                t = z.topk(min(topk, V), dim=-1)
+                top_v.append(t.values - lse[..., None])
+                top_i.append(t.indices)
+        kls.append(torch.zeros(1, R, device=final.device))
+        entropies.append(-neg_h_final[None])
+        out = {"kl": torch.cat(kls).cpu()}
+        if lens != "kl":
+            out["entropy"] = torch.cat(entropies).cpu()
+        if lens == "full":
+            out["full"] = torch.cat([*kept, final[None]]).cpu()
+        elif lens == "topk":
+            t = final.topk(min(topk, V), dim=-1)
+            out["topk_values"] = torch.cat([*top_v, t.values[None]]).cpu()
+            out["topk_ids"] = torch.cat([*top_i, t.indices[None]]).cpu()
+        return out
+
+    # ------------------------------------------------------------------ shared passes
+    @torch.inference_mode()
+    def open_prompt(self, message: str, *, attentions: bool = False) -> PromptPass:
+        """Prefill ``prompt_ids(message)`` but its last token into a KV cache.
+
+        The returned :class:`PromptPass` is then extended (:meth:`feed`) with the last
+        prompt token and whatever follows (the answer cue, the response); every fed
+        position keeps its logits and hidden states (and attention weights when
+        ``attentions``), so the answer (:meth:`answer_logits`,
+        :meth:`score_continuations_from`) and the teacher-forced record of the response
+        (:meth:`internals_from`) come from one prompt prefill.
+        """
+        prompt = self.prompt_ids(message)
+        cache = None
+        if len(prompt) > 1:
+            cache = self.model(
+                input_ids=torch.tensor([prompt[:-1]], device=self.device),
+                use_cache=True,
+                logits_to_keep=1,
+            ).cache
+        return PromptPass(message=message, prompt=prompt, cache=cache, attentions=attentions)
+
+    @torch.inference_mode()
+    def feed(self, state: PromptPass, ids: Sequence[int]) -> None:
+        """Extend ``state`` by ``ids`` (in place): one forward over the new tokens only."""
+        ids = [int(t) for t in ids]
+        if not ids:
+            return
+        if not state.fed and ids[0] != state.prompt[-1]:
+            raise ValueError("the first fed token must be the prompt's last token")
+        self._check_room(len(state.prompt) - 1 + len(state.fed) + len(ids))
+        with self._attention_mode("eager" if state.attentions else None):
+            out = self.model(
+                input_ids=torch.tensor([ids], device=self.device),
+                cache=state.cache,
+                use_cache=True,
+                output_hidden_states=True,
+                output_attentions=state.attentions,
+            )
+        state.cache = out.cache
+        state.fed.extend(ids)
+        state.logits.append(out.logits[0].float())
+        state.hidden.append(torch.stack([h[0] for h in out.hidden_states]).float())
+        if state.attentions:
+            if not out.attentions or out.attentions[0] is None:
+                raise RuntimeError(f"model {self.name!r} returned no attention weights")
+            state.attention.append(torch.stack([a[0] for a in out.attentions]).float())
+
+    def cue_ids(self, message: str) -> list[int] | None:
+        """The answer cue's ids as they follow ``prompt_ids(message)``, or None when the
+        cued prompt does not extend the plain one token-for-token."""
+        plain = self.prompt_ids(message)
+        cued = self.prompt_ids(message, answer_cue=True)
+        if len(cued) <= len(plain) or cued[: len(plain)] != plain:
+            return None
+        return cued[len(plain) :]
+
+    @torch.inference_mode()
+    def answer_logits(self, state: PromptPass) -> torch.Tensor | None:
+        """``[V]`` logits at the answer position (after the answer cue) of ``state``,
+        feeding the cue if needed; None when the cue cannot extend this prompt."""
+        cue = self.cue_ids(state.message)
+        if cue is None:
+            return None
+        head = [state.prompt[-1], *cue]
+        if not state.fed:
+            self.feed(state, head)
+        if state.fed[: len(head)] != head:
+            return None
+        return state.row_logits()[len(cue)]
+
+    @torch.inference_mode()
+    def score_options_from(self, state: PromptPass, letters: Sequence[str]) -> np.ndarray | None:
+        """:meth:`score_options` of ``state``'s message from its cache (``[n]``), or None
+        (see :meth:`answer_logits`)."""
+        logits = self.answer_logits(state)
+        if logits is None:
+            return None
+        ids = torch.tensor(self.letter_token_ids(letters), device=logits.device)
+        return logits[ids].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def score_continuations_from(
+        self, state: PromptPass, texts: Sequence[str]
+    ) -> ContinuationScores | None:
+        """:meth:`score_continuations` of ``state``'s message (one row) over a copy of its
+        cache after the answer cue; None when ``state`` is not exactly there."""
+        cue = self.cue_ids(state.message)
+        logits = self.answer_logits(state)
+        if logits is None or cue is None or len(state.fed) != len(cue) + 1:
+            return None
+        conts = [self.continuation_ids(t) for t in texts]
+        self._check_continuation_room(len(state.prompt) + len(cue), conts)
+        scores = self._continuations_over_cache(
+            logits, copy.deepcopy(state.cache), len(state.prompt) + len(cue), conts
+        )
+        return ContinuationScores(
+            logprob=np.asarray([scores], dtype=np.float64),
+            n_tokens=np.asarray([[len(c) for c in conts]], dtype=np.int64),
+            n_chars=np.asarray([[len(t.strip()) for t in texts]], dtype=np.int64),
+        )
+
+    @torch.inference_mode()
+    def internals_from(
+        self,
+        state: PromptPass,
+        response: str | Sequence[int],
+        *,
+        lens: LensMode = "none",
+        topk: int = 20,
+    ) -> Internals:
+        """:meth:`internals` of ``state``'s message and ``response`` from its cache.
+
+        Feeds only the response tokens ``state`` has not seen (its attention weights
+        are returned when it was opened with ``attentions``). When what ``state`` has
+        fed is not the start of ``last prompt token + response``, falls back to the
+        separate pass :meth:`internals`.
+        """
+        response_ids = self._response_ids(response)
+        target = [state.prompt[-1], *response_ids[:-1]]
+        done = len(state.fed)
+        if done > len(target) or state.fed != target[:done]:
+            return self.internals(
+                state.message, response_ids, attentions=state.attentions, lens=lens, topk=topk
+            )
+        self.feed(state, target[done:])
+        R, P = len(response_ids), len(state.prompt)
+        logits = state.row_logits()[:R]
+        hidden = torch.cat(state.hidden, dim=1)[:, :R]
+        att = None
+        if state.attentions:
+            total = P + R
+            rows = []
+            for a in state.attention:  # [L, H, n, keys so far]
+                rows.append(torch.nn.functional.pad(a, (0, total - a.shape[-1])))
+            att = torch.cat(rows, dim=2)[:, :, :R]
+        return self._build_internals(state.prompt, response_ids, logits, hidden, att, lens, topk)
+
+    @torch.inference_mode()
+    def last_hidden_from(
+        self, state: PromptPass, sequences: Sequence[Sequence[int]], layer: int
+    ) -> np.ndarray:
+        """``[K, D]`` layer-``layer`` hidden state at the last token of each of
+        ``prompt + sequence`` (non-empty sequences), as one right-padded batch over a copy
+        of ``state``'s cache; ``state`` must not have been fed yet."""
+        if state.fed:
+            raise ValueError("last_hidden_from needs a prompt pass that has not been fed")
+        seqs = [[state.prompt[-1], *map(int, s)] for s in sequences if len(s)]
+        if not seqs:
+            return np.zeros((0, 0))
+        past = len(state.prompt) - 1
+        width = max(len(s) for s in seqs)
+        self._check_room(past + width)
+        ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), past + width), dtype=torch.long)
+        mask[:, :past] = 1
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, past : past + len(seq)] = 1
+        cache = copy.deepcopy(state.cache)
+        if cache is not None and len(seqs) > 1:
+            cache.batch_repeat_interleave(len(seqs))
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            cache=cache,
+            use_cache=True,
+            output_hidden_states=True,
+            logits_to_keep=1,
+        )
+        hidden = out.hidden_states[layer]
+        last = torch.tensor([len(s) - 1 for s in seqs], device=hidden.device)
+        return hidden[torch.arange(len(seqs), device=hidden.device), last].float().cpu().numpy()
 
     def _final_norm(self) -> torch.nn.Module:
         base = getattr(self.model, "model", None)

@@ -43,7 +43,7 @@ class Internals:
             computed unless the pass used ``lens="off"`` (then ``None``); the
             incoherence signal; row ``L`` is zero.
         lens_entropy: ``[L + 1, R]`` entropy (nats) of each layer's lens distribution
-            (``None`` with ``lens="off"``).
+            (``None`` with ``lens="off"`` or ``lens="kl"``).
         attentions: ``[L, H, R, S]`` attention weights of the prediction positions
             (queries) over the whole sequence (keys) when requested, else ``None``.
     """

@@ -24,7 +24,7 @@ from safescale.detection.registry import detector
 if TYPE_CHECKING:
     from safescale.models.backend import LanguageModel
 
-__all__ = ["PTrue", "ptrue_message", "ptrue_nll"]
+__all__ = ["PTrue", "ptrue_message", "ptrue_message_for", "ptrue_nll", "ptrue_nll_for"]
 
 PTRUE_CUE = "The possible answer is:"
 PTRUE_TARGET = " True"
@@ -32,18 +32,28 @@ PTRUE_TARGET = " True"
 
 def ptrue_message(record: ResponseRecord) -> str:
     """The P(True) user turn for a record."""
+    return ptrue_message_for(record.message, record.response)
+
+
+def ptrue_message_for(message: str, response: str) -> str:
+    """The P(True) user turn for an answer prompt and its response."""
     return (
-        f"Question: {record.message}\nPossible answer: {record.response}\n"
+        f"Question: {message}\nPossible answer: {response}\n"
         "Is the possible answer:\n(A) True\n(B) False"
     )
 
 
 def ptrue_nll(lm: LanguageModel, record: ResponseRecord) -> float:
     """``−log p(" True")`` after the cue, from one teacher-forced pass."""
+    return ptrue_nll_for(lm, record.message, record.response)
+
+
+def ptrue_nll_for(lm: LanguageModel, message: str, response: str) -> float:
+    """:func:`ptrue_nll` of an answer prompt and its response."""
     tok = lm.tokenizer
     cue = list(tok(PTRUE_CUE, add_special_tokens=False)["input_ids"])
     target = list(tok(PTRUE_TARGET, add_special_tokens=False)["input_ids"])
-    internals = lm.internals(ptrue_message(record), cue + target, lens="none")
+    internals = lm.internals(ptrue_message_for(message, response), cue + target, lens="off")
     return float(-internals.response_logprobs[len(cue) :].double().sum())
 
 

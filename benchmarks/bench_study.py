@@ -1,0 +1,201 @@
+"""Per-item cost of a study next to its raw-forward floor, measured in the same run.
+
+For each of ``--items`` items of a corpus (clean-evidence cloze prompts, the ``ecrt``
+study's setting), with the bundled model:
+
+* floors: a raw forward of the answer prompt (``logits_to_keep=1``), a raw forward of
+  the NOCTX prompt + response ids, and the decoding of the sampled answers (their
+  ``generate`` time minus a raw prompt forward);
+* answer + ECRT features: the shared pass (the answer read from the prompt prefill,
+  CTX by extending its cache, NOCTX on the short prompt) vs the separate path (answer,
+  then two teacher-forced passes); target <= 1.3x of (answer forward + NOCTX forward);
+* the ``ecrt`` study per response: the condition graph with detection recorded at
+  answer time for all 14 detectors and ``detection_samples`` sampled answers, then
+  ``extract_features`` from the stored inputs; target <= 2x of its floor (answer +
+  NOCTX forwards + decoding); and the extrapolated time of the full ``--study-items``
+  (12,522) study per condition (target <= 9 h);
+* per condition: the seconds per item of every condition graph (no detection).
+
+Ratios are the figures to read; absolute times depend on the machine's load.
+
+Run: ``.venv/bin/python benchmarks/bench_study.py [--items 6]``
+"""
+
+# The timed lambdas are called at once, inside the loop iteration that defines them.
+# ruff: noqa: B023
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ALL_CONDITIONS = (
+    "closed_book",
+    "clean_evidence",
+    "conflict_evidence",
+    "standard_rag",
+    "agentic_rag",
+    "max_context",
+)
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--corpus", default="retina-rules")
+    parser.add_argument("--items", type=int, default=6)
+    parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--study-items", type=int, default=12522)
+    parser.add_argument("--conditions", default="all", help="comma list, or 'all', or 'none'")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from safescale.agents import AgentContext, AgentSettings, build_condition
+    from safescale.agents.lmcache import CachedLM
+    from safescale.agents.run import answer_item
+    from safescale.corpora import load_corpus
+    from safescale.detection.extraction import (
+        DetectionInputStore,
+        ExtractionPlan,
+        SharedPassRecorder,
+        extract_features,
+        teacher_forced_pair,
+    )
+    from safescale.detection.pipeline import DEFAULT_DETECTORS
+    from safescale.models import load_model
+
+    lm = load_model(args.model)
+    corpus = load_corpus(args.corpus)
+    items = [i for i in corpus.items if i.evidence.clean][: args.items]
+    full_plan = ExtractionPlan.for_detectors(DEFAULT_DETECTORS)
+    ecrt_plan = ExtractionPlan()
+    rows: dict[str, list[float]] = {}
+
+    def add(name: str, value: float) -> None:
+        rows.setdefault(name, []).append(value)
+
+    def graph_run(condition, item, settings, plan, store_dir):
+        recorder = None
+        if plan is not None:
+            store = DetectionInputStore(Path(store_dir))
+            recorder = SharedPassRecorder(plan, store, lm.model_hash, lm.n_layers)
+        ctx = AgentContext(
+            lm=CachedLM(lm),  # in memory, fresh: nothing is answered from an earlier call
+            corpus=corpus,
+            store=stores.get(condition),
+            settings=settings,
+            run_id="bench",
+            detection=recorder,
+        )
+        graph = build_condition(condition)
+        return answer_item(graph, condition, item.id, ctx, model=lm.name)
+
+    stores: dict[str, object] = {}
+    conditions = (
+        [*ALL_CONDITIONS]
+        if args.conditions == "all"
+        else ([] if args.conditions == "none" else args.conditions.split(","))
+    )
+    if {"standard_rag", "agentic_rag", "max_context"} & set(conditions):
+        from safescale.retrieval import open_store
+
+        store = open_store(corpus, show_progress=False)
+        for name in ("standard_rag", "agentic_rag", "max_context"):
+            stores[name] = store
+
+    settings0 = AgentSettings(formulation="cloze_pmi")
+    settings_s = AgentSettings(formulation="cloze_pmi", extra_samples=args.samples)
+    graph_run("clean_evidence", items[0], settings_s, full_plan, tempfile.mkdtemp())  # warm-up
+    for item in items:
+        with tempfile.TemporaryDirectory() as tmp:
+            response, _ = graph_run("clean_evidence", item, settings0, None, tmp)
+        message, noctx = response.message, response.message_noctx
+        response_ids = list(lm.tokenizer(response.response, add_special_tokens=False)["input_ids"])
+        answer_ids = torch.tensor([lm.prompt_ids(message, answer_cue=True)])
+        noctx_ids = torch.tensor([lm.prompt_ids(noctx) + response_ids])
+        with torch.inference_mode():
+            f_answer = _time(lambda: lm.model(input_ids=answer_ids, logits_to_keep=1))
+            f_noctx = _time(lambda: lm.model(input_ids=noctx_ids, logits_to_keep=1))
+        gen = _time(
+            lambda: lm.generate(
+                [message], max_new_tokens=12, n=args.samples, temperature=0.7, answer_cue=True
+            )
+        )
+        f_decode = max(0.0, gen - f_answer)
+        add("floor: answer-prompt forward", f_answer)
+        add("floor: NOCTX forward", f_noctx)
+        add(f"floor: decoding {args.samples} x 12 tokens", f_decode)
+        # answer + ECRT, separate path: answer graph, then two teacher-forced passes
+        with tempfile.TemporaryDirectory() as tmp:
+            t_answer = _time(lambda: graph_run("clean_evidence", item, settings0, None, tmp))
+        t_pair = _time(lambda: teacher_forced_pair(lm, response))
+        add("answer + ECRT, separate passes", t_answer + t_pair)
+        with tempfile.TemporaryDirectory() as tmp:
+            t_shared = _time(lambda: graph_run("clean_evidence", item, settings0, ecrt_plan, tmp))
+        add("answer + ECRT, shared pass", t_shared)
+        # the ecrt study: answer, samples and every detector's inputs at answer time
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            rec, _ = graph_run("clean_evidence", item, settings_s, full_plan, tmp)
+            t_answer_all = time.perf_counter() - start
+            store = DetectionInputStore(Path(tmp))
+            t_features = _time(
+                lambda: extract_features(
+                    [rec], lm, full_plan, stored=store, model_hash=lm.model_hash
+                )
+            )
+        add("ecrt study per response (shared)", t_answer_all + t_features)
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            rec, _ = graph_run("clean_evidence", item, settings_s, None, tmp)
+            t_old_answer = time.perf_counter() - start
+        t_old_features = _time(lambda: extract_features([rec], lm, full_plan))
+        add("ecrt study per response (separate detection stage)", t_old_answer + t_old_features)
+        for condition in conditions:
+            with tempfile.TemporaryDirectory() as tmp:
+                add(
+                    f"condition {condition}",
+                    _time(lambda: graph_run(condition, item, settings0, None, tmp)),
+                )
+
+    med = {name: statistics.median(values) for name, values in rows.items()}
+    floor_ecrt = med["floor: answer-prompt forward"] + med["floor: NOCTX forward"]
+    floor_study = floor_ecrt + med[f"floor: decoding {args.samples} x 12 tokens"]
+    print(
+        f"model {lm.name} · corpus {corpus.name} · {len(items)} items · threads "
+        f"{torch.get_num_threads()} · medians per item"
+    )
+    print("| piece | seconds | x floor |\n|---|---|---|")
+    for name, value in med.items():
+        if name.startswith("floor"):
+            print(f"| {name} | {value:.3f} | |")
+        elif name.startswith("answer + ECRT"):
+            print(f"| {name} | {value:.3f} | {value / floor_ecrt:.2f}x (target <= 1.3x) |")
+        elif name.startswith("ecrt study"):
+            hours = value * args.study_items / 3600
+            print(
+                f"| {name} | {value:.3f} | {value / floor_study:.2f}x (target <= 2x); "
+                f"{args.study_items} items: {hours:.1f} h per condition (target <= 9 h) |"
+            )
+        else:
+            print(
+                f"| {name} | {value:.3f} | {value / med['floor: answer-prompt forward']:.2f}x "
+                "answer forward |"
+            )
+    spreads = [statistics.pstdev(v) / statistics.mean(v) for v in rows.values() if len(v) > 1]
+    if spreads:
+        print(f"largest relative spread across items: {max(spreads):.0%} (machine load adds noise)")
+
+
+if __name__ == "__main__":
+    main()
