@@ -5,7 +5,13 @@ Prints:
   (goal <= 1.10x);
 * ``internals`` (all hidden states + full logit lens) vs a raw forward of the same ids
   (goal <= 1.3x);
-* cached load vs first GGUF load (conversion) into a fresh cache (goal >= 10x faster).
+* cached load vs first GGUF load (conversion) into a fresh cache (goal >= 10x faster);
+* the cloze formulation: 4 option texts scored after a ~400-token prompt (one shared
+  prefill + one batched continuation pass) vs one raw forward of that prompt (goal
+  <= 1.5x);
+* PriDe-style letter debiasing over a study vs plain letters: the position prior from a
+  calibration fraction with n cyclic passes each, then one pass per item (goal <=
+  1.2x); computed from the measured per-pass costs and the pass counts of a study.
 
 Run: ``.venv/bin/python benchmarks/bench_models.py [--model smollm2-135m-instruct]``
 """
@@ -93,6 +99,50 @@ def main() -> None:
         f"internals (hidden states + full logit lens over {lm.n_layers + 1} layers): "
         f"{t_int * 1e3:.1f} ms -> {t_int / t_raw1:.2f}x"
     )
+    # --- cloze: 4 options after a ~400-token prompt vs one raw forward of that prompt
+    from safescale.corpora import load_corpus
+
+    corpus = load_corpus("radiology-guidelines")
+    item = max(
+        corpus.items,
+        key=lambda i: len(" ".join(corpus.passage(p).text for p in i.evidence.conflict)),
+    )
+    from safescale.agents import prompts
+
+    passages = [corpus.passage(p) for p in item.evidence.conflict]
+    cloze_message = prompts.cloze_message(item, passages)
+    cloze_ids = torch.tensor([lm.prompt_ids(cloze_message, answer_cue=True)])
+    texts = [item.options[letter] for letter in item.letters]
+
+    def raw_prompt():
+        with torch.inference_mode():
+            lm.model(input_ids=cloze_ids, use_cache=False, logits_to_keep=1)
+
+    t_raw_prompt = _median_time(raw_prompt, args.repeats)
+    t_cloze = _median_time(lambda: lm.score_continuations([cloze_message], texts), args.repeats)
+
+    # --- PriDe over a study: calibration items x n cyclic passes, then 1 pass per item
+    letter_message = prompts.answer_message(item, passages)
+    t_letter = _median_time(lambda: lm.score_options([letter_message], letters), args.repeats)
+    n_calibration, n_options = 16, 4
+    pride = {}
+    for n_items in (157, 12522):  # radiology-guidelines; a RETINA-scale study
+        study_letter = n_items * t_letter
+        study_pride = (n_calibration * n_options + (n_items - n_calibration)) * t_letter
+        pride[n_items] = (study_pride, study_letter)
+
+    print(
+        f"cloze, 4 options after a {cloze_ids.shape[1]}-token prompt: {t_cloze * 1e3:.1f} ms "
+        f"vs raw forward {t_raw_prompt * 1e3:.1f} ms -> {t_cloze / t_raw_prompt:.2f}x "
+        "(goal <= 1.5x)"
+    )
+    for n_items, (study_pride, study_letter) in pride.items():
+        print(
+            f"PriDe over a {n_items}-item study ({n_calibration} calibration items x "
+            f"{n_options} orderings, then 1 pass each; letter pass {t_letter * 1e3:.0f} ms): "
+            f"{study_pride:.1f} s vs letters {study_letter:.1f} s -> "
+            f"{study_pride / study_letter:.2f}x (goal <= 1.2x)"
+        )
     print(
         f"load: first (GGUF conversion) {first:.1f} s, cached {cached:.2f} s "
         f"-> {first / cached:.0f}x faster (goal >= 10x)"
