@@ -358,8 +358,10 @@ class TriageReportRecord(_Versioned):
 
 
 class MetricsReport(_Versioned):
-    """``metrics.json``: per-cell metrics with bootstrap CIs, comparisons, attribution
-    counts, triage results and validity checks (the sections stay plain data)."""
+    """``metrics.json``: per-cell metrics with bootstrap CIs, comparisons (with their
+    power), attribution counts, triage results, validity checks, grade override,
+    per-item transitions, conflict dose-response and attention masking (the sections
+    stay plain data; a file without the later sections reads as empty ones)."""
 
     SCHEMA_VERSION: ClassVar[int] = METRICS_SCHEMA_VERSION
 
@@ -373,3 +375,7 @@ class MetricsReport(_Versioned):
     attribution: list[dict[str, Any]] = Field(default_factory=list)
     triage: list[dict[str, Any]] | None = None
     validity: list[dict[str, Any]] = Field(default_factory=list)
+    grade_override: list[dict[str, Any]] = Field(default_factory=list)
+    transitions: list[dict[str, Any]] = Field(default_factory=list)
+    dose_response: list[dict[str, Any]] = Field(default_factory=list)
+    masking: list[dict[str, Any]] = Field(default_factory=list)
