@@ -79,3 +79,21 @@ def test_anova_icc():
     assert anova_icc([1, 1, 0, 0, 1, 1], ["a", "a", "b", "b", "c", "c"]) == pytest.approx(1.0)
     assert anova_icc([1, 1, 1, 1], ["a", "a", "b", "b"]) == 0.0
     assert anova_icc([1, 0, 1, 0], ["a", "b", "c", "d"]) == 0.0
+
+
+def test_plan_cli_prints_items_and_clusters():
+    from typer.testing import CliRunner
+
+    from safescale.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        ["plan", "--effect", "0.05", "--discordance", "0.2", "--cluster-size", "4",
+         "--icc", "0.1"],
+        terminal_width=200,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "626 items" in result.output
+    assert "814 items in 204 evidence clusters" in result.output
+    bad = CliRunner().invoke(app, ["plan", "--effect", "0.05"])
+    assert bad.exit_code == 2
