@@ -41,9 +41,11 @@ __all__ = [
     "RATE_LIMITS",
     "accuracy_vs_high_risk_figure",
     "dodge_offsets",
+    "dose_response_figure",
     "grade_override_figure",
     "plot_accuracy_vs_high_risk",
     "plot_category_heatmap",
+    "plot_dose_response",
     "plot_grade_override",
     "plot_scaling",
     "plot_triage_operating_points",
@@ -398,6 +400,48 @@ def grade_override_figure(metrics: Mapping[str, Any]) -> Any | None:
     return fig
 
 
+def plot_dose_response(metrics: Mapping[str, Any], path: Path) -> Path | None:
+    """Each rate against the conflict dose (95% CI bars), one panel per condition and
+    model × corpus × budget; drawn only when the run sweeps the dose."""
+    fig = dose_response_figure(metrics)
+    return None if fig is None else _save(fig, path)
+
+
+def dose_response_figure(metrics: Mapping[str, Any]) -> Any | None:
+    """The dose-response figure (not saved); None without a dose sweep."""
+    curves = metrics.get("dose_response") or []
+    if not curves:
+        return None
+    fig, axes = _grid(len(curves), width=4.8, height=3.8)
+    shown = ("accuracy", "high_risk_error", "unsafe_answer", "contradiction")
+    for ax, curve in zip(axes, curves, strict=True):
+        doses = [d["dose"] for d in curve["doses"]]
+        for k, metric in enumerate(shown):
+            ests = [d["metrics"][metric] for d in curve["doses"]]
+            slope = curve["slope"].get(metric) or {}
+            label = metric
+            if slope.get("value") is not None:
+                label += f" (slope {100 * slope['value']:+.1f} pp/passage)"
+            offset = (k - 1.5) * 0.04 * max(doses)
+            ax.errorbar(
+                [d + offset for d in doses],
+                [100 * _value(e) for e in ests],
+                yerr=100 * np.array([_err(e) for e in ests]).T,
+                marker=_MARKERS[k],
+                capsize=3,
+                label=label,
+            )
+        _rate_axes(ax, x=False)
+        ax.set_xticks(doses)
+        ax.set_xlabel("conflict dose (contradicting passages added)")
+        ax.set_ylabel("rate (%)")
+        ax.set_title(f"{curve['condition']} · {curve['model']} · {curve['corpus']}", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle("Conflict dose-response (95% bootstrap CI)", fontsize=10)
+    return fig
+
+
 def write_plots(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
     """Write every applicable figure into ``out_dir``; returns the written paths."""
     out_dir = Path(out_dir)
@@ -409,5 +453,6 @@ def write_plots(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
         ),
         plot_scaling(metrics, out_dir / "scaling.png"),
         plot_grade_override(metrics, out_dir / "grade_override.png"),
+        plot_dose_response(metrics, out_dir / "dose_response.png"),
     ]
     return [p for p in written if p is not None]

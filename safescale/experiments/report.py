@@ -47,6 +47,7 @@ __all__ = [
     "comparisons_frame",
     "condition_tables",
     "conditions_frame",
+    "dose_response_tables",
     "format_interval",
     "grade_override_table",
     "render_markdown",
@@ -433,6 +434,57 @@ def grade_override_table(metrics: Mapping[str, Any]) -> TextTable | None:
     )
 
 
+def dose_response_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
+    """Per condition: each rate at every conflict dose and the slope per added passage."""
+    curves = metrics.get("dose_response") or []
+    tables = []
+    for c in curves:
+        rows = [
+            [
+                str(d["dose"]),
+                str(d["n"]),
+                f"{d['mean_injected']:.2f}",
+                str(d["capped"]),
+                *(format_interval(d["metrics"][m]) for m in _DOSE_SHOWN),
+            ]
+            for d in c["doses"]
+        ]
+        rows.append(
+            [
+                "slope / passage",
+                str(c["n_items_all_doses"]),
+                "",
+                "",
+                *(format_interval(c["slope"].get(m), signed=True) for m in _DOSE_SHOWN),
+            ]
+        )
+        capped = sum(d["capped"] for d in c["doses"])
+        note = (
+            "Dose k: k contradicting passages from the item's conflicting pool added to its "
+            "evidence (oracle conditions) or to the retrieval candidates (RAG conditions). "
+            "Slope: least-squares change of the rate per added passage (pp) over the items "
+            "answered at every dose, 95 % bootstrap CI."
+        )
+        if capped:
+            note += (
+                f" Note: {capped} responses were capped (the item's pool had fewer "
+                "contradicting passages than the dose); 'injected' is the mean actually drawn."
+            )
+        tables.append(
+            TextTable(
+                f"Conflict dose-response — {c['model']} · {c['corpus']} · "
+                f"{_condition_label(c['condition'])} · {c['samples_budget']}x",
+                ("dose", "n", "injected", "capped", *(_METRIC_LABELS[m] for m in _DOSE_SHOWN)),
+                rows,
+                note=note,
+            )
+        )
+    return tables
+
+
+_DOSE_SHOWN = ("accuracy", "high_risk_error", "unsafe_answer", "contradiction")
+
+
 def transition_tables(metrics: Mapping[str, Any], max_items: int = 12) -> list[TextTable]:
     """Per-item transitions (closed-book → clean, clean → conflict), items listed."""
     entries = metrics.get("transitions") or []
@@ -678,6 +730,9 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> s
     attribution = _attribution_table(metrics)
     if attribution is not None:
         parts += ["## Failure attribution", "", attribution.to_markdown()]
+    dose = dose_response_tables(metrics)
+    if dose:
+        parts += ["## Conflict dose-response", ""] + [t.to_markdown() for t in dose]
     override = grade_override_table(metrics)
     if override is not None:
         parts += ["## Grade override", "", override.to_markdown()]

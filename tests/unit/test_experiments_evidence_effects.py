@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from safescale.corpora import (
     Corpus,
     EvidenceSets,
@@ -173,3 +175,37 @@ def test_transition_matrix_lists_items():
     assert t["net"] == 1
     (table,) = transition_tables(metrics)
     assert table.rows[0][8] == "i1" and table.rows[0][9] == "i2, i4"
+
+
+def _dosed(item: str, chosen: str, condition: str, dose: int) -> ResponseRecord:
+    r = _response(item, chosen, condition, ["strong"])
+    return r.model_copy(update={"conflict_dose": dose})
+
+
+def test_dose_sweep_recovers_the_planted_slope():
+    """Planted rule: at dose d, item k is right iff k >= 4 d (20 items), so accuracy is
+    1 - 0.2 d and the slope is exactly -0.2 per passage; a flat condition has slope 0."""
+    c = corpus(20)
+    records = []
+    for dose in (0, 1, 2, 4):
+        for k in range(20):
+            records.append(_dosed(f"i{k}", "A" if k >= 4 * dose else "B", "clean_evidence", dose))
+            records.append(_dosed(f"i{k}", "A" if k % 2 else "B", "agentic_rag", dose))
+    metrics = metrics_from_records(records, {"ov": c}, bootstrap=FAST)
+    curves = {c["condition"]: c for c in metrics["dose_response"]}
+    planted = curves["clean_evidence"]
+    assert [d["metrics"]["accuracy"]["value"] for d in planted["doses"]] == pytest.approx(
+        [1.0, 0.8, 0.6, 0.2]
+    )
+    slope = planted["slope"]["accuracy"]
+    assert slope["value"] == pytest.approx(-0.2)
+    assert slope["lo"] <= -0.2 <= slope["hi"] and slope["hi"] < 0
+    # high-risk (B) rises at the same rate
+    assert planted["slope"]["high_risk_error"]["value"] == pytest.approx(0.2)
+    flat = curves["agentic_rag"]["slope"]["accuracy"]
+    assert flat["value"] == pytest.approx(0.0) and flat["lo"] == flat["hi"] == 0.0
+    # cells are per dose
+    doses = sorted(
+        cell["conflict_dose"] for cell in metrics["cells"] if cell["condition"] == "clean_evidence"
+    )
+    assert doses == [0, 1, 2, 4]
