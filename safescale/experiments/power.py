@@ -109,8 +109,9 @@ def minimum_detectable_effect(
     solved for ``δ``).
 
     Returns:
-        ``δ`` in ``(0, min(√ψ, ψ)]``; NaN when ``n`` or ``ψ`` is 0; ``ψ`` itself when
-        even a difference as large as the discordance is not detectable at ``n``.
+        ``δ`` in ``(0, ψ]``; NaN when ``n`` or ``ψ`` is 0; ``inf`` when even a
+        difference as large as the discordance (the largest possible) is not detectable
+        at ``n`` (too few items).
     """
     psi = float(discordance)
     za, zb = _z(alpha, power)
@@ -122,7 +123,7 @@ def minimum_detectable_effect(
         return math.sqrt(n) * delta - za * math.sqrt(psi) - zb * math.sqrt(psi - delta * delta)
 
     if excess(upper) < 0:
-        return upper
+        return float("inf")
     lo, hi = 0.0, upper
     for _ in range(80):
         mid = (lo + hi) / 2.0
@@ -186,10 +187,11 @@ def comparison_power(
         power: power.
 
     Returns:
-        ``{metric: {n, discordance, observed, mde, detectable, n_clusters, icc,
-        design_effect, mde_clustered}}`` over the items both answered; ``detectable``
-        says whether the observed difference is at least the MDE (clustered when
-        clustering).
+        ``{metric: {n, discordance, observed, mde, detectable, too_few_items,
+        n_clusters, icc, design_effect, mde_clustered}}`` over the items both answered;
+        ``detectable`` says whether the observed difference is at least the MDE
+        (clustered when clustering); ``too_few_items`` that no difference up to the
+        discordance is detectable at this n (the MDEs are then None in JSON).
     """
     shared = sorted(set(a["item"]) & set(b["item"]))
     a = a.set_index("item").loc[shared]
@@ -213,6 +215,7 @@ def comparison_power(
             else float("nan")
         )
         detectable = bool(math.isfinite(mde_c) and abs(observed) >= mde_c) if n else False
+        too_few = bool(n and psi > 0 and math.isinf(mde_c))
         out[metric] = {
             "n": n,
             "discordance": psi,
@@ -223,6 +226,7 @@ def comparison_power(
             "design_effect": deff,
             "mde_clustered": mde_c,
             "detectable": detectable,
+            "too_few_items": too_few,
             "alpha": alpha,
             "power": power,
         }

@@ -382,6 +382,8 @@ def _comparison_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
 
 
 def _mde_text(entry: Mapping[str, Any] | None) -> str:
+    if entry and entry.get("too_few_items"):
+        return f"> {_pct(entry['discordance'])} (too few items)"
     if not entry or not _finite(entry.get("mde_clustered")):
         return "–"
     mark = " ✓" if entry.get("detectable") else ""

@@ -55,6 +55,8 @@ def test_mde_of_a_run_sized_comparison():
     mde = minimum_detectable_effect(100, 0.3)
     assert 0.14 < mde < 0.154
     assert math.isnan(minimum_detectable_effect(0, 0.3))
+    # 10 items with 30% discordance: not even a 30 pp difference is detectable
+    assert math.isinf(minimum_detectable_effect(10, 0.3))
     assert math.isnan(minimum_detectable_effect(100, 0.0))
 
 
