@@ -209,3 +209,29 @@ def test_dose_sweep_recovers_the_planted_slope():
         cell["conflict_dose"] for cell in metrics["cells"] if cell["condition"] == "clean_evidence"
     )
     assert doses == [0, 1, 2, 4]
+
+
+def test_records_before_the_dose_axis_migrate_to_dose_zero():
+    from safescale.records import StepRecord
+
+    old = _response("i0", "A", "clean_evidence", ["strong"]).model_dump()
+    old.update(schema_version=2)
+    for key in ("conflict_dose", "conflict_injected", "dose_capped"):
+        old.pop(key)
+    migrated = ResponseRecord.model_validate(old)
+    assert (migrated.conflict_dose, migrated.conflict_injected, migrated.dose_capped) == (
+        0,
+        [],
+        False,
+    )
+    assert migrated.key == ("m", "clean_evidence", "i0", 1, 0)
+    step = StepRecord.model_validate(
+        {"schema_version": 1, "run": "r", "item": "i0", "condition": "closed_book",
+         "model": "m", "node": "answer", "step": 0, "inputs_digest": "x"}
+    )  # fmt: skip
+    assert step.conflict_dose == 0 and step.schema_version == 2
+    att = AttributionRecord.model_validate(
+        {"schema_version": 1, "model": "m", "condition": "closed_book", "item": "i0",
+         "severity": "unsafe", "cause": "no_evidence", "explanation": "x"}
+    )  # fmt: skip
+    assert att.conflict_dose == 0 and att.key[-1] == 0
