@@ -49,9 +49,9 @@ __all__ = [
     "check_slug",
 ]
 
-RESPONSE_SCHEMA_VERSION = 2
-STEP_SCHEMA_VERSION = 1
-ATTRIBUTION_SCHEMA_VERSION = 1
+RESPONSE_SCHEMA_VERSION = 3
+STEP_SCHEMA_VERSION = 2
+ATTRIBUTION_SCHEMA_VERSION = 2
 MANIFEST_SCHEMA_VERSION = 2
 METRICS_SCHEMA_VERSION = 1
 TRIAGE_SCHEMA_VERSION = 1
@@ -152,10 +152,19 @@ class RetrievedRef(BaseModel):
     rank: int | None = None
 
 
+def _add_conflict_dose(data: dict[str, Any]) -> dict[str, Any]:
+    # records made before the conflict-dose axis had no injected passages: dose 0.
+    return {**data, "conflict_dose": data.get("conflict_dose", 0)}
+
+
 class StepRecord(_Versioned):
-    """One node execution inside one condition graph for one item (``steps.jsonl``)."""
+    """One node execution inside one condition graph for one item (``steps.jsonl``).
+
+    Versions: 1 had no ``conflict_dose``; 2 adds it (0 before the dose axis).
+    """
 
     SCHEMA_VERSION: ClassVar[int] = STEP_SCHEMA_VERSION
+    MIGRATIONS: ClassVar[dict[int, Migration]] = {1: _add_conflict_dose}
 
     schema_version: int = STEP_SCHEMA_VERSION
     run: str
@@ -163,6 +172,7 @@ class StepRecord(_Versioned):
     condition: Condition
     model: str
     samples_budget: int = 1
+    conflict_dose: int = 0
     node: str
     step: int
     inputs_digest: str
@@ -209,11 +219,17 @@ class ResponseRecord(_Versioned):
     ``cloze_pmi``, ...); ``option_logits`` are that formulation's log-space option
     scores in ``letters`` order (their softmax is the option distribution).
 
-    Versions: 1 had no ``formulation`` (always the letter logits); 2 adds it.
+    ``conflict_dose`` is the number of contradicting passages the sweep asked to add to
+    the item's evidence (or retrieval candidates); ``conflict_injected`` are the ones
+    drawn for it (added unless already there; fewer than the dose when the item's
+    conflicting pool is smaller: ``dose_capped``).
+
+    Versions: 1 had no ``formulation`` (always the letter logits); 2 adds it; 3 adds
+    ``conflict_dose``, ``conflict_injected`` and ``dose_capped`` (0, none, False before).
     """
 
     SCHEMA_VERSION: ClassVar[int] = RESPONSE_SCHEMA_VERSION
-    MIGRATIONS: ClassVar[dict[int, Migration]] = {1: _response_v1_to_v2}
+    MIGRATIONS: ClassVar[dict[int, Migration]] = {1: _response_v1_to_v2, 2: _add_conflict_dose}
 
     schema_version: int = RESPONSE_SCHEMA_VERSION
     run: str
@@ -221,6 +237,9 @@ class ResponseRecord(_Versioned):
     condition: Condition
     item: str
     samples_budget: int = 1
+    conflict_dose: int = 0
+    conflict_injected: list[str] = Field(default_factory=list)
+    dose_capped: bool = False
     formulation: str = "letter"
     letters: list[str]
     option_logits: list[float]
@@ -238,21 +257,26 @@ class ResponseRecord(_Versioned):
     wall_ms: float = 0.0
 
     @property
-    def key(self) -> tuple[str, str, str, int]:
-        """Identity in a run: (model, condition, item, samples_budget)."""
-        return (self.model, str(self.condition), self.item, self.samples_budget)
+    def key(self) -> tuple[str, str, str, int, int]:
+        """Identity in a run: (model, condition, item, samples_budget, conflict_dose)."""
+        return (self.model, str(self.condition), self.item, self.samples_budget, self.conflict_dose)
 
 
 class AttributionRecord(_Versioned):
-    """The attributed cause of one high-risk or unsafe answer (``attribution.jsonl``)."""
+    """The attributed cause of one high-risk or unsafe answer (``attribution.jsonl``).
+
+    Versions: 1 had no ``conflict_dose``; 2 adds it (0 before the dose axis).
+    """
 
     SCHEMA_VERSION: ClassVar[int] = ATTRIBUTION_SCHEMA_VERSION
+    MIGRATIONS: ClassVar[dict[int, Migration]] = {1: _add_conflict_dose}
 
     schema_version: int = ATTRIBUTION_SCHEMA_VERSION
     model: str
     condition: Condition
     item: str
     samples_budget: int = 1
+    conflict_dose: int = 0
     severity: str  # "high_risk" | "unsafe"
     cause: str
     step: int | None = None
@@ -260,9 +284,9 @@ class AttributionRecord(_Versioned):
     explanation: str
 
     @property
-    def key(self) -> tuple[str, str, str, int]:
+    def key(self) -> tuple[str, str, str, int, int]:
         """Identity of the attributed response."""
-        return (self.model, str(self.condition), self.item, self.samples_budget)
+        return (self.model, str(self.condition), self.item, self.samples_budget, self.conflict_dose)
 
 
 # ---------------------------------------------------------------- the manifest
@@ -360,8 +384,10 @@ class TriageReportRecord(_Versioned):
 
 
 class MetricsReport(_Versioned):
-    """``metrics.json``: per-cell metrics with bootstrap CIs, comparisons, attribution
-    counts, triage results and validity checks (the sections stay plain data)."""
+    """``metrics.json``: per-cell metrics with bootstrap CIs, comparisons (with their
+    power), attribution counts, triage results, validity checks, grade override,
+    per-item transitions, conflict dose-response and attention masking (the sections
+    stay plain data; a file without the later sections reads as empty ones)."""
 
     SCHEMA_VERSION: ClassVar[int] = METRICS_SCHEMA_VERSION
 
@@ -375,6 +401,9 @@ class MetricsReport(_Versioned):
     attribution: list[dict[str, Any]] = Field(default_factory=list)
     triage: list[dict[str, Any]] | None = None
     validity: list[dict[str, Any]] = Field(default_factory=list)
+    grade_override: list[dict[str, Any]] = Field(default_factory=list)
+    transitions: list[dict[str, Any]] = Field(default_factory=list)
+    dose_response: list[dict[str, Any]] = Field(default_factory=list)
 
 
 # ---------------------------------------------------------------- what-if replays
@@ -405,6 +434,6 @@ class ReplayRecord(_Versioned):
     steps: list[StepRecord] = Field(default_factory=list)
 
     @property
-    def key(self) -> tuple[str, str, str, int]:
+    def key(self) -> tuple[str, str, str, int, int]:
         """Identity of the replayed response."""
         return self.response.key

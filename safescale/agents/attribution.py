@@ -82,6 +82,7 @@ def attribute_failure(
             condition=response.condition,
             item=response.item,
             samples_budget=response.samples_budget,
+            conflict_dose=response.conflict_dose,
             severity=severity,
             cause=cause,
             step=None if step is None else step.step,

@@ -40,6 +40,9 @@ class AgentSettings(BaseModel):
         formulation: how the answer is read (see :mod:`safescale.agents.answering`);
             a study's ``auto`` is resolved to one of these before the graphs run.
         position_prior: PriDe position prior per number of options (``letter_pride``).
+        conflict_dose: contradicting passages from the item's conflicting pool added
+            to the oracle evidence or to the retrieval candidates
+            (:mod:`safescale.corpora.conflict`; 0 = none).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -59,6 +62,7 @@ class AgentSettings(BaseModel):
     seed: int = 0
     formulation: Formulation = "cloze_pmi"
     position_prior: dict[str, tuple[float, ...]] | None = None
+    conflict_dose: int = Field(0, ge=0)
 
 
 class Critique(BaseModel):

@@ -118,6 +118,28 @@ def _prompt_tokens(ctx: AgentContext, message: str) -> int:
 
 
 # ---------------------------------------------------------------- evidence sources
+def _conflict_injection(
+    item: Item, ctx: AgentContext, present: list[str], excluded: set[str]
+) -> tuple[list[str], dict]:
+    """The conflict-dose passages to add (not already present, not excluded) and the
+    record of the draw (empty at dose 0)."""
+    dose = ctx.settings.conflict_dose
+    if dose <= 0:
+        return [], {}
+    from safescale.corpora.conflict import draw_conflict
+
+    draw = draw_conflict(ctx.corpus, item, dose, ctx.settings.seed)
+    added = [pid for pid in draw.ids if pid not in present and pid not in excluded]
+    record = {
+        "dose": dose,
+        "ids": list(draw.ids),
+        "added": added,
+        "pool_size": draw.pool_size,
+        "capped": draw.capped,
+    }
+    return added, record
+
+
 def oracle_evidence_node(which: str) -> Node:
     """Put the item's oracle evidence set (``clean`` or ``conflict``) in the context."""
 
@@ -127,9 +149,14 @@ def oracle_evidence_node(which: str) -> Node:
         item = _item(state, ctx)
         excluded = set(state.get("excluded", []))
         ids = [pid for pid in getattr(item.evidence, which) if pid not in excluded]
+        added, injection = _conflict_injection(item, ctx, ids, excluded)
+        ids = ids + added
         evidence: list[EvidenceRef] = [
             {"id": pid, "score": None, "rank": i} for i, pid in enumerate(ids, 1)
         ]
+        decision = f"oracle {which} set ({len(ids) - len(added)} passages)"
+        if injection:
+            decision += f" + {len(added)} contradicting (dose {injection['dose']})"
         step = _step(
             state,
             ctx,
@@ -137,10 +164,14 @@ def oracle_evidence_node(which: str) -> Node:
             started,
             inputs=[item.id, which, ids],
             retrieved=evidence,
-            decision=f"oracle {which} set ({len(ids)} passages)",
+            decision=decision,
             kept=ids,
+            detail={"conflict_injection": injection} if injection else None,
         )
-        return {"evidence": evidence, "steps": [step]}
+        update = {"evidence": evidence, "steps": [step]}
+        if injection:
+            update["conflict_injection"] = injection
+        return update
 
     gather.__name__ = f"{which}_evidence"
     return gather
@@ -181,6 +212,11 @@ def retrieve_node(*, agentic: bool) -> Node:
         evidence: list[EvidenceRef] = [
             {"id": h.passage.id, "score": float(h.score), "rank": h.rank} for h in hits
         ]
+        # conflict dose: the drawn passages join the store's candidates after the hits
+        added, injection = _conflict_injection(item, ctx, [e["id"] for e in evidence], excluded)
+        evidence += [
+            {"id": pid, "score": None, "rank": len(evidence) + j} for j, pid in enumerate(added, 1)
+        ]
         update: dict = {
             "candidates": evidence,
             "evidence": evidence,
@@ -199,10 +235,13 @@ def retrieve_node(*, agentic: bool) -> Node:
                         "query": query,
                         "filters": "current_only" if filters else "none",
                         "rerank": agentic,
+                        **({"conflict_injection": injection} if injection else {}),
                     },
                 )
             ],
         }
+        if injection:
+            update["conflict_injection"] = injection
         if not state.get("queries"):
             update["queries"] = [query]
         return update
@@ -234,6 +273,9 @@ def pack_context_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict
         item.question, k=len(ctx.store), include_superseded=True, include_withdrawn=True
     )
     hits = [h for h in ranked if h.passage.id not in excluded]
+    # conflict dose: the drawn passages move to the front of the ranking
+    added, injection = _conflict_injection(item, ctx, [], excluded)
+    hits.sort(key=lambda h: added.index(h.passage.id) if h.passage.id in added else len(added))
     base = _prompt_tokens(ctx, prompts.answer_message(item, [], None))
     header = ctx.lm.count_tokens("Evidence:\n\n")
     used = base + header
@@ -262,9 +304,17 @@ def pack_context_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict
         decision=f"packed {len(kept)}, left out {len(left_out)}",
         kept=[e["id"] for e in kept],
         dropped=left_out,
-        detail={"budget": budget, "limit": limit, "order": "similarity to question"},
+        detail={
+            "budget": budget,
+            "limit": limit,
+            "order": "similarity to question",
+            **({"conflict_injection": injection} if injection else {}),
+        },
     )
-    return {"evidence": kept, "left_out": left_out, "steps": [step]}
+    update = {"evidence": kept, "left_out": left_out, "steps": [step]}
+    if injection:
+        update["conflict_injection"] = injection
+    return update
 
 
 # ---------------------------------------------------------------- agentic nodes

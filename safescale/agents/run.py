@@ -12,9 +12,13 @@ from safescale.agents.records import ResponseRecord, SampleRecord, StepRecord
 __all__ = ["answer_item", "records_from_state", "thread_id"]
 
 
-def thread_id(model: str, corpus: str, condition: str, samples: int, item: str) -> str:
-    """Checkpoint thread of one item under one condition (and model/corpus/budget)."""
-    return f"{model}|{corpus}|{condition}|x{samples}|{item}"
+def thread_id(
+    model: str, corpus: str, condition: str, samples: int, item: str, dose: int = 0
+) -> str:
+    """Checkpoint thread of one item under one condition (and model/corpus/budget/dose;
+    dose 0 keeps the thread name it had before the dose axis)."""
+    suffix = f"|d{dose}" if dose else ""
+    return f"{model}|{corpus}|{condition}|x{samples}|{item}{suffix}"
 
 
 def recursion_limit(ctx: AgentContext) -> int:
@@ -34,7 +38,14 @@ def answer_item(
     started = time.perf_counter()
     config = {
         "configurable": {
-            "thread_id": thread_id(model, ctx.corpus.name, condition, ctx.settings.samples, item_id)
+            "thread_id": thread_id(
+                model,
+                ctx.corpus.name,
+                condition,
+                ctx.settings.samples,
+                item_id,
+                ctx.settings.conflict_dose,
+            )
         },
         "recursion_limit": recursion_limit(ctx),
     }
@@ -48,12 +59,14 @@ def records_from_state(
 ) -> tuple[ResponseRecord, list[StepRecord]]:
     """Build the ResponseRecord and StepRecords from a final graph state."""
     answer = state["answer"]
+    injection = state.get("conflict_injection") or {}
     steps = [
         StepRecord(
             run=ctx.run_id,
             condition=condition,
             model=model,
             samples_budget=ctx.settings.samples,
+            conflict_dose=ctx.settings.conflict_dose,
             **step,
         )
         for step in state.get("steps", [])
@@ -64,6 +77,9 @@ def records_from_state(
         condition=condition,
         item=state["item_id"],
         samples_budget=ctx.settings.samples,
+        conflict_dose=ctx.settings.conflict_dose,
+        conflict_injected=list(injection.get("ids", [])),
+        dose_capped=bool(injection.get("capped", False)),
         letters=answer["letters"],
         formulation=answer["formulation"],
         option_logits=answer["option_logits"],

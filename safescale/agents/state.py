@@ -39,6 +39,8 @@ class AgentState(TypedDict, total=False):
         answer: the read answer (chosen letter, option logits, samples, messages).
         stop_reason: why the graph stopped gathering evidence.
         excluded: passages removed by a what-if replay; evidence steps skip them.
+        conflict_injection: the conflict-dose draw added to the evidence or the
+            candidates (``dose``, ``ids``, ``pool_size``, ``capped``).
         steps: one StepRecord dict per node execution (grows).
     """
 
@@ -57,4 +59,5 @@ class AgentState(TypedDict, total=False):
     answer: dict
     stop_reason: str
     excluded: list[str]
+    conflict_injection: dict
     steps: Annotated[list[dict], operator.add]

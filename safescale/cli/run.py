@@ -48,12 +48,18 @@ def run(
     address: str | None = typer.Option(
         None, "--address", help="Ray cluster address (default: start a local Ray instance)"
     ),
+    conflict_dose: str | None = typer.Option(
+        None,
+        "--conflict-dose",
+        help="conflict-dose sweep, comma-separated (e.g. 0,1,2,4); overrides the config",
+    ),
 ) -> None:
     """Run (or resume) an experiment, then detection, metrics and the report."""
     run_and_report(
         config,
         out=out,
         limit=limit,
+        conflict_dose=conflict_dose,
         fresh=fresh,
         detect=detect,
         report=report,
@@ -72,6 +78,7 @@ def run_and_report(
     report: bool = True,
     backend: str = "local",
     address: str | None = None,
+    conflict_dose: str | None = None,
 ) -> None:
     from safescale.experiments.config import ConfigError, load_config
     from safescale.experiments.runner import (
@@ -87,6 +94,11 @@ def run_and_report(
             overrides["output_dir"] = out
         if limit is not None:
             overrides["limit"] = limit
+        if conflict_dose is not None:
+            try:
+                overrides["conflict_dose"] = [int(d) for d in conflict_dose.split(",") if d.strip()]
+            except ValueError:
+                _fail(f"--conflict-dose: expected integers like 0,1,2,4, got {conflict_dose!r}")
         if overrides:
             config = config.with_overrides(**overrides)
     except ConfigError as exc:
@@ -171,8 +183,12 @@ def trace(
         )
     corpus = next(c for c in corpora.values() if item in c.items_by_id)
     for r in chosen:
-        key = (r.model, r.condition, r.item, r.samples_budget)
-        own = [s for s in steps if (s.model, s.condition, s.item, s.samples_budget) == key]
+        key = r.key
+        own = [
+            s
+            for s in steps
+            if (s.model, s.condition, s.item, s.samples_budget, s.conflict_dose) == key
+        ]
         att = next((a for a in attributions if a.key == key), None)
         console.print(render_trace(corpus.item(item), r, own, att))
 

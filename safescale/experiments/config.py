@@ -5,8 +5,9 @@ invalid value) as a :class:`ConfigError` naming the key, the file and the line::
 
     safescale/experiments/configs/demo.yaml:7: retreival: unknown key (did you mean 'retrieval'?)
 
-A run covers the cross product ``models × corpora × conditions × compute.samples``
-(:meth:`ExperimentConfig.grid`). Bundled configs live in ``experiments/configs/`` and
+A run covers the cross product ``models × corpora × conditions × compute.samples ×
+conflict_dose`` (:meth:`ExperimentConfig.grid`; closed-book has no evidence, so it runs
+at dose 0 only). Bundled configs live in ``experiments/configs/`` and
 are found by name (:func:`list_bundled_configs`).
 """
 
@@ -233,12 +234,13 @@ class ItemFilter(_Section):
 
 
 class GridCell(NamedTuple):
-    """One (model, corpus, condition, compute budget) combination of a sweep."""
+    """One (model, corpus, condition, compute budget, conflict dose) combination."""
 
     model: ModelConfig
     corpus: str
     condition: str
     samples_budget: int
+    conflict_dose: int = 0
 
 
 class ExperimentConfig(_Section):
@@ -264,6 +266,9 @@ class ExperimentConfig(_Section):
         limit: at most this many items per corpus, after ``item_filter``.
         item_filter: item selection.
         shard_size: items per work unit of the runner.
+        conflict_dose: the conflict-dose sweep: numbers of contradicting passages from
+            each item's conflicting pool added to its evidence or retrieval candidates
+            (:mod:`safescale.corpora.conflict`); default ``[0]`` (no injection).
     """
 
     name: str = Field(min_length=1, pattern=SLUG_PATTERN)
@@ -284,6 +289,7 @@ class ExperimentConfig(_Section):
     limit: int | None = Field(None, ge=1)
     item_filter: ItemFilter | None = None
     shard_size: int = Field(16, ge=1)
+    conflict_dose: tuple[int, ...] = (0,)
 
     @model_validator(mode="before")
     @classmethod
@@ -330,19 +336,37 @@ class ExperimentConfig(_Section):
             raise ValueError(f"conditions repeat: {list(conditions)}")
         return conditions
 
+    @field_validator("conflict_dose", mode="before")
+    @classmethod
+    def _doses(cls, doses: Any) -> Any:
+        if isinstance(doses, int) and not isinstance(doses, bool):
+            doses = [doses]
+        if isinstance(doses, list | tuple):
+            if not doses:
+                raise ValueError("at least one conflict dose is needed (0 = no injection)")
+            if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in doses):
+                raise ValueError(f"conflict doses must be integers >= 0, got {list(doses)}")
+            if len(set(doses)) != len(doses):
+                raise ValueError(f"conflict doses repeat: {list(doses)}")
+            return tuple(sorted(doses))
+        return doses
+
     @property
     def run_dir(self) -> Path:
         """The run directory: ``output_dir`` or ``runs/<name>``."""
         return self.output_dir if self.output_dir is not None else Path("runs") / self.name
 
     def grid(self) -> list[GridCell]:
-        """The sweep: every model × corpus × condition × compute budget, in that order."""
+        """The sweep: every model × corpus × condition × compute budget × conflict dose,
+        in that order (closed-book at dose 0 only: it has no evidence to add to)."""
         return [
-            GridCell(model, corpus, condition, budget)
+            GridCell(model, corpus, condition, budget, dose)
             for model in self.models
             for corpus in self.corpora
             for condition in self.conditions
             for budget in self.compute.samples
+            for dose in self.conflict_dose
+            if dose == 0 or condition != "closed_book"
         ]
 
     def with_overrides(self, **changes: Any) -> ExperimentConfig:

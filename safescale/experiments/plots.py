@@ -8,7 +8,10 @@
 * :func:`plot_triage_operating_points` — every detector's test operating point (flag
   rate vs unsafe recall) per backbone, with the target recall as a line;
 * :func:`plot_scaling` — accuracy and high-risk error (with CIs) across models or
-  compute budgets, one line per condition (only when the run spans several).
+  compute budgets, one line per condition (only when the run spans several);
+* :func:`plot_grade_override` — the grade-override rate per condition (and dose);
+* :func:`plot_dose_response` — each rate against the conflict dose, one panel per
+  condition (only when the run sweeps the dose).
 
 Every rate axis is fixed at 0–100 % (``RATE_LIMITS``, a little margin so points on 0 or
 100 stay whole), so panels are comparable and a degenerate panel never zooms into
@@ -38,8 +41,12 @@ __all__ = [
     "RATE_LIMITS",
     "accuracy_vs_high_risk_figure",
     "dodge_offsets",
+    "dose_response_figure",
+    "grade_override_figure",
     "plot_accuracy_vs_high_risk",
     "plot_category_heatmap",
+    "plot_dose_response",
+    "plot_grade_override",
     "plot_scaling",
     "plot_triage_operating_points",
     "scaling_figure",
@@ -338,6 +345,103 @@ def scaling_figure(metrics: Mapping[str, Any]) -> Any | None:
     return fig
 
 
+def plot_grade_override(metrics: Mapping[str, Any], path: Path) -> Path | None:
+    """Grade-override rate per condition (95% CI bars), one panel per model × corpus;
+    one bar group per conflict dose when the run sweeps it."""
+    fig = grade_override_figure(metrics)
+    return None if fig is None else _save(fig, path)
+
+
+def grade_override_figure(metrics: Mapping[str, Any]) -> Any | None:
+    """The grade-override figure (not saved); None when no response was eligible."""
+    entries = [e for e in metrics.get("grade_override") or [] if e["samples_budget"] == 1]
+    if not entries:
+        return None
+    panels = list(dict.fromkeys((e["model"], e["corpus"]) for e in entries))
+    conditions = [c for c in metrics["run"]["conditions"] if any(
+        e["condition"] == c for e in entries)]  # fmt: skip
+    doses = sorted({int(e.get("conflict_dose", 0)) for e in entries})
+    fig, axes = _grid(len(panels))
+    width = 0.8 / max(len(doses), 1)
+    for ax, (model, corpus) in zip(axes, panels, strict=True):
+        for j, dose in enumerate(doses):
+            xs, ys, errs, ns = [], [], [], []
+            for x, condition in enumerate(conditions):
+                e = next(
+                    (e for e in entries if (e["model"], e["corpus"], e["condition"],
+                     int(e.get("conflict_dose", 0))) == (model, corpus, condition, dose)),
+                    None,
+                )  # fmt: skip
+                if e is None:
+                    continue
+                xs.append(x + (j - (len(doses) - 1) / 2) * width)
+                ys.append(100 * _value(e["rate"]))
+                errs.append(_err(e["rate"]))
+                ns.append(e["n_eligible"])
+            if xs:
+                ax.bar(
+                    xs,
+                    ys,
+                    width=width,
+                    yerr=100 * np.array(errs).T,
+                    capsize=3,
+                    label=f"dose {dose}" if len(doses) > 1 else None,
+                )
+                for x, y, n in zip(xs, ys, ns, strict=True):
+                    ax.annotate(f"n={n}", (x, max(y, 0) + 2), ha="center", fontsize=6)
+        ax.set_xticks(range(len(conditions)), conditions, rotation=20, ha="right", fontsize=7)
+        _rate_axes(ax, x=False)
+        ax.set_ylabel("answers following the weaker source (%)")
+        ax.set_title(f"{model} · {corpus}", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+        if len(doses) > 1:
+            ax.legend(fontsize=7)
+    fig.suptitle("Grade override rate among eligible responses (95% bootstrap CI)", fontsize=10)
+    return fig
+
+
+def plot_dose_response(metrics: Mapping[str, Any], path: Path) -> Path | None:
+    """Each rate against the conflict dose (95% CI bars), one panel per condition and
+    model × corpus × budget; drawn only when the run sweeps the dose."""
+    fig = dose_response_figure(metrics)
+    return None if fig is None else _save(fig, path)
+
+
+def dose_response_figure(metrics: Mapping[str, Any]) -> Any | None:
+    """The dose-response figure (not saved); None without a dose sweep."""
+    curves = metrics.get("dose_response") or []
+    if not curves:
+        return None
+    fig, axes = _grid(len(curves), width=4.8, height=3.8)
+    shown = ("accuracy", "high_risk_error", "unsafe_answer", "contradiction")
+    for ax, curve in zip(axes, curves, strict=True):
+        doses = [d["dose"] for d in curve["doses"]]
+        for k, metric in enumerate(shown):
+            ests = [d["metrics"][metric] for d in curve["doses"]]
+            slope = curve["slope"].get(metric) or {}
+            label = metric
+            if slope.get("value") is not None:
+                label += f" (slope {100 * slope['value']:+.1f} pp/passage)"
+            offset = (k - 1.5) * 0.04 * max(doses)
+            ax.errorbar(
+                [d + offset for d in doses],
+                [100 * _value(e) for e in ests],
+                yerr=100 * np.array([_err(e) for e in ests]).T,
+                marker=_MARKERS[k],
+                capsize=3,
+                label=label,
+            )
+        _rate_axes(ax, x=False)
+        ax.set_xticks(doses)
+        ax.set_xlabel("conflict dose (contradicting passages added)")
+        ax.set_ylabel("rate (%)")
+        ax.set_title(f"{curve['condition']} · {curve['model']} · {curve['corpus']}", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle("Conflict dose-response (95% bootstrap CI)", fontsize=10)
+    return fig
+
+
 def write_plots(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
     """Write every applicable figure into ``out_dir``; returns the written paths."""
     out_dir = Path(out_dir)
@@ -348,5 +452,7 @@ def write_plots(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
             metrics.get("triage"), out_dir / "triage_operating_points.png"
         ),
         plot_scaling(metrics, out_dir / "scaling.png"),
+        plot_grade_override(metrics, out_dir / "grade_override.png"),
+        plot_dose_response(metrics, out_dir / "dose_response.png"),
     ]
     return [p for p in written if p is not None]

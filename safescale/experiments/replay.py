@@ -56,10 +56,19 @@ def replay_item(
         worker = CellWorker(config, old.model)
         try:
             ref = next(r for r in config.corpora if item_id in worker.corpus(r).items_by_id)
-            task = CellTask(old.model, ref, condition, old.samples_budget, (item_id,))
+            task = CellTask(
+                old.model, ref, condition, old.samples_budget, (item_id,), old.conflict_dose
+            )
             ctx = worker.context(task)
             graph = build_condition(condition, checkpointer=worker.checkpointer)
-            thread = thread_id(old.model, ctx.corpus.name, condition, old.samples_budget, item_id)
+            thread = thread_id(
+                old.model,
+                ctx.corpus.name,
+                condition,
+                old.samples_budget,
+                item_id,
+                old.conflict_dose,
+            )
             new, steps, fork_step = replay_without(
                 graph, ctx, thread, list(drop), condition=condition, model=old.model
             )

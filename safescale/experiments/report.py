@@ -47,9 +47,12 @@ __all__ = [
     "comparisons_frame",
     "condition_tables",
     "conditions_frame",
+    "dose_response_tables",
     "format_interval",
+    "grade_override_table",
     "render_markdown",
     "rich_table",
+    "transition_tables",
     "triage_frame",
     "triage_tables",
     "write_report",
@@ -150,16 +153,18 @@ def condition_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
     """One results table per model × corpus × compute budget: condition rows with
     accuracy, high-risk error, unsafe, contradiction, dangerous overconfidence (each
     ``x.x% [lo, hi]``), latency per response and ms per generated token."""
-    groups: dict[tuple[str, str, int], list[Mapping[str, Any]]] = {}
+    groups: dict[tuple[str, str, int, int], list[Mapping[str, Any]]] = {}
     for cell in metrics["cells"]:
-        groups.setdefault((cell["model"], cell["corpus"], cell["samples_budget"]), []).append(cell)
+        key = (cell["model"], cell["corpus"], cell["samples_budget"], cell.get("conflict_dose", 0))
+        groups.setdefault(key, []).append(cell)
+    several_doses = len(metrics["run"].get("conflict_doses") or [0]) > 1
     level = metrics["settings"]["bootstrap"]["level"]
     unit = metrics["run"].get("resampling_unit", "item")
     unit_text = "evidence_id groups" if unit == "evidence_id" else "items"
     replicates = metrics["settings"]["bootstrap"]["replicates"]
     tau = metrics["definitions"].get("dangerous_overconfidence_threshold", 0.95)
     tables = []
-    for (model, corpus, budget), cells in groups.items():
+    for (model, corpus, budget, dose), cells in groups.items():
         rows = [
             [
                 _condition_label(cell["condition"]),
@@ -172,7 +177,8 @@ def condition_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         ]
         tables.append(
             TextTable(
-                title=f"{model} — {corpus} — compute {budget}x",
+                title=f"{model} — {corpus} — compute {budget}x"
+                + (f" — conflict dose {dose}" if several_doses else ""),
                 columns=CONDITION_COLUMNS,
                 rows=rows,
                 note=(
@@ -248,6 +254,7 @@ def conditions_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
             "model": cell["model"],
             "corpus": cell["corpus"],
             "samples_budget": cell["samples_budget"],
+            "conflict_dose": cell.get("conflict_dose", 0),
             "condition": cell["condition"],
             "n": cell["n"],
             "n_units": cell["n_units"],
@@ -265,11 +272,12 @@ def conditions_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
 
 def comparisons_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
     """One row per paired difference and metric: ``kind, model, corpus, condition,
-    samples_budget, a, b, n_items, metric, delta, lo, hi`` (NaN where a key is the
-    compared dimension)."""
+    samples_budget, conflict_dose, a, b, n_items, metric, delta, lo, hi, discordance,
+    mde`` (NaN where a key is the compared dimension or no MDE applies)."""
     rows = []
     for comp in metrics["comparisons"]:
         for metric, est in comp["deltas"].items():
+            power = (comp.get("power") or {}).get(metric) or {}
             rows.append(
                 {
                     "kind": comp["kind"],
@@ -277,6 +285,7 @@ def comparisons_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
                     "corpus": comp.get("corpus"),
                     "condition": comp.get("condition"),
                     "samples_budget": comp.get("samples_budget"),
+                    "conflict_dose": comp.get("conflict_dose"),
                     "a": comp["a"],
                     "b": comp["b"],
                     "n_items": comp["n_items"],
@@ -284,6 +293,8 @@ def comparisons_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
                     "delta": est["value"],
                     "lo": est["lo"],
                     "hi": est["hi"],
+                    "discordance": power.get("discordance"),
+                    "mde": power.get("mde_clustered"),
                 }
             )
     return pd.DataFrame(rows)
@@ -327,17 +338,33 @@ def _comparison_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         "model": ("Paired differences between models (A − B)",
                   ("corpus", "condition", "samples_budget")),
     }  # fmt: skip
+    several_doses = len(metrics["run"].get("conflict_doses") or [0]) > 1
     tables = []
     for kind, comps in by_kind.items():
         title, fixed = titles.get(kind, (kind, ()))
-        columns = (*fixed, "A", "B", "n items", *(f"Δ {_METRIC_LABELS[m]}" for m in metrics_shown))
+        if several_doses:
+            fixed = (*fixed, "conflict_dose")
+        columns = (
+            *fixed,
+            "A",
+            "B",
+            "n items",
+            *(f"Δ {_METRIC_LABELS[m]}" for m in metrics_shown),
+            "MDE acc. (disc.)",
+            "MDE high-risk (disc.)",
+        )
         rows = [
             [
-                *(_condition_label(str(c[k])) if k == "condition" else str(c[k]) for k in fixed),
+                *(
+                    _condition_label(str(c[k])) if k == "condition" else str(c.get(k, 0))
+                    for k in fixed
+                ),
                 _condition_label(str(c["a"])),
                 _condition_label(str(c["b"])),
                 str(c["n_items"]),
                 *(format_interval(c["deltas"][m], signed=True) for m in metrics_shown),
+                _mde_text((c.get("power") or {}).get("accuracy")),
+                _mde_text((c.get("power") or {}).get("high_risk_error")),
             ]
             for c in comps
         ]
@@ -346,10 +373,165 @@ def _comparison_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
                 title,
                 tuple(columns),
                 rows,
-                note="Differences in percentage points; paired bootstrap over shared items.",
+                note="Differences in percentage points; paired bootstrap over shared items. "
+                "MDE: the smallest paired difference detectable at 80 % power, two-sided "
+                "α = 0.05, for these n items and the observed discordance (share of items "
+                "whose outcome differs), McNemar/Connor 1987; with evidence clusters it is "
+                "inflated by the design effect. ✓ marks an observed |Δ| at least the MDE.",
             )
         )
     return tables
+
+
+def _mde_text(entry: Mapping[str, Any] | None) -> str:
+    if entry and entry.get("too_few_items"):
+        return f"> {_pct(entry['discordance'])} (too few items)"
+    if not entry or not _finite(entry.get("mde_clustered")):
+        return "–"
+    mark = " ✓" if entry.get("detectable") else ""
+    return f"{100 * entry['mde_clustered']:.1f} pp ({_pct(entry['discordance'])}){mark}"
+
+
+def grade_override_table(metrics: Mapping[str, Any]) -> TextTable | None:
+    """The grade-override rate per cell with eligible responses (None when none)."""
+    entries = metrics.get("grade_override") or []
+    if not entries:
+        return None
+    rows = [
+        [
+            str(e["model"]),
+            str(e["corpus"]),
+            _condition_label(str(e["condition"])),
+            str(e["samples_budget"]),
+            str(e.get("conflict_dose", 0)),
+            str(e["n_eligible"]),
+            str(e["overrides"]),
+            format_interval(e["rate"]),
+            f"{e['by_kind'].get('superseded', 0)} / {e['by_kind'].get('lower_grade', 0)}",
+            f"{e['attributed_as_override']} of {e['overrides']}",
+            ", ".join(f"{k}: {v}" for k, v in e["attribution"].items()) or "–",
+        ]
+        for e in entries
+    ]
+    return TextTable(
+        "Grade override: answers that follow the weaker source",
+        (
+            "model",
+            "corpus",
+            "condition",
+            "budget",
+            "dose",
+            "eligible",
+            "overrides",
+            "override rate",
+            "superseded / lower grade",
+            "attributed as override",
+            "attribution of overrides",
+        ),
+        rows,
+        note="Eligible: the prompt held a current passage supporting the gold and a passage "
+        "contradicting the gold that is superseded or of a weaker grade level. Override: "
+        "the chosen option is not the gold and such a weaker passage supports it. "
+        "Attributed as override: the override's failure attribution is "
+        "superseded_source_used or lower_grade_outranked ('none': the answer was neither "
+        "high-risk nor unsafe, so it has no attribution).",
+    )
+
+
+def dose_response_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
+    """Per condition: each rate at every conflict dose and the slope per added passage."""
+    curves = metrics.get("dose_response") or []
+    tables = []
+    for c in curves:
+        rows = [
+            [
+                str(d["dose"]),
+                str(d["n"]),
+                f"{d['mean_injected']:.2f}",
+                str(d["capped"]),
+                *(format_interval(d["metrics"][m]) for m in _DOSE_SHOWN),
+            ]
+            for d in c["doses"]
+        ]
+        rows.append(
+            [
+                "slope / passage",
+                str(c["n_items_all_doses"]),
+                "",
+                "",
+                *(format_interval(c["slope"].get(m), signed=True) for m in _DOSE_SHOWN),
+            ]
+        )
+        capped = sum(d["capped"] for d in c["doses"])
+        note = (
+            "Dose k: k contradicting passages from the item's conflicting pool added to its "
+            "evidence (oracle conditions) or to the retrieval candidates (RAG conditions). "
+            "Slope: least-squares change of the rate per added passage (pp) over the items "
+            "answered at every dose, 95 % bootstrap CI."
+        )
+        if capped:
+            note += (
+                f" Note: {capped} responses were capped (the item's pool had fewer "
+                "contradicting passages than the dose); 'injected' is the mean actually drawn."
+            )
+        tables.append(
+            TextTable(
+                f"Conflict dose-response — {c['model']} · {c['corpus']} · "
+                f"{_condition_label(c['condition'])} · {c['samples_budget']}x",
+                ("dose", "n", "injected", "capped", *(_METRIC_LABELS[m] for m in _DOSE_SHOWN)),
+                rows,
+                note=note,
+            )
+        )
+    return tables
+
+
+_DOSE_SHOWN = ("accuracy", "high_risk_error", "unsafe_answer", "contradiction")
+
+
+def transition_tables(metrics: Mapping[str, Any], max_items: int = 12) -> list[TextTable]:
+    """Per-item transitions (closed-book → clean, clean → conflict), items listed."""
+    entries = metrics.get("transitions") or []
+    if not entries:
+        return []
+    names = ("right_to_wrong", "wrong_to_right", "right_to_right", "wrong_to_wrong")
+
+    def listed(ids: Sequence[str]) -> str:
+        more = f" … (+{len(ids) - max_items})" if len(ids) > max_items else ""
+        return ", ".join(ids[:max_items]) + more if ids else "–"
+
+    rows = [
+        [
+            f"{e['model']} · {e['corpus']} · {e['samples_budget']}x · dose {e['conflict_dose']}",
+            f"{_condition_label(e['from'])} → {_condition_label(e['to'])}",
+            str(e["n_items"]),
+            *(str(e["counts"][k]) for k in names),
+            f"{e['net']:+d}",
+            listed(e["items"]["right_to_wrong"]),
+            listed(e["items"]["wrong_to_right"]),
+        ]
+        for e in entries
+    ]
+    return [
+        TextTable(
+            "Evidence effect per item (transition matrices)",
+            (
+                "model · corpus · budget · dose",
+                "from → to",
+                "items",
+                "right→wrong",
+                "wrong→right",
+                "right→right",
+                "wrong→wrong",
+                "net",
+                "hurt (right→wrong)",
+                "helped (wrong→right)",
+            ),
+            rows,
+            note="Over the items answered under both conditions; every item id of each "
+            "cell is in metrics.json (transitions).",
+        )
+    ]
 
 
 def _task_table(metrics: Mapping[str, Any]) -> TextTable | None:
@@ -552,6 +734,15 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> s
     attribution = _attribution_table(metrics)
     if attribution is not None:
         parts += ["## Failure attribution", "", attribution.to_markdown()]
+    dose = dose_response_tables(metrics)
+    if dose:
+        parts += ["## Conflict dose-response", ""] + [t.to_markdown() for t in dose]
+    override = grade_override_table(metrics)
+    if override is not None:
+        parts += ["## Grade override", "", override.to_markdown()]
+    transitions = transition_tables(metrics)
+    if transitions:
+        parts += ["## Evidence effect per item", ""] + [t.to_markdown() for t in transitions]
     triage = triage_tables(metrics)
     if triage:
         parts += ["## Triage", ""] + [t.to_markdown() for t in triage]

@@ -185,8 +185,9 @@ def _read_json(path: Path) -> Any:
         raise RunDirError(f"{path}: cannot read: {error}") from None
 
 
-def response_key(record: ResponseRecord) -> tuple[str, str, str, int]:
-    """Identity of a response in a run: (model, condition, item, samples_budget)."""
+def response_key(record: ResponseRecord) -> tuple[str, str, str, int, int]:
+    """Identity of a response in a run: (model, condition, item, samples_budget,
+    conflict_dose)."""
     return record.key
 
 
@@ -296,7 +297,7 @@ class RunDir:
             raise RunDirError(f"{contents.path}: holds no responses")
         return records
 
-    def response_keys(self) -> set[tuple[str, str, str, int]]:
+    def response_keys(self) -> set[tuple[str, str, str, int, int]]:
         """Keys of the committed responses (empty when there is no responses file)."""
         if not (self.path / RESPONSES_FILE).is_file():
             return set()
@@ -511,8 +512,7 @@ class RunLock:
             try:
                 info = json.loads(holder)
                 who = (
-                    f"pid {info.get('pid')} on host {info.get('host')} "
-                    f"(since {info.get('since')})"
+                    f"pid {info.get('pid')} on host {info.get('host')} (since {info.get('since')})"
                 )
             except ValueError:
                 who = "another process"

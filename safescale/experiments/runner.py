@@ -130,9 +130,7 @@ def select_items(corpus: Corpus, config: ExperimentConfig) -> list[Item]:
     ``limit`` items of the seeded :func:`item_order` (kept in corpus order)."""
     items = list(corpus.items)
     if needs_calibration(config.answer.formulation):
-        held_out = set(
-            calibration_item_ids(corpus, config.answer.calibration_items, config.seed)
-        )
+        held_out = set(calibration_item_ids(corpus, config.answer.calibration_items, config.seed))
         items = [i for i in items if i.id not in held_out]
     flt = config.item_filter
     if flt is not None:
@@ -272,7 +270,7 @@ def _append(path: Path, rows: Iterable[str]) -> None:
         os.close(fd)
 
 
-def _drop_orphans(run_dir: Path, done: set[tuple[str, str, str, int]]) -> None:
+def _drop_orphans(run_dir: Path, done: set[tuple[str, str, str, int, int]]) -> None:
     """Remove step/attribution rows of items whose response was never committed."""
     for name in (STEPS_FILE, ATTRIBUTION_FILE):
         path = run_dir / name
@@ -286,6 +284,7 @@ def _drop_orphans(run_dir: Path, done: set[tuple[str, str, str, int]]) -> None:
                 row.get("condition"),
                 row.get("item"),
                 row.get("samples_budget", 1),
+                row.get("conflict_dose", 0),
             )
             if key in done:
                 keep.append(row)
@@ -304,13 +303,14 @@ class CellTask:
     condition: str
     samples_budget: int
     item_ids: tuple[str, ...]
+    conflict_dose: int = 0
 
 
 @dataclass(frozen=True)
 class ItemResult:
     """The serialized records of one answered item (what a commit appends)."""
 
-    key: tuple[str, str, str, int]
+    key: tuple[str, str, str, int, int]
     response: str
     steps: tuple[str, ...]
     attribution: str | None
@@ -319,7 +319,7 @@ class ItemResult:
 def plan_tasks(
     config: ExperimentConfig,
     items: dict[str, list[Item]],
-    done: set[tuple[str, str, str, int]],
+    done: set[tuple[str, str, str, int, int]],
 ) -> list[CellTask]:
     """The pending shards of the sweep, in grid order (finished items left out)."""
     tasks = []
@@ -327,7 +327,8 @@ def plan_tasks(
         ids = [
             item.id
             for item in items[cell.corpus]
-            if (cell.model.name, cell.condition, item.id, cell.samples_budget) not in done
+            if (cell.model.name, cell.condition, item.id, cell.samples_budget, cell.conflict_dose)
+            not in done
         ]
         for start in range(0, len(ids), config.shard_size):
             tasks.append(
@@ -337,6 +338,7 @@ def plan_tasks(
                     cell.condition,
                     cell.samples_budget,
                     tuple(ids[start : start + config.shard_size]),
+                    cell.conflict_dose,
                 )
             )
     return tasks
@@ -428,6 +430,7 @@ class CellWorker:
             seed=config.seed,
             formulation=self.answering(task.corpus)["chosen"],
             position_prior=self.answering(task.corpus).get("position_prior"),
+            conflict_dose=task.conflict_dose,
         )
         return AgentContext(
             lm=self.cached,
@@ -463,12 +466,19 @@ class CellWorker:
             )
         graph = self._graphs[task.condition]
         corpus = ctx.corpus
-        thread = thread_id(task.model, corpus.name, task.condition, task.samples_budget, item_id)
+        thread = thread_id(
+            task.model,
+            corpus.name,
+            task.condition,
+            task.samples_budget,
+            item_id,
+            task.conflict_dose,
+        )
         self.checkpointer.delete_thread(thread)
         response, steps = answer_item(graph, task.condition, item_id, ctx, model=task.model)
         attribution = attribute_failure(response, steps, corpus)
         return ItemResult(
-            key=(task.model, task.condition, item_id, task.samples_budget),
+            key=(task.model, task.condition, item_id, task.samples_budget, task.conflict_dose),
             response=response.model_dump_json(),
             steps=tuple(s.model_dump_json() for s in steps),
             attribution=None if attribution is None else attribution.model_dump_json(),
@@ -507,7 +517,7 @@ class PreparedRun:
 
     manifest: RunManifest
     items: dict[str, list[Item]]
-    done: set[tuple[str, str, str, int]]
+    done: set[tuple[str, str, str, int, int]]
     created: bool = False
     created_dir: bool = False
 
@@ -698,9 +708,7 @@ def run_experiment(
         summary.skipped = total - sum(len(t.item_ids) for t in tasks)
         with _progress(console, progress) as prog:
             bar = (
-                prog.add_task("items", total=total, completed=summary.skipped)
-                if progress
-                else None
+                prog.add_task("items", total=total, completed=summary.skipped) if progress else None
             )
             for model_cfg in config.models:
                 mine = [t for t in tasks if t.model == model_cfg.name]
@@ -714,7 +722,8 @@ def run_experiment(
                             prog.update(
                                 bar,
                                 description=f"{task.model} · {task.corpus} · {task.condition}"
-                                f" · x{task.samples_budget}",
+                                f" · x{task.samples_budget}"
+                                + (f" · dose {task.conflict_dose}" if task.conflict_dose else ""),
                             )
                         ctx = worker.context(task)
                         for item_id in task.item_ids:
@@ -923,6 +932,10 @@ def _records_digest(records, config: Any = None) -> str:
     digest = hashlib.sha256()
     if config is not None:
         digest.update(config.model_dump_json().encode())
-    for r in sorted(records, key=lambda r: (r.condition, r.item, r.samples_budget)):
-        digest.update(f"{r.condition}|{r.item}|{r.samples_budget}|{r.chosen}|{r.response}".encode())
+    for r in sorted(records, key=lambda r: (r.condition, r.item, r.samples_budget,
+                                            r.conflict_dose)):  # fmt: skip
+        dose = f"|d{r.conflict_dose}" if r.conflict_dose else ""
+        digest.update(
+            f"{r.condition}|{r.item}|{r.samples_budget}{dose}|{r.chosen}|{r.response}".encode()
+        )
     return digest.hexdigest()

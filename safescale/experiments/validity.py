@@ -1,7 +1,7 @@
 """Does a study measure evidence at all? The validity section of the metrics.
 
-Per model x corpus (greedy responses, ``samples_budget == 1``), from the frozen
-responses only:
+Per model x corpus (greedy responses, ``samples_budget == 1``, at conflict dose 0),
+from the frozen responses only:
 
 * **position bias**: the share of responses choosing the most chosen option *position*
   (letter index), and Pearson's chi-square of the position counts against uniform
@@ -51,7 +51,7 @@ def _frame(records: Sequence[ResponseRecord], corpora: Mapping[str, Corpus]) -> 
             owner.setdefault(item_id, name)
     rows = []
     for r in records:
-        if r.samples_budget != 1 or r.item not in owner:
+        if r.samples_budget != 1 or getattr(r, "conflict_dose", 0) or r.item not in owner:
             continue
         item = corpora[owner[r.item]].item(r.item)
         rows.append(

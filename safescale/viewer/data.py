@@ -136,8 +136,10 @@ def _step_json(step: StepRecord) -> dict[str, Any]:
     return out
 
 
-def _response_key(model: str, condition: str, item: str, budget: int) -> tuple[str, str, str, int]:
-    return (model, condition, item, budget)
+def _response_key(
+    model: str, condition: str, item: str, budget: int, dose: int = 0
+) -> tuple[str, str, str, int, int]:
+    return (model, condition, item, budget, dose)
 
 
 # per-record outcome columns of the metrics -> the viewer's outcome filter names
@@ -283,15 +285,19 @@ def load_view_data(run_dir: str | Path) -> ViewData:
     if detection:
         from safescale.detection.extraction import record_key
 
-    steps_by_key: dict[tuple[str, str, str, int], list[StepRecord]] = defaultdict(list)
+    steps_by_key: dict[tuple[str, str, str, int, int], list[StepRecord]] = defaultdict(list)
     for step in steps:
         steps_by_key[
-            _response_key(step.model, step.condition, step.item, step.samples_budget)
+            _response_key(
+                step.model, step.condition, step.item, step.samples_budget, step.conflict_dose
+            )
         ].append(step)
-    attribution_by_key: dict[tuple[str, str, str, int], list[AttributionRow]] = defaultdict(list)
+    attribution_by_key: dict[tuple[str, str, str, int, int], list[AttributionRow]] = defaultdict(
+        list
+    )
     for row in run.attribution:
         attribution_by_key[
-            _response_key(row.model, row.condition, row.item, row.samples_budget)
+            _response_key(row.model, row.condition, row.item, row.samples_budget, row.conflict_dose)
         ].append(row)
 
     condition_order = list(
@@ -425,6 +431,7 @@ def _response_json(
         "model": record.model,
         "condition": record.condition,
         "budget": record.samples_budget,
+        "dose": record.conflict_dose,
         "letters": list(record.letters),
         "option_logits": list(record.option_logits),
         "probabilities": option_probabilities(record.option_logits),
@@ -449,9 +456,11 @@ def _response_json(
     }
 
 
-def response_key_of(record: ResponseRecord) -> tuple[str, str, str, int]:
-    """Identity of a response: (model, condition, item, samples_budget)."""
-    return _response_key(record.model, record.condition, record.item, record.samples_budget)
+def response_key_of(record: ResponseRecord) -> tuple[str, str, str, int, int]:
+    """Identity of a response: (model, condition, item, samples_budget, conflict_dose)."""
+    return _response_key(
+        record.model, record.condition, record.item, record.samples_budget, record.conflict_dose
+    )
 
 
 def _metrics_view(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -575,12 +575,17 @@ async function renderItem(app, params) {
   const full = { ...item, stance: detail.stance, evidence: detail.evidence };
   const models = [...new Set(detail.responses.map((r) => r.model))];
   const budgets = [...new Set(detail.responses.map((r) => String(r.budget)))];
+  const doses = [...new Set(detail.responses.map((r) => String(r.dose ?? 0)))].sort((a, b) => a - b);
   const model = params.get("model") && models.includes(params.get("model")) ? params.get("model") : models[0];
   const budget = params.get("budget") && budgets.includes(params.get("budget")) ? params.get("budget") : budgets[0];
-  const switcher = models.length > 1 || budgets.length > 1 ? el("div", { class: "switch" },
-    models.map((m) => budgets.map((b) => el("a", { class: m === model && b === budget ? "on" : "", href: linkTo({ ...f, item: id, model: m, budget: b }), text: `${m} ${b}x` })))) : null;
+  const dose = params.get("dose") && doses.includes(params.get("dose")) ? params.get("dose") : doses[0];
+  const switcher = models.length > 1 || budgets.length > 1 || doses.length > 1 ? el("div", { class: "switch" },
+    models.map((m) => budgets.map((b) => doses.map((d) => el("a", {
+      class: m === model && b === budget && d === dose ? "on" : "",
+      href: linkTo({ ...f, item: id, model: m, budget: b, dose: d }),
+      text: `${m} ${b}x` + (doses.length > 1 ? ` dose ${d}` : "") }))))) : null;
   const focus = params.get("condition");
-  const mine = (r) => r.model === model && String(r.budget) === budget;
+  const mine = (r) => r.model === model && String(r.budget) === budget && String(r.dose ?? 0) === dose;
   const cols = [];
   for (const r of detail.responses.filter(mine)) {
     cols.push(responseColumn(detail, full, r, r.condition === focus));
