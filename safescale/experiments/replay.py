@@ -50,7 +50,9 @@ def replay_item(
     try:
         ref = next(r for r in config.corpora if item_id in worker.corpus(r).items_by_id)
         ctx = worker.context(CellTask(old.model, ref, condition, old.samples_budget, (item_id,)))
-        graph = build_condition(condition, checkpointer=worker.checkpointer)
+        graph = build_condition(
+            config.condition_source(condition), checkpointer=worker.checkpointer
+        )
         thread = thread_id(old.model, ctx.corpus.name, condition, old.samples_budget, item_id)
         new, steps, fork_step = replay_without(
             graph, ctx, thread, list(drop), condition=condition, model=old.model
