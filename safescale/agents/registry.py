@@ -39,7 +39,10 @@ __all__ = [
 ]
 
 GraphBuilder = Callable[..., CompiledStateGraph]
+#: Builders registered with ``@condition`` (bundled and external).
 _BUILDERS: dict[str, GraphBuilder] = {}
+#: Every name a resolved condition took (its records carry it) -> its builder.
+_NAMES: dict[str, GraphBuilder] = {}
 _RESOLVED: dict[str, ConditionSpec] = {}
 
 
@@ -203,13 +206,14 @@ def resolve_condition(source: str) -> ConditionSpec:
         check_slug(name, "condition name")
     except ValueError as error:
         raise ConditionError(f"condition {source!r}: {error}") from None
-    if name in _BUILDERS and _BUILDERS[name] is not builder:
+    taken = _NAMES.get(name, _BUILDERS.get(name))
+    if taken is not None and taken is not builder:
         which = "a bundled condition" if name in CONDITIONS else "another condition"
         raise ConditionError(
             f"condition {source!r} is named {name!r}, the name of {which}; give it its "
             "own name (graph.compile(name=...))"
         )
-    _BUILDERS[name] = builder  # type: ignore[assignment]
+    _NAMES[name] = builder  # type: ignore[assignment]
     spec = ConditionSpec(name, source, builder, name in CONDITIONS)  # type: ignore[arg-type]
     _RESOLVED[source] = spec
     return spec

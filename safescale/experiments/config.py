@@ -65,7 +65,6 @@ __all__ = [
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 
-
 def _condition_source(source: str) -> str:
     """Resolve, build and contract-check one ``conditions`` entry (no model call)."""
     from safescale.agents.registry import ConditionError, resolve_condition

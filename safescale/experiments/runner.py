@@ -100,6 +100,8 @@ _NO_STORE = {"closed_book", "clean_evidence", "conflict_evidence"}
 def _uses_store(condition: str) -> bool:
     """The bundled RAG conditions and every external condition get the evidence store."""
     return condition in _RAG or condition not in _NO_STORE
+
+
 _PACKAGES = (
     "safescale",
     "torch",
