@@ -2,22 +2,23 @@
 query rewrite and a second retrieval when the evidence is judged weak.
 
 A small variant of CRAG (Yan et al., 2024, "Corrective Retrieval Augmented
-Generation"). CRAG grades each retrieved document with a retrieval evaluator and, when
-no document is judged relevant ("incorrect"), discards them and searches again with a
-rewritten query (web search in the paper; the evidence store here). Graph::
+Generation"). CRAG grades each retrieved document with a retrieval evaluator. When some
+document is judged relevant ("correct"), the irrelevant ones are dropped ("knowledge
+refinement"); when none is ("incorrect"), the retrieved documents are discarded and
+the answer uses a new search with a rewritten query (web search in the paper, the
+evidence store here). Graph::
 
-    START -> retrieve -> evaluate --(weak, first round)--> rewrite -> retrieve
-                                  \\--(relevant evidence, or corrected once)--> answer -> END
+    START -> retrieve -> evaluate --(weak)--> rewrite -> retrieve_again -> answer -> END
+                                  \\--(some passage judged relevant)--> answer
 
 ``evaluate`` is safescale's critique block with this file's critic,
 :func:`retrieval_evaluator`: the LM judges each passage "relevant" / "not relevant",
-read as continuations with PMI normalization (``judge``, the same judge as the
-agentic critic's relevance check). Passages judged irrelevant are dropped ("knowledge
-refinement"); the evidence is *weak* when none is left, and then -- once per item --
-``rewrite`` (the LM rewrites the query; the ``requery`` block) and a second
-``retrieve`` follow, whose passages are evaluated the same way. Unlike
-``agentic_rag`` there are no metadata rules (status, grade, scope) and no synthesis:
-the correction is driven by the LM evaluator alone.
+read as continuations with PMI normalization (``judge``, the same judge as the agentic
+critic's relevance check). ``rewrite`` is the ``requery`` block (the LM rewrites the
+query) and ``retrieve_again`` the retrieve block searching with the rewritten query;
+its passages are used as they come, as CRAG uses its web results. Unlike
+``agentic_rag`` there are no metadata rules (status, grade, scope), no loop and no
+synthesis: one LM-triggered correction per item at most.
 
 Run it beside the bundled conditions (from the repository root)::
 
@@ -43,9 +44,6 @@ from safescale.agents.blocks import (
     retrieve_node,
 )
 from safescale.corpora import Item
-
-#: Query rewrites (second retrievals) per item.
-CORRECTIONS = 1
 
 
 def retrieval_evaluator(item: Item, evidence_ids: list[str], ctx: AgentContext) -> Critique:
@@ -73,11 +71,9 @@ def retrieval_evaluator(item: Item, evidence_ids: list[str], ctx: AgentContext) 
 
 
 def route_after_evaluation(state: AgentState) -> Literal["rewrite", "answer"]:
-    """Correct weak evidence once; otherwise answer with what was judged relevant."""
+    """Correct weak evidence (nothing judged relevant); otherwise answer with the kept."""
     weak = state.get("critique", {}).get("decision") == "requery"
-    if weak and state.get("round", 0) <= CORRECTIONS:
-        return "rewrite"
-    return "answer"
+    return "rewrite" if weak else "answer"
 
 
 def build_graph(checkpointer=None):
@@ -86,10 +82,12 @@ def build_graph(checkpointer=None):
     graph.add_node("retrieve", retrieve_node(agentic=False))
     graph.add_node("evaluate", make_critique_node(retrieval_evaluator))
     graph.add_node("rewrite", requery_node)
+    graph.add_node("retrieve_again", retrieve_node(agentic=False))
     graph.add_node("answer", answer_node)
     graph.add_edge(START, "retrieve")
     graph.add_edge("retrieve", "evaluate")
     graph.add_conditional_edges("evaluate", route_after_evaluation)
-    graph.add_edge("rewrite", "retrieve")
+    graph.add_edge("rewrite", "retrieve_again")
+    graph.add_edge("retrieve_again", "answer")
     graph.add_edge("answer", END)
     return graph.compile(checkpointer=checkpointer, name="crag")

@@ -4,8 +4,11 @@ as it finds any installed package)."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def install_distribution(root: Path, name: str, module: str, source: str, entry_points: str):
@@ -33,40 +36,14 @@ CONDITION_PLUGIN = """\
         return graph.compile(checkpointer=checkpointer, name="reranked_rag")
 """
 
-DETECTOR_PLUGIN = """\
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
 
-    from safescale.detection.registry import Detector, columns_or_unavailable
+def readme_block(heading: str, index: int = 0) -> str:
+    """The ``index``-th fenced Python block under a ``## heading`` of the README."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    return blocks[index]
 
 
-    class PmiNll(Detector):
-        \"\"\"Logistic regression on the answer's context PMI and sequence NLL.\"\"\"
-
-        requires = frozenset({"ctx_pass", "noctx_pass"})
-        supervised = True
-        columns = ("pmi", "msp_seq")
-
-        def __init__(self, C: float = 1.0, random_state: int = 0):
-            self.C = C
-            self.random_state = random_state
-
-        def design_matrix(self, frame):
-            return columns_or_unavailable(frame, self.columns, self.name)
-
-        def fit(self, X, y):
-            model = LogisticRegression(
-                C=self.C, class_weight="balanced", random_state=self.random_state
-            ).fit(X, np.asarray(y) > 0)
-            self.coef_, self.intercept_ = model.coef_[0], float(model.intercept_[0])
-            return self
-
-        def risk_score(self, X):
-            return np.asarray(X) @ self.coef_ + self.intercept_
-
-        def _get_state(self, directory):
-            return {"coef": self.coef_.tolist(), "intercept": self.intercept_}
-
-        def _set_state(self, state, directory):
-            self.coef_, self.intercept_ = np.asarray(state["coef"]), state["intercept"]
-"""
+#: The README's detector example, installed as a plugin by the tests.
+DETECTOR_PLUGIN = readme_block("Write your own detector")

@@ -41,8 +41,6 @@ __all__ = [
 GraphBuilder = Callable[..., CompiledStateGraph]
 #: Builders registered with ``@condition`` (bundled and external).
 _BUILDERS: dict[str, GraphBuilder] = {}
-#: Every name a resolved condition took (its records carry it) -> its builder.
-_NAMES: dict[str, GraphBuilder] = {}
 _RESOLVED: dict[str, ConditionSpec] = {}
 
 
@@ -206,14 +204,13 @@ def resolve_condition(source: str) -> ConditionSpec:
         check_slug(name, "condition name")
     except ValueError as error:
         raise ConditionError(f"condition {source!r}: {error}") from None
-    taken = _NAMES.get(name, _BUILDERS.get(name))
-    if taken is not None and taken is not builder:
-        which = "a bundled condition" if name in CONDITIONS else "another condition"
+    # Names need only be unique within one config (its own check); a bundled name
+    # always means the bundled condition.
+    if name in CONDITIONS and _BUILDERS[name] is not builder:
         raise ConditionError(
-            f"condition {source!r} is named {name!r}, the name of {which}; give it its "
-            "own name (graph.compile(name=...))"
+            f"condition {source!r} is named {name!r}, the name of a bundled condition; "
+            "give it its own name (graph.compile(name=...))"
         )
-    _NAMES[name] = builder  # type: ignore[assignment]
     spec = ConditionSpec(name, source, builder, name in CONDITIONS)  # type: ignore[arg-type]
     _RESOLVED[source] = spec
     return spec

@@ -20,6 +20,10 @@ from safescale.experiments.rundir import load_attribution, load_responses, load_
 from safescale.models.tiny import save_tiny_model
 
 TESTS = Path(__file__).resolve().parents[1]
+ROOT = TESTS.parent  # examples/ is imported as the examples package from here
+CONDITIONS = ["closed_book", "standard_rag", "top_two_rag", "hyde", "crag"]
+#: Reports list the bundled conditions in paper order, then the others by name.
+REPORT_ORDER = ["closed_book", "standard_rag", "crag", "hyde", "top_two_rag"]
 LIMIT = 6
 
 
@@ -40,6 +44,7 @@ def run_dir(tmp_path_factory) -> Path:
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(TESTS))
+        mp.syspath_prepend(str(ROOT))
         mp.syspath_prepend(str(plugins))
         config = parse_config(
             f"""
@@ -48,11 +53,16 @@ models:
   - name: tiny
     spec: {tiny}
 corpora: [radiology-guidelines]
-conditions: [closed_book, standard_rag, "fixtures_conditions:build_graph"]
+conditions:
+  - closed_book
+  - standard_rag
+  - fixtures_conditions:build_graph
+  - examples.hyde:build_graph
+  - examples.crag:build_graph
 retrieval: {{k: 4}}
 answer: {{formulation: cloze_pmi}}
 metrics:
-  comparisons: [[top_two_rag, standard_rag], [standard_rag, closed_book]]
+  comparisons: [[top_two_rag, standard_rag], [hyde, standard_rag], [crag, standard_rag]]
 detection:
   enabled: true
   detectors: [pmi_nll_run, length]
@@ -73,11 +83,7 @@ def _ours(records):
 
 def test_responses_and_steps_of_the_external_condition_are_complete(run_dir):
     responses = load_responses(run_dir)[0]
-    assert Counter(r.condition for r in responses) == {
-        "closed_book": LIMIT,
-        "standard_rag": LIMIT,
-        "top_two_rag": LIMIT,
-    }
+    assert Counter(r.condition for r in responses) == dict.fromkeys(CONDITIONS, LIMIT)
     corpus = load_corpus("radiology-guidelines")
     steps = load_steps(run_dir)
     for response in _ours(responses):
@@ -93,6 +99,31 @@ def test_responses_and_steps_of_the_external_condition_are_complete(run_dir):
         assert own[2].kept == response.evidence_ids
         assert own[3].prompt_id and own[3].prompt_tokens > 0
         assert response.prompt_tokens == sum(s.prompt_tokens for s in own)
+
+
+def test_the_examples_ran_their_own_graphs(run_dir):
+    responses = {(r.condition, r.item): r for r in load_responses(run_dir)[0]}
+    steps = load_steps(run_dir)
+    by_item: dict = {}
+    for s in sorted(steps, key=lambda s: s.step):
+        by_item.setdefault((s.condition, s.item), []).append(s)
+    for (condition, item), own in by_item.items():
+        nodes = [s.node for s in own]
+        if condition == "hyde":
+            assert nodes == ["hypothesize", "retrieve", "answer"]
+            # the retrieval searched with the generated passage, not the question
+            assert own[1].detail["query"] == own[0].output
+            assert responses[condition, item].evidence_ids == own[1].kept
+        elif condition == "crag":
+            assert nodes in (
+                ["retrieve", "critique", "answer"],
+                ["retrieve", "critique", "requery", "retrieve", "answer"],
+            )
+            weak = own[1].decision == "requery"
+            assert (len(nodes) == 5) == weak
+            final = own[3].kept if weak else own[1].kept
+            assert responses[condition, item].evidence_ids == final
+            assert set(own[1].detail["relevance_margin"]) == set(own[0].kept)
 
 
 def test_failures_of_the_external_condition_are_attributed(run_dir):
@@ -111,13 +142,13 @@ def test_failures_of_the_external_condition_are_attributed(run_dir):
 
 def test_metrics_and_report_have_its_row_and_comparisons(run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["run"]["conditions"] == ["closed_book", "standard_rag", "top_two_rag"]
+    assert metrics["run"]["conditions"] == REPORT_ORDER
     (cell,) = [c for c in metrics["cells"] if c["condition"] == "top_two_rag"]
     assert cell["n"] == LIMIT
     accuracy = cell["metrics"]["accuracy"]
     assert accuracy["n"] == LIMIT and accuracy["lo"] <= accuracy["value"] <= accuracy["hi"]
     pairs = {(c["a"], c["b"]) for c in metrics["comparisons"] if c["kind"] == "condition"}
-    assert pairs == {("top_two_rag", "standard_rag"), ("standard_rag", "closed_book")}
+    assert pairs == {(c, "standard_rag") for c in ("top_two_rag", "hyde", "crag")}
     assert "top_two_rag" in (run_dir / "report.md").read_text()
 
 
@@ -154,5 +185,5 @@ def test_the_plugin_detector_ran_and_the_viewer_shows_the_condition(run_dir):
     if trained:
         assert json.loads((models / "detector.json").read_text())["name"] == "pmi_nll_run"
     view = load_view_data(run_dir)
-    assert view.index["conditions"] == ["closed_book", "standard_rag", "top_two_rag"]
+    assert view.index["conditions"] == REPORT_ORDER
     assert sum(r["condition"] == "top_two_rag" for r in view.index["responses"]) == LIMIT

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from plugin_fixtures import CONDITION_PLUGIN, DETECTOR_PLUGIN, install_distribution
+from plugin_fixtures import CONDITION_PLUGIN, DETECTOR_PLUGIN, install_distribution, readme_block
 from typer.testing import CliRunner
 
 from safescale.agents import CONDITIONS, check_condition, resolve_condition
@@ -214,3 +214,29 @@ def test_an_entry_point_detector_is_picked_up(tmp_path, monkeypatch):
 def test_an_unknown_condition_lists_installed_entry_points():
     with pytest.raises(ConditionError, match="not an import path 'module:function'"):
         resolve_condition("no_such_condition")
+
+
+def test_the_readme_condition_example_satisfies_the_contract(tmp_path, monkeypatch):
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "hyde.py").write_text(readme_block("Write your own condition"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = parse_config(
+        _config(
+            'conditions: [closed_book, standard_rag, agentic_rag, "mypkg.hyde:build_graph"]\n',
+            "metrics:\n  comparisons: [[hyde, standard_rag], [standard_rag, closed_book]]\n",
+        )
+    )
+    assert config.condition_names[-1] == "hyde"
+
+
+@pytest.mark.parametrize("name", ["hyde", "crag"])
+def test_the_example_configs_load_from_the_repository_root(name, monkeypatch):
+    from safescale.experiments.config import load_config
+
+    root = TESTS.parent
+    monkeypatch.chdir(root)
+    monkeypatch.syspath_prepend(str(root))
+    config = load_config(f"examples/{name}.yaml")
+    assert config.condition_names == ("closed_book", "standard_rag", "agentic_rag", name)
+    assert any(name in pair for pair in config.metrics.comparisons)
