@@ -39,7 +39,7 @@ test-fast: install
 	$(PY) -m pytest -q -rs -m "not integration and not slow" tests
 
 lint: install
-	$(VENV)/bin/ruff check safescale tests benchmarks
+	$(VENV)/bin/ruff check safescale tests benchmarks examples
 
 clean:
 	rm -rf $(VENV)

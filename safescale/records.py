@@ -10,7 +10,8 @@ functions); an object of a newer version than this code knows is refused. The ru
 directory itself is read through :class:`RunDir` (in :mod:`safescale.experiments.rundir`).
 
 Names that become file or directory names (run, model, corpus, detector names) must be
-slugs (:data:`SLUG_PATTERN`).
+slugs (:data:`SLUG_PATTERN`); so must condition names (:data:`ConditionName`): the six
+bundled ones or a researcher's own (see :mod:`safescale.agents.contract`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ATTRIBUTION_SCHEMA_VERSION",
@@ -35,6 +43,7 @@ __all__ = [
     "TRIAGE_SCHEMA_VERSION",
     "AttributionRecord",
     "Condition",
+    "ConditionName",
     "CorpusEntry",
     "MetricsReport",
     "ModelEntry",
@@ -80,7 +89,8 @@ def check_slug(value: str, what: str = "name") -> str:
 
 
 class Condition(StrEnum):
-    """The six SaFE-Scale deployment conditions, in the paper's order."""
+    """The six bundled SaFE-Scale deployment conditions, in the paper's order (reports
+    list them first, in this order, then any other condition of the run)."""
 
     closed_book = "closed_book"
     clean_evidence = "clean_evidence"
@@ -90,8 +100,17 @@ class Condition(StrEnum):
     max_context = "max_context"
 
 
-#: The condition names in order (plain strings).
+#: The bundled condition names in order (plain strings).
 CONDITIONS: tuple[str, ...] = tuple(c.value for c in Condition)
+
+
+def _condition_slug(value: str) -> str:
+    return check_slug(value, "condition name")
+
+
+#: A condition name as records store it: a bundled name or an external condition's
+#: name, always a slug (stored as a plain string, as the bundled names always were).
+ConditionName = Annotated[str, AfterValidator(_condition_slug)]
 
 
 class SchemaVersionError(ValueError):
@@ -169,7 +188,7 @@ class StepRecord(_Versioned):
     schema_version: int = STEP_SCHEMA_VERSION
     run: str
     item: str
-    condition: Condition
+    condition: ConditionName
     model: str
     samples_budget: int = 1
     conflict_dose: int = 0
@@ -234,7 +253,7 @@ class ResponseRecord(_Versioned):
     schema_version: int = RESPONSE_SCHEMA_VERSION
     run: str
     model: str
-    condition: Condition
+    condition: ConditionName
     item: str
     samples_budget: int = 1
     conflict_dose: int = 0
@@ -273,7 +292,7 @@ class AttributionRecord(_Versioned):
 
     schema_version: int = ATTRIBUTION_SCHEMA_VERSION
     model: str
-    condition: Condition
+    condition: ConditionName
     item: str
     samples_budget: int = 1
     conflict_dose: int = 0

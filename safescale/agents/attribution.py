@@ -49,7 +49,14 @@ CAUSES = (
     "unattributed",
 )
 
-_GATHER_NODES = {"clean_evidence", "conflict_evidence", "retrieve", "pack_context", "critique"}
+_GATHER_NODES = {
+    "clean_evidence",
+    "conflict_evidence",
+    "retrieve",
+    "pack_context",
+    "filter",
+    "critique",
+}
 
 
 #: The attributed cause of one failure (the run-directory contract's record).

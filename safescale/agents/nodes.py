@@ -20,7 +20,7 @@ from langgraph.runtime import Runtime
 
 from safescale.agents import prompts
 from safescale.agents.answering import OptionScores, answer_prompt, message_for, read_options
-from safescale.agents.context import AgentContext, Critique
+from safescale.agents.context import AgentContext, Critic, Critique
 from safescale.agents.lmcache import CachedLM
 from safescale.agents.records import RetrievedRef
 from safescale.agents.state import AgentState, EvidenceRef
@@ -31,6 +31,8 @@ __all__ = [
     "answer_node",
     "critique_node",
     "default_critic",
+    "judge",
+    "make_critique_node",
     "oracle_evidence_node",
     "pack_context_node",
     "parse_letter",
@@ -433,44 +435,53 @@ def default_critic(item: Item, evidence_ids: list[str], ctx: AgentContext) -> Cr
     )
 
 
-def critique_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
-    """Apply the critic from the context (default: :func:`default_critic`)."""
-    started = time.perf_counter()
-    ctx = runtime.context
-    item = _item(state, ctx)
-    ids = [e["id"] for e in state.get("evidence", [])]
-    critic = ctx.critic or default_critic
-    verdict = critic(item, ids, ctx)
-    by_id = {e["id"]: e for e in state.get("evidence", [])}
-    kept = [by_id[pid] for pid in verdict.keep if pid in by_id]
-    rounds = state.get("round", 0) + 1
-    step = _step(
-        state,
-        ctx,
-        "critique",
-        started,
-        inputs=[item.id, ids],
-        retrieved=state.get("evidence", []),
-        decision=verdict.decision,
-        kept=[e["id"] for e in kept],
-        dropped=sorted(verdict.drop),
-        output=json.dumps(verdict.drop, sort_keys=True),
-        detail={
-            "reasons": verdict.drop,
-            "conflict": verdict.conflict,
-            **verdict.detail,
+def make_critique_node(critic: Critic | None = None) -> Node:
+    """A critique node applying ``critic`` (default: the context's critic, else
+    :func:`default_critic`); its step is named ``critique``."""
+
+    def critique(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
+        started = time.perf_counter()
+        ctx = runtime.context
+        item = _item(state, ctx)
+        ids = [e["id"] for e in state.get("evidence", [])]
+        judge_evidence = critic or ctx.critic or default_critic
+        verdict = judge_evidence(item, ids, ctx)
+        by_id = {e["id"]: e for e in state.get("evidence", [])}
+        kept = [by_id[pid] for pid in verdict.keep if pid in by_id]
+        rounds = state.get("round", 0) + 1
+        step = _step(
+            state,
+            ctx,
+            "critique",
+            started,
+            inputs=[item.id, ids],
+            retrieved=state.get("evidence", []),
+            decision=verdict.decision,
+            kept=[e["id"] for e in kept],
+            dropped=sorted(verdict.drop),
+            output=json.dumps(verdict.drop, sort_keys=True),
+            detail={
+                "reasons": verdict.drop,
+                "conflict": verdict.conflict,
+                **verdict.detail,
+                "round": rounds,
+            },
+            prompt_tokens=verdict.prompt_tokens,
+        )
+        return {
+            "evidence": kept,
+            "dropped": [{"id": pid, "reason": why} for pid, why in verdict.drop.items()],
+            "critique": verdict.model_dump(),
+            "conflict_surfaced": verdict.conflict,
             "round": rounds,
-        },
-        prompt_tokens=verdict.prompt_tokens,
-    )
-    return {
-        "evidence": kept,
-        "dropped": [{"id": pid, "reason": why} for pid, why in verdict.drop.items()],
-        "critique": verdict.model_dump(),
-        "conflict_surfaced": verdict.conflict,
-        "round": rounds,
-        "steps": [step],
-    }
+            "steps": [step],
+        }
+
+    return critique
+
+
+#: Apply the critic from the context (default: :func:`default_critic`).
+critique_node = make_critique_node()
 
 
 def requery_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:

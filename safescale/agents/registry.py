@@ -1,23 +1,77 @@
-"""Condition registry: ``@condition("name")`` on a module's ``build_graph``."""
+"""Condition registry: ``@condition("name")`` on a module's ``build_graph``, plus
+external conditions named by import path or entry point.
+
+A config's ``conditions`` entry (a *source*) is resolved by :func:`resolve_condition`:
+
+* a bundled name (``standard_rag``) or a name registered with ``@condition``;
+* an import path ``package.module:build_graph`` (imported from ``sys.path``; the
+  ``safescale`` CLI puts the current directory on it, as ``python -m`` does);
+* the name of an entry point in group ``safescale.conditions`` whose object is a
+  builder.
+
+Resolving compiles the graph (no checkpointer, no model) and checks it against the
+contract (:mod:`safescale.agents.contract`).
+"""
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 
-from safescale.records import CONDITIONS
+from safescale.agents.contract import ENTRY_POINT_GROUP, contract_problems
+from safescale.records import CONDITIONS, check_slug
 
-__all__ = ["CONDITIONS", "build_condition", "condition", "registered_conditions"]
+__all__ = [
+    "CONDITIONS",
+    "ENTRY_POINT_GROUP",
+    "ConditionError",
+    "ConditionSpec",
+    "build_condition",
+    "condition",
+    "registered_conditions",
+    "resolve_condition",
+]
 
 GraphBuilder = Callable[..., CompiledStateGraph]
+#: Builders registered with ``@condition`` (bundled and external).
 _BUILDERS: dict[str, GraphBuilder] = {}
+_RESOLVED: dict[str, ConditionSpec] = {}
+
+
+class ConditionError(ValueError):
+    """A condition source that cannot be resolved, built or that breaks the contract."""
+
+
+@dataclass(frozen=True)
+class ConditionSpec:
+    """A resolved condition.
+
+    Attributes:
+        name: the name its records carry.
+        source: what named it (bundled name, import path or entry-point name).
+        builder: ``build_graph(checkpointer=None) -> CompiledStateGraph``.
+        bundled: one of the six bundled conditions.
+    """
+
+    name: str
+    source: str
+    builder: GraphBuilder
+    bundled: bool
+
+    def build(self, checkpointer: BaseCheckpointSaver | None = None) -> CompiledStateGraph:
+        """Compile the graph with ``checkpointer``."""
+        return self.builder(checkpointer=checkpointer)
 
 
 def condition(name: str) -> Callable[[GraphBuilder], GraphBuilder]:
     """Register a condition's ``build_graph(checkpointer=None)``."""
+    check_slug(name, "condition name")
 
     def wrap(fn: GraphBuilder) -> GraphBuilder:
         if name in _BUILDERS and _BUILDERS[name] is not fn:
@@ -33,20 +87,142 @@ def _load_bundled() -> None:
         importlib.import_module(f"safescale.agents.conditions.{name}")
 
 
+def _entry_points() -> dict[str, list[metadata.EntryPoint]]:
+    found: dict[str, list[metadata.EntryPoint]] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, []).append(ep)
+    return found
+
+
 def registered_conditions() -> list[str]:
-    """Names of all registered conditions (bundled ones first, in paper order)."""
+    """Names of the bundled conditions (paper order), then the other registered ones and
+    the installed entry points (sorted)."""
     _load_bundled()
-    extra = sorted(set(_BUILDERS) - set(CONDITIONS))
-    return [*CONDITIONS, *extra]
+    extra = (set(_BUILDERS) | set(_entry_points())) - set(CONDITIONS)
+    return [*CONDITIONS, *sorted(extra)]
+
+
+def _import_path(source: str) -> object:
+    module_name, _, attr = source.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConditionError(
+            f"cannot import module {module_name!r} of condition {source!r}: {error} "
+            "(import paths resolve against sys.path; the safescale CLI adds the current "
+            "directory)"
+        ) from None
+    except Exception as error:  # the user's module failed while importing
+        raise ConditionError(
+            f"importing {module_name!r} for condition {source!r} failed: "
+            f"{type(error).__name__}: {error}"
+        ) from None
+    obj: object = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConditionError(
+                f"module {module_name!r} has no attribute {attr!r} (condition {source!r})"
+            )
+        obj = getattr(obj, part)
+    return obj
+
+
+def _compile(source: str, builder: object) -> CompiledStateGraph:
+    if not callable(builder):
+        raise ConditionError(f"condition {source!r} is not a graph builder function")
+    try:
+        params = inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if (
+        params
+        and "checkpointer" not in params
+        and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    ):
+        raise ConditionError(
+            f"condition {source!r}: the builder must accept checkpointer= "
+            "(def build_graph(checkpointer=None))"
+        )
+    try:
+        graph = builder(checkpointer=None)
+    except Exception as error:
+        raise ConditionError(
+            f"building condition {source!r} failed: {type(error).__name__}: {error}"
+        ) from None
+    problems = contract_problems(graph)
+    if problems:
+        raise ConditionError(
+            f"condition {source!r} breaks the condition contract: {'; '.join(problems)}"
+        )
+    return graph
+
+
+def resolve_condition(source: str) -> ConditionSpec:
+    """Resolve, compile and contract-check a condition source (cached per source).
+
+    Raises:
+        ConditionError: one line saying what is wrong with ``source``.
+    """
+    if source in _RESOLVED:
+        return _RESOLVED[source]
+    _load_bundled()
+    if not isinstance(source, str) or not source:
+        raise ConditionError(f"a condition must be a non-empty string, got {source!r}")
+    if ":" in source:
+        builder = _import_path(source)
+        graph = _compile(source, builder)
+        named = [n for n, fn in _BUILDERS.items() if fn is builder]
+        name = named[0] if named else graph.name
+    elif source in _BUILDERS:
+        builder, name = _BUILDERS[source], source
+        _compile(source, builder)
+    else:
+        eps = _entry_points().get(source, [])
+        if not eps:
+            installed = sorted(set(_entry_points()))
+            raise ConditionError(
+                f"unknown condition {source!r}: not a bundled condition "
+                f"({', '.join(CONDITIONS)}), not an entry point in group "
+                f"{ENTRY_POINT_GROUP!r} ({', '.join(installed) or 'none installed'}), "
+                "and not an import path 'module:function'"
+            )
+        if len(eps) > 1:
+            raise ConditionError(
+                f"condition {source!r} is registered by {len(eps)} entry points "
+                f"({', '.join(ep.value for ep in eps)}); uninstall all but one"
+            )
+        try:
+            builder = eps[0].load()
+        except Exception as error:
+            raise ConditionError(
+                f"loading entry point {source!r} ({eps[0].value}) failed: "
+                f"{type(error).__name__}: {error}"
+            ) from None
+        name = source
+        _compile(source, builder)
+    try:
+        check_slug(name, "condition name")
+    except ValueError as error:
+        raise ConditionError(f"condition {source!r}: {error}") from None
+    # Names need only be unique within one config (its own check); a bundled name
+    # always means the bundled condition.
+    if name in CONDITIONS and _BUILDERS[name] is not builder:
+        raise ConditionError(
+            f"condition {source!r} is named {name!r}, the name of a bundled condition; "
+            "give it its own name (graph.compile(name=...))"
+        )
+    spec = ConditionSpec(name, source, builder, name in CONDITIONS)  # type: ignore[arg-type]
+    _RESOLVED[source] = spec
+    return spec
 
 
 def build_condition(
-    name: str, checkpointer: BaseCheckpointSaver | None = None
+    source: str, checkpointer: BaseCheckpointSaver | None = None
 ) -> CompiledStateGraph:
-    """Compile the graph of a registered condition."""
-    _load_bundled()
-    if name not in _BUILDERS:
-        raise KeyError(
-            f"unknown condition {name!r}; registered: {', '.join(registered_conditions())}"
-        )
-    return _BUILDERS[name](checkpointer=checkpointer)
+    """Compile the graph of a condition (a registered name or any source that
+    :func:`resolve_condition` accepts).
+
+    Raises:
+        ConditionError: the source cannot be resolved, built or checked.
+    """
+    return resolve_condition(source).build(checkpointer)

@@ -58,6 +58,11 @@ def records_from_state(
     state: dict, condition: str, ctx: AgentContext, *, model: str, wall_ms: float
 ) -> tuple[ResponseRecord, list[StepRecord]]:
     """Build the ResponseRecord and StepRecords from a final graph state."""
+    if "answer" not in state:
+        raise RuntimeError(
+            f"condition {condition!r} ended item {state.get('item_id')!r} without an answer "
+            "(its graph must end with the answer block; see safescale.agents.contract)"
+        )
     answer = state["answer"]
     injection = state.get("conflict_injection") or {}
     steps = [

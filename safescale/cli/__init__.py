@@ -4,6 +4,9 @@ The app is thin: every module in this package that defines ``register(app)`` add
 commands (one module per command group), and each command parses its arguments, calls
 one function of the library and renders the result with rich.
 
+Conditions given as import paths in a config resolve against ``sys.path`` with the
+current directory put first (as under ``python -m``).
+
 Errors: a user error (a bad config, corpus, run directory, option, model name, ...) is
 one line per problem on stderr, ``error: <file>[:line]: <field>: <message>``, and exit
 code 2; ``safescale --debug ...`` adds the traceback. Anything else is a bug: its
@@ -50,6 +53,7 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("safescale.retrieval.errors", "StaleIndexError"),
     ("safescale.retrieval.errors", "CorruptIndexError"),
     ("safescale.agents.replay", "ReplayError"),
+    ("safescale.agents.registry", "ConditionError"),
 )
 
 _state = {"debug": bool(os.environ.get("SAFESCALE_DEBUG"))}
@@ -124,6 +128,10 @@ def _root(
 ) -> None:
     """safescale: measure, trace and detect unsafe answers of clinical RAG systems."""
     _state["debug"] = debug or bool(os.environ.get("SAFESCALE_DEBUG"))
+    # Conditions named by import path (``examples.hyde:build_graph``) resolve against
+    # the current directory, as under ``python -m``.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def _register_all() -> None:

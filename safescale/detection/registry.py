@@ -13,12 +13,20 @@ Inputs a detector can require (the names in :data:`INPUTS`):
 * ``samples`` — the frozen sampled answers stored on the record;
 * ``sample_hidden`` — hidden states of the frozen samples (one batched pass);
 * ``ptrue_pass`` — one extra pass over the P(True) prompt.
+
+Detectors of other packages: an installed distribution declares its :class:`Detector`
+subclass as an entry point in group ``safescale.detectors``; the entry point's name is
+the detector's name (``detectors: [my_detector]`` in a config, ``--detectors`` on the
+CLI) and the class is loaded on first use. Its name is a directory name of the saved
+detector, so readers (``detect eval``, the viewer) find it again through the same
+entry point.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -28,6 +36,7 @@ from sklearn.base import BaseEstimator
 
 __all__ = [
     "CONFLICT",
+    "ENTRY_POINT_GROUP",
     "GAP",
     "INPUTS",
     "SAFE",
@@ -143,6 +152,9 @@ def vector_column_or_unavailable(frame: pd.DataFrame, column: str, who: str) -> 
     return X
 
 
+#: Entry-point group under which a package declares its detectors.
+ENTRY_POINT_GROUP = "safescale.detectors"
+
 _REGISTRY: dict[str, type[Detector]] = {}
 D = TypeVar("D", bound=type[Detector])
 
@@ -163,14 +175,55 @@ def detector(name: str) -> Callable[[D], D]:
     return register
 
 
-def get_detector(name: str) -> type[Detector]:
-    """The detector class registered under ``name`` (KeyError listing the names)."""
+def _entry_points() -> dict[str, list[metadata.EntryPoint]]:
+    found: dict[str, list[metadata.EntryPoint]] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, []).append(ep)
+    return found
+
+
+def _load_entry_point(name: str) -> type[Detector] | None:
+    """Load and register the detector an installed package declares under ``name``."""
+    eps = _entry_points().get(name, [])
+    if not eps:
+        return None
+    if len(eps) > 1:
+        raise KeyError(
+            f"detector {name!r} is declared by {len(eps)} entry points "
+            f"({', '.join(ep.value for ep in eps)}); uninstall all but one"
+        )
     try:
+        cls = eps[0].load()
+    except Exception as error:
+        raise KeyError(
+            f"loading detector entry point {name!r} ({eps[0].value}) failed: "
+            f"{type(error).__name__}: {error}"
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, Detector)):
+        raise KeyError(f"detector entry point {name!r} ({eps[0].value}) is not a Detector class")
+    if name not in _REGISTRY:  # a decorated class registered itself on import
+        registered = next((n for n, c in _REGISTRY.items() if c is cls), None)
+        if registered is not None:
+            raise KeyError(
+                f"detector entry point {name!r} ({eps[0].value}) is registered as "
+                f"{registered!r}; name the entry point {registered!r}"
+            )
+        detector(name)(cls)
+    return _REGISTRY[name]
+
+
+def get_detector(name: str) -> type[Detector]:
+    """The detector class registered under ``name``: a bundled one, or one an installed
+    package declares as an entry point in group ``safescale.detectors`` (loaded on
+    first use). KeyError listing the names otherwise."""
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown detector {name!r}; available: {available_detectors()}") from None
+    cls = _load_entry_point(name)
+    if cls is None:
+        raise KeyError(f"unknown detector {name!r}; available: {available_detectors()}")
+    return cls
 
 
 def available_detectors() -> list[str]:
-    """Registered detector names, sorted."""
-    return sorted(_REGISTRY)
+    """Registered detector names and installed entry-point names, sorted."""
+    return sorted(set(_REGISTRY) | set(_entry_points()))

@@ -21,10 +21,19 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from safescale.agents.answering import FORMULATIONS
 from safescale.agents.context import AgentSettings
@@ -56,15 +65,22 @@ __all__ = [
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
-Condition = Literal[
-    "closed_book",
-    "clean_evidence",
-    "conflict_evidence",
-    "standard_rag",
-    "agentic_rag",
-    "max_context",
-]
-assert typing.get_args(Condition) == CONDITIONS
+
+def _condition_source(source: str) -> str:
+    """Resolve, build and contract-check one ``conditions`` entry (no model call)."""
+    from safescale.agents.registry import ConditionError, resolve_condition
+
+    try:
+        resolve_condition(source)
+    except ConditionError as error:
+        raise ValueError(str(error)) from None
+    return source
+
+
+#: One ``conditions`` entry: a bundled name, a ``module:function`` import path or an
+#: entry-point name (group ``safescale.conditions``); see
+#: :mod:`safescale.agents.contract`.
+ConditionSource = Annotated[str, AfterValidator(_condition_source)]
 
 
 class ConfigError(ValueError):
@@ -234,7 +250,8 @@ class ItemFilter(_Section):
 
 
 class GridCell(NamedTuple):
-    """One (model, corpus, condition, compute budget, conflict dose) combination."""
+    """One (model, corpus, condition, compute budget, conflict dose) combination of a
+    sweep (``condition`` is the recorded name; see :meth:`ExperimentConfig.condition_source`)."""
 
     model: ModelConfig
     corpus: str
@@ -252,7 +269,10 @@ class ExperimentConfig(_Section):
         models: models to evaluate.
         corpora: bundled corpus names or corpus directories (``corpus: X`` is shorthand
             for ``corpora: [X]``).
-        conditions: deployment conditions (default: all six).
+        conditions: deployment conditions (default: the six bundled ones). An entry
+            is a bundled name, a ``module:function`` import path of a graph builder
+            or an entry-point name (group ``safescale.conditions``); each is built
+            and checked against the condition contract when the config loads.
         retrieval: retrieval settings.
         agentic: agentic RAG settings.
         context_budget: prompt token budget for the evidence (None: the model's limit).
@@ -275,7 +295,7 @@ class ExperimentConfig(_Section):
     description: str | None = None
     models: tuple[ModelConfig, ...] = Field(min_length=1)
     corpora: tuple[str, ...] = Field(min_length=1)
-    conditions: tuple[Condition, ...] = CONDITIONS
+    conditions: tuple[ConditionSource, ...] = CONDITIONS
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     agentic: AgenticConfig = Field(default_factory=AgenticConfig)
     context_budget: int | None = Field(_agent_default("context_budget"), ge=64)
@@ -332,8 +352,9 @@ class ExperimentConfig(_Section):
     def _unique_conditions(cls, conditions: tuple[str, ...]) -> tuple[str, ...]:
         if not conditions:
             raise ValueError("at least one condition is needed")
-        if len(set(conditions)) != len(conditions):
-            raise ValueError(f"conditions repeat: {list(conditions)}")
+        names = _condition_names(conditions)
+        if len(set(names)) != len(names):
+            raise ValueError(f"conditions repeat: {list(conditions)} (names {list(names)})")
         return conditions
 
     @field_validator("conflict_dose", mode="before")
@@ -351,6 +372,34 @@ class ExperimentConfig(_Section):
             return tuple(sorted(doses))
         return doses
 
+    @field_validator("metrics")
+    @classmethod
+    def _comparisons_known(cls, metrics: MetricsConfig, info: ValidationInfo) -> MetricsConfig:
+        conditions = info.data.get("conditions")
+        if conditions is None:  # invalid conditions are reported on their own
+            return metrics
+        known = [*CONDITIONS, *(n for n in _condition_names(conditions) if n not in CONDITIONS)]
+        for a, b in metrics.comparisons:
+            unknown = [c for c in (a, b) if c not in known]
+            if unknown:
+                raise ValueError(
+                    f"comparison [{a}, {b}]: unknown condition(s) {unknown}; "
+                    f"known: {', '.join(known)}"
+                )
+        return metrics
+
+    @property
+    def condition_names(self) -> tuple[str, ...]:
+        """The names the conditions' records carry, in config order."""
+        return _condition_names(self.conditions)
+
+    def condition_source(self, name: str) -> str:
+        """The ``conditions`` entry of the condition recorded as ``name``."""
+        for source, recorded in zip(self.conditions, self.condition_names, strict=True):
+            if recorded == name:
+                return source
+        raise KeyError(f"condition {name!r} is not in this config ({list(self.condition_names)})")
+
     @property
     def run_dir(self) -> Path:
         """The run directory: ``output_dir`` or ``runs/<name>``."""
@@ -363,7 +412,7 @@ class ExperimentConfig(_Section):
             GridCell(model, corpus, condition, budget, dose)
             for model in self.models
             for corpus in self.corpora
-            for condition in self.conditions
+            for condition in self.condition_names
             for budget in self.compute.samples
             for dose in self.conflict_dose
             if dose == 0 or condition != "closed_book"
@@ -388,6 +437,12 @@ class ExperimentConfig(_Section):
     def config_hash(self) -> str:
         """See :func:`config_hash`."""
         return config_hash(self)
+
+
+def _condition_names(sources: Sequence[str]) -> tuple[str, ...]:
+    from safescale.agents.registry import resolve_condition
+
+    return tuple(resolve_condition(source).name for source in sources)
 
 
 def config_hash(config: ExperimentConfig) -> str:

@@ -82,7 +82,7 @@ from safescale.experiments.rundir import (
     load_run,
 )
 from safescale.experiments.validity import validity_section
-from safescale.records import CONDITIONS, ResponseRecord
+from safescale.records import CONDITIONS, ResponseRecord, check_slug
 
 __all__ = [
     "CONDITIONS",
@@ -149,7 +149,8 @@ class MetricsConfig(BaseModel):
             dangerous overconfidence.
         worst_fraction: share of items (the worst ones) in the worst-case concentration.
         comparisons: condition pairs ``(a, b)`` whose paired difference ``a - b`` is
-            reported for every model, corpus and budget that has both.
+            reported for every model, corpus and budget that has both (the default
+            compares bundled conditions only; name external ones to compare them).
         compare_budgets: also compare each compute budget with the smallest one.
         compare_models: also compare each model with the first one.
     """
@@ -166,9 +167,10 @@ class MetricsConfig(BaseModel):
     @classmethod
     def _known_conditions(cls, pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
         for a, b in pairs:
-            unknown = [c for c in (a, b) if c not in CONDITIONS]
-            if unknown:
-                raise ValueError(f"unknown condition(s) {unknown}; known: {list(CONDITIONS)}")
+            # any condition name (bundled or external); an experiment config also
+            # checks the names against its own conditions
+            for name in (a, b):
+                check_slug(name, "condition name")
             if a == b:
                 raise ValueError(f"comparison ({a}, {b}) compares a condition with itself")
         return pairs

@@ -60,7 +60,9 @@ def replay_item(
                 old.model, ref, condition, old.samples_budget, (item_id,), old.conflict_dose
             )
             ctx = worker.context(task)
-            graph = build_condition(condition, checkpointer=worker.checkpointer)
+            graph = build_condition(
+                config.condition_source(condition), checkpointer=worker.checkpointer
+            )
             thread = thread_id(
                 old.model,
                 ctx.corpus.name,

@@ -94,6 +94,14 @@ __all__ = [
 
 RUN_SCHEMA_VERSION = MANIFEST_SCHEMA_VERSION
 _RAG = {"standard_rag", "agentic_rag", "max_context"}
+_NO_STORE = {"closed_book", "clean_evidence", "conflict_evidence"}
+
+
+def _uses_store(condition: str) -> bool:
+    """The bundled RAG conditions and every external condition get the evidence store."""
+    return condition in _RAG or condition not in _NO_STORE
+
+
 _PACKAGES = (
     "safescale",
     "torch",
@@ -435,7 +443,7 @@ class CellWorker:
         return AgentContext(
             lm=self.cached,
             corpus=self.corpus(task.corpus),
-            store=self._store(task.corpus) if task.condition in _RAG else None,
+            store=self._store(task.corpus) if _uses_store(task.condition) else None,
             settings=settings,
             run_id=config.name,
             detection=self._detection_recorder(),
@@ -462,7 +470,7 @@ class CellWorker:
         """Answer one item (a stale partial checkpoint thread is deleted first)."""
         if task.condition not in self._graphs:
             self._graphs[task.condition] = build_condition(
-                task.condition, checkpointer=self.checkpointer
+                self.config.condition_source(task.condition), checkpointer=self.checkpointer
             )
         graph = self._graphs[task.condition]
         corpus = ctx.corpus

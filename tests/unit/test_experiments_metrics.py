@@ -537,6 +537,11 @@ def test_unparsed_answers_do_not_count_as_anything_but_wrong():
     assert np.isnan(row["confidence"])
 
 
-def test_metrics_config_rejects_unknown_conditions():
-    with pytest.raises(ValueError, match="unknown condition"):
-        MetricsConfig(comparisons=(("clean_evidence", "open_book"),))
+def test_metrics_config_takes_external_condition_names_but_not_non_slugs():
+    # which names exist is the experiment config's check (it knows its conditions)
+    pairs = (("hyde", "standard_rag"),)
+    assert MetricsConfig(comparisons=pairs).comparisons == pairs
+    with pytest.raises(ValueError, match="condition name 'open book' is not a slug"):
+        MetricsConfig(comparisons=(("clean_evidence", "open book"),))
+    with pytest.raises(ValueError, match="compares a condition with itself"):
+        MetricsConfig(comparisons=(("hyde", "hyde"),))

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
-from safescale.agents.context import AgentContext
-from safescale.agents.nodes import (
+from safescale.agents.blocks import (
+    END,
+    START,
+    AgentContext,
+    AgentState,
+    StateGraph,
     answer_node,
     critique_node,
     requery_node,
@@ -23,7 +26,6 @@ from safescale.agents.nodes import (
     synthesize_node,
 )
 from safescale.agents.registry import condition
-from safescale.agents.state import AgentState
 
 
 def route_after_critique(

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
-from langgraph.graph import END, START, StateGraph
-
-from safescale.agents.context import AgentContext
-from safescale.agents.nodes import answer_node, pack_context_node
+from safescale.agents.blocks import (
+    END,
+    START,
+    AgentContext,
+    AgentState,
+    StateGraph,
+    answer_node,
+    pack_context_node,
+)
 from safescale.agents.registry import condition
-from safescale.agents.state import AgentState
 
 
 @condition("max_context")

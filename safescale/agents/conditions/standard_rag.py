@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from langgraph.graph import END, START, StateGraph
-
-from safescale.agents.context import AgentContext
-from safescale.agents.nodes import answer_node, retrieve_node
+from safescale.agents.blocks import (
+    END,
+    START,
+    AgentContext,
+    AgentState,
+    StateGraph,
+    answer_node,
+    retrieve_node,
+)
 from safescale.agents.registry import condition
-from safescale.agents.state import AgentState
 
 
 @condition("standard_rag")
