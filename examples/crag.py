@@ -13,8 +13,8 @@ evidence store here). Graph::
 
 ``evaluate`` is safescale's critique block with this file's critic,
 :func:`retrieval_evaluator`: the LM judges each passage "relevant" / "not relevant",
-read as continuations with PMI normalization (``judge``, the same judge as the agentic
-critic's relevance check). ``rewrite`` is the ``requery`` block (the LM rewrites the
+read as continuations with PMI normalization and calibrated against an "N/A" passage
+(``judge``, the same judge as the agentic critic's relevance check). ``rewrite`` is the ``requery`` block (the LM rewrites the
 query) and ``retrieve_again`` the retrieve block searching with the rewritten query;
 its passages are used as they come, as CRAG uses its web results. Unlike
 ``agentic_rag`` there are no metadata rules (status, grade, scope), no loop and no
@@ -56,7 +56,12 @@ def retrieval_evaluator(item: Item, evidence_ids: list[str], ctx: AgentContext) 
             prompts.RELEVANCE.render(passage=prompts.passage_line(1, p), question=item.question)
             for p in passages
         ]
-        margins, tokens = judge(ctx, messages, prompts.RELEVANCE_ANSWERS)
+        margins, tokens = judge(
+            ctx,
+            messages,
+            prompts.RELEVANCE_ANSWERS,
+            baseline=prompts.RELEVANCE.render(passage="N/A", question=item.question),
+        )
     # margin > 0: "not relevant" wins
     relevance = {p.id: -m for p, m in zip(passages, margins, strict=True)}
     keep = [pid for pid in evidence_ids if relevance[pid] > 0]
@@ -65,7 +70,10 @@ def retrieval_evaluator(item: Item, evidence_ids: list[str], ctx: AgentContext) 
         keep=keep,
         drop=drop,
         decision="proceed" if keep else "requery",
-        detail={"relevance_margin": relevance, "judgement": "cloze PMI (relevance v2)"},
+        detail={
+            "relevance_margin": relevance,
+            "judgement": f"cloze PMI, calibrated on N/A (relevance v{prompts.RELEVANCE.version})",
+        },
         prompt_tokens=tokens,
     )
 

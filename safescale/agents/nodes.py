@@ -326,20 +326,35 @@ def _mentions(text: str, phrase: str) -> bool:
 
 
 def judge(
-    ctx: AgentContext, messages: list[str], answers: tuple[str, str]
+    ctx: AgentContext,
+    messages: list[str],
+    answers: tuple[str, str],
+    *,
+    baseline: str | None = None,
 ) -> tuple[list[float], int]:
     """A two-way LM judgement read as continuations (cloze, PMI-normalized).
 
     Each answer text is scored after the answer cue of each prompt, minus its score
     after the neutral prompt (so an answer the model likes whatever the question gains
-    nothing). Returns, per prompt, the margin ``pmi(answers[1]) - pmi(answers[0])``
-    (positive: the second answer wins) and the prompt tokens spent.
+    nothing). The margin of a prompt is ``pmi(answers[1]) - pmi(answers[0])`` (positive:
+    the second answer wins). With ``baseline`` (the same prompt with its content
+    replaced by "N/A"), the baseline's margin is subtracted: contextual calibration
+    (Zhao et al., 2021), so the judgement is what the *content* changes, not the
+    model's bias towards one answer for this kind of prompt.
+
+    Returns:
+        The margin per prompt and the prompt tokens spent.
     """
-    scores = ctx.lm.score_continuations(messages, list(answers)).logprob
+    batch = [*messages, baseline] if baseline is not None else list(messages)
+    scores = ctx.lm.score_continuations(batch, list(answers)).logprob
     neutral = ctx.lm.score_continuations([NEUTRAL_MESSAGE], list(answers)).logprob[0]
     pmi = scores - neutral
-    tokens = sum(_prompt_tokens(ctx, m) for m in messages)
-    return [float(row[1] - row[0]) for row in pmi], tokens
+    margins = [float(row[1] - row[0]) for row in pmi]
+    if baseline is not None:
+        offset = margins.pop()
+        margins = [m - offset for m in margins]
+    tokens = sum(_prompt_tokens(ctx, m) for m in batch)
+    return margins, tokens
 
 
 def default_critic(item: Item, evidence_ids: list[str], ctx: AgentContext) -> Critique:
@@ -352,10 +367,11 @@ def default_critic(item: Item, evidence_ids: list[str], ctx: AgentContext) -> Cr
     scope as a newer kept one -> drop ``outdated``; grade level weaker than
     ``settings.min_grade_level`` while a passage at or above it is kept -> drop
     ``low-grade``. Then the LM judges each remaining passage's relevance ("relevant" /
-    "not relevant" scored as continuations, PMI-normalized, one shared prompt prefill
-    per passage: dropped when "not relevant" wins) and whether the kept passages
-    conflict ("they agree" / "they conflict", likewise). Decision: ``requery`` when
-    nothing relevant is left, else ``proceed``.
+    "not relevant" scored as continuations, PMI-normalized and calibrated against the
+    same prompt with an "N/A" passage, see :func:`judge`: dropped when the passage
+    moves the model towards "not relevant") and whether the kept passages conflict
+    ("they agree" / "they conflict", likewise against "N/A" passages). Decision:
+    ``requery`` when nothing relevant is left, else ``proceed``.
     """
     s = ctx.settings
     passages = [ctx.corpus.passage(pid) for pid in evidence_ids]
@@ -403,7 +419,12 @@ def default_critic(item: Item, evidence_ids: list[str], ctx: AgentContext) -> Cr
             prompts.RELEVANCE.render(passage=prompts.passage_line(1, p), question=item.question)
             for p in remaining
         ]
-        margins, tokens = judge(ctx, messages, prompts.RELEVANCE_ANSWERS)
+        margins, tokens = judge(
+            ctx,
+            messages,
+            prompts.RELEVANCE_ANSWERS,
+            baseline=prompts.RELEVANCE.render(passage="N/A", question=item.question),
+        )
         prompt_tokens += tokens
         for p, irrelevant_margin in zip(remaining, margins, strict=True):
             relevance[p.id] = -irrelevant_margin  # > 0: "relevant" wins
@@ -417,7 +438,17 @@ def default_critic(item: Item, evidence_ids: list[str], ctx: AgentContext) -> Cr
             evidence=prompts.evidence_block([ctx.corpus.passage(pid) for pid in keep]),
             question=item.question,
         )
-        (conflict_margin,), tokens = judge(ctx, [message], prompts.CONFLICT_ANSWERS)
+        (conflict_margin,), tokens = judge(
+            ctx,
+            [message],
+            prompts.CONFLICT_ANSWERS,
+            baseline=prompts.CONFLICT.render(
+                evidence="Evidence:\n"
+                + "\n".join(f"[P{i}] N/A" for i in range(1, len(keep) + 1))
+                + "\n\n",
+                question=item.question,
+            ),
+        )
         prompt_tokens += tokens
         conflict = conflict_margin > 0
     return Critique(
@@ -428,8 +459,8 @@ def default_critic(item: Item, evidence_ids: list[str], ctx: AgentContext) -> Cr
         detail={
             "relevance_margin": relevance,
             "conflict_margin": conflict_margin,
-            "judgement": f"cloze PMI (relevance v{prompts.RELEVANCE.version}, "
-            f"conflict v{prompts.CONFLICT.version})",
+            "judgement": f"cloze PMI, calibrated on an N/A passage (relevance "
+            f"v{prompts.RELEVANCE.version}, conflict v{prompts.CONFLICT.version})",
         },
         prompt_tokens=prompt_tokens,
     )

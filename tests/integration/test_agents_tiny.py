@@ -191,13 +191,20 @@ def test_critic_judgements_are_pmi_continuations_shown_by_trace(tiny_lm, corpus,
     assert margins, "the critic judged no passage"
     # each margin is pmi("relevant") - pmi("not relevant") on the real model
     lm = ctx.lm
+    answers = list(RELEVANCE_ANSWERS)
+    neutral = lm.score_continuations([NEUTRAL_MESSAGE], answers).logprob[0]
+
+    def pmi_margin(message: str) -> float:
+        cond = lm.score_continuations([message], answers).logprob[0]
+        return (cond[0] - neutral[0]) - (cond[1] - neutral[1])
+
+    # calibrated against the same prompt with an "N/A" passage
+    offset = pmi_margin(prompts.RELEVANCE.render(passage="N/A", question=item.question))
     for pid, margin in margins.items():
         message = prompts.RELEVANCE.render(
             passage=prompts.passage_line(1, corpus.passage(pid)), question=item.question
         )
-        cond = lm.score_continuations([message], list(RELEVANCE_ANSWERS)).logprob[0]
-        neutral = lm.score_continuations([NEUTRAL_MESSAGE], list(RELEVANCE_ANSWERS)).logprob[0]
-        assert margin == pytest.approx((cond[0] - neutral[0]) - (cond[1] - neutral[1]), abs=1e-6)
+        assert margin == pytest.approx(pmi_margin(message) - offset, abs=1e-5)
         assert (pid in critique.kept) == (margin >= 0)
     console = Console(record=True, width=200)
     console.print(render_trace(item, response, steps))
