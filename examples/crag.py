@@ -14,11 +14,11 @@ evidence store here). Graph::
 ``evaluate`` is safescale's critique block with this file's critic,
 :func:`retrieval_evaluator`: the LM judges each passage "relevant" / "not relevant",
 read as continuations with PMI normalization and calibrated against an "N/A" passage
-(``judge``, the same judge as the agentic critic's relevance check). ``rewrite`` is the ``requery`` block (the LM rewrites the
-query) and ``retrieve_again`` the retrieve block searching with the rewritten query;
-its passages are used as they come, as CRAG uses its web results. Unlike
-``agentic_rag`` there are no metadata rules (status, grade, scope), no loop and no
-synthesis: one LM-triggered correction per item at most.
+(``judge``, the same judge as the agentic critic's relevance check). ``rewrite`` is
+the ``requery`` block (the LM rewrites the query) and ``retrieve_again`` the retrieve
+block searching with the rewritten query; its passages are used as they come, as CRAG
+uses its web results. Unlike ``agentic_rag`` there are no metadata rules (status,
+grade, scope), no loop and no synthesis: one LM-triggered correction per item at most.
 
 Run it beside the bundled conditions (from the repository root)::
 
