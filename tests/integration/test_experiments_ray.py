@@ -28,6 +28,7 @@ name: ray-sweep
 models: [smollm2-135m-instruct]
 corpora: [radiology-guidelines]
 conditions: [closed_book, clean_evidence, conflict_evidence]
+answer: {formulation: cloze_pmi}
 bootstrap: {replicates: 200}
 limit: 4
 shard_size: 2
@@ -109,7 +110,7 @@ def test_cli_address_needs_the_ray_backend(tmp_path):
     config_path = tmp_path / "sweep.yaml"
     config_path.write_text(SWEEP + f"output_dir: {tmp_path / 'run'}\n")
     result = CliRunner().invoke(app, ["run", str(config_path), "--address", "head:6379"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a user error: one line, exit code 2
     assert "--address needs --backend ray" in result.output
     assert not (tmp_path / "run").exists()
 

@@ -25,6 +25,7 @@ corpora: [radiology-guidelines, retina-rules]
 retrieval: {k: 3}
 agentic: {max_steps: 2}
 context_budget: 1024
+answer: {formulation: auto, calibration_items: 4}
 bootstrap: {replicates: 200}
 limit: 2
 """
@@ -34,6 +35,7 @@ name: resume
 models: [smollm2-135m-instruct]
 corpora: [radiology-guidelines]
 conditions: [closed_book, clean_evidence, conflict_evidence]
+answer: {formulation: cloze_pmi}
 bootstrap: {replicates: 200}
 limit: 4
 shard_size: 2
