@@ -253,6 +253,8 @@ def triage_figure(triage: Sequence[Mapping[str, Any]] | None) -> Any | None:
             s1 = row.get("stage1")
             if row.get("status") != "ok" or not s1:
                 continue
+            if s1.get("flag_rate") is None or s1.get("u_recall") is None:
+                continue  # undefined on this split (e.g. no unsafe record): nothing to plot
             is_ecrt = row["method"] == "ecrt"
             ax.scatter(
                 100 * s1["flag_rate"],

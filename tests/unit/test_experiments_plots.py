@@ -119,3 +119,22 @@ def test_write_plots_writes_pngs(six_identical: dict, tmp_path: Path) -> None:
 def test_dodge_offsets_leave_single_points_alone() -> None:
     assert dodge_offsets([(10.0, 20.0), (30.0, 20.0)], 2.0) == [0.0, 0.0]
     assert dodge_offsets([(10.0, 20.0), (10.0, 20.0), (10.0, 20.0)], 2.0) == [-2.0, 0.0, 2.0]
+
+
+def test_triage_figure_skips_undefined_operating_points():
+    from safescale.experiments.plots import triage_figure
+
+    triage = [
+        {
+            "backbone": "m",
+            "target_recall": 0.95,
+            "rows": [
+                {"method": "ecrt", "status": "ok", "stage1": {"flag_rate": None, "u_recall": None}},
+                {"method": "mte", "status": "ok", "stage1": {"flag_rate": 0.5, "u_recall": 1.0}},
+            ],
+        }
+    ]
+    fig = triage_figure(triage)
+    (ax,) = [a for a in fig.axes if a.get_title()]
+    offsets = [tuple(c.get_offsets()[0]) for c in ax.collections]
+    assert offsets == [(50.0, 100.0)]
