@@ -15,9 +15,12 @@ option position, and for the letter formulations the agreement of the answer acr
 cyclic orderings of the options. ``letter_pride`` is evaluated with a leave-one-item-out
 prior, so its calibration accuracy is not fitted to the item it is scored on.
 
-**The ``auto`` rule**: the candidate with the best accuracy *with evidence*; among
-candidates within ``answer.tie_margin`` of it, the one whose answers move most between
-no evidence and clean evidence; then the fixed preference order of :data:`PREFERENCE`.
+**The ``auto`` rule**: candidates that are position-locked on the calibration prompts
+(at least :data:`~safescale.experiments.validity.POSITION_LOCK_SHARE` of their answers
+on one position) are set aside unless every candidate is; then the candidate with the
+best accuracy *with evidence*; among candidates within ``answer.tie_margin`` of it, the
+one whose answers move most between no evidence and clean evidence; then the fixed
+preference order of :data:`PREFERENCE`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from safescale.agents.answering import (
     log_softmax,
 )
 from safescale.corpora import Corpus, Item
+from safescale.experiments.validity import POSITION_LOCK_SHARE
 from safescale.models import NEUTRAL_MESSAGE
 
 if TYPE_CHECKING:
@@ -205,10 +209,16 @@ def calibrate(
             "orderings_agree": float(np.mean(st["agree"])) if st["agree"] else None,
         }
     if formulation == "auto":
-        best = max(c["accuracy_clean_evidence"] for c in candidates.values())
+        # a position-locked reading measures where the gold sits, not the evidence
+        eligible = {
+            name: c
+            for name, c in candidates.items()
+            if c["top_position_share"] < POSITION_LOCK_SHARE
+        } or candidates
+        best = max(c["accuracy_clean_evidence"] for c in eligible.values())
         near = [
             name
-            for name, c in candidates.items()
+            for name, c in eligible.items()
             if c["accuracy_clean_evidence"] >= best - tie_margin - 1e-12
         ]
         chosen = max(
@@ -227,8 +237,9 @@ def calibrate(
         "calibration_items": list(item_ids),
         "candidates": candidates,
         "rule": (
-            f"best accuracy with clean evidence; within {tie_margin:.2f} of it, the most "
-            "evidence-sensitive; then the preference order " + " > ".join(PREFERENCE)
+            f"position-locked candidates (>= {POSITION_LOCK_SHARE:.0%} on one position) "
+            f"excluded; best accuracy with clean evidence; within {tie_margin:.2f} of it, "
+            "the most evidence-sensitive; then the preference order " + " > ".join(PREFERENCE)
         )
         if formulation == "auto"
         else "fixed by the config",
