@@ -103,61 +103,7 @@ def passages_of(ctx: AgentContext, evidence: list[EvidenceRef]) -> list[Passage]
     return _passages(ctx, evidence)
 
 
-def step_record(
-    state: AgentState,
-    ctx: AgentContext,
-    node: str,
-    started: float,
-    *,
-    inputs: object,
-    retrieved: list[EvidenceRef] | None = None,
-    prompt: Prompt | None = None,
-    prompt_text: str | None = None,
-    output: str | None = None,
-    decision: str | None = None,
-    kept: list[str] | None = None,
-    dropped: list[str] | None = None,
-    detail: dict | None = None,
-    prompt_tokens: int = 0,
-    completion_tokens: int = 0,
-) -> dict:
-    """The step record of one node execution (return it as ``{"steps": [record]}``).
-
-    Args:
-        state: the state the node received (gives the item and the step index).
-        ctx: the runtime context.
-        node: the step's name (attribution reads ``retrieve``, ``critique``,
-            ``answer``, ... see :mod:`safescale.agents.contract`).
-        started: ``time.perf_counter()`` when the node started.
-        inputs: what determined the node's output (hashed into ``inputs_digest``).
-        retrieved: the passages the node saw (recorded with grade and status).
-        prompt: the versioned prompt template sent to the LM, if any.
-        prompt_text: the rendered prompt (hashed with the template's hash).
-        output: the node's text output (generated text, query, response).
-        decision: what the node decided, in a few words.
-        kept: passage ids the node kept or put into the evidence.
-        dropped: passage ids the node removed.
-        detail: any JSON-serializable extra.
-        prompt_tokens: prompt tokens the node spent.
-        completion_tokens: tokens the node generated.
-    """
-    return _step(
-        state,
-        ctx,
-        node,
-        started,
-        inputs=inputs,
-        retrieved=retrieved,
-        prompt=prompt,
-        prompt_text=prompt_text,
-        output=output,
-        decision=decision,
-        kept=kept,
-        dropped=dropped,
-        detail=detail,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-    )
+step_record = _step  # the public name of the step-record builder (documented there)
 
 
 def filter_node(

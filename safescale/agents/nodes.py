@@ -83,6 +83,26 @@ def _step(
     prompt_tokens: int = 0,
     completion_tokens: int = 0,
 ) -> dict:
+    """The step record of one node execution (return it as ``{"steps": [record]}``).
+
+    Args:
+        state: the state the node received (gives the item and the step index).
+        ctx: the runtime context.
+        node: the step's name (attribution reads ``retrieve``, ``critique``,
+            ``answer``, ... see :mod:`safescale.agents.contract`).
+        started: ``time.perf_counter()`` when the node started.
+        inputs: what determined the node's output (hashed into ``inputs_digest``).
+        retrieved: the passages the node saw (recorded with grade and status).
+        prompt: the versioned prompt template sent to the LM, if any.
+        prompt_text: the rendered prompt (hashed with the template's hash).
+        output: the node's text output (generated text, query, response).
+        decision: what the node decided, in a few words.
+        kept: passage ids the node kept or put into the evidence.
+        dropped: passage ids the node removed.
+        detail: any JSON-serializable extra.
+        prompt_tokens: prompt tokens the node spent.
+        completion_tokens: tokens the node generated.
+    """
     prompt_hash = None
     if prompt is not None:
         prompt_hash = hashlib.sha256(f"{prompt.hash}\x1f{prompt_text or ''}".encode()).hexdigest()[
