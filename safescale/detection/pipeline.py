@@ -46,7 +46,7 @@ from safescale.detection.registry import (
     get_detector,
 )
 from safescale.detection.thresholds import pick_threshold
-from safescale.records import TRIAGE_SCHEMA_VERSION, ResponseRecord
+from safescale.records import ResponseRecord, TriageReportRecord
 
 if TYPE_CHECKING:
     from safescale.models.backend import LanguageModel
@@ -137,23 +137,12 @@ class TriageRow(BaseModel):
     delta_ba_vs_ecrt: float | None = None
 
 
-class TriageReport(BaseModel):
-    """Triage results of one backbone on one run's frozen responses."""
+class TriageReport(TriageReportRecord):
+    """Triage results of one backbone on one run's frozen responses: the stored
+    :class:`~safescale.records.TriageReportRecord` with typed rows and calibration."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    schema_version: int = TRIAGE_SCHEMA_VERSION
-    backbone: str
-    model_hash: str
-    corpus: str | None = None
-    label_source: str
-    target_recall: float
-    seed: int
-    n_records: int
-    split_sizes: dict[str, int]
-    class_counts: dict[str, dict[str, int]]
-    rows: list[TriageRow]
-    calibration: CalibrationReport | None = None
+    rows: list[TriageRow]  # type: ignore[assignment]
+    calibration: CalibrationReport | None = None  # type: ignore[assignment]
 
     def row(self, method: str) -> TriageRow:
         for r in self.rows:
