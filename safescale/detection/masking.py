@@ -25,10 +25,20 @@ through this function, so an empty block gives bit-identical results.
 
 Reported: ``KL(p_before || p_after)`` over the option letters (softmax of the letter
 logits), and whether the arg-max option flips.
+
+:func:`masked_rereads` re-reads an answer the way its formulation read it (letter
+logits, PriDe-debiased letters, or cloze continuation scores) once unmasked and once per
+span. The prompt is prefilled once (through the same attention function, block empty);
+each masked pass reuses that KV cache cropped to the span start (queries before the
+span are never blocked, so their keys and values are unchanged) and recomputes the rest
+of the prompt with the block; cloze continuations then run as one right-padded batch
+over that cache with every continuation query blocked from the span as well (they all
+lie after it).
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,11 +52,16 @@ if TYPE_CHECKING:
     from safescale.models.backend import LanguageModel
 
 __all__ = [
+    "MASKABLE_FORMULATIONS",
     "MaskMode",
+    "MaskedRereads",
     "MaskingResult",
     "SpanBlock",
     "find_token_span",
+    "find_token_spans",
+    "formulation_scores",
     "mask_evidence_span",
+    "masked_rereads",
 ]
 
 MaskMode = Literal["answer", "all_later"]
@@ -58,11 +73,15 @@ _KWARG = "safescale_span_block"
 class SpanBlock:
     """Which attention entries to block.
 
+    Positions are absolute (in the prompt, continuation tokens after it); a forward pass
+    over a KV cache maps them to its own rows.
+
     Attributes:
         queries: query positions blocked from the span.
         key_start, key_end: the span ``[key_start, key_end)`` of key positions.
         heads: query heads to block (None: all).
         layers: layer indices to block in (None: all).
+        queries_from: also block every query at or after this position (None: none).
     """
 
     queries: tuple[int, ...]
@@ -70,6 +89,14 @@ class SpanBlock:
     key_end: int
     heads: tuple[int, ...] | None = None
     layers: tuple[int, ...] | None = None
+    queries_from: int | None = None
+
+    def rows(self, offset: int, q_len: int) -> list[int]:
+        """The blocked rows of a pass whose first query is at position ``offset``."""
+        absolute = set(self.queries)
+        if self.queries_from is not None:
+            absolute.update(range(max(self.queries_from, offset), offset + q_len))
+        return sorted(q - offset for q in absolute if offset <= q < offset + q_len)
 
 
 def _span_masked_attention(
@@ -85,12 +112,14 @@ def _span_masked_attention(
     block: SpanBlock | None = kwargs.pop(_KWARG, None)
     eager = sys.modules[type(module).__module__].eager_attention_forward
     layer = getattr(module, "layer_idx", None)
-    if block is not None and block.queries and (block.layers is None or layer in block.layers):
+    active = block is not None and (block.queries or block.queries_from is not None)
+    if active and (block.layers is None or layer in block.layers):
         batch, n_heads, q_len, _ = query.shape
         k_len = key.shape[2]
         blocked = torch.zeros((1, n_heads, q_len, k_len), dtype=torch.bool, device=query.device)
         heads = list(range(n_heads)) if block.heads is None else list(block.heads)
-        rows = torch.tensor([q for q in block.queries if q < q_len], dtype=torch.long)
+        # over a KV cache the pass's queries are the last q_len positions of the keys
+        rows = torch.tensor(block.rows(k_len - q_len, q_len), dtype=torch.long)
         if rows.numel():
             for h in heads:
                 blocked[0, h, rows, block.key_start : min(block.key_end, k_len)] = True
@@ -131,22 +160,35 @@ def find_token_span(
     Every token whose character range overlaps the text is included. Returns None when
     the text does not occur in the prompt.
     """
+    return find_token_spans(lm, message, [text], answer_cue=answer_cue)[0]
+
+
+def find_token_spans(
+    lm: LanguageModel, message: str, texts: Sequence[str], *, answer_cue: bool = True
+) -> list[tuple[int, int] | None]:
+    """:func:`find_token_span` of several texts (the prompt is tokenized once)."""
     prompt = lm.prompt_text(message, answer_cue=answer_cue)
-    start_char = prompt.find(text) if text else -1
-    if start_char < 0:
-        return None
-    end_char = start_char + len(text)
     enc = lm.tokenizer(
         prompt, add_special_tokens=not lm.use_chat_template, return_offsets_mapping=True
     )
-    if list(enc["input_ids"]) != lm.prompt_ids(message, answer_cue=answer_cue):
-        raise RuntimeError("the tokenizer's offsets do not match the prompt token ids")
-    hits = [
-        i
-        for i, (a, b) in enumerate(enc["offset_mapping"])
-        if b > a and b > start_char and a < end_char
-    ]
-    return (hits[0], hits[-1] + 1) if hits else None
+    ids = list(enc["input_ids"])
+    offsets = list(enc["offset_mapping"])
+    expected = lm.prompt_ids(message, answer_cue=answer_cue)
+    if ids != expected:
+        if len(expected) == len(ids) + 1 and expected[1:] == ids:
+            offsets = [(0, 0), *offsets]  # the BOS that prompt_ids inserts
+        else:
+            raise RuntimeError("the tokenizer's offsets do not match the prompt token ids")
+    spans: list[tuple[int, int] | None] = []
+    for text in texts:
+        start_char = prompt.find(text) if text else -1
+        if start_char < 0:
+            spans.append(None)
+            continue
+        end_char = start_char + len(text)
+        hits = [i for i, (a, b) in enumerate(offsets) if b > a and b > start_char and a < end_char]
+        spans.append((hits[0], hits[-1] + 1) if hits else None)
+    return spans
 
 
 @dataclass(frozen=True)
@@ -233,4 +275,223 @@ def mask_evidence_span(
         kl=max(kl, 0.0),
         chosen_before=letters[int(np.argmax(before))],
         chosen_after=letters[int(np.argmax(after))],
+    )
+
+
+# ------------------------------------------------------- re-reading under a formulation
+#: Formulations :func:`masked_rereads` can re-read (``letter_cyclic`` reads ``n``
+#: re-ordered prompts per answer and is not re-read under masking).
+MASKABLE_FORMULATIONS = (
+    "letter",
+    "letter_pride",
+    "cloze_none",
+    "cloze_token",
+    "cloze_char",
+    "cloze_pmi",
+)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    shifted = x - x.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def formulation_scores(
+    formulation: str,
+    raw: np.ndarray,
+    *,
+    n_tokens: Sequence[int] | None = None,
+    n_chars: Sequence[int] | None = None,
+    neutral_logprob: Sequence[float] | None = None,
+    position_prior: Sequence[float] | None = None,
+) -> np.ndarray:
+    """A formulation's log-space option scores from the raw reads, as
+    :func:`safescale.agents.answering.read_options` computes them (letter logits for
+    ``letter*``, summed continuation log-probabilities for ``cloze_*``)."""
+    raw = np.asarray(raw, dtype=np.float64)
+    if formulation == "letter":
+        return raw
+    if formulation == "letter_pride":
+        if position_prior is None:
+            raise ValueError("letter_pride needs the position prior")
+        return _log_softmax(_log_softmax(raw) - np.log(np.asarray(position_prior, np.float64)))
+    if formulation == "cloze_none":
+        return raw
+    if formulation == "cloze_token":
+        return raw / np.asarray(n_tokens, dtype=np.float64)
+    if formulation == "cloze_char":
+        return raw / np.asarray(n_chars, dtype=np.float64)
+    if formulation == "cloze_pmi":
+        if neutral_logprob is None:
+            raise ValueError("cloze_pmi needs the neutral-prompt log-probabilities")
+        return raw - np.asarray(neutral_logprob, dtype=np.float64)
+    raise ValueError(
+        f"formulation {formulation!r} cannot be re-read under masking; "
+        f"supported: {MASKABLE_FORMULATIONS}"
+    )
+
+
+@dataclass(frozen=True)
+class MaskedRereads:
+    """An answer re-read unmasked and with each span masked.
+
+    Attributes:
+        formulation: the formulation re-read.
+        spans: the token spans masked (None: not found, nothing masked).
+        mode: the masking mode.
+        baseline: the unmasked formulation scores (same route as the masked ones).
+        masked: the formulation scores with each span masked (None for a None span).
+    """
+
+    formulation: str
+    spans: tuple[tuple[int, int] | None, ...]
+    mode: str
+    baseline: np.ndarray
+    masked: tuple[np.ndarray | None, ...]
+
+
+def _cloze_over_cache(
+    lm: LanguageModel,
+    last_logits: torch.Tensor,
+    cache: Any,
+    prompt_length: int,
+    conts: list[list[int]],
+    block: SpanBlock | None,
+) -> np.ndarray:
+    """Summed continuation log-probs over a prompt's cache (consumed), every
+    continuation query under ``block`` (see ``LanguageModel._continuations_over_cache``)."""
+    first = torch.log_softmax(last_logits.double(), dim=-1)
+    totals = [float(first[c[0]]) for c in conts]
+    longer = [i for i, c in enumerate(conts) if len(c) > 1]
+    if longer:
+        if len(longer) > 1:
+            cache.batch_repeat_interleave(len(longer))
+        feed = [conts[i][:-1] for i in longer]
+        width = max(len(f) for f in feed)
+        ids = torch.full((len(longer), width), lm.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(longer), prompt_length + width), dtype=torch.long)
+        mask[:, :prompt_length] = 1
+        for r, f in enumerate(feed):
+            ids[r, : len(f)] = torch.tensor(f)
+            mask[r, prompt_length : prompt_length + len(f)] = 1
+        logits = lm.model(
+            input_ids=ids.to(lm.device),
+            attention_mask=mask.to(lm.device),
+            cache=cache,
+            use_cache=True,
+            **{_KWARG: block},
+        ).logits.double()
+        logp = torch.log_softmax(logits, dim=-1)
+        for r, i in enumerate(longer):
+            targets = torch.tensor(conts[i][1:], device=logp.device)
+            totals[i] += float(logp[r, : len(targets)].gather(-1, targets[:, None]).sum())
+    return np.asarray(totals, dtype=np.float64)
+
+
+@torch.inference_mode()
+def masked_rereads(
+    lm: LanguageModel,
+    message: str,
+    formulation: str,
+    letters: Sequence[str],
+    spans: Sequence[tuple[int, int] | None],
+    *,
+    option_texts: Sequence[str] | None = None,
+    mode: MaskMode = "all_later",
+    neutral_logprob: Sequence[float] | None = None,
+    position_prior: Sequence[float] | None = None,
+    layers: Sequence[int] | None = None,
+) -> MaskedRereads:
+    """Re-read an answer under its formulation, unmasked and with each span masked.
+
+    Args:
+        lm: the model.
+        message: the user turn the answer was read from (with the answer cue appended,
+            as when it was scored).
+        formulation: one of :data:`MASKABLE_FORMULATIONS`.
+        letters: option letters in the item's order.
+        spans: token spans ``[start, end)`` of the prompt to mask, one pass each.
+        option_texts: the option texts (cloze formulations), in ``letters`` order.
+        mode: ``"all_later"`` (every query at or after the span end, continuation
+            tokens included) or ``"answer"`` (the answer position and, for cloze, the
+            continuation tokens).
+        neutral_logprob: ``cloze_pmi``: the options' log-probabilities after the neutral
+            prompt (it holds no evidence, so masking leaves it unchanged).
+        position_prior: ``letter_pride``: the prior over option positions.
+        layers: block only in these layers (None: all; empty: an empty block).
+    """
+    if mode not in ("answer", "all_later"):
+        raise ValueError(f"mode must be 'answer' or 'all_later', got {mode!r}")
+    if formulation not in MASKABLE_FORMULATIONS:
+        raise ValueError(
+            f"formulation {formulation!r} cannot be re-read under masking; "
+            f"supported: {MASKABLE_FORMULATIONS}"
+        )
+    cloze = formulation.startswith("cloze_")
+    ids = lm.prompt_ids(message, answer_cue=True)
+    P = len(ids)
+    conts: list[list[int]] = []
+    if cloze:
+        if option_texts is None or len(option_texts) != len(letters):
+            raise ValueError("cloze formulations need one option text per letter")
+        conts = [lm.continuation_ids(t) for t in option_texts]
+        lm._check_continuation_room(P, conts)
+    letter_ids = None if cloze else torch.tensor(lm.letter_token_ids(letters))
+
+    def read(last_logits: torch.Tensor, cache: Any, block: SpanBlock | None) -> np.ndarray:
+        if cloze:
+            raw = _cloze_over_cache(lm, last_logits, cache, P, conts, block)
+        else:
+            raw = last_logits[letter_ids.to(last_logits.device)].double().cpu().numpy()
+        return formulation_scores(
+            formulation,
+            raw,
+            n_tokens=[len(c) for c in conts],
+            n_chars=[len(t.strip()) for t in option_texts or []],
+            neutral_logprob=neutral_logprob,
+            position_prior=position_prior,
+        )
+
+    device = lm.device
+    with _span_attention(lm.model):
+        out = lm.model(
+            input_ids=torch.tensor([ids], device=device),
+            use_cache=True,
+            logits_to_keep=1,
+            **{_KWARG: None},
+        )
+        prompt_cache = out.cache
+        baseline = read(out.logits[0, -1], copy.deepcopy(prompt_cache), None)
+        masked: list[np.ndarray | None] = []
+        for span in spans:
+            if span is None:
+                masked.append(None)
+                continue
+            start, end = span
+            if not 0 <= start < end <= P:
+                raise ValueError(f"bad token span {span} for a prompt of {P} tokens")
+            block = SpanBlock(
+                queries=(),
+                key_start=start,
+                key_end=end,
+                queries_from=end if mode == "all_later" else max(P - 1, end),
+                layers=None if layers is None else tuple(layers),
+            )
+            cache = copy.deepcopy(prompt_cache)
+            cache.crop(start - P)  # keep the first `start` positions
+            out = lm.model(
+                input_ids=torch.tensor([ids[start:]], device=device),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **{_KWARG: block},
+            )
+            masked.append(read(out.logits[0, -1], out.cache, block))
+    return MaskedRereads(
+        formulation=formulation,
+        spans=tuple(spans),
+        mode=mode,
+        baseline=baseline,
+        masked=tuple(masked),
     )
