@@ -36,6 +36,7 @@ __all__ = [
     "MANIFEST_SCHEMA_VERSION",
     "METRICS_SCHEMA_VERSION",
     "RECORD_SCHEMA_VERSION",
+    "RELIANCE_SCHEMA_VERSION",
     "REPLAY_SCHEMA_VERSION",
     "RESPONSE_SCHEMA_VERSION",
     "SLUG_PATTERN",
@@ -47,6 +48,8 @@ __all__ = [
     "CorpusEntry",
     "MetricsReport",
     "ModelEntry",
+    "PassageMasking",
+    "RelianceRecord",
     "ReplayRecord",
     "ResponseRecord",
     "RetrievedRef",
@@ -64,6 +67,7 @@ ATTRIBUTION_SCHEMA_VERSION = 2
 MANIFEST_SCHEMA_VERSION = 2
 METRICS_SCHEMA_VERSION = 1
 TRIAGE_SCHEMA_VERSION = 1
+RELIANCE_SCHEMA_VERSION = 1
 #: Kept for older imports: the version of the response records.
 RECORD_SCHEMA_VERSION = RESPONSE_SCHEMA_VERSION
 
@@ -308,6 +312,92 @@ class AttributionRecord(_Versioned):
         return (self.model, str(self.condition), self.item, self.samples_budget, self.conflict_dose)
 
 
+# ---------------------------------------------------------------- causal reliance
+class PassageMasking(BaseModel):
+    """One masked span of a response's prompt and what masking it did to the answer.
+
+    Attributes:
+        passage: the passage id (None for the whole evidence block).
+        grade_level, grade_raw, status: the passage's grade and status.
+        stance_chosen, stance_gold: its labelled stance toward the chosen option and
+            the gold (``neutral`` when unlabelled).
+        cited: it is one of the response's cited passages (see
+            :attr:`RelianceRecord.cited_rule`).
+        weaker: it is superseded/withdrawn or of a weaker grade level than the
+            strongest passage of the prompt.
+        span: its token span ``[start, end)`` in the prompt (None: not found, not masked).
+        kl: ``KL(p_before || p_after)`` of the option distribution (None: not masked).
+        flipped: the most probable option changed.
+        chosen_after: the most probable option with the span masked.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    passage: str | None = None
+    grade_level: int | None = None
+    grade_raw: str | None = None
+    status: str | None = None
+    stance_chosen: str | None = None
+    stance_gold: str | None = None
+    cited: bool = False
+    weaker: bool = False
+    span: tuple[int, int] | None = None
+    kl: float | None = None
+    flipped: bool | None = None
+    chosen_after: str | None = None
+
+
+class RelianceRecord(_Versioned):
+    """Causal reliance of one frozen response on its evidence (``reliance.jsonl``):
+    the answer re-read under its formulation with each passage, and all evidence
+    together, blocked from attention (see :mod:`safescale.experiments.reliance`).
+
+    Attributes:
+        status: ``ok`` (measured), ``mismatch`` (the unmasked re-read did not reproduce
+            the recorded ``option_logits`` within ``tolerance``: not masked, excluded
+            from the shares) or ``skipped`` (``reason`` says why).
+        max_abs_diff: largest difference between the unmasked re-read and the recorded
+            option scores.
+        chosen_before: the most probable option of the unmasked re-read.
+        evidence: the whole evidence block masked.
+        passages: each prompt passage masked on its own, in prompt order.
+        cited_rule: how ``cited`` was decided: ``response_citations`` (the response's
+            own ``cited_ids`` among its prompt passages), ``supporting_stance`` (no
+            citations: the prompt passages whose stance supports the chosen option, of
+            the strongest grade level among them) or ``none`` (neither exists).
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = RELIANCE_SCHEMA_VERSION
+
+    schema_version: int = RELIANCE_SCHEMA_VERSION
+    run: str
+    model: str
+    condition: ConditionName
+    item: str
+    samples_budget: int = 1
+    conflict_dose: int = 0
+    formulation: str
+    mode: str
+    status: str
+    reason: str | None = None
+    tolerance: float
+    max_abs_diff: float | None = None
+    letters: list[str] = Field(default_factory=list)
+    gold: str | None = None
+    chosen: str
+    chosen_before: str | None = None
+    evidence: PassageMasking | None = None
+    passages: list[PassageMasking] = Field(default_factory=list)
+    cited_ids: list[str] = Field(default_factory=list)
+    cited_rule: str = "none"
+    wall_ms: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, str, str, int, int]:
+        """Identity of the measured response."""
+        return (self.model, str(self.condition), self.item, self.samples_budget, self.conflict_dose)
+
+
 # ---------------------------------------------------------------- the manifest
 class ModelEntry(BaseModel):
     """A model of the run as loaded: what was loaded and the weights' hash."""
@@ -423,6 +513,7 @@ class MetricsReport(_Versioned):
     grade_override: list[dict[str, Any]] = Field(default_factory=list)
     transitions: list[dict[str, Any]] = Field(default_factory=list)
     dose_response: list[dict[str, Any]] = Field(default_factory=list)
+    reliance: list[dict[str, Any]] = Field(default_factory=list)
 
 
 # ---------------------------------------------------------------- what-if replays

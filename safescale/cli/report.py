@@ -39,7 +39,8 @@ def _up_to_date(run_dir: Path) -> bool:
     outputs = [run_dir / "metrics.json", run_dir / "report.md"]
     if not all(p.is_file() for p in outputs):
         return False
-    inputs = [run_dir / n for n in ("responses.jsonl", "attribution.jsonl", "config.yaml")]
+    names = ("responses.jsonl", "attribution.jsonl", "reliance.jsonl", "config.yaml")
+    inputs = [run_dir / n for n in names]
     inputs.append(run_dir / "detection" / "triage.json")
     newest_input = max((p.stat().st_mtime for p in inputs if p.is_file()), default=0.0)
     return min(p.stat().st_mtime for p in outputs) >= newest_input

@@ -117,6 +117,10 @@ def run_and_report(
         f"({summary.seconds:.1f} s; LM cache {summary.lm_cache_hits} hits / "
         f"{summary.lm_cache_misses} misses) -> {summary.run_dir}"
     )
+    if config.reliance.enabled:
+        from safescale.experiments.reliance import run_reliance_stage
+
+        run_reliance_stage(config, console=err)
     if detect:
         run_detection_stage(config, console=err)
     if report:

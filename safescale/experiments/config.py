@@ -55,6 +55,7 @@ __all__ = [
     "GridCell",
     "ItemFilter",
     "ModelConfig",
+    "RelianceSettings",
     "RetrievalConfig",
     "config_hash",
     "list_bundled_configs",
@@ -234,6 +235,26 @@ class DetectionSettings(DetectionConfig):
         return DetectionConfig.model_validate(self.model_dump(exclude={"enabled"}))
 
 
+class RelianceSettings(_Section):
+    """The causal-reliance stage (:mod:`safescale.experiments.reliance`): each frozen
+    evidence response re-read with each prompt passage, and all evidence, blocked from
+    attention.
+
+    Attributes:
+        enabled: run the stage after the responses are complete.
+        mode: ``all_later`` (every later query is blocked: deleting the span without
+            a RoPE shift) or ``answer`` (only the answer position and continuations).
+        conditions: the conditions to measure (None: every response with evidence).
+        tolerance: largest difference between the unmasked re-read and the recorded
+            option scores for a response to be measured.
+    """
+
+    enabled: bool = False
+    mode: Literal["all_later", "answer"] = "all_later"
+    conditions: tuple[str, ...] | None = None
+    tolerance: float = Field(1e-3, gt=0.0)
+
+
 class ItemFilter(_Section):
     """Which items of each corpus to run (applied before ``limit``).
 
@@ -279,6 +300,7 @@ class ExperimentConfig(_Section):
         compute: compute budgets.
         answer: how answers are read (formulation, calibration).
         detection: detection settings.
+        reliance: the causal-reliance stage (evidence masking on the frozen responses).
         bootstrap: bootstrap settings of the metrics.
         metrics: metric settings.
         seed: the run seed (sampling, splits).
@@ -302,6 +324,7 @@ class ExperimentConfig(_Section):
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     answer: AnswerConfig = Field(default_factory=AnswerConfig)
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
+    reliance: RelianceSettings = Field(default_factory=RelianceSettings)
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     seed: int = 0

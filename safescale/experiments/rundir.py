@@ -39,6 +39,7 @@ from safescale.corpora.corpus import Corpus
 from safescale.records import (
     AttributionRecord,
     MetricsReport,
+    RelianceRecord,
     ReplayRecord,
     ResponseRecord,
     RunManifest,
@@ -53,6 +54,7 @@ __all__ = [
     "LOCK_FILE",
     "MANIFEST_FILE",
     "METRICS_FILE",
+    "RELIANCE_FILE",
     "REPLAYS_FILE",
     "RESPONSES_FILE",
     "STEPS_FILE",
@@ -84,6 +86,7 @@ RESPONSES_FILE = "responses.jsonl"
 STEPS_FILE = "steps.jsonl"
 ATTRIBUTION_FILE = "attribution.jsonl"
 REPLAYS_FILE = "replays.jsonl"
+RELIANCE_FILE = "reliance.jsonl"
 METRICS_FILE = "metrics.json"
 LOCK_FILE = ".lock"
 DETECTION_DIR = "detection"
@@ -221,6 +224,7 @@ class RunData:
         attribution: failure attributions (may be empty).
         triage: ``detection/triage.json`` contents (plain dicts), or None.
         notes: human-readable notes (ignored truncated lines, dropped duplicates).
+        reliance: causal-reliance records of the responses (may be empty).
     """
 
     run_dir: Path
@@ -230,6 +234,7 @@ class RunData:
     attribution: list[AttributionRecord] = field(default_factory=list)
     triage: list[dict[str, Any]] | None = None
     notes: list[str] = field(default_factory=list)
+    reliance: list[RelianceRecord] = field(default_factory=list)
 
 
 class RunDir:
@@ -318,6 +323,15 @@ class RunDir:
         """What-if replays written by ``safescale replay`` (empty when there are none)."""
         path = self.path / REPLAYS_FILE
         return _validate_rows(read_jsonl(path), ReplayRecord) if path.is_file() else []
+
+    def reliance(self) -> list[RelianceRecord]:
+        """Causal-reliance records (empty when there is no ``reliance.jsonl``); a
+        response measured twice keeps its last record."""
+        path = self.path / RELIANCE_FILE
+        if not path.is_file():
+            return []
+        latest = {r.key: r for r in _validate_rows(read_jsonl(path), RelianceRecord)}
+        return list(latest.values())
 
     def triage(self) -> list[TriageReportRecord] | None:
         """The reports of ``detection/triage.json`` (one per model x corpus), or None."""
@@ -424,6 +438,7 @@ class RunDir:
             attribution=attribution,
             triage=None if triage is None else [t.model_dump(mode="json") for t in triage],
             notes=notes,
+            reliance=self.reliance(),
         )
 
 
