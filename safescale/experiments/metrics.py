@@ -82,7 +82,7 @@ from safescale.experiments.rundir import (
     load_run,
 )
 from safescale.experiments.validity import validity_section
-from safescale.records import CONDITIONS, ResponseRecord, check_slug
+from safescale.records import CONDITIONS, RelianceRecord, ResponseRecord, check_slug
 
 __all__ = [
     "CONDITIONS",
@@ -98,6 +98,7 @@ __all__ = [
     "metrics_from_records",
     "outcome_frame",
     "read_metrics",
+    "reliance_section",
     "response_confidence",
     "run_settings",
     "worst_case_concentration",
@@ -495,6 +496,133 @@ DOSE_DEFINITION = (
 )
 
 
+RELIANCE_DEFINITION = {
+    "evidence": "share of measured answers whose most probable option changes when the "
+    "whole evidence block is masked from attention",
+    "cited": "among measured answers with a cited passage in the prompt, the share that "
+    "changes when some cited passage is masked (cited = the response's own cited_ids; "
+    "without citations, the prompt passages whose labelled stance supports the chosen "
+    "option, of the strongest grade level among them)",
+    "weaker": "among measured answers whose prompt held a superseded/withdrawn passage or "
+    "one of a weaker grade level than the prompt's strongest, the share that changes when "
+    "some such passage is masked",
+    "kl": "mean KL(p_before || p_after) of the option distribution with all evidence masked",
+    "excluded": "responses whose unmasked re-read did not reproduce the recorded option "
+    "scores within the tolerance (mismatch) or that were not re-read (skipped, with reason)",
+}
+
+
+def _reliance_row(record: RelianceRecord) -> dict[str, Any]:
+    masked = [p for p in record.passages if p.flipped is not None]
+    cited = [p for p in masked if p.cited]
+    weaker = [p for p in masked if p.weaker]
+    evidence = record.evidence
+    return {
+        "model": record.model,
+        "condition": str(record.condition),
+        "item": record.item,
+        "samples_budget": int(record.samples_budget),
+        "conflict_dose": int(record.conflict_dose),
+        "status": record.status,
+        "reason": record.reason,
+        "evidence_measured": int(evidence is not None and evidence.flipped is not None),
+        "depends_evidence": int(bool(evidence and evidence.flipped)),
+        "evidence_kl": float(evidence.kl) if evidence and evidence.kl is not None else 0.0,
+        "has_cited": int(bool(cited)),
+        "depends_cited": int(any(p.flipped for p in cited)),
+        "has_weaker": int(bool(weaker)),
+        "depends_weaker": int(any(p.flipped for p in weaker)),
+    }
+
+
+def reliance_section(
+    reliance: Sequence[RelianceRecord],
+    frame: pd.DataFrame,
+    unit: str,
+    resampler: _Resampler,
+) -> list[dict[str, Any]]:
+    """Causal reliance on the evidence per cell (see :data:`RELIANCE_DEFINITION`), with
+    bootstrap CIs over the same units as the other metrics.
+
+    Returns:
+        One dict per cell with reliance records: ``model, corpus, condition,
+        samples_budget, conflict_dose``, the counts ``n_measured, n_mismatch,
+        n_skipped`` (and ``skip_reasons``), the estimates ``depends_on_evidence``,
+        ``depends_on_cited`` (over ``n_with_cited``), ``depends_on_weaker`` (over
+        ``n_with_weaker``), ``mean_evidence_kl`` and a plain-words ``verdict``.
+    """
+    if not reliance or frame.empty:
+        return []
+    rows = pd.DataFrame([_reliance_row(r) for r in reliance])
+    keys = ["model", "condition", "item", "samples_budget", "conflict_dose"]
+    columns = list(dict.fromkeys([*keys, "corpus", unit]))
+    joined = rows.merge(frame[columns].drop_duplicates(keys), on=keys)
+    if joined.empty:
+        return []
+    out = []
+    order = {c: i for i, c in enumerate(_condition_order(frame["condition"]))}
+    cells = ["model", "corpus", "condition", "samples_budget", "conflict_dose"]
+    for (model, corpus, condition, budget, dose), sub in joined.groupby(cells, sort=False):
+        ok = sub[(sub["status"] == "ok") & (sub["evidence_measured"] == 1)]
+        entry: dict[str, Any] = {
+            "model": model,
+            "corpus": corpus,
+            "condition": condition,
+            "samples_budget": int(budget),
+            "conflict_dose": int(dose),
+            "n_measured": len(ok),
+            "n_mismatch": int((sub["status"] == "mismatch").sum()),
+            "n_skipped": int((sub["status"] == "skipped").sum()),
+            "skip_reasons": {
+                str(k): int(v)
+                for k, v in sub[sub["status"] == "skipped"]["reason"].value_counts().items()
+            },
+            "n_with_cited": int(ok["has_cited"].sum()),
+            "n_with_weaker": int(ok["has_weaker"].sum()),
+        }
+        if not ok.empty:
+            grouped = ok.groupby(unit, sort=True)
+            sums = pd.DataFrame(
+                {
+                    "depends_evidence": grouped["depends_evidence"].sum(),
+                    "evidence_kl": grouped["evidence_kl"].sum(),
+                    "n": grouped.size(),
+                }
+            )
+            evidence, kl = resampler.ratio(sums, ["depends_evidence", "evidence_kl"], "n", len(ok))
+            entry["depends_on_evidence"] = evidence
+            entry["mean_evidence_kl"] = kl
+            for name in ("cited", "weaker"):
+                eligible = ok[ok[f"has_{name}"] == 1]
+                if eligible.empty:
+                    entry[f"depends_on_{name}"] = None
+                    continue
+                g = eligible.groupby(unit, sort=True)
+                part = pd.DataFrame({"d": g[f"depends_{name}"].sum(), "n": g.size()})
+                (entry[f"depends_on_{name}"],) = resampler.ratio(part, ["d"], "n", len(eligible))
+            flips = int(ok["depends_evidence"].sum())
+            entry["verdict"] = (
+                f"no answer changes when the evidence is masked ({len(ok)} measured): "
+                "the answers do not depend on the evidence"
+                if flips == 0
+                else f"{flips} of {len(ok)} answers change when the evidence is masked"
+            )
+        else:
+            entry["verdict"] = "nothing measured"
+        out.append(entry)
+    out.sort(
+        key=lambda e: (
+            e["model"],
+            e["corpus"],
+            e["samples_budget"],
+            e["conflict_dose"],
+            order.get(e["condition"], 99),
+            e["condition"],
+        )
+    )
+    return out
+
+
 def _slope(doses: np.ndarray, rates: np.ndarray) -> np.ndarray:
     """Least-squares slope of ``rates`` (..., n_doses) against ``doses``."""
     x = doses - doses.mean()
@@ -662,6 +790,7 @@ def metrics_from_records(
     model_order: Sequence[str] | None = None,
     run_info: Mapping[str, Any] | None = None,
     formulations: Mapping[str, Mapping[str, Any]] | None = None,
+    reliance: Sequence[RelianceRecord] = (),
 ) -> dict[str, Any]:
     """The full metrics structure (JSON-ready) of a set of responses.
 
@@ -675,6 +804,7 @@ def metrics_from_records(
         model_order: model display / comparison order (default: first appearance).
         run_info: extra entries for the ``run`` section.
         formulations: ``{model: {corpus: answer calibration record}}`` (manifest).
+        reliance: causal-reliance records (``reliance.jsonl``).
 
     Returns:
         A dict with keys ``schema_version, run, settings, definitions, cells,
@@ -828,6 +958,7 @@ def metrics_from_records(
             "grade_override": OVERRIDE_DEFINITION,
             "mde": MDE_DEFINITION,
             "dose_response": DOSE_DEFINITION,
+            "reliance": RELIANCE_DEFINITION,
         },
         "validity": validity_section(
             records, corpora, bootstrap=bootstrap, formulations=formulations
@@ -841,6 +972,7 @@ def metrics_from_records(
         ),
         "transitions": transition_matrices(frame),
         "dose_response": dose_response_section(frame, unit, resampler),
+        "reliance": reliance_section(reliance, frame, unit, resampler),
         "triage": triage,
     }
     return _json_ready(result)
@@ -898,6 +1030,7 @@ def compute_metrics(
         triage=run.triage,
         model_order=_model_order(run.manifest),
         formulations=_formulations(run.manifest),
+        reliance=run.reliance,
         run_info={
             "dir": str(run_dir),
             "name": run.manifest.get("name") or run_dir.name,

@@ -40,7 +40,7 @@ from safescale.experiments.report import (
     write_report,
 )
 from safescale.experiments.rundir import RunDirError, load_responses, load_run, read_jsonl
-from safescale.records import CorpusEntry, ModelEntry, RunManifest
+from safescale.records import CorpusEntry, ModelEntry, PassageMasking, RelianceRecord, RunManifest
 
 FAST = BootstrapConfig(replicates=200, seed=1, cluster_by_evidence_id=False)
 
@@ -545,3 +545,107 @@ def test_metrics_config_takes_external_condition_names_but_not_non_slugs():
         MetricsConfig(comparisons=(("clean_evidence", "open book"),))
     with pytest.raises(ValueError, match="compares a condition with itself"):
         MetricsConfig(comparisons=(("hyde", "hyde"),))
+
+
+# ---------------------------------------------------------------- causal reliance
+
+
+def _masked(pid, *, flipped, cited=False, weaker=False, kl=0.1):
+    return PassageMasking(
+        passage=pid, cited=cited, weaker=weaker, span=(1, 5), kl=kl, flipped=flipped,
+        chosen_after="B" if flipped else "A",
+    )  # fmt: skip
+
+
+def _reliance(item, *, evidence_flip, passages=(), status="ok", kl=0.5, reason=None):
+    return RelianceRecord(
+        run="r",
+        model="m",
+        condition="standard_rag",
+        item=item,
+        formulation="letter",
+        mode="all_later",
+        status=status,
+        reason=reason,
+        tolerance=1e-3,
+        chosen="A",
+        evidence=None
+        if status != "ok"
+        else PassageMasking(span=(1, 9), kl=kl, flipped=evidence_flip, chosen_after="A"),
+        passages=list(passages),
+    )
+
+
+def _reliance_metrics(reliance):
+    records = [_response(i, "A", evidence=["p1"]) for i in ("i1", "i2", "i3", "i4")]
+    return metrics_from_records(records, {"tiny": tiny_corpus()}, bootstrap=FAST,
+                                reliance=reliance)  # fmt: skip
+
+
+def test_shares_equal_hand_counts():
+    reliance = [
+        # depends on the evidence and on its cited passage, not on the weaker one
+        _reliance("i1", evidence_flip=True, kl=1.0, passages=[
+            _masked("p1", flipped=True, cited=True), _masked("p2", flipped=False, weaker=True)]),
+        # depends on the evidence via the weaker passage only
+        _reliance("i2", evidence_flip=True, kl=0.5, passages=[
+            _masked("p1", flipped=False, cited=True), _masked("p2", flipped=True, weaker=True)]),
+        # does not depend; no cited or weaker passage
+        _reliance("i3", evidence_flip=False, kl=0.0, passages=[_masked("p1", flipped=False)]),
+        # excluded: the re-read did not reproduce the recorded scores
+        _reliance("i4", evidence_flip=False, status="mismatch", reason="differs"),
+    ]  # fmt: skip
+    (cell,) = _reliance_metrics(reliance)["reliance"]
+    assert (cell["condition"], cell["n_measured"], cell["n_mismatch"], cell["n_skipped"]) == (
+        "standard_rag", 3, 1, 0)  # fmt: skip
+    assert cell["depends_on_evidence"]["value"] == pytest.approx(2 / 3)
+    assert cell["depends_on_evidence"]["n"] == 3
+    assert cell["n_with_cited"] == 2 and cell["depends_on_cited"]["value"] == pytest.approx(0.5)
+    assert cell["n_with_weaker"] == 2 and cell["depends_on_weaker"]["value"] == pytest.approx(0.5)
+    assert cell["mean_evidence_kl"]["value"] == pytest.approx(0.5)
+    lo, hi = cell["depends_on_evidence"]["lo"], cell["depends_on_evidence"]["hi"]
+    assert 0.0 <= lo <= 2 / 3 <= hi <= 1.0
+    assert cell["verdict"].startswith("2 of 3 answers change")
+
+
+def test_plain_verdict_when_nothing_depends_on_the_evidence():
+    reliance = [
+        _reliance(i, evidence_flip=False, kl=0.01, passages=[_masked("p1", flipped=False)])
+        for i in ("i1", "i2")
+    ] + [_reliance("i3", evidence_flip=False, status="skipped", reason="letter_cyclic")]
+    (cell,) = _reliance_metrics(reliance)["reliance"]
+    assert cell["depends_on_evidence"]["value"] == 0.0
+    assert cell["depends_on_cited"] is None and cell["depends_on_weaker"] is None
+    assert cell["skip_reasons"] == {"letter_cyclic": 1}
+    assert "do not depend on the evidence" in cell["verdict"]
+
+
+def test_no_reliance_records_no_section():
+    assert _reliance_metrics([])["reliance"] == []
+
+
+def test_cited_and_weaker_definitions():
+    from safescale.corpora import Grade, Passage, Source
+    from safescale.corpora.schema import Status
+    from safescale.experiments.reliance import cited_passages, weaker_passages
+
+    corpus = tiny_corpus()
+    item = corpus.item("i2")  # p1 supports B, p2 supports A
+
+    def passage(pid, level, status=Status.CURRENT):
+        grade = Grade(system="g", raw=str(level), level=level)
+        source = Source(org="o", title="t")
+        return Passage(id=pid, text="t", source=source, topic="x", grade=grade, status=status)
+
+    p1, p2 = passage("p1", 1), passage("p2", 2)
+    # no citations: the supporting passages of the chosen option, strongest grade first
+    assert cited_passages(_response("i2", "A", evidence=["p1", "p2"]), item, [p1, p2]) == (
+        ["p2"], "supporting_stance")  # fmt: skip
+    assert cited_passages(_response("i2", "C", evidence=["p1"]), item, [p1]) == ([], "none")
+    # the response's own citations win
+    cited = _response("i2", "A", evidence=["p1", "p2"], cited=["p1"])
+    assert cited_passages(cited, item, [p1, p2]) == (["p1"], "response_citations")
+    assert weaker_passages([p1, p2]) == ["p2"]
+    old = passage("p3", 1, Status.SUPERSEDED)
+    assert weaker_passages([p1, old]) == ["p3"]
+    assert weaker_passages([p2]) == []
