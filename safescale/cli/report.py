@@ -62,6 +62,7 @@ def print_report(
         from safescale.experiments.report import (
             condition_tables,
             print_validity,
+            reliance_table,
             rich_table,
             triage_tables,
         )
@@ -73,12 +74,16 @@ def print_report(
             console.print(rich_table(table))
         for table in triage_tables(metrics):
             console.print(rich_table(table))
+        reliance = reliance_table(metrics)
+        if reliance is not None:
+            console.print(rich_table(reliance))
         console.print(f"report is up to date: {Path(run_dir) / 'report.md'}")
         return
     from safescale.experiments.metrics import run_settings
     from safescale.experiments.report import (
         condition_tables,
         print_validity,
+        reliance_table,
         rich_table,
         triage_tables,
         write_report,
@@ -105,6 +110,9 @@ def print_report(
         console.print(rich_table(table))
     for table in triage_tables(files.metrics):
         console.print(rich_table(table))
+    reliance = reliance_table(files.metrics)
+    if reliance is not None:
+        console.print(rich_table(reliance))
     written = [files.metrics_json, files.report_md, files.conditions_csv, files.comparisons_csv]
     written += [files.triage_csv] if files.triage_csv else []
     written += files.plots

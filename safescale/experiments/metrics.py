@@ -958,7 +958,7 @@ def metrics_from_records(
             "grade_override": OVERRIDE_DEFINITION,
             "mde": MDE_DEFINITION,
             "dose_response": DOSE_DEFINITION,
-            "reliance": RELIANCE_DEFINITION,
+            **{f"reliance_{k}": v for k, v in RELIANCE_DEFINITION.items()},
         },
         "validity": validity_section(
             records, corpora, bootstrap=bootstrap, formulations=formulations

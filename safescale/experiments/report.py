@@ -50,6 +50,7 @@ __all__ = [
     "dose_response_tables",
     "format_interval",
     "grade_override_table",
+    "reliance_table",
     "render_markdown",
     "rich_table",
     "transition_tables",
@@ -438,6 +439,56 @@ def grade_override_table(metrics: Mapping[str, Any]) -> TextTable | None:
     )
 
 
+def reliance_table(metrics: Mapping[str, Any]) -> TextTable | None:
+    """Causal reliance on the evidence per cell (None when the stage did not run)."""
+    entries = metrics.get("reliance") or []
+    if not entries:
+        return None
+    rows = [
+        [
+            str(e["model"]),
+            str(e["corpus"]),
+            _condition_label(str(e["condition"])),
+            str(e["samples_budget"]),
+            str(e.get("conflict_dose", 0)),
+            f"{e['n_measured']} / {e['n_mismatch']} / {e['n_skipped']}",
+            format_interval(e.get("depends_on_evidence")),
+            f"{format_interval(e.get('depends_on_cited'))} (n={e['n_with_cited']})",
+            f"{format_interval(e.get('depends_on_weaker'))} (n={e['n_with_weaker']})",
+            format_interval(e.get("mean_evidence_kl"), percent=False),
+            str(e.get("verdict", "")),
+        ]
+        for e in entries
+    ]
+    reasons = sorted({r for e in entries for r in (e.get("skip_reasons") or {})})
+    note = (
+        "Each answer is re-read the way its formulation read it with the evidence masked "
+        "from attention (all evidence together, then each passage); an answer depends on "
+        "what was masked when its most probable option changes. Mismatch: the unmasked "
+        "re-read did not reproduce the recorded option scores (excluded)."
+    )
+    if reasons:
+        note += " Skipped: " + "; ".join(reasons) + "."
+    return TextTable(
+        "Causal reliance on the evidence (attention masking)",
+        (
+            "model",
+            "corpus",
+            "condition",
+            "budget",
+            "dose",
+            "measured / mismatch / skipped",
+            "depends on evidence",
+            "depends on cited passage",
+            "depends on weaker passage",
+            "mean KL (all evidence)",
+            "verdict",
+        ),
+        rows,
+        note=note,
+    )
+
+
 def dose_response_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
     """Per condition: each rate at every conflict dose and the slope per added passage."""
     curves = metrics.get("dose_response") or []
@@ -740,6 +791,9 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> s
     override = grade_override_table(metrics)
     if override is not None:
         parts += ["## Grade override", "", override.to_markdown()]
+    reliance = reliance_table(metrics)
+    if reliance is not None:
+        parts += ["## Causal reliance on evidence", "", reliance.to_markdown()]
     transitions = transition_tables(metrics)
     if transitions:
         parts += ["## Evidence effect per item", ""] + [t.to_markdown() for t in transitions]
