@@ -27,6 +27,7 @@ from safescale.experiments.rundir import (
     RunDirError,
     item_corpus_map,
 )
+from safescale.records import PassageMasking, RelianceRecord
 
 __all__ = ["ViewData", "load_view_data", "option_probabilities"]
 
@@ -279,6 +280,7 @@ def load_view_data(run_dir: str | Path) -> ViewData:
     run = reader.load()
     steps = reader.steps()
     replays = reader.replays()
+    reliance = {r.key: _reliance_json(r) for r in reader.reliance()}
     metrics = _metrics(run_dir)
     owner = item_corpus_map(run.corpora)
     detection = _detection_scores(run_dir)
@@ -363,6 +365,7 @@ def load_view_data(run_dir: str | Path) -> ViewData:
                 ordered,
                 attributions,
                 detection.get(record_key(record), []) if detection else [],
+                reliance.get(key),
             )
         )
     for replay in replays:
@@ -425,8 +428,10 @@ def _response_json(
     steps: Sequence[StepRecord],
     attributions: list[dict[str, Any]],
     detection: list[dict[str, Any]],
+    reliance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One response with its ordered steps, as the item page shows it."""
+    """One response with its ordered steps (and its evidence-masking record, when the
+    reliance stage measured it), as the item page shows it."""
     return {
         "model": record.model,
         "condition": record.condition,
@@ -453,6 +458,35 @@ def _response_json(
         "steps": [_step_json(s) for s in sorted(steps, key=lambda s: s.step)],
         "attribution": attributions,
         "detection": detection,
+        "reliance": reliance,
+    }
+
+
+def _reliance_json(record: RelianceRecord) -> dict[str, Any]:
+    """A reliance record as the item page shows it: the whole evidence block and each
+    passage masked, with the KL and whether the answer flipped."""
+
+    def row(m: PassageMasking) -> dict[str, Any]:
+        return {
+            "passage": m.passage,
+            "grade": m.grade_raw,
+            "status": m.status,
+            "stance_chosen": m.stance_chosen,
+            "cited": m.cited,
+            "weaker": m.weaker,
+            "masked": m.span is not None,
+            "kl": m.kl,
+            "flipped": m.flipped,
+            "chosen_after": m.chosen_after,
+        }
+
+    return {
+        "status": record.status,
+        "reason": record.reason,
+        "mode": record.mode,
+        "cited_rule": record.cited_rule,
+        "evidence": row(record.evidence) if record.evidence is not None else None,
+        "passages": [row(m) for m in record.passages],
     }
 
 

@@ -379,3 +379,30 @@ def test_a_replay_is_recorded_and_shown_next_to_its_original(tmp_path, tiny_lm):
     assert dropped in note.text and f"the original chose {original.chosen}" in note.text
     shown = [int(s.attrs["data-step"]) for s in columns[1].find_all("div", class_="step")]
     assert shown == sorted(s.step for s in record.steps)
+
+
+@needs_chromium
+def test_evidence_masking_is_shown_per_passage(tmp_path, tiny_lm):
+    from safescale.experiments.reliance import run_reliance_stage
+    from safescale.experiments.rundir import RunDir
+    from safescale.viewer import write_view
+
+    text = (
+        "name: masked\ncorpora: [radiology-guidelines]\nconditions: [clean_evidence]\n"
+        "answer: {formulation: cloze_pmi}\nbootstrap: {replicates: 50}\n"
+        "reliance: {enabled: true}\nlimit: 1\n"
+    )
+    out = make_tiny_run(tmp_path / "run", tiny_lm, text, report=False)
+    config = parse_config(text + f"models: [{{name: tiny, spec: {out.parent / 'tiny-model'}}}]")
+    run_reliance_stage(config.with_overrides(output_dir=out))
+    (record,) = RunDir(out).reliance()
+    assert record.status == "ok"
+    page = write_view(out)
+    dom = render(page.as_uri() + f"#item={record.item}", tmp_path)
+    rows = dom.find(id="col-clean_evidence").find("table", class_="reliance-table").find_all("tr")
+    assert [r.attrs.get("data-passage") for r in rows[1:]] == [
+        "all evidence",
+        *[m.passage for m in record.passages],
+    ]
+    flipped = [r for r in rows[1:] if "flipped" in r.attrs.get("class", "")]
+    assert len(flipped) == sum(bool(m.flipped) for m in [record.evidence, *record.passages])

@@ -531,9 +531,26 @@ function responseColumn(detail, item, r, focused, replayNumber) {
         el("td", { text: d.backbone }), el("td", { text: d.method }), el("td", { text: num(d.score, 3) }),
         el("td", { text: num(d.threshold, 3) }), el("td", { class: "verdict", text: d.verdict }),
         el("td", { text: d.split }), el("td", { text: labels[d.label] ?? d.label })))))) : null;
+  const reliance = r.reliance ? relianceBlock(r.reliance) : null;
   const colId = r.replay ? `col-${r.condition}-replay-${replayNumber}` : `col-${r.condition}`;
   return el("section", { class: "cond-col" + (focused ? " focus" : "") + (r.replay ? " replay" : ""), id: colId, "data-condition": r.condition, "data-replay": r.replay ? String(replayNumber) : null },
-    head, steps, evidence, detection, raw);
+    head, steps, evidence, reliance, detection, raw);
+}
+
+// What masking each passage (and all evidence) from attention did to this answer.
+function relianceBlock(rel) {
+  if (rel.status !== "ok") {
+    return el("div", { class: "kv reliance muted", text: `evidence masking: ${rel.status}${rel.reason ? " — " + rel.reason : ""}` });
+  }
+  const rows = [rel.evidence ? { ...rel.evidence, passage: "all evidence" } : null, ...rel.passages].filter(Boolean);
+  return el("div", { class: "kv reliance" }, el("b", { text: `evidence masking (${rel.mode}; cited by ${rel.cited_rule}):` }),
+    el("table", { class: "det-table reliance-table" },
+      el("thead", {}, el("tr", {}, ["masked", "grade", "status", "stance to chosen", "KL", "answer after"].map((t) => el("th", { text: t })))),
+      el("tbody", {}, rows.map((m) => el("tr", { class: m.flipped ? "flipped" : "", "data-passage": m.passage },
+        el("td", { text: m.passage + (m.cited ? " (cited)" : "") + (m.weaker ? " (weaker)" : "") }),
+        el("td", { text: m.grade || "" }), el("td", { text: m.status || "" }), el("td", { text: m.stance_chosen || "" }),
+        el("td", { text: m.masked ? num(m.kl, 3) : "not in prompt" }),
+        el("td", { text: m.masked ? (m.flipped ? `flips to ${m.chosen_after}` : `stays ${m.chosen_after}`) : "" }))))));
 }
 
 async function renderItem(app, params) {
