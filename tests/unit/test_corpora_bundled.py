@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from safescale.corpora import Corpus, Stance, Status, Task, load_corpus
+from safescale.corpora.conflict import conflict_pool, draw_conflict, pool_kind
 from safescale.corpora.generators import BUNDLED_SPECS, generate_corpus
 from safescale.corpora.loader import bundled_corpus_path
 
@@ -55,6 +56,34 @@ def test_conflict_passages_are_outdated_lower_grade_or_out_of_scope(corpus: Corp
             ), (item.id, pid)
 
 
+def test_every_item_has_a_conflicting_pool_of_at_least_four(corpus: Corpus) -> None:
+    """Doses 0/1/2/4 of the conflict-dose axis are never capped on a bundled corpus."""
+    for item in corpus.items:
+        pool = conflict_pool(corpus, item)
+        assert len(pool) >= 4, (corpus.name, item.id, pool)
+        assert not draw_conflict(corpus, item, 4, seed=0).capped, item.id
+        for pid in pool:
+            # a pool passage recommends something other than the gold and is labelled
+            # on every option, supporting at most one of them
+            assert pid not in item.evidence.clean
+            assert set(item.stance[pid]) == set(item.options), (item.id, pid)
+            supported = [k for k, v in item.stance[pid].items() if v is Stance.SUPPORTS]
+            assert len(supported) <= 1 and item.gold not in supported, (item.id, pid)
+
+
+def test_conflicting_pools_mix_kinds(corpus: Corpus) -> None:
+    """Every pool passage has a reason not to be followed; kinds are mixed."""
+    kinds: Counter[str] = Counter()
+    mixed = 0
+    for item in corpus.items:
+        item_kinds = {pool_kind(corpus, item, pid) for pid in conflict_pool(corpus, item)}
+        kinds.update(item_kinds)
+        mixed += len(item_kinds) >= 2
+    assert "other" not in kinds and "conflict_set" not in kinds, kinds
+    assert {"superseded", "lower_grade"} <= set(kinds), kinds
+    assert mixed >= 0.9 * len(corpus.items), (mixed, len(corpus.items))
+
+
 def test_manifest_is_a_research_fixture(corpus: Corpus) -> None:
     assert "not medical advice" in corpus.manifest.disclaimer.lower()
     assert set(corpus.manifest.categories) == {i.category for i in corpus.items}
@@ -73,7 +102,7 @@ def test_regenerating_reproduces_bundled_files_byte_for_byte(name: str, tmp_path
 
 def test_radiology_corpus_shape() -> None:
     corpus = load_corpus("radiology-guidelines")
-    assert 40 <= len(corpus.passages) <= 80
+    assert 80 <= len(corpus.passages) <= 140
     assert len(corpus.items) >= 150
     categories = Counter(i.category for i in corpus.items)
     assert set(categories) == {
