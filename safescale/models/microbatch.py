@@ -318,7 +318,8 @@ class MicroBatcher:
         return batch
 
     def _run(self, batch: list[_Request]) -> None:
-        """One merged call for ``batch`` (its errors go to each of its requests)."""
+        """One merged call for ``batch``; when it fails, each request runs alone (so an
+        error reaches only the caller whose request caused it)."""
         messages = [m for r in batch for m in r.messages]
         try:
             if batch[0].kind == "continuations":
@@ -349,9 +350,13 @@ class MicroBatcher:
                     start += len(r.messages)
             else:  # pragma: no cover - submit() only queues the kinds above
                 raise ValueError(f"unknown request kind {batch[0].kind!r}")
-        except Exception as exc:  # handed to every caller of the batch
-            for r in batch:
-                r.error = exc
+        except Exception as exc:  # goes to the caller(s) whose request failed
+            if len(batch) == 1:
+                batch[0].error = exc
+                return
+            for r in batch:  # one bad request must not fail the others: each alone
+                r.result = None
+                self._run([r])
 
 
 class MicroBatchedLM:
