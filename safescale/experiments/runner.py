@@ -547,9 +547,17 @@ def _in_flight(
     prepare()  # shared lazy state (the compiled graph) is built before the threads start
     lock = threading.Condition()
     results: dict[int, ItemResult | BaseException] = {}
-    state = {"next": 0, "stop": False}
+    state: dict[str, Any] = {"next": 0, "stop": False, "crash": None}
 
     def work() -> None:
+        try:
+            _work()
+        except BaseException as exc:  # outside any item: raised by the caller at once
+            with lock:
+                state["crash"] = exc
+                lock.notify_all()
+
+    def _work() -> None:
         with batcher.worker():
             while True:
                 with lock:
@@ -576,9 +584,9 @@ def _in_flight(
     try:
         for index in range(len(item_ids)):
             with lock:
-                while index not in results:
+                while index not in results and state["crash"] is None:
                     lock.wait()
-                out = results.pop(index)
+                out = results.pop(index, state["crash"])
             if isinstance(out, BaseException):
                 raise out
             yield out
