@@ -117,7 +117,13 @@ class ModelConfig(_Section):
             HF id); defaults to ``name``.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         dtype: weights dtype.
-        batch_size: prompts per forward pass when scoring options.
+        batch_size: prompts per forward pass when scoring options (and, with
+            ``items_in_flight > 1``, rows per merged forward).
+        items_in_flight: items of a shard answered at once; their cloze and letter
+            scoring calls are merged into padded batches of up to ``batch_size`` prompts
+            (:mod:`safescale.models.microbatch`). 1 answers one item at a time. It
+            changes how calls are batched, not what is answered, so it is not part of
+            the config hash (a run can be resumed with another value).
     """
 
     name: str = Field(min_length=1)
@@ -125,6 +131,7 @@ class ModelConfig(_Section):
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     batch_size: int = Field(8, ge=1)
+    items_in_flight: int = Field(1, ge=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -469,15 +476,18 @@ def _condition_names(sources: Sequence[str]) -> tuple[str, ...]:
 
 
 def config_hash(config: ExperimentConfig) -> str:
-    """sha256 of the canonical JSON of the resolved config, ``output_dir`` and ``limit``
-    excluded.
+    """sha256 of the canonical JSON of the resolved config, ``output_dir``, ``limit`` and
+    the models' ``items_in_flight`` excluded.
 
     Two configs that differ only in where the run is written, or in how many items of
-    the same nested order they take (``limit``: a larger limit extends a run), hash
-    equally; any other change (including a default made explicit with a different
+    the same nested order they take (``limit``: a larger limit extends a run), or in
+    how many items a model answers at once (``items_in_flight``: the same answers),
+    hash equally; any other change (including a default made explicit with a different
     value) changes it.
     """
     data = config.model_dump(mode="json", exclude={"output_dir", "limit"})
+    for model in data.get("models", []):
+        model.pop("items_in_flight", None)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 

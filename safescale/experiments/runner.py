@@ -24,8 +24,9 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -363,7 +364,14 @@ class CellWorker:
         self.run_dir = Path(config.run_dir)
         self.model_cfg = next(m for m in config.models if m.name == model_name)
         self.lm = _load(self.model_cfg, load_model)
-        self.cached = CachedLM(self.lm, self.run_dir / "lm_cache.sqlite")
+        self.batcher = None
+        scored = self.lm
+        if self.model_cfg.items_in_flight > 1:
+            from safescale.models.microbatch import MicroBatchedLM, MicroBatcher
+
+            self.batcher = MicroBatcher(self.lm, self.model_cfg.batch_size)
+            scored = MicroBatchedLM(self.lm, self.batcher)
+        self.cached = CachedLM(scored, self.run_dir / "lm_cache.sqlite")
         self._conn, self.checkpointer = open_checkpointer(self.run_dir / "checkpoints.sqlite")
         self._corpora: dict[str, Corpus] = {}
         self._stores: dict[str, object] = {}
@@ -466,13 +474,16 @@ class CellWorker:
         store = DetectionInputStore(self.run_dir / DETECTION_INPUTS_DIR)
         return SharedPassRecorder(plan, store, self.lm.model_hash, self.lm.n_layers)
 
+    def _graph(self, condition: str):
+        if condition not in self._graphs:
+            self._graphs[condition] = build_condition(
+                self.config.condition_source(condition), checkpointer=self.checkpointer
+            )
+        return self._graphs[condition]
+
     def run_item(self, task: CellTask, item_id: str, ctx: AgentContext) -> ItemResult:
         """Answer one item (a stale partial checkpoint thread is deleted first)."""
-        if task.condition not in self._graphs:
-            self._graphs[task.condition] = build_condition(
-                self.config.condition_source(task.condition), checkpointer=self.checkpointer
-            )
-        graph = self._graphs[task.condition]
+        graph = self._graph(task.condition)
         corpus = ctx.corpus
         thread = thread_id(
             task.model,
@@ -492,14 +503,98 @@ class CellWorker:
             attribution=None if attribution is None else attribution.model_dump_json(),
         )
 
+    def run_items(self, task: CellTask, ctx: AgentContext) -> Iterator[ItemResult]:
+        """Answer the items of a shard, yielded in shard order.
+
+        With the model's ``items_in_flight`` > 1, that many items are answered at once
+        (their scoring calls merged, see :mod:`safescale.models.microbatch`); the
+        results are still yielded in shard order, each once it and every earlier item
+        are done. A failing item stops the shard after the items before it.
+        """
+        if self.batcher is None or len(task.item_ids) < 2:
+            for item_id in task.item_ids:
+                yield self.run_item(task, item_id, ctx)
+            return
+        yield from _in_flight(
+            lambda item_id: self.run_item(task, item_id, ctx),
+            list(task.item_ids),
+            min(self.model_cfg.items_in_flight, len(task.item_ids)),
+            self.batcher,
+            prepare=lambda: self._graph(task.condition),
+        )
+
     def run_task(self, task: CellTask) -> list[ItemResult]:
         """Answer every item of a shard."""
-        ctx = self.context(task)
-        return [self.run_item(task, item_id, ctx) for item_id in task.item_ids]
+        return list(self.run_items(task, self.context(task)))
 
     def close(self) -> None:
         self.cached.close()
         self._conn.close()
+
+
+def _in_flight(
+    answer: Callable[[str], ItemResult],
+    item_ids: list[str],
+    threads: int,
+    batcher: Any,
+    *,
+    prepare: Callable[[], object],
+) -> Iterator[ItemResult]:
+    """Answer ``item_ids`` with ``threads`` item threads of ``batcher`` (each takes the
+    next unanswered item when it is free); yield the results in ``item_ids`` order.
+    An item's exception is raised when its turn to be yielded comes; no new item is
+    started after one failed, and every thread has ended when this returns."""
+    prepare()  # shared lazy state (the compiled graph) is built before the threads start
+    lock = threading.Condition()
+    results: dict[int, ItemResult | BaseException] = {}
+    state: dict[str, Any] = {"next": 0, "stop": False, "crash": None}
+
+    def work() -> None:
+        try:
+            _work()
+        except BaseException as exc:  # outside any item: raised by the caller at once
+            with lock:
+                state["crash"] = exc
+                lock.notify_all()
+
+    def _work() -> None:
+        with batcher.worker():
+            while True:
+                with lock:
+                    if state["stop"] or state["next"] >= len(item_ids):
+                        return
+                    index = state["next"]
+                    state["next"] += 1
+                try:
+                    out: ItemResult | BaseException = answer(item_ids[index])
+                except BaseException as exc:  # re-raised in order below
+                    out = exc
+                with lock:
+                    results[index] = out
+                    if isinstance(out, BaseException):
+                        state["stop"] = True
+                    lock.notify_all()
+
+    pool = [
+        threading.Thread(target=work, name=f"safescale-item-{i}", daemon=True)
+        for i in range(threads)
+    ]
+    for thread in pool:
+        thread.start()
+    try:
+        for index in range(len(item_ids)):
+            with lock:
+                while index not in results and state["crash"] is None:
+                    lock.wait()
+                out = results.pop(index, state["crash"])
+            if isinstance(out, BaseException):
+                raise out
+            yield out
+    finally:
+        with lock:
+            state["stop"] = True
+        for thread in pool:
+            thread.join()
 
 
 def commit(run_dir: Path, result: ItemResult) -> None:
@@ -734,8 +829,8 @@ def run_experiment(
                                 + (f" · dose {task.conflict_dose}" if task.conflict_dose else ""),
                             )
                         ctx = worker.context(task)
-                        for item_id in task.item_ids:
-                            commit(run_dir, worker.run_item(task, item_id, ctx))
+                        for result in worker.run_items(task, ctx):
+                            commit(run_dir, result)
                             summary.answered += 1
                             if on_item is not None:
                                 on_item(summary.answered)

@@ -16,6 +16,7 @@ from safescale.models.cache import cache_root
 from safescale.models.embedder import Embedder, load_embedder
 from safescale.models.internals import Internals
 from safescale.models.loading import load_model, model_cache_status, warm_model
+from safescale.models.microbatch import MicroBatchedLM, MicroBatcher, score_continuations_batched
 from safescale.models.registry import (
     DEFAULT_MODEL,
     MissingModelPackageError,
@@ -33,6 +34,8 @@ __all__ = [
     "Generation",
     "Internals",
     "LanguageModel",
+    "MicroBatchedLM",
+    "MicroBatcher",
     "MissingModelPackageError",
     "PromptError",
     "PromptPass",
@@ -43,5 +46,6 @@ __all__ = [
     "load_model",
     "model_cache_status",
     "registered_models",
+    "score_continuations_batched",
     "warm_model",
 ]

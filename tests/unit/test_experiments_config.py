@@ -139,6 +139,25 @@ def test_config_hash_ignores_output_dir_and_limit_only():
         config.with_overrides(limit=0)
 
 
+def test_items_in_flight_is_a_model_knob_outside_the_config_hash():
+    base = parse_config("name: x\nmodels: [m]\ncorpus: radiology-guidelines\n")
+    assert base.models[0].items_in_flight == 1
+    four = parse_config(
+        "name: x\nmodels: [{name: m, items_in_flight: 4}]\ncorpus: radiology-guidelines\n"
+    )
+    assert four.models[0].items_in_flight == 4
+    # how many items are answered at once does not change the answers: same run
+    assert four.config_hash() == base.config_hash()
+    wider = parse_config(
+        "name: x\nmodels: [{name: m, batch_size: 4}]\ncorpus: radiology-guidelines\n"
+    )
+    assert wider.config_hash() != base.config_hash()
+    with pytest.raises(ConfigError, match=r"<config>:2: models\[0\]\.items_in_flight: "):
+        parse_config(
+            "name: x\nmodels: [{name: m, items_in_flight: 0}]\ncorpus: radiology-guidelines\n"
+        )
+
+
 def test_detection_section_embeds_the_detection_config():
     config = parse_config(MINIMAL + "detection:\n  enabled: true\n  detectors: [ecrt, length]\n")
     inner = config.detection.detection_config()

@@ -1,0 +1,396 @@
+"""Cross-item micro-batching: several items of a shard in flight share padded forwards.
+
+The runner can answer up to ``items_in_flight`` items of a shard at once, each in its
+own thread running the item's condition graph. Those threads do not run the model
+concurrently: a :class:`MicroBatcher` lets exactly one of them run at a time (it holds
+the *turn*), and a thread gives up the turn only when it asks for an LM call that can
+be merged with other items' calls. When every item in flight is waiting for such a
+call (or the pending calls fill ``batch_size`` rows), the pending calls of one kind are
+answered by one padded forward, their threads become runnable again, and one of them
+takes the turn. So:
+
+* everything else an item does (tokenizing, generation with its seeded RNG, the
+  detection pass with its attention-mode switch, SQLite caches) runs exactly as in a
+  single-threaded run: there is never a second thread inside the model;
+* the flush rule needs no timeout: a batch runs as soon as nothing else can run, and
+  a thread that finishes its item (or fails) hands on the turn the same way, so items
+  that finish at different times never leave the others waiting;
+* the requests of a batch are sorted by their content before they are merged, so a
+  given set of pending calls gives the same result whatever order they arrived in.
+
+What is merged: :meth:`LanguageModel.score_continuations` (cloze answers, the PMI
+neutral prompt, the agentic critic's judgements; :func:`score_continuations_batched`:
+one right-padded prefill of all the prompts, then every multi-token continuation over
+a per-row copy of its prompt's cache) and :meth:`LanguageModel.score_options` (its own
+left-padded batching, over the merged messages). ``generate`` is not merged: it runs
+per request in the caller's turn (its sampling seeds are per prompt already).
+
+Batched results equal the one-at-a-time ones up to float rounding of the padded
+matmuls (``tests/integration/test_microbatch_tiny.py`` states the tolerance).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from safescale.models.backend import (
+    ContinuationScores,
+    LanguageModel,
+    PromptError,
+    continuation_arrays,
+)
+
+__all__ = ["MicroBatchedLM", "MicroBatcher", "score_continuations_batched"]
+
+
+# ---------------------------------------------------------------- batched primitives
+def _check_room(lm: LanguageModel, prompt_length: int, conts: list[list[int]]) -> None:
+    if prompt_length + max(len(c) for c in conts) > lm.context_length:
+        raise PromptError(
+            f"prompt + continuation exceeds the context limit of {lm.name!r} "
+            f"({lm.context_length} tokens)"
+        )
+
+
+def _sliding_window(lm: LanguageModel) -> int | None:
+    cfg = lm.model.config.get_text_config()
+    window = getattr(cfg, "sliding_window", None)
+    return int(window) if window else None
+
+
+@torch.inference_mode()
+def score_continuations_batched(
+    lm: LanguageModel,
+    messages: Sequence[str],
+    continuations: Sequence[Sequence[str]] | Sequence[str],
+    *,
+    answer_cue: bool = True,
+    batch_size: int | None = None,
+) -> ContinuationScores:
+    """:meth:`LanguageModel.score_continuations`, with the prompts prefilled together.
+
+    Prompts are taken ``batch_size`` at a time (sorted by length, then text): one
+    right-padded forward prefills them (under the causal mask a real token never sees
+    the pads that follow it, so its keys and values are those of an unpadded pass);
+    each prompt's last real position gives the first continuation token. The
+    multi-token continuations of all those prompts then run as one right-padded batch
+    over per-row copies of the prefill cache, with an attention mask that hides the
+    prompt pads and explicit position ids (``prompt length + offset``).
+
+    A model with sliding-window layers whose window a padded batch would exceed is
+    scored one prompt at a time (the window would be cut at the padded width).
+
+    Args:
+        lm: the model.
+        messages: user turns.
+        continuations: one list of texts per message, or one list shared by all.
+        answer_cue: append the answer cue to each prompt.
+        batch_size: prompts per prefill (default ``lm.batch_size``).
+
+    Returns:
+        The same arrays as :meth:`LanguageModel.score_continuations`.
+    """
+    per_message, logprob, n_tokens, n_chars = continuation_arrays(messages, continuations)
+    prompts = [lm.prompt_ids(m, answer_cue=answer_cue) for m in messages]
+    conts = [[lm.continuation_ids(t) for t in texts] for texts in per_message]
+    rows = [r for r in range(len(messages)) if conts[r]]
+    window = _sliding_window(lm)
+    longest = max((len(prompts[r]) + max(map(len, conts[r])) for r in rows), default=0)
+    if window is not None and longest > window:
+        return lm.score_continuations(messages, continuations, answer_cue=answer_cue)
+    for r in rows:
+        _check_room(lm, len(prompts[r]), conts[r])
+        n_tokens[r, : len(conts[r])] = [len(c) for c in conts[r]]
+        n_chars[r, : len(conts[r])] = [len(t.strip()) for t in per_message[r]]
+    size = max(1, batch_size or lm.batch_size)
+    rows.sort(key=lambda r: (len(prompts[r]), messages[r]))
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        scores = _prefill_and_continue(lm, [prompts[r] for r in chunk], [conts[r] for r in chunk])
+        for r, row_scores in zip(chunk, scores, strict=True):
+            logprob[r, : len(row_scores)] = row_scores
+    return ContinuationScores(logprob=logprob, n_tokens=n_tokens, n_chars=n_chars)
+
+
+def _prefill_and_continue(
+    lm: LanguageModel, prompts: list[list[int]], conts: list[list[list[int]]]
+) -> list[list[float]]:
+    """Continuation log-probs of several prompts (see :func:`score_continuations_batched`)."""
+    dev = lm.device
+    lengths = [len(p) for p in prompts]
+    width = max(lengths)
+    ids = torch.full((len(prompts), width), lm.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, : len(prompt)] = 1
+    # the LM head only at each row's last real position
+    last = sorted({n - 1 for n in lengths})
+    column = {pos: i for i, pos in enumerate(last)}
+    out = lm.model(
+        input_ids=ids.to(dev),
+        attention_mask=mask.to(dev),
+        use_cache=True,
+        logits_to_keep=torch.tensor(last, device=dev),
+    )
+    picked = torch.stack([out.logits[row, column[n - 1]] for row, n in enumerate(lengths)])
+    first = torch.log_softmax(picked.float(), dim=-1)
+    totals = [[float(first[row, c[0]]) for c in row_conts] for row, row_conts in enumerate(conts)]
+    longer = [(row, j) for row, row_conts in enumerate(conts) for j, c in enumerate(row_conts)
+              if len(c) > 1]  # fmt: skip
+    if not longer:
+        return totals
+    cache = out.cache
+    cache.batch_select_indices(torch.tensor([row for row, _ in longer], device=dev))
+    feed = [conts[row][j][:-1] for row, j in longer]
+    extra = max(len(f) for f in feed)
+    ids = torch.full((len(longer), extra), lm.pad_token_id, dtype=torch.long)
+    cont_mask = torch.zeros((len(longer), width + extra), dtype=torch.long)
+    positions = torch.zeros((len(longer), extra), dtype=torch.long)
+    for i, ((row, _), f) in enumerate(zip(longer, feed, strict=True)):
+        ids[i, : len(f)] = torch.tensor(f, dtype=torch.long)
+        cont_mask[i, :width] = mask[row]
+        cont_mask[i, width : width + len(f)] = 1
+        positions[i] = lengths[row] + torch.arange(extra)
+    logits = lm.model(
+        input_ids=ids.to(dev),
+        attention_mask=cont_mask.to(dev),
+        position_ids=positions.to(dev),
+        cache=cache,
+        use_cache=True,
+    ).logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    for i, (row, j) in enumerate(longer):
+        targets = torch.tensor(conts[row][j][1:], device=logp.device)
+        totals[row][j] += float(logp[i, : len(targets)].gather(-1, targets[:, None]).sum())
+    return totals
+
+
+# ---------------------------------------------------------------- the batcher
+@dataclass
+class _Request:
+    """One pending LM call of an item thread."""
+
+    kind: str  # "continuations" | "options"
+    group: tuple  # what must be equal for two requests to share a forward
+    messages: list[str]
+    payload: list  # per-message continuations ("continuations") or letters ("options")
+    order: str = ""
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.order = json.dumps([self.kind, list(self.group), self.messages, self.payload])
+
+
+@dataclass
+class _State:
+    active: int = 0  # registered item threads
+    runnable: int = 0  # registered threads not waiting for a request
+    holder: int | None = None  # the thread holding the turn
+    pending: list[_Request] = field(default_factory=list)
+    batches: int = 0
+    merged_requests: int = 0
+
+
+class MicroBatcher:
+    """Turns and merged LM calls of the item threads of one model (see the module
+    docstring).
+
+    Args:
+        lm: the model.
+        batch_size: rows (prompts) per merged forward; a single request with more rows
+            still runs (in chunks of this size).
+    """
+
+    def __init__(self, lm: LanguageModel, batch_size: int | None = None) -> None:
+        self.lm = lm
+        self.batch_size = max(1, batch_size or lm.batch_size)
+        self._cv = threading.Condition(threading.Lock())
+        self._state = _State()
+        self._local = threading.local()
+
+    @property
+    def batches(self) -> int:
+        """Merged forwards run so far."""
+        return self._state.batches
+
+    @property
+    def merged_requests(self) -> int:
+        """Requests answered by merged forwards so far."""
+        return self._state.merged_requests
+
+    def registered(self) -> bool:
+        """Whether the calling thread is an item thread of this batcher."""
+        return bool(getattr(self._local, "registered", False))
+
+    @contextmanager
+    def worker(self) -> Iterator[None]:
+        """Register the calling thread as an item thread for the ``with`` body: it
+        runs only while it holds the turn (taken here, handed on at exit)."""
+        if self.registered():
+            raise RuntimeError("this thread is already an item thread of the batcher")
+        me = threading.get_ident()
+        with self._cv:
+            self._state.active += 1
+            self._state.runnable += 1
+            self._take_turn(me)
+        self._local.registered = True
+        try:
+            yield
+        finally:
+            self._local.registered = False
+            with self._cv:
+                self._state.active -= 1
+                self._state.runnable -= 1
+                self._hand_on(me)
+
+    def submit(self, kind: str, group: tuple, messages: list[str], payload: list) -> Any:
+        """Queue one LM call of the calling item thread and wait for its result (the
+        turn is given up while waiting and taken back before returning)."""
+        me = threading.get_ident()
+        request = _Request(kind, group, list(messages), payload)
+        with self._cv:
+            self._state.pending.append(request)
+            self._state.runnable -= 1
+            self._hand_on(me)
+            while not request.done:
+                self._cv.wait()
+            self._take_turn(me)
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    # -------------------------------------------------------------- internals
+    def _take_turn(self, me: int) -> None:
+        while self._state.holder is not None:
+            self._cv.wait()
+        self._state.holder = me
+
+    def _pending_rows(self) -> int:
+        return sum(len(r.messages) for r in self._state.pending)
+
+    def _hand_on(self, me: int) -> None:
+        """Give up the turn (the caller holds the condition's lock): while nothing else
+        can run, or a full batch is pending, run the pending batches first."""
+        state = self._state
+        state.holder = me
+        while state.pending and (state.runnable == 0 or self._pending_rows() >= self.batch_size):
+            batch = self._take_batch()
+            self._cv.release()
+            try:
+                self._run(batch)
+            finally:
+                self._cv.acquire()
+            state.batches += 1
+            state.merged_requests += len(batch)
+            for request in batch:
+                request.done = True
+            state.runnable += len(batch)
+        state.holder = None
+        self._cv.notify_all()
+
+    def _take_batch(self) -> list[_Request]:
+        """The first group (in content order) of pending requests, up to
+        ``batch_size`` rows (at least one request), sorted by content."""
+        pending = sorted(self._state.pending, key=lambda r: r.order)
+        group = (pending[0].kind, pending[0].group)
+        batch: list[_Request] = []
+        rows = 0
+        for request in pending:
+            if (request.kind, request.group) != group:
+                continue
+            if batch and rows + len(request.messages) > self.batch_size:
+                break
+            batch.append(request)
+            rows += len(request.messages)
+        taken = {id(r) for r in batch}
+        self._state.pending = [r for r in self._state.pending if id(r) not in taken]
+        return batch
+
+    def _run(self, batch: list[_Request]) -> None:
+        """One merged call for ``batch``; when it fails, each request runs alone (so an
+        error reaches only the caller whose request caused it)."""
+        messages = [m for r in batch for m in r.messages]
+        try:
+            if batch[0].kind == "continuations":
+                (answer_cue,) = batch[0].group
+                per_message = [c for r in batch for c in r.payload]
+                scores = score_continuations_batched(
+                    self.lm,
+                    messages,
+                    per_message,
+                    answer_cue=answer_cue,
+                    batch_size=self.batch_size,
+                )
+                start = 0
+                for r in batch:
+                    stop = start + len(r.messages)
+                    width = max((len(c) for c in r.payload), default=0)
+                    r.result = ContinuationScores(
+                        logprob=scores.logprob[start:stop, :width].copy(),
+                        n_tokens=scores.n_tokens[start:stop, :width].copy(),
+                        n_chars=scores.n_chars[start:stop, :width].copy(),
+                    )
+                    start = stop
+            elif batch[0].kind == "options":
+                logits = self.lm.score_options(messages, batch[0].payload)
+                start = 0
+                for r in batch:
+                    r.result = np.array(logits[start : start + len(r.messages)])
+                    start += len(r.messages)
+            else:  # pragma: no cover - submit() only queues the kinds above
+                raise ValueError(f"unknown request kind {batch[0].kind!r}")
+        except Exception as exc:  # goes to the caller(s) whose request failed
+            if len(batch) == 1:
+                batch[0].error = exc
+                return
+            for r in batch:  # one bad request must not fail the others: each alone
+                r.result = None
+                self._run([r])
+
+
+class MicroBatchedLM:
+    """A :class:`LanguageModel` whose ``score_continuations`` and ``score_options``
+    calls from item threads go through a :class:`MicroBatcher`; every other attribute
+    (and any call from a thread that is not an item thread) is the model's own.
+
+    Wrap it in :class:`~safescale.agents.CachedLM` like the model itself.
+    """
+
+    def __init__(self, lm: LanguageModel, batcher: MicroBatcher) -> None:
+        self.lm = lm
+        self.batcher = batcher
+
+    def __getattr__(self, name: str):
+        return getattr(self.lm, name)
+
+    def score_continuations(
+        self,
+        messages: Sequence[str],
+        continuations: Sequence[Sequence[str]] | Sequence[str],
+        *,
+        answer_cue: bool = True,
+    ) -> ContinuationScores:
+        """:meth:`LanguageModel.score_continuations`, merged with other items' calls."""
+        if not self.batcher.registered() or not messages:
+            return self.lm.score_continuations(messages, continuations, answer_cue=answer_cue)
+        per_message, *_ = continuation_arrays(messages, continuations)
+        return self.batcher.submit(
+            "continuations", (bool(answer_cue),), list(messages), [list(c) for c in per_message]
+        )
+
+    def score_options(self, messages: Sequence[str], letters: Sequence[str]) -> np.ndarray:
+        """:meth:`LanguageModel.score_options`, merged with other items' calls."""
+        if not self.batcher.registered() or not messages:
+            return self.lm.score_options(messages, letters)
+        return self.batcher.submit("options", tuple(letters), list(messages), list(letters))
