@@ -648,15 +648,27 @@ def _attribution_table(metrics: Mapping[str, Any]) -> TextTable | None:
     rows = metrics.get("attribution") or []
     if not rows:
         return None
+    # a dose column only when the run swept conflict doses (rows differ by dose alone)
+    dosed = len({int(r.get("conflict_dose") or 0) for r in rows}) > 1
     return TextTable(
         "Failure attribution (counts per condition)",
-        ("model", "corpus", "condition", "budget", "severity", "cause", "count"),
+        (
+            "model",
+            "corpus",
+            "condition",
+            "budget",
+            *(("dose",) if dosed else ()),
+            "severity",
+            "cause",
+            "count",
+        ),
         [
             [
                 str(r["model"]),
                 str(r["corpus"]),
                 _condition_label(str(r["condition"])),
                 str(r["samples_budget"]),
+                *((str(int(r.get("conflict_dose") or 0)),) if dosed else ()),
                 str(r.get("severity") or "–"),
                 str(r["cause"]),
                 str(r["count"]),

@@ -73,3 +73,14 @@ limit: 3
     text = files.report_md.read_text()
     assert "## Conflict dose-response" in text and "were capped" in text
     assert (out / "plots" / "dose_response.png").is_file()
+    # the attribution counts of a dose sweep say which dose each row belongs to
+    rows = files.metrics["attribution"]
+    doses = {r["conflict_dose"] for r in rows}
+    section = text.split("### Failure attribution", 1)[1].split("\n## ", 1)[0]
+    header = next(line for line in section.splitlines() if line.startswith("| model"))
+    assert ("| dose |" in header) == (len(doses) > 1)
+    if len(doses) > 1:
+        shown = {
+            line.split("|")[5].strip() for line in section.splitlines()[3:] if line.startswith("| ")
+        }
+        assert shown == {str(d) for d in doses}
