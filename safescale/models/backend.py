@@ -644,8 +644,9 @@ class LanguageModel:
         Args:
             message: the user turn (prompt without answer cue).
             response: the assistant's text, or its token ids.
-            attentions: also return attention weights (runs the pass with eager
-                attention).
+            attentions: also return the prediction rows' attention weights (the
+                prompt but its last token is prefilled with the model's attention, the
+                rest runs eager: :meth:`open_prompt` + :meth:`internals_from`).
             lens: ``"full"`` keeps every layer's logit-lens log-probabilities
                 ``[L+1, R, V]``; ``"topk"`` keeps only the top ``topk`` per layer and
                 token; ``"none"`` keeps neither (KL-to-final and entropy per layer are
@@ -654,28 +655,27 @@ class LanguageModel:
                 cheapest lens); ``"off"`` skips the logit lens entirely (a plain
                 forward with hidden states).
         """
-        prompt = self.prompt_ids(message)
         response_ids = self._response_ids(response)
+        if attentions:
+            # Only the prediction rows' weights are kept: the prompt is prefilled with
+            # the model's own attention and just those rows run eager (a whole eager
+            # pass would compute and return [L, H, T, T] weights).
+            state = self.open_prompt(message, attentions=True)
+            return self.internals_from(state, response_ids, lens=lens, topk=topk)
+        prompt = self.prompt_ids(message)
         self._check_room(len(prompt) + len(response_ids))
         ids = torch.tensor([prompt + response_ids], device=self.device)
         P, R = len(prompt), len(response_ids)
         positions = torch.arange(P - 1, P + R - 1, device=self.device)
-        with self._attention_mode("eager" if attentions else None):
-            out = self.model(
-                input_ids=ids,
-                use_cache=False,
-                output_hidden_states=True,
-                output_attentions=attentions,
-                logits_to_keep=R + 1,  # only the prediction positions need the LM head
-            )
-        logits = out.logits[0, :R].float()
+        out = self.model(
+            input_ids=ids,
+            use_cache=False,
+            output_hidden_states=True,
+            logits_to_keep=positions,  # only the prediction positions need the LM head
+        )
+        logits = out.logits[0].float()
         hidden = torch.stack([h[0, positions] for h in out.hidden_states]).float()
-        att = None
-        if attentions:
-            if not out.attentions or out.attentions[0] is None:
-                raise RuntimeError(f"model {self.name!r} returned no attention weights")
-            att = torch.stack([a[0][:, positions, :] for a in out.attentions]).float()
-        return self._build_internals(prompt, response_ids, logits, hidden, att, lens, topk)
+        return self._build_internals(prompt, response_ids, logits, hidden, None, lens, topk)
 
     def _response_ids(self, response: str | Sequence[int]) -> list[int]:
         if isinstance(response, str):

@@ -268,6 +268,23 @@ def test_detect_train_refits_from_the_stored_inputs_without_the_model(runs, tmp_
     assert report.row("ptrue").status == "ok", report.row("ptrue").reason
 
 
+def test_attention_rows_equal_one_whole_eager_pass(tiny_lm):
+    record = tiny_lm.internals(MESSAGE, RESPONSE, attentions=True, lens="off")
+    ids = record.input_ids[None]
+    P, R = record.prompt_length, record.response_ids.numel()
+    with torch.inference_mode(), tiny_lm._attention_mode("eager"):
+        out = tiny_lm.model(input_ids=ids, output_attentions=True, output_hidden_states=True)
+    rows = torch.stack([a[0][:, P - 1 : P + R - 1, :] for a in out.attentions])
+    assert record.attentions.shape == rows.shape
+    assert torch.allclose(record.attentions, rows, atol=ATOL)
+    assert torch.allclose(record.logits, out.logits[0, P - 1 : P + R - 1], atol=ATOL)
+    # without attentions: one plain pass, the LM head only on the prediction rows
+    plain = tiny_lm.internals(MESSAGE, RESPONSE, lens="off")
+    assert plain.attentions is None
+    assert torch.allclose(plain.logits, record.logits, atol=ATOL)
+    assert torch.allclose(plain.hidden_states, record.hidden_states, atol=ATOL)
+
+
 def test_kl_lens_mode_gives_the_same_kl_without_the_entropy(tiny_lm):
     full = tiny_lm.internals(MESSAGE, RESPONSE, lens="none")
     kl = tiny_lm.internals(MESSAGE, RESPONSE, lens="kl")
