@@ -250,6 +250,28 @@ def test_stored_inputs_equal_the_separate_teacher_forced_features(runs):
     assert from_store["lookback"].map(len).iloc[0] == lm.n_layers * 4  # tiny model: 4 heads
 
 
+def test_stored_ptrue_of_another_prompt_version_is_recomputed(runs, tmp_path):
+    import json
+
+    from safescale.experiments.runner import _model_loader
+
+    _, shared, _ = runs
+    record = load_responses(shared.run_dir)[0][0]
+    lm = _model_loader(shared.models)("tiny", None)
+    source = DetectionInputStore(Path(shared.run_dir) / DETECTION_INPUTS_DIR)
+    payload = source.get(lm.model_hash, record_key(record))
+    assert payload["ptrue"]["prompt"] == 2
+    store = DetectionInputStore(tmp_path)
+    plan = ExtractionPlan(ptrue=True)
+    current = extract_features([record], lm, plan, stored=source)["ptrue_nll"].iloc[0]
+    assert current == payload["ptrue"]["ptrue_nll"]
+    stale = json.loads(json.dumps(payload))
+    stale["ptrue"] = {"ptrue_nll": 999.0}  # a version-1 group (no prompt version)
+    store.put(lm.model_hash, record_key(record), stale)
+    row = extract_features([record], lm, plan, stored=store).iloc[0]
+    assert row["ptrue_nll"] == pytest.approx(current, rel=1e-4, abs=1e-5)
+
+
 def test_detect_train_refits_from_the_stored_inputs_without_the_model(runs, tmp_path):
     from safescale.experiments.runner import detect_run
 
