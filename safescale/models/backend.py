@@ -874,8 +874,9 @@ class LanguageModel:
     def score_continuations_from(
         self, state: PromptPass, texts: Sequence[str]
     ) -> ContinuationScores | None:
-        """:meth:`score_continuations` of ``state``'s message (one row) over a copy of its
-        cache after the answer cue; None when ``state`` is not exactly there."""
+        """:meth:`score_continuations` of ``state``'s message (one row) over a view of its
+        cache after the answer cue (``state`` is not changed); None when ``state`` is not
+        exactly there."""
         cue = self.cue_ids(state.message)
         logits = self.answer_logits(state)
         if logits is None or cue is None or len(state.fed) != len(cue) + 1:
@@ -883,7 +884,7 @@ class LanguageModel:
         conts = [self.continuation_ids(t) for t in texts]
         self._check_continuation_room(len(state.prompt) + len(cue), conts)
         scores = self._continuations_over_cache(
-            logits, copy.deepcopy(state.cache), len(state.prompt) + len(cue), conts
+            logits, _cache_view(state.cache), len(state.prompt) + len(cue), conts
         )
         return ContinuationScores(
             logprob=np.asarray([scores], dtype=np.float64),
@@ -1045,6 +1046,15 @@ def _cache_prefix(cache, length: int):
             part.values = layer.values[..., :length, :]
         prefix.layers.append(part)
     return prefix
+
+
+def _cache_view(cache):
+    """A cache to extend without changing ``cache``: a view of all of it when its layers
+    allow (:func:`_cache_prefix`), else a copy."""
+    if cache is None:
+        return None
+    view = _cache_prefix(cache, cache.get_seq_length())
+    return copy.deepcopy(cache) if view is None else view
 
 
 def _target_logprob(logits: torch.Tensor, targets: Sequence[int]) -> float:

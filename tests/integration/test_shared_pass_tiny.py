@@ -64,7 +64,12 @@ def test_answer_scores_from_the_pass_equal_the_plain_calls(tiny_lm):
         atol=ATOL,
     )
     texts = ["laser therapy now", "observe", "refer to a retina specialist"]
+    keys = [layer.keys.clone() for layer in state.cache.layers]
     shared = tiny_lm.score_continuations_from(state, texts)
+    # the continuations ran over a view of the cache: the pass itself is unchanged
+    layers = state.cache.layers
+    assert all(torch.equal(k, layer.keys) for k, layer in zip(keys, layers, strict=True))
+    assert tiny_lm.score_continuations_from(state, texts[1:2]) is not None
     plain = tiny_lm.score_continuations([MESSAGE], texts)
     assert np.allclose(shared.logprob, plain.logprob, atol=ATOL)
     assert (shared.n_tokens == plain.n_tokens).all() and (shared.n_chars == plain.n_chars).all()
