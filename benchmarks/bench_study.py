@@ -4,16 +4,19 @@ For each of ``--items`` items of a corpus (clean-evidence cloze prompts, the ``e
 study's setting), with the bundled model:
 
 * floors: a raw forward of the answer prompt (``logits_to_keep=1``), a raw forward of
-  the NOCTX prompt + response ids, and the decoding of the sampled answers (their
-  ``generate`` time minus a raw prompt forward);
+  the NOCTX prompt + response ids, and the decoding of the sampled answers
+  (``generate_from`` on a prefilled prompt: decoding only, no prefill);
 * answer + ECRT features: the shared pass (the answer read from the prompt prefill,
   CTX by extending its cache, NOCTX on the short prompt) vs the separate path (answer,
   then two teacher-forced passes); target <= 1.3x of (answer forward + NOCTX forward);
 * the ``ecrt`` study per response: the condition graph with detection recorded at
-  answer time for all 14 detectors and ``detection_samples`` sampled answers, then
+  answer time for all 14 detectors and ``detection_samples`` sampled answers (decoded
+  from the answer's prompt cache, ``generate_from``; P(True) by extending the CTX cache
+  by its question suffix; EigenScore over a view of the prompt cache), then
   ``extract_features`` from the stored inputs; target <= 2x of its floor (answer +
-  NOCTX forwards + decoding); and the extrapolated time of the full ``--study-items``
-  (12,522) study per condition (target <= 9 h);
+  NOCTX forwards + decoding); the separate row samples with ``generate`` (its own
+  prefill) and runs every detector pass from scratch; and the extrapolated time of the
+  full ``--study-items`` (12,522) study per condition (target <= 9 h);
 * per condition: the seconds per item of every condition graph (no detection).
 
 Ratios are the figures to read; absolute times depend on the machine's load.
@@ -126,12 +129,10 @@ def main() -> None:
         with torch.inference_mode():
             f_answer = _time(lambda: lm.model(input_ids=answer_ids, logits_to_keep=1))
             f_noctx = _time(lambda: lm.model(input_ids=noctx_ids, logits_to_keep=1))
-        gen = _time(
-            lambda: lm.generate(
-                [message], max_new_tokens=12, n=args.samples, temperature=0.7, answer_cue=True
-            )
+        opened = lm.open_prompt(message)
+        f_decode = _time(
+            lambda: lm.generate_from(opened, max_new_tokens=12, n=args.samples, temperature=0.7)
         )
-        f_decode = max(0.0, gen - f_answer)
         add("floor: answer-prompt forward", f_answer)
         add("floor: NOCTX forward", f_noctx)
         add(f"floor: decoding {args.samples} x 12 tokens", f_decode)

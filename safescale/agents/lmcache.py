@@ -19,15 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from safescale.models import ContinuationScores, Generation, LanguageModel
-from safescale.models.backend import continuation_arrays
+from safescale.models.backend import PromptPass, continuation_arrays
 
 __all__ = ["CachedLM"]
 
 
 class CachedLM:
-    """Wraps a :class:`LanguageModel`; ``score_options``, ``score_continuations`` and
-    ``generate`` are cached (continuations one row per (prompt, continuation), so a
-    neutral-prompt PMI score is computed once per option text).
+    """Wraps a :class:`LanguageModel`; ``score_options``, ``score_continuations``,
+    ``generate`` and ``generate_from`` are cached (continuations one row per (prompt,
+    continuation), so a neutral-prompt PMI score is computed once per option text).
 
     Args:
         lm: the model.
@@ -157,7 +157,7 @@ class CachedLM:
         answer_cue: bool = False,
     ) -> list[list[Generation]]:
         """Cached :meth:`LanguageModel.generate` (per message; results are seed-exact)."""
-        settings = [max_new_tokens, n, temperature, seed, answer_cue]
+        settings = self._generate_settings(max_new_tokens, n, temperature, seed, answer_cue)
         results: list[list[Generation] | None] = []
         missing = []
         for i, message in enumerate(messages):
@@ -166,9 +166,7 @@ class CachedLM:
                 missing.append(i)
                 results.append(None)
             else:
-                results.append(
-                    [Generation(g["text"], tuple(g["ids"]), tuple(g["lps"])) for g in value]
-                )
+                results.append(_generations(value))
         self.hits += len(messages) - len(missing)
         self.misses += len(missing)
         if missing:
@@ -182,15 +180,50 @@ class CachedLM:
             )
             for gens, i in zip(fresh, missing, strict=True):
                 results[i] = gens
-                self._put(
-                    self._key("generate", [messages[i], settings]),
-                    [
-                        {"text": g.text, "ids": list(g.token_ids), "lps": list(g.token_logprobs)}
-                        for g in gens
-                    ],
-                )
+                self._put(self._key("generate", [messages[i], settings]), _generation_values(gens))
         return [r for r in results if r is not None]
+
+    def generate_from(
+        self,
+        state: PromptPass,
+        *,
+        n: int = 1,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> list[Generation]:
+        """Cached :meth:`LanguageModel.generate_from`, under the key of
+        ``generate([state.message], answer_cue=True, ...)`` (both give the same samples,
+        so a cached value serves either call)."""
+        settings = self._generate_settings(max_new_tokens, n, temperature, seed, True)
+        key = self._key("generate", [state.message, settings])
+        value = self._get(key)
+        if value is not None:
+            self.hits += 1
+            return _generations(value)
+        self.misses += 1
+        gens = self.lm.generate_from(
+            state, n=n, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+        )
+        self._put(key, _generation_values(gens))
+        return gens
+
+    def _generate_settings(
+        self, max_new_tokens: int, n: int, temperature: float, seed: int, answer_cue: bool
+    ) -> list:
+        settings: list = [max_new_tokens, n, temperature, seed, answer_cue]
+        if answer_cue:  # cued samples changed pass layout with this version
+            settings.append(self.lm.CUED_SAMPLING_LAYOUT)
+        return settings
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _generations(value: list[dict]) -> list[Generation]:
+    return [Generation(g["text"], tuple(g["ids"]), tuple(g["lps"])) for g in value]
+
+
+def _generation_values(gens: Sequence[Generation]) -> list[dict]:
+    return [{"text": g.text, "ids": list(g.token_ids), "lps": list(g.token_logprobs)} for g in gens]

@@ -710,14 +710,18 @@ def answer_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
     samples = []
     completion_tokens = 1
     if n_samples:
-        gens = ctx.lm.generate(
-            [message],
-            max_new_tokens=s.sample_tokens,
-            n=n_samples,
-            temperature=s.temperature,
-            seed=s.seed,
-            answer_cue=True,
-        )[0]
+        decoding = {
+            "max_new_tokens": s.sample_tokens,
+            "n": n_samples,
+            "temperature": s.temperature,
+            "seed": s.seed,
+        }
+        opened = getattr(handle, "state", None)
+        if opened is not None and opened.message == message:
+            # decode from the answer's prompt cache: the same samples as generate()
+            gens = ctx.lm.generate_from(opened, **decoding)
+        else:
+            gens = ctx.lm.generate([message], answer_cue=True, **decoding)[0]
         for g in gens:
             samples.append(
                 {

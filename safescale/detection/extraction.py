@@ -5,8 +5,9 @@ tokenized once and teacher-forced twice — on ``record.message`` (CTX) and on
 ``record.message_noctx`` (NOCTX). Every feature that needs a CTX pass (ECRT, perplexity,
 MSP, MTE, PMI, length, the hidden-state probe and — when attentions are requested —
 the Lookback-Lens ratios from the *same* pass) reads these two passes. Only P(True)
-(one extra pass) and EigenScore (one batched pass over the frozen samples) add model
-calls, and only when those detectors are requested. Nothing is ever generated.
+(one extra pass over the CTX sequence + a short suffix) and EigenScore (one batched pass
+over the frozen samples) add model calls, and only when those detectors are requested.
+Nothing is ever generated.
 
 Results are cached per (model hash, record content, extraction settings) as JSON files,
 so re-running detection on the same responses calls no model.
@@ -17,8 +18,10 @@ records these inputs (:class:`SharedPassRecorder`): the answer prompt is prefill
 cache, the CTX record of the response comes from extending the same cache by the
 response tokens (:meth:`~safescale.models.LanguageModel.internals_from`: the same token
 sequence ``prompt_ids(message) + response ids`` as the separate pass, equal to float
-tolerance), and NOCTX runs on the short prompt. The row of :func:`pass_columns` (plus
-EigenScore from a copy of the prompt cache, and P(True)) is stored per response key in
+tolerance), and NOCTX runs on the short prompt. EigenScore reads a view of the prompt
+part of that cache, and P(True) (whose prompt starts with the CTX sequence, see
+:mod:`~safescale.detection.baselines.ptrue`) extends the CTX cache by a few tokens. The
+row of :func:`pass_columns` (plus the EigenScore and P(True) groups) is stored per response key in
 the run's ``detection_inputs/`` (:class:`DetectionInputStore`); :func:`extract_features`
 reads it there, and only responses without stored inputs need the model.
 """
@@ -46,7 +49,7 @@ from safescale.detection.baselines.msp import msp_seq, msp_step
 from safescale.detection.baselines.perplexity import nll_mean
 from safescale.detection.baselines.pmi import ctx_noctx_pmi
 from safescale.detection.baselines.probe import probe_layer, probe_vector
-from safescale.detection.baselines.ptrue import ptrue_nll, ptrue_nll_for
+from safescale.detection.baselines.ptrue import PTRUE_PROMPT_VERSION, ptrue_nll, ptrue_nll_from
 from safescale.detection.baselines.selfcheck import selfcheck_inconsistency
 from safescale.detection.ecrt import ECRT_PREFIX
 from safescale.detection.ecrt_features import ecrt_features
@@ -238,7 +241,13 @@ def _pass_group(
 
 def _ptrue_group(lm: LanguageModel, record: ResponseRecord, cache: FeatureCache) -> dict[str, Any]:
     key = _digest(
-        {"v": FEATURE_VERSION, "model": lm.model_hash, "m": record.message, "r": record.response}
+        {
+            "v": FEATURE_VERSION,
+            "prompt": PTRUE_PROMPT_VERSION,
+            "model": lm.model_hash,
+            "m": record.message,
+            "r": record.response,
+        }
     )
     hit = cache.get("ptrue", key)
     if hit is None:
@@ -265,7 +274,8 @@ class DetectionInputStore:
     A payload holds ``v`` (:data:`FEATURE_VERSION`), ``model``, ``layer`` (probe layer),
     ``n_layers``,
     ``attentions`` (whether Lookback ratios are in), ``passes`` (the
-    :func:`pass_columns` row) and, when recorded, ``eigen`` / ``ptrue`` groups.
+    :func:`pass_columns` row) and, when recorded, ``eigen`` / ``ptrue`` groups (the
+    latter with its ``prompt`` version; other versions are not read).
     """
 
     def __init__(self, directory: Path) -> None:
@@ -322,9 +332,11 @@ class SharedPassRecorder:
 
     def open(self, lm: LanguageModel, message: str) -> _Handle:
         """Prefill the answer prompt (eager attention on the fed tokens when Lookback
-        ratios are planned; a copy of the bare prompt cache for EigenScore)."""
+        ratios are planned). EigenScore reads a view of its prompt part later; only a
+        cache that cannot be cut back is copied now for it."""
         state = lm.open_prompt(message, attentions=self.plan.attentions)
-        return _Handle(state, state.fork() if self.plan.sample_hidden else None)
+        copy_for_eigen = self.plan.sample_hidden and state.prompt_cache() is None
+        return _Handle(state, state.fork() if copy_for_eigen else None)
 
     def record(
         self,
@@ -361,13 +373,18 @@ class SharedPassRecorder:
             "attentions": self.plan.attentions,
             "passes": pass_columns(ctx, noctx, probe_layer_index=self.layer),
         }
-        if self.plan.sample_hidden and handle.eigen_base is not None:
+        if self.plan.sample_hidden:
             Z = lm.last_hidden_from(
-                handle.eigen_base, [s["token_ids"] for s in samples], lm.n_layers // 2
+                handle.eigen_base or handle.state,
+                [s["token_ids"] for s in samples],
+                lm.n_layers // 2,
             )
             payload["eigen"] = {"eigenscore": eigenscore(Z) if Z.shape[0] >= 2 else math.nan}
-        if self.plan.ptrue:
-            payload["ptrue"] = {"ptrue_nll": ptrue_nll_for(lm, message, response)}
+        if self.plan.ptrue:  # last: extends the CTX pass by the P(True) suffix
+            payload["ptrue"] = {
+                "ptrue_nll": ptrue_nll_from(lm, handle.state, response_ids),
+                "prompt": PTRUE_PROMPT_VERSION,
+            }
         self.store.put(self.model_hash, key, payload)
 
 
@@ -389,9 +406,11 @@ def _stored_groups(
     layer = probe_layer(int(payload["n_layers"]), plan.probe_layer_fraction)
     if payload["layer"] == layer and (payload["attentions"] or not plan.attentions):
         out["passes"] = payload["passes"]
-    for group in ("eigen", "ptrue"):
-        if isinstance(payload.get(group), dict):
-            out[group] = payload[group]
+    if isinstance(payload.get("eigen"), dict):
+        out["eigen"] = payload["eigen"]
+    ptrue = payload.get("ptrue")
+    if isinstance(ptrue, dict) and ptrue.get("prompt") == PTRUE_PROMPT_VERSION:
+        out["ptrue"] = {"ptrue_nll": ptrue["ptrue_nll"]}
     return out
 
 

@@ -144,6 +144,12 @@ class PromptPass:
         """``[len(fed), V]`` final logits of every fed position."""
         return torch.cat(self.logits, dim=0)
 
+    def prompt_cache(self) -> object | None:
+        """A view of the cache over the prefilled prompt only (``prompt[:-1]``), or None
+        when the cache cannot be cut back (e.g. sliding-window layers); updating it
+        never changes this pass."""
+        return _cache_prefix(self.cache, len(self.prompt) - 1)
+
     def fork(self) -> PromptPass:
         """An independent copy (the cache is copied; recorded rows are shared)."""
         return PromptPass(
@@ -468,6 +474,11 @@ class LanguageModel:
         return ids.to(dev), mask.to(dev), positions.to(dev)
 
     # ------------------------------------------------------------------ generation
+    #: Version of how :meth:`generate` lays out the passes of a cued prompt (the prompt
+    #: prefilled without its last token, then prompt end + cue fed with the samples).
+    #: Part of :class:`~safescale.agents.lmcache.CachedLM`'s keys for cued generations.
+    CUED_SAMPLING_LAYOUT = 2
+
     @torch.inference_mode()
     def generate(
         self,
@@ -486,9 +497,73 @@ class LanguageModel:
         a seed derived from ``seed`` and the prompt, so results do not depend on how
         messages are batched or ordered and are reproducible for a seed.
 
+        With ``answer_cue`` (when the cue extends the plain prompt token-for-token) the
+        plain prompt but its last token is prefilled once, exactly as
+        :meth:`open_prompt` does, and its last token + the cue are fed with the first
+        decoding step of the ``n`` samples; :meth:`generate_from` decodes from an open
+        prompt's cache the same way, so both give the same tokens for a seed.
+
         Returns:
             One list of ``n`` :class:`Generation` per message.
         """
+        config, stop_ids = self._generation_config(max_new_tokens, n, temperature)
+        results: list[list[Generation]] = []
+        for message in messages:
+            prompt = self.prompt_ids(message, answer_cue=answer_cue)
+            plain = self.prompt_ids(message) if answer_cue else prompt
+            cache = None
+            if answer_cue and len(plain) > 1 and prompt[: len(plain)] == plain:
+                cache = self.model(
+                    input_ids=torch.tensor([plain[:-1]], device=self.device),
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).cache
+            elif n > 1 and len(prompt) > 1:
+                # Prefill the prompt once and share its KV cache across the n samples
+                # (num_return_sequences would prefill it n times).
+                cache = self.model(
+                    input_ids=torch.tensor([prompt[:-1]], device=self.device),
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).cache
+            results.append(self._sample(prompt, cache, n, seed, config, stop_ids))
+        return results
+
+    @torch.inference_mode()
+    def generate_from(
+        self,
+        state: PromptPass,
+        *,
+        n: int = 1,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> list[Generation]:
+        """``generate([state.message], answer_cue=True, ...)[0]`` decoded from ``state``'s
+        prompt cache: no prompt prefill, the same tokens (and log-probs) for a seed.
+
+        Only the prefilled prompt part of the cache is used (a view of it; ``state`` is
+        not changed), whatever ``state`` has been fed since; when the cache cannot be
+        cut back to it (e.g. sliding-window layers) this is :meth:`generate`.
+        """
+        config, stop_ids = self._generation_config(max_new_tokens, n, temperature)
+        prompt = self.prompt_ids(state.message, answer_cue=True)
+        plain = state.prompt
+        cache = None
+        if len(plain) > 1 and prompt[: len(plain)] == plain:
+            cache = state.prompt_cache()
+        if cache is None:
+            return self.generate(
+                [state.message],
+                max_new_tokens=max_new_tokens,
+                n=n,
+                temperature=temperature,
+                seed=seed,
+                answer_cue=True,
+            )[0]
+        return self._sample(prompt, cache, n, seed, config, stop_ids)
+
+    def _generation_config(self, max_new_tokens: int, n: int, temperature: float):
         if temperature < 0:
             raise ValueError("temperature must be >= 0")
         if temperature == 0 and n != 1:
@@ -515,42 +590,37 @@ class LanguageModel:
             return_dict_in_generate=True,
             output_logits=True,
         )
-        results: list[list[Generation]] = []
-        for message in messages:
-            prompt = self.prompt_ids(message, answer_cue=answer_cue)
-            input_ids = torch.tensor([prompt], device=self.device)
-            prompt_seed = _derive_seed(seed, prompt)
-            cache = None
-            if n > 1 and len(prompt) > 1:
-                # Prefill the prompt once and share its KV cache across the n samples
-                # (num_return_sequences would prefill it n times).
-                cache = self.model(input_ids=input_ids[:, :-1], use_cache=True).cache
-                cache.batch_repeat_interleave(n)
-            input_ids = input_ids.repeat(n, 1)
-            with _seeded(prompt_seed):
-                out = self.model.generate(
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    cache=cache,
-                    generation_config=config,
-                )
-            new_tokens = out.sequences[:, len(prompt) :]
-            raw = torch.stack(out.logits, dim=1).float()  # [n, T, V] unprocessed
-            logprobs = torch.log_softmax(raw, dim=-1).gather(-1, new_tokens.unsqueeze(-1))
-            gens = []
-            for row in range(new_tokens.shape[0]):
-                ids, lps = [], []
-                for tok, lp in zip(
-                    new_tokens[row].tolist(), logprobs[row, :, 0].tolist(), strict=True
-                ):
-                    if tok in stop_ids:
-                        break
-                    ids.append(tok)
-                    lps.append(lp)
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                gens.append(Generation(text=text, token_ids=tuple(ids), token_logprobs=tuple(lps)))
-            results.append(gens)
-        return results
+        return config, stop_ids
+
+    def _sample(
+        self, prompt: list[int], cache, n: int, seed: int, config, stop_ids: set[int]
+    ) -> list[Generation]:
+        """``n`` continuations of ``prompt`` over ``cache`` (a prefix of the prompt's
+        KV cache for one row, or None; consumed), seeded from ``seed`` and the prompt."""
+        if cache is not None and n > 1:
+            cache.batch_repeat_interleave(n)
+        input_ids = torch.tensor([prompt], device=self.device).repeat(n, 1)
+        with _seeded(_derive_seed(seed, prompt)):
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                cache=cache,
+                generation_config=config,
+            )
+        new_tokens = out.sequences[:, len(prompt) :]
+        raw = torch.stack(out.logits, dim=1).float()  # [n, T, V] unprocessed
+        logprobs = torch.log_softmax(raw, dim=-1).gather(-1, new_tokens.unsqueeze(-1))
+        gens = []
+        for row in range(new_tokens.shape[0]):
+            ids, lps = [], []
+            for tok, lp in zip(new_tokens[row].tolist(), logprobs[row, :, 0].tolist(), strict=True):
+                if tok in stop_ids:
+                    break
+                ids.append(tok)
+                lps.append(lp)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            gens.append(Generation(text=text, token_ids=tuple(ids), token_logprobs=tuple(lps)))
+        return gens
 
     # ------------------------------------------------------------------ internals
     @torch.inference_mode()
@@ -574,8 +644,9 @@ class LanguageModel:
         Args:
             message: the user turn (prompt without answer cue).
             response: the assistant's text, or its token ids.
-            attentions: also return attention weights (runs the pass with eager
-                attention).
+            attentions: also return the prediction rows' attention weights (the
+                prompt but its last token is prefilled with the model's attention, the
+                rest runs eager: :meth:`open_prompt` + :meth:`internals_from`).
             lens: ``"full"`` keeps every layer's logit-lens log-probabilities
                 ``[L+1, R, V]``; ``"topk"`` keeps only the top ``topk`` per layer and
                 token; ``"none"`` keeps neither (KL-to-final and entropy per layer are
@@ -584,28 +655,27 @@ class LanguageModel:
                 cheapest lens); ``"off"`` skips the logit lens entirely (a plain
                 forward with hidden states).
         """
-        prompt = self.prompt_ids(message)
         response_ids = self._response_ids(response)
+        if attentions:
+            # Only the prediction rows' weights are kept: the prompt is prefilled with
+            # the model's own attention and just those rows run eager (a whole eager
+            # pass would compute and return [L, H, T, T] weights).
+            state = self.open_prompt(message, attentions=True)
+            return self.internals_from(state, response_ids, lens=lens, topk=topk)
+        prompt = self.prompt_ids(message)
         self._check_room(len(prompt) + len(response_ids))
         ids = torch.tensor([prompt + response_ids], device=self.device)
         P, R = len(prompt), len(response_ids)
         positions = torch.arange(P - 1, P + R - 1, device=self.device)
-        with self._attention_mode("eager" if attentions else None):
-            out = self.model(
-                input_ids=ids,
-                use_cache=False,
-                output_hidden_states=True,
-                output_attentions=attentions,
-                logits_to_keep=R + 1,  # only the prediction positions need the LM head
-            )
-        logits = out.logits[0, :R].float()
+        out = self.model(
+            input_ids=ids,
+            use_cache=False,
+            output_hidden_states=True,
+            logits_to_keep=positions,  # only the prediction positions need the LM head
+        )
+        logits = out.logits[0].float()
         hidden = torch.stack([h[0, positions] for h in out.hidden_states]).float()
-        att = None
-        if attentions:
-            if not out.attentions or out.attentions[0] is None:
-                raise RuntimeError(f"model {self.name!r} returned no attention weights")
-            att = torch.stack([a[0][:, positions, :] for a in out.attentions]).float()
-        return self._build_internals(prompt, response_ids, logits, hidden, att, lens, topk)
+        return self._build_internals(prompt, response_ids, logits, hidden, None, lens, topk)
 
     def _response_ids(self, response: str | Sequence[int]) -> list[int]:
         if isinstance(response, str):
@@ -804,8 +874,9 @@ class LanguageModel:
     def score_continuations_from(
         self, state: PromptPass, texts: Sequence[str]
     ) -> ContinuationScores | None:
-        """:meth:`score_continuations` of ``state``'s message (one row) over a copy of its
-        cache after the answer cue; None when ``state`` is not exactly there."""
+        """:meth:`score_continuations` of ``state``'s message (one row) over a view of its
+        cache after the answer cue (``state`` is not changed); None when ``state`` is not
+        exactly there."""
         cue = self.cue_ids(state.message)
         logits = self.answer_logits(state)
         if logits is None or cue is None or len(state.fed) != len(cue) + 1:
@@ -813,7 +884,7 @@ class LanguageModel:
         conts = [self.continuation_ids(t) for t in texts]
         self._check_continuation_room(len(state.prompt) + len(cue), conts)
         scores = self._continuations_over_cache(
-            logits, copy.deepcopy(state.cache), len(state.prompt) + len(cue), conts
+            logits, _cache_view(state.cache), len(state.prompt) + len(cue), conts
         )
         return ContinuationScores(
             logprob=np.asarray([scores], dtype=np.float64),
@@ -858,14 +929,53 @@ class LanguageModel:
         return self._build_internals(state.prompt, response_ids, logits, hidden, att, lens, topk)
 
     @torch.inference_mode()
+    def sequence_logprob(self, message: str, ids: Sequence[int], n_scored: int) -> float:
+        """``sum log p(t | prompt, ids before t)`` over the last ``n_scored`` of ``ids``
+        following ``prompt_ids(message)``: one forward pass (the LM head only on the
+        scored rows). :meth:`sequence_logprob_from` gives it from an open prompt."""
+        prompt = self.prompt_ids(message)
+        ids = [int(t) for t in ids]
+        if not 1 <= n_scored <= len(ids):
+            raise ValueError(f"n_scored={n_scored} must be in [1, {len(ids)}]")
+        self._check_room(len(prompt) + len(ids))
+        logits = self.model(
+            input_ids=torch.tensor([prompt + ids], device=self.device),
+            use_cache=False,
+            logits_to_keep=n_scored + 1,
+        ).logits[0, :n_scored]
+        return _target_logprob(logits, ids[-n_scored:])
+
+    @torch.inference_mode()
+    def sequence_logprob_from(self, state: PromptPass, ids: Sequence[int], n_scored: int) -> float:
+        """:meth:`sequence_logprob` of ``state``'s message, extending ``state`` (in
+        place) by the ids it has not fed yet, e.g. a suffix after the response that
+        :meth:`internals_from` has just fed; when what ``state`` has fed is not the start
+        of ``last prompt token + ids``, the separate pass :meth:`sequence_logprob`."""
+        ids = [int(t) for t in ids]
+        if not 1 <= n_scored <= len(ids):
+            raise ValueError(f"n_scored={n_scored} must be in [1, {len(ids)}]")
+        target = [state.prompt[-1], *ids[:-1]]
+        done = len(state.fed)
+        if done > len(target) or state.fed != target[:done]:
+            return self.sequence_logprob(state.message, ids, n_scored)
+        self.feed(state, target[done:])
+        rows = state.row_logits()[len(ids) - n_scored : len(ids)]
+        return _target_logprob(rows, ids[-n_scored:])
+
+    @torch.inference_mode()
     def last_hidden_from(
         self, state: PromptPass, sequences: Sequence[Sequence[int]], layer: int
     ) -> np.ndarray:
         """``[K, D]`` layer-``layer`` hidden state at the last token of each of
-        ``prompt + sequence`` (non-empty sequences), as one right-padded batch over a copy
-        of ``state``'s cache; ``state`` must not have been fed yet."""
-        if state.fed:
+        ``prompt + sequence`` (non-empty sequences), as one right-padded batch over the
+        prompt part of ``state``'s cache (a view; ``state`` is not changed, whatever it
+        has been fed). Caches that cannot be cut back (sliding windows) are copied, and
+        then ``state`` must not have been fed yet."""
+        cache = state.prompt_cache()
+        if cache is None and state.fed:
             raise ValueError("last_hidden_from needs a prompt pass that has not been fed")
+        if cache is None:
+            cache = copy.deepcopy(state.cache)
         seqs = [[state.prompt[-1], *map(int, s)] for s in sequences if len(s)]
         if not seqs:
             return np.zeros((0, 0))
@@ -878,7 +988,6 @@ class LanguageModel:
         for row, seq in enumerate(seqs):
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, past : past + len(seq)] = 1
-        cache = copy.deepcopy(state.cache)
         if cache is not None and len(seqs) > 1:
             cache.batch_repeat_interleave(len(seqs))
         out = self.model(
@@ -915,6 +1024,44 @@ class LanguageModel:
             yield
         finally:
             self.model.set_attn_implementation(previous)
+
+
+def _cache_prefix(cache, length: int):
+    """A cache holding the first ``length`` positions of ``cache`` (views of its
+    tensors; later updates concatenate into new tensors, so ``cache`` is unchanged), or
+    None when ``cache`` has layers that cannot be cut back (sliding windows, ...)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if cache is None or layers is None or cache.get_seq_length() < length:
+        return None
+    if any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    prefix = copy.copy(cache)
+    prefix.layers = []
+    for layer in layers:
+        part = copy.copy(layer)
+        if part.is_initialized:
+            part.keys = layer.keys[..., :length, :]
+            part.values = layer.values[..., :length, :]
+        prefix.layers.append(part)
+    return prefix
+
+
+def _cache_view(cache):
+    """A cache to extend without changing ``cache``: a view of all of it when its layers
+    allow (:func:`_cache_prefix`), else a copy."""
+    if cache is None:
+        return None
+    view = _cache_prefix(cache, cache.get_seq_length())
+    return copy.deepcopy(cache) if view is None else view
+
+
+def _target_logprob(logits: torch.Tensor, targets: Sequence[int]) -> float:
+    """``sum_i log_softmax(logits[i])[targets[i]]`` (float32 rows, float64 sum)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    index = torch.tensor(list(targets), device=logp.device)[:, None]
+    return float(logp.gather(-1, index).double().sum())
 
 
 def _derive_seed(seed: int, prompt: Sequence[int]) -> int:

@@ -1,7 +1,9 @@
 """The shared answer/detection pass on the real bundled SmolLM2: the CTX record from the
 answer's prompt cache equals the separate teacher-forced pass (float32, CPU; tolerance
 ``atol = 1e-3`` on logits and lens KL of a 30-layer model, ``1e-3`` relative on the
-ECRT features)."""
+ECRT features); sampled answers decoded from the answer's cache are the generated ones
+(same tokens, log-probs within 1e-5) and P(True) from the CTX cache equals its separate
+pass within 1e-3."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 
 from safescale.agents import prompts
 from safescale.corpora import load_corpus
+from safescale.detection.baselines.ptrue import ptrue_nll_for, ptrue_nll_from
 from safescale.detection.ecrt_features import ecrt_features
 
 pytestmark = pytest.mark.slow
@@ -29,6 +32,13 @@ def test_shared_pass_equals_the_separate_pass_on_smollm2(bundled_lm):
     assert np.allclose(shared_scores, plain_scores, atol=1e-3)
     chosen = item.letters[int(np.argmax(shared_scores[0]))]
     response = f"Answer: {chosen}) {item.options[chosen]}"
+    decoding = {"max_new_tokens": 4, "n": 2, "temperature": 1.0, "seed": 3}
+    samples = bundled_lm.generate_from(state, **decoding)
+    generated = bundled_lm.generate([message], answer_cue=True, **decoding)[0]
+    assert [g.token_ids for g in samples] == [g.token_ids for g in generated]
+    assert np.allclose(
+        [g.logprob for g in samples], [g.logprob for g in generated], atol=1e-5, rtol=0
+    )
     shared = bundled_lm.internals_from(state, response, lens="kl")
     separate = bundled_lm.internals(message, response, attentions=True, lens="kl")
     assert torch.equal(shared.input_ids, separate.input_ids)
@@ -40,3 +50,7 @@ def test_shared_pass_equals_the_separate_pass_on_smollm2(bundled_lm):
     assert a.keys() == b.keys()
     for key in a:
         assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), key
+    # P(True) v2 extends the CTX pass by its suffix; from scratch it is one more pass
+    shared_ptrue = ptrue_nll_from(bundled_lm, state, shared.response_ids.tolist())
+    separate_ptrue = ptrue_nll_for(bundled_lm, message, response)
+    assert shared_ptrue == pytest.approx(separate_ptrue, rel=1e-3, abs=1e-3)

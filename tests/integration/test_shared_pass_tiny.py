@@ -8,6 +8,7 @@ relative ``1e-4`` (plus ``atol = 1e-5``) on derived features.
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from safescale.detection.extraction import (
 )
 from safescale.experiments.config import parse_config
 from safescale.experiments.rundir import load_responses
+from safescale.models.backend import _cache_prefix
 from safescale.models.tiny import save_tiny_model
 
 ATOL = 1e-4
@@ -62,7 +64,12 @@ def test_answer_scores_from_the_pass_equal_the_plain_calls(tiny_lm):
         atol=ATOL,
     )
     texts = ["laser therapy now", "observe", "refer to a retina specialist"]
+    keys = [layer.keys.clone() for layer in state.cache.layers]
     shared = tiny_lm.score_continuations_from(state, texts)
+    # the continuations ran over a view of the cache: the pass itself is unchanged
+    layers = state.cache.layers
+    assert all(torch.equal(k, layer.keys) for k, layer in zip(keys, layers, strict=True))
+    assert tiny_lm.score_continuations_from(state, texts[1:2]) is not None
     plain = tiny_lm.score_continuations([MESSAGE], texts)
     assert np.allclose(shared.logprob, plain.logprob, atol=ATOL)
     assert (shared.n_tokens == plain.n_tokens).all() and (shared.n_chars == plain.n_chars).all()
@@ -90,6 +97,78 @@ def test_sample_hidden_states_from_the_prompt_cache(tiny_lm):
     separate = sample_embeddings(tiny_lm, MESSAGE, samples, layer)
     assert shared.shape == separate.shape and shared.shape[0] == 3
     assert np.allclose(shared, separate, atol=ATOL)
+
+
+@pytest.mark.parametrize("attentions", [False, True])
+@pytest.mark.parametrize("n", [1, 4])
+def test_samples_from_the_answer_pass_are_the_generated_samples(tiny_lm, attentions, n):
+    settings = {"max_new_tokens": 6, "n": n, "temperature": 1.0, "seed": 7}
+    state = tiny_lm.open_prompt(MESSAGE, attentions=attentions)
+    assert tiny_lm.answer_logits(state) is not None  # the answer is read first
+    cached = state.cache.get_seq_length()
+    # decoded from a view of the prompt part of the answer's cache (no fallback prefill)
+    assert _cache_prefix(state.cache, len(state.prompt) - 1) is not None
+    shared = tiny_lm.generate_from(state, **settings)
+    plain = tiny_lm.generate([MESSAGE], answer_cue=True, **settings)[0]
+    assert len(shared) == n
+    assert [g.token_ids for g in shared] == [g.token_ids for g in plain]
+    assert [g.token_logprobs for g in shared] == [g.token_logprobs for g in plain]
+    assert [g.text for g in shared] == [g.text for g in plain]
+    # the answer pass is untouched: the response still extends it
+    assert state.cache.get_seq_length() == cached
+    record = tiny_lm.internals_from(state, RESPONSE, lens="none")
+    assert torch.allclose(
+        record.logits, tiny_lm.internals(MESSAGE, RESPONSE, lens="none").logits, atol=ATOL
+    )
+    # and after the response was fed, sampling still decodes from the prompt part
+    again = tiny_lm.generate_from(state, **settings)
+    assert [g.token_ids for g in again] == [g.token_ids for g in plain]
+
+
+def test_samples_differ_across_seeds_and_match_the_cached_generate(tiny_lm):
+    from safescale.agents.lmcache import CachedLM
+
+    settings = {"max_new_tokens": 6, "n": 3, "temperature": 1.0}
+    state = tiny_lm.open_prompt(MESSAGE)
+    a = tiny_lm.generate_from(state, seed=1, **settings)
+    b = tiny_lm.generate_from(state, seed=2, **settings)
+    assert [g.token_ids for g in a] != [g.token_ids for g in b]
+    cached = CachedLM(tiny_lm)
+    first = cached.generate_from(state, seed=1, **settings)
+    assert cached.misses == 1 and [g.token_ids for g in first] == [g.token_ids for g in a]
+    # the cached value is the one generate() reads: same key, same samples
+    second = cached.generate([MESSAGE], answer_cue=True, seed=1, **settings)[0]
+    assert cached.hits == 1
+    assert [(g.token_ids, g.token_logprobs) for g in second] == [
+        (g.token_ids, g.token_logprobs) for g in a
+    ]
+    third = cached.generate_from(tiny_lm.open_prompt(MESSAGE), seed=2, **settings)
+    assert [g.token_ids for g in third] == [g.token_ids for g in b]
+
+
+@pytest.mark.parametrize("attentions", [False, True])
+def test_ptrue_from_the_ctx_pass_equals_the_separate_pass(tiny_lm, attentions):
+    from safescale.detection.baselines.ptrue import ptrue_ids, ptrue_nll_for, ptrue_nll_from
+
+    state = tiny_lm.open_prompt(MESSAGE, attentions=attentions)
+    tiny_lm.answer_logits(state)
+    ctx = tiny_lm.internals_from(state, RESPONSE, lens="kl")
+    response_ids = ctx.response_ids.tolist()
+    ids, n_target = ptrue_ids(tiny_lm, response_ids)
+    # the P(True) sequence starts with exactly the CTX pass's sequence
+    assert ids[: len(response_ids)] == response_ids and n_target >= 1
+    assert len(state.fed) == len(response_ids)  # last prompt token + response[:-1]
+    shared = ptrue_nll_from(tiny_lm, state, response_ids)
+    # then only the last response token, the suffix and the target but its last
+    assert len(state.fed) == len(ids)
+    separate = ptrue_nll_for(tiny_lm, MESSAGE, RESPONSE)
+    assert shared > 0 and math.isfinite(shared)
+    assert shared == pytest.approx(separate, rel=1e-4, abs=1e-5)
+    # the definition: -log p(target | prompt + response + suffix) of one plain forward
+    full = tiny_lm.internals(MESSAGE, ids, lens="off")
+    assert separate == pytest.approx(
+        float(-full.response_logprobs[-n_target:].double().sum()), rel=1e-4, abs=1e-5
+    )
 
 
 def test_a_pass_that_does_not_match_the_response_falls_back_to_the_separate_pass(tiny_lm):
@@ -176,6 +255,28 @@ def test_stored_inputs_equal_the_separate_teacher_forced_features(runs):
     assert from_store["lookback"].map(len).iloc[0] == lm.n_layers * 4  # tiny model: 4 heads
 
 
+def test_stored_ptrue_of_another_prompt_version_is_recomputed(runs, tmp_path):
+    import json
+
+    from safescale.experiments.runner import _model_loader
+
+    _, shared, _ = runs
+    record = load_responses(shared.run_dir)[0][0]
+    lm = _model_loader(shared.models)("tiny", None)
+    source = DetectionInputStore(Path(shared.run_dir) / DETECTION_INPUTS_DIR)
+    payload = source.get(lm.model_hash, record_key(record))
+    assert payload["ptrue"]["prompt"] == 2
+    store = DetectionInputStore(tmp_path)
+    plan = ExtractionPlan(ptrue=True)
+    current = extract_features([record], lm, plan, stored=source)["ptrue_nll"].iloc[0]
+    assert current == payload["ptrue"]["ptrue_nll"]
+    stale = json.loads(json.dumps(payload))
+    stale["ptrue"] = {"ptrue_nll": 999.0}  # a version-1 group (no prompt version)
+    store.put(lm.model_hash, record_key(record), stale)
+    row = extract_features([record], lm, plan, stored=store).iloc[0]
+    assert row["ptrue_nll"] == pytest.approx(current, rel=1e-4, abs=1e-5)
+
+
 def test_detect_train_refits_from_the_stored_inputs_without_the_model(runs, tmp_path):
     from safescale.experiments.runner import detect_run
 
@@ -192,6 +293,23 @@ def test_detect_train_refits_from_the_stored_inputs_without_the_model(runs, tmp_
     assert report.n_records == 30
     assert report.row("ecrt").status == "ok"
     assert report.row("ptrue").status == "ok", report.row("ptrue").reason
+
+
+def test_attention_rows_equal_one_whole_eager_pass(tiny_lm):
+    record = tiny_lm.internals(MESSAGE, RESPONSE, attentions=True, lens="off")
+    ids = record.input_ids[None]
+    P, R = record.prompt_length, record.response_ids.numel()
+    with torch.inference_mode(), tiny_lm._attention_mode("eager"):
+        out = tiny_lm.model(input_ids=ids, output_attentions=True, output_hidden_states=True)
+    rows = torch.stack([a[0][:, P - 1 : P + R - 1, :] for a in out.attentions])
+    assert record.attentions.shape == rows.shape
+    assert torch.allclose(record.attentions, rows, atol=ATOL)
+    assert torch.allclose(record.logits, out.logits[0, P - 1 : P + R - 1], atol=ATOL)
+    # without attentions: one plain pass, the LM head only on the prediction rows
+    plain = tiny_lm.internals(MESSAGE, RESPONSE, lens="off")
+    assert plain.attentions is None
+    assert torch.allclose(plain.logits, record.logits, atol=ATOL)
+    assert torch.allclose(plain.hidden_states, record.hidden_states, atol=ATOL)
 
 
 def test_kl_lens_mode_gives_the_same_kl_without_the_entropy(tiny_lm):

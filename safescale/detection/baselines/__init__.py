@@ -12,7 +12,7 @@ from safescale.detection.baselines.msp import MSPSequence, MSPStep, msp_seq, msp
 from safescale.detection.baselines.perplexity import Perplexity, nll_mean
 from safescale.detection.baselines.pmi import CtxNoctxPMI, ctx_noctx_pmi
 from safescale.detection.baselines.probe import HiddenStateProbe, probe_layer, probe_vector
-from safescale.detection.baselines.ptrue import PTrue, ptrue_message, ptrue_nll
+from safescale.detection.baselines.ptrue import PTrue, ptrue_ids, ptrue_nll
 from safescale.detection.baselines.selfcheck import SelfCheckConsistency, selfcheck_inconsistency
 
 __all__ = [
@@ -38,7 +38,7 @@ __all__ = [
     "nll_mean",
     "probe_layer",
     "probe_vector",
-    "ptrue_message",
+    "ptrue_ids",
     "ptrue_nll",
     "sample_embeddings",
     "scored_positions",
