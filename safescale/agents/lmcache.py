@@ -216,6 +216,14 @@ class CachedLM:
             settings.append(self.lm.CUED_SAMPLING_LAYOUT)
         return settings
 
+    def copy(self) -> CachedLM:
+        """An in-memory cache over the same model holding a snapshot of this one's
+        entries (e.g. a warm cache several independent measurements start from)."""
+        clone = CachedLM(self.lm)
+        with self._lock:
+            self._db.backup(clone._db)
+        return clone
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -201,3 +201,16 @@ def test_calibration_items_do_not_depend_on_limit():
     assert a == calibration_item_ids(corpus, 16, 0)
     assert a != calibration_item_ids(corpus, 16, 1)
     assert len(a) <= len(corpus.items) // 2
+
+
+def test_a_cache_copy_answers_from_the_snapshot_and_stays_independent(tiny_lm):
+    texts = [["a follow-up scan", "no follow-up"]]
+    warm = CachedLM(tiny_lm)
+    first = warm.score_continuations([NEUTRAL_MESSAGE], texts).logprob[0]
+    copy = warm.copy()
+    again = copy.score_continuations([NEUTRAL_MESSAGE], texts).logprob[0]
+    assert (copy.hits, copy.misses) == (2, 0) and list(again) == list(first)  # per text
+    copy.score_continuations(["Question: other"], texts)  # misses, stored in the copy only
+    assert copy.misses == 2
+    warm.score_continuations(["Question: other"], texts)
+    assert warm.misses == 4  # the original did not see the copy's entries
