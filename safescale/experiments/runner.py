@@ -451,11 +451,20 @@ class CellWorker:
         return AgentContext(
             lm=self.cached,
             corpus=self.corpus(task.corpus),
-            store=self._store(task.corpus) if _uses_store(task.condition) else None,
+            store=self._served(self._store(task.corpus)) if _uses_store(task.condition) else None,
             settings=settings,
             run_id=config.name,
             detection=self._detection_recorder(),
         )
+
+    def _served(self, store):
+        """With items in flight, the store's searches (query embedding) run on the
+        batcher's serving thread like the model's calls (one torch thread pool)."""
+        if self.batcher is None:
+            return store
+        from safescale.models.microbatch import OnServingThread
+
+        return OnServingThread(store, self.batcher)
 
     def _detection_recorder(self):
         """With detection configured, the answer step records the detection inputs of
@@ -547,7 +556,7 @@ def _in_flight(
     prepare()  # shared lazy state (the compiled graph) is built before the threads start
     lock = threading.Condition()
     results: dict[int, ItemResult | BaseException] = {}
-    state: dict[str, Any] = {"next": 0, "stop": False, "crash": None}
+    state: dict[str, Any] = {"next": 0, "stop": False, "crash": None, "ended": 0}
 
     def work() -> None:
         try:
@@ -556,6 +565,10 @@ def _in_flight(
             with lock:
                 state["crash"] = exc
                 lock.notify_all()
+        finally:
+            with lock:
+                state["ended"] += 1
+            batcher.wake()
 
     def _work() -> None:
         with batcher.worker():
@@ -574,6 +587,7 @@ def _in_flight(
                     if isinstance(out, BaseException):
                         state["stop"] = True
                     lock.notify_all()
+                batcher.wake()
 
     pool = [
         threading.Thread(target=work, name=f"safescale-item-{i}", daemon=True)
@@ -583,9 +597,13 @@ def _in_flight(
         thread.start()
     try:
         for index in range(len(item_ids)):
+
+            def ready(index: int = index) -> bool:
+                with lock:
+                    return index in results or state["crash"] is not None
+
+            batcher.serve(ready)  # this thread runs the items' model calls meanwhile
             with lock:
-                while index not in results and state["crash"] is None:
-                    lock.wait()
                 out = results.pop(index, state["crash"])
             if isinstance(out, BaseException):
                 raise out
@@ -593,6 +611,12 @@ def _in_flight(
     finally:
         with lock:
             state["stop"] = True
+
+        def ended() -> bool:
+            with lock:
+                return state["ended"] == len(pool)
+
+        batcher.serve(ended)
         for thread in pool:
             thread.join()
 

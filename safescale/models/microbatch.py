@@ -25,15 +25,25 @@ a per-row copy of its prompt's cache) and :meth:`LanguageModel.score_options` (i
 left-padded batching, over the merged messages). ``generate`` is not merged: it runs
 per request in the caller's turn (its sampling seeds are per prompt already).
 
+Every model call of an item thread (merged or not) runs on the thread that made the
+batcher, which serves them while it waits for the items (:meth:`MicroBatcher.serve`):
+torch's CPU thread pool belongs to the calling thread, and a second calling thread
+slows every forward that follows.
+
 Batched results equal the one-at-a-time ones up to float rounding of the padded
 matmuls (``tests/integration/test_microbatch_tiny.py`` states the tolerance).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+import queue
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,12 +122,35 @@ def score_continuations_batched(
         n_chars[r, : len(conts[r])] = [len(t.strip()) for t in per_message[r]]
     size = max(1, batch_size or lm.batch_size)
     rows.sort(key=lambda r: (len(prompts[r]), messages[r]))
-    for start in range(0, len(rows), size):
-        chunk = rows[start : start + size]
+    for chunk in _length_chunks([len(prompts[r]) for r in rows], size):
+        chunk = [rows[i] for i in chunk]
         scores = _prefill_and_continue(lm, [prompts[r] for r in chunk], [conts[r] for r in chunk])
         for r, row_scores in zip(chunk, scores, strict=True):
             logprob[r, : len(row_scores)] = row_scores
     return ContinuationScores(logprob=logprob, n_tokens=n_tokens, n_chars=n_chars)
+
+
+#: A padded prefill holds prompts whose lengths are within this factor (plus a few
+#: tokens) of its shortest: a short prompt (e.g. the neutral PMI prompt) padded to a long
+#: one would cost a whole long forward for nothing.
+PAD_SLACK = 1.25
+PAD_TOKENS = 16
+
+
+def _length_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
+    """Positions of ascending ``lengths`` cut into runs of at most ``size`` whose longest
+    is within ``PAD_SLACK`` x (+ ``PAD_TOKENS``) of their shortest."""
+    chunks: list[list[int]] = []
+    for i, n in enumerate(lengths):
+        if (
+            chunks
+            and len(chunks[-1]) < size
+            and n <= PAD_SLACK * lengths[chunks[-1][0]] + PAD_TOKENS
+        ):
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    return chunks
 
 
 def _prefill_and_continue(
@@ -218,6 +251,50 @@ class MicroBatcher:
         self._cv = threading.Condition(threading.Lock())
         self._state = _State()
         self._local = threading.local()
+        # Every model call of the item threads runs on one thread, the one that made
+        # the batcher (the runner's): torch's OpenMP pool belongs to the thread that
+        # calls it, and once two threads have run torch their pools slow every later
+        # forward on a small CPU (measured on 2 cores: 0.43 s -> 0.56 s per call).
+        # That thread serves the calls (:meth:`serve`) while it waits for results.
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._server = threading.get_ident()
+
+    def on_lm_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn`` on the serving thread and wait for its result."""
+        if threading.get_ident() == self._server:
+            return fn(*args, **kwargs)
+        future: Future = Future()
+        self._calls.put((fn, args, kwargs, future))
+        return future.result()
+
+    def wake(self) -> None:
+        """Make :meth:`serve` check its condition again."""
+        self._calls.put(None)
+
+    def serve(self, done: Callable[[], bool], *, timeout: float | None = None) -> None:
+        """Run the item threads' model calls on this (the serving) thread until
+        ``done()`` holds; ``done`` is checked at the start and after every :meth:`wake`.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        if threading.get_ident() != self._server:
+            raise RuntimeError("only the thread that made the batcher serves its calls")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done():
+            try:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                call = self._calls.get(timeout=wait)
+            except queue.Empty:
+                raise TimeoutError("the item threads did not finish in time") from None
+            if call is None:
+                continue
+            fn, args, kwargs, future = call
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:  # goes to the calling item thread
+                    future.set_exception(exc)
 
     @property
     def batches(self) -> int:
@@ -288,7 +365,7 @@ class MicroBatcher:
             batch = self._take_batch()
             self._cv.release()
             try:
-                self._run(batch)
+                self.on_lm_thread(self._run, batch)
             finally:
                 self._cv.acquire()
             state.batches += 1
@@ -359,6 +436,29 @@ class MicroBatcher:
                 self._run([r])
 
 
+class OnServingThread:
+    """Any object (e.g. an evidence store, whose query embedding runs torch) whose own
+    methods, called from an item thread of ``batcher``, run on its serving thread;
+    other attributes and calls from other threads are the object's own."""
+
+    def __init__(self, target: Any, batcher: MicroBatcher) -> None:
+        self.target = target
+        self.batcher = batcher
+
+    def __getattr__(self, name: str):
+        value = getattr(self.target, name)
+        if inspect.ismethod(value) and value.__self__ is self.target:
+
+            @functools.wraps(value)
+            def on_serving_thread(*args: Any, **kwargs: Any) -> Any:
+                if not self.batcher.registered():
+                    return value(*args, **kwargs)
+                return self.batcher.on_lm_thread(value, *args, **kwargs)
+
+            return on_serving_thread
+        return value
+
+
 class MicroBatchedLM:
     """A :class:`LanguageModel` whose ``score_continuations`` and ``score_options``
     calls from item threads go through a :class:`MicroBatcher`; every other attribute
@@ -372,7 +472,17 @@ class MicroBatchedLM:
         self.batcher = batcher
 
     def __getattr__(self, name: str):
-        return getattr(self.lm, name)
+        value = getattr(self.lm, name)
+        if inspect.ismethod(value) and value.__self__ is self.lm:
+            # the model's own methods run on the batcher's model thread for item threads
+            @functools.wraps(value)
+            def on_lm_thread(*args: Any, **kwargs: Any) -> Any:
+                if not self.batcher.registered():
+                    return value(*args, **kwargs)
+                return self.batcher.on_lm_thread(value, *args, **kwargs)
+
+            return on_lm_thread
+        return value
 
     def score_continuations(
         self,

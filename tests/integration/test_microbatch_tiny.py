@@ -78,6 +78,8 @@ def test_batcher_merges_calls_and_never_deadlocks_when_items_end_at_different_ti
                 out.append(("o", (message + "\nA) x\nB) y\nC) z", letters)))
         return out
 
+    ended: list[int] = []
+
     def run(worker: int) -> None:
         try:
             with batcher.worker():
@@ -90,12 +92,17 @@ def test_batcher_merges_calls_and_never_deadlocks_when_items_end_at_different_ti
                     raise RuntimeError("item 2 failed")
         except RuntimeError as exc:
             errors[worker] = exc
+        finally:
+            ended.append(worker)
+            batcher.wake()
 
     threads = [threading.Thread(target=run, args=(w,), daemon=True) for w in range(5)]
     for t in threads:
         t.start()
+    # this thread made the batcher: it runs the workers' model calls (deadlock guard)
+    batcher.serve(lambda: len(ended) == len(threads), timeout=120)
     for t in threads:
-        t.join(timeout=120)
+        t.join(timeout=10)
     assert not any(t.is_alive() for t in threads), "a worker is stuck (deadlock)"
     assert list(errors) == [2]
     n_requests = sum(len(calls(w)) for w in range(5))
@@ -119,19 +126,26 @@ def test_an_error_in_a_merged_call_reaches_its_caller_and_the_others_go_on():
     wrapped = MicroBatchedLM(lm, batcher)
     outcome: dict[int, object] = {}
 
+    ended: list[int] = []
+
     def run(worker: int) -> None:
         message = "x " * 80 if worker == 0 else MESSAGES[2 * (worker - 1)]
-        with batcher.worker():
-            try:
-                outcome[worker] = wrapped.score_continuations([message], [["yes", "no"]])
-            except ValueError as exc:
-                outcome[worker] = exc
+        try:
+            with batcher.worker():
+                try:
+                    outcome[worker] = wrapped.score_continuations([message], [["yes", "no"]])
+                except ValueError as exc:
+                    outcome[worker] = exc
+        finally:
+            ended.append(worker)
+            batcher.wake()
 
     threads = [threading.Thread(target=run, args=(w,), daemon=True) for w in range(3)]
     for t in threads:
         t.start()
+    batcher.serve(lambda: len(ended) == len(threads), timeout=60)
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=10)
     assert not any(t.is_alive() for t in threads)
     assert isinstance(outcome[0], ValueError) and "context limit" in str(outcome[0])
     for worker in (1, 2):
@@ -255,3 +269,51 @@ def _corpus_items():
     from safescale.corpora import load_corpus
 
     return load_corpus("radiology-guidelines").items
+
+
+def test_prompts_of_very_different_lengths_are_not_padded_into_one_prefill():
+    from safescale.models.microbatch import _length_chunks
+
+    # the neutral PMI prompt (a few tokens) never shares a prefill with a 500-token prompt
+    assert _length_chunks([4, 5, 480, 500, 520, 900], 8) == [[0, 1], [2, 3, 4], [5]]
+    assert _length_chunks([100] * 5, 2) == [[0, 1], [2, 3], [4]]  # and batch_size holds
+    assert _length_chunks([], 4) == []
+
+
+def test_item_threads_model_calls_run_on_the_serving_thread():
+    """Every model call of an item thread, merged or not, runs on the thread that made
+    the batcher (one torch thread pool in the process)."""
+    lm = build_tiny_model(seed=1)
+    batcher = MicroBatcher(lm, batch_size=4)
+    wrapped = MicroBatchedLM(lm, batcher)
+    seen: list[int] = []
+    original = lm.score_continuations
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(lm, name)
+
+        def prompt_ids(self, *args, **kwargs):
+            seen.append(threading.get_ident())
+            return lm.prompt_ids(*args, **kwargs)
+
+    assert original is not None
+    ended: list[int] = []
+
+    def run() -> None:
+        try:
+            with batcher.worker():
+                wrapped.score_continuations([MESSAGES[0]], [CONTINUATIONS[0]])
+                wrapped.prompt_ids(MESSAGES[0])  # a model method that is not merged
+        finally:
+            ended.append(1)
+            batcher.wake()
+
+    calls_before = len(seen)
+    wrapped.lm = Spy()  # the wrapped model's own methods report their thread
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    batcher.serve(lambda: len(ended) == 2, timeout=60)
+    assert len(seen) > calls_before
+    assert set(seen) == {threading.get_ident()}
