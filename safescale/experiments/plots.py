@@ -414,7 +414,7 @@ def dose_response_figure(metrics: Mapping[str, Any]) -> Any | None:
     curves = metrics.get("dose_response") or []
     if not curves:
         return None
-    fig, axes = _grid(len(curves), width=4.8, height=3.8)
+    fig, axes = _grid(len(curves), width=4.8, height=4.6)
     shown = ("accuracy", "high_risk_error", "unsafe_answer", "contradiction")
     for ax, curve in zip(axes, curves, strict=True):
         doses = [d["dose"] for d in curve["doses"]]
@@ -439,7 +439,8 @@ def dose_response_figure(metrics: Mapping[str, Any]) -> Any | None:
         ax.set_ylabel("rate (%)")
         ax.set_title(f"{curve['condition']} · {curve['model']} · {curve['corpus']}", fontsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        # below the panel: inside it the legend would hide the points it explains
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     fig.suptitle("Conflict dose-response (95% bootstrap CI)", fontsize=10)
     return fig
 
