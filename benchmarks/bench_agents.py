@@ -1,8 +1,9 @@
 """Orchestration + logging overhead of the condition graphs.
 
 For each condition, runs N bundled items with the real model and measures, in the same
-run: the graph's wall time, the time spent inside the model's ``score_options`` and
-``generate`` (the LM calls), and inside evidence-store searches. Overhead =
+run: the graph's wall time, the time spent inside the model's ``score_options``,
+``score_continuations`` and ``generate`` (the LM calls; answers read as ``cloze_pmi`` by
+default, ``--formulation``), and inside evidence-store searches. Overhead =
 (wall - LM - retrieval) / LM (goal <= 10%). The LM call cache starts empty (in memory),
 so every call really runs; its bookkeeping counts as overhead.
 
@@ -48,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=6)
     parser.add_argument("--corpus", default="radiology-guidelines")
+    parser.add_argument("--formulation", default="cloze_pmi")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from safescale.agents import (
@@ -64,7 +66,9 @@ def main() -> None:
 
     corpus = load_corpus(args.corpus)
     store = Timed(open_store(corpus, show_progress=False), ["search"])
-    lm = Timed(load_model(), ["score_options", "generate"])
+    # every LM entry point the graphs use (cloze answers and the critic's judgements
+    # are continuation scores)
+    lm = Timed(load_model(), ["score_options", "score_continuations", "generate"])
     items = corpus.items[: args.items]
     print(f"model smollm2-135m-instruct, corpus {corpus.name}, {len(items)} items per condition")
     print(f"{'condition':<18}{'wall s':>9}{'LM s':>9}{'search s':>10}{'overhead':>10}")
@@ -74,7 +78,7 @@ def main() -> None:
             lm=cached,
             corpus=corpus,
             store=store,
-            settings=AgentSettings(context_budget=2048, max_steps=2),
+            settings=AgentSettings(context_budget=2048, max_steps=2, formulation=args.formulation),
         )
         graph = build_condition(condition, InMemorySaver())
         lm.seconds = store.seconds = 0.0
