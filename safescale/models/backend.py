@@ -24,7 +24,7 @@ import hashlib
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -990,17 +990,52 @@ class LanguageModel:
             mask[row, past : past + len(seq)] = 1
         if cache is not None and len(seqs) > 1:
             cache.batch_repeat_interleave(len(seqs))
-        out = self.model(
-            input_ids=ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            cache=cache,
-            use_cache=True,
-            output_hidden_states=True,
-            logits_to_keep=1,
-        )
-        hidden = out.hidden_states[layer]
+        inputs = {
+            "input_ids": ids.to(self.device),
+            "attention_mask": mask.to(self.device),
+            "cache": cache,
+            "use_cache": True,
+        }
+        hidden = self._hidden_state(inputs, layer)
         last = torch.tensor([len(s) - 1 for s in seqs], device=hidden.device)
         return hidden[torch.arange(len(seqs), device=hidden.device), last].float().cpu().numpy()
+
+    def _hidden_state(self, inputs: dict[str, Any], layer: int) -> torch.Tensor:
+        """``hidden_states[layer]`` of a forward of ``inputs``, running only the decoder
+        layers below ``layer``: the output of decoder layer ``layer - 1`` is taken by a
+        hook that stops the pass there (the layers above and the LM head would be
+        wasted work). The same tensor as the full pass's ``hidden_states[layer]``; the
+        full pass when the layer stack is not found or ``layer`` is the embedding or
+        the final (normed) state."""
+        layers = self._decoder_layers()
+        if layers is None or not 1 <= layer < len(layers):
+            out = self.model(**inputs, output_hidden_states=True, logits_to_keep=1)
+            return out.hidden_states[layer]
+        taken: list[torch.Tensor] = []
+
+        def stop(_module, _args, output):
+            taken.append(output[0] if isinstance(output, tuple) else output)
+            raise _StopForward
+
+        handle = layers[layer - 1].register_forward_hook(stop)
+        try:
+            self.model(**inputs, logits_to_keep=1)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if not taken:  # pragma: no cover - the hooked layer always runs
+            raise RuntimeError(f"decoder layer {layer - 1} did not run")
+        return taken[0]
+
+    def _decoder_layers(self) -> torch.nn.ModuleList | None:
+        """The model's decoder layer stack (``model.layers`` of the usual layouts)."""
+        base = getattr(self.model, "model", None)
+        for owner in (base, getattr(base, "language_model", None)):
+            layers = getattr(owner, "layers", None) if owner is not None else None
+            if isinstance(layers, torch.nn.ModuleList) and len(layers) == self.n_layers:
+                return layers
+        return None
 
     def _final_norm(self) -> torch.nn.Module:
         base = getattr(self.model, "model", None)
@@ -1075,3 +1110,7 @@ def _seeded(seed: int):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+class _StopForward(Exception):
+    """Raised by a forward hook to end a pass once the wanted layer has run."""

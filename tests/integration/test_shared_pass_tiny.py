@@ -91,6 +91,8 @@ def test_sample_hidden_states_from_the_prompt_cache(tiny_lm):
         for g in gens
     ]
     layer = tiny_lm.n_layers // 2
+    # the pass stops after decoder layer `layer - 1` (the layers above are not run)
+    assert tiny_lm._decoder_layers() is not None and 1 <= layer < tiny_lm.n_layers
     shared = tiny_lm.last_hidden_from(
         tiny_lm.open_prompt(MESSAGE), [s.token_ids for s in samples], layer
     )
