@@ -360,32 +360,10 @@ def _cloze_over_cache(
     block: SpanBlock | None,
 ) -> np.ndarray:
     """Summed continuation log-probs over a prompt's cache (consumed), every
-    continuation query under ``block`` (see ``LanguageModel._continuations_over_cache``)."""
-    first = torch.log_softmax(last_logits.double(), dim=-1)
-    totals = [float(first[c[0]]) for c in conts]
-    longer = [i for i, c in enumerate(conts) if len(c) > 1]
-    if longer:
-        if len(longer) > 1:
-            cache.batch_repeat_interleave(len(longer))
-        feed = [conts[i][:-1] for i in longer]
-        width = max(len(f) for f in feed)
-        ids = torch.full((len(longer), width), lm.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(longer), prompt_length + width), dtype=torch.long)
-        mask[:, :prompt_length] = 1
-        for r, f in enumerate(feed):
-            ids[r, : len(f)] = torch.tensor(f)
-            mask[r, prompt_length : prompt_length + len(f)] = 1
-        logits = lm.model(
-            input_ids=ids.to(lm.device),
-            attention_mask=mask.to(lm.device),
-            cache=cache,
-            use_cache=True,
-            **{_KWARG: block},
-        ).logits.double()
-        logp = torch.log_softmax(logits, dim=-1)
-        for r, i in enumerate(longer):
-            targets = torch.tensor(conts[i][1:], device=logp.device)
-            totals[i] += float(logp[r, : len(targets)].gather(-1, targets[:, None]).sum())
+    continuation query under ``block`` (the model's own continuation scoring)."""
+    totals = lm._continuations_over_cache(
+        last_logits, cache, prompt_length, conts, **{_KWARG: block}
+    )
     return np.asarray(totals, dtype=np.float64)
 
 

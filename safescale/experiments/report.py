@@ -393,6 +393,21 @@ def _mde_text(entry: Mapping[str, Any] | None) -> str:
     return f"{100 * entry['mde_clustered']:.1f} pp ({_pct(entry['discordance'])}){mark}"
 
 
+#: The identity columns of a per-cell table (model x corpus x condition x budget x dose).
+CELL_HEADER = ("model", "corpus", "condition", "budget", "dose")
+
+
+def _cell_identity(e: Mapping[str, Any]) -> list[str]:
+    """The :data:`CELL_HEADER` cells of a per-cell metrics entry."""
+    return [
+        str(e["model"]),
+        str(e["corpus"]),
+        _condition_label(str(e["condition"])),
+        str(e["samples_budget"]),
+        str(e.get("conflict_dose", 0)),
+    ]
+
+
 def grade_override_table(metrics: Mapping[str, Any]) -> TextTable | None:
     """The grade-override rate per cell with eligible responses (None when none)."""
     entries = metrics.get("grade_override") or []
@@ -400,11 +415,7 @@ def grade_override_table(metrics: Mapping[str, Any]) -> TextTable | None:
         return None
     rows = [
         [
-            str(e["model"]),
-            str(e["corpus"]),
-            _condition_label(str(e["condition"])),
-            str(e["samples_budget"]),
-            str(e.get("conflict_dose", 0)),
+            *_cell_identity(e),
             str(e["n_eligible"]),
             str(e["overrides"]),
             format_interval(e["rate"]),
@@ -417,11 +428,7 @@ def grade_override_table(metrics: Mapping[str, Any]) -> TextTable | None:
     return TextTable(
         "Grade override: answers that follow the weaker source",
         (
-            "model",
-            "corpus",
-            "condition",
-            "budget",
-            "dose",
+            *CELL_HEADER,
             "eligible",
             "overrides",
             "override rate",
@@ -446,11 +453,7 @@ def reliance_table(metrics: Mapping[str, Any]) -> TextTable | None:
         return None
     rows = [
         [
-            str(e["model"]),
-            str(e["corpus"]),
-            _condition_label(str(e["condition"])),
-            str(e["samples_budget"]),
-            str(e.get("conflict_dose", 0)),
+            *_cell_identity(e),
             f"{e['n_measured']} / {e['n_mismatch']} / {e['n_skipped']}",
             format_interval(e.get("depends_on_evidence")),
             f"{format_interval(e.get('depends_on_cited'))} (n={e['n_with_cited']})",
@@ -472,11 +475,7 @@ def reliance_table(metrics: Mapping[str, Any]) -> TextTable | None:
     return TextTable(
         "Causal reliance on the evidence (attention masking)",
         (
-            "model",
-            "corpus",
-            "condition",
-            "budget",
-            "dose",
+            *CELL_HEADER,
             "measured / mismatch / skipped",
             "depends on evidence",
             "depends on cited passage",

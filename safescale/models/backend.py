@@ -430,10 +430,17 @@ class LanguageModel:
             )
 
     def _continuations_over_cache(
-        self, last_logits: torch.Tensor, cache, prompt_length: int, conts: list[list[int]]
+        self,
+        last_logits: torch.Tensor,
+        cache,
+        prompt_length: int,
+        conts: list[list[int]],
+        **forward_kwargs: Any,
     ) -> list[float]:
         """Continuation log-probs given the prompt's last logits and its KV cache (the
-        cache is consumed: it is expanded in place for the batch)."""
+        cache is consumed: it is expanded in place for the batch); ``forward_kwargs``
+        go to the continuations' forward (e.g. an attention block of
+        :mod:`safescale.detection.masking`)."""
         dev = self.device
         first = torch.log_softmax(last_logits.float(), dim=-1)
         totals = [float(first[c[0]]) for c in conts]
@@ -452,7 +459,11 @@ class LanguageModel:
             ids[r, : len(f)] = torch.tensor(f)
             mask[r, prompt_length : prompt_length + len(f)] = 1
         logits = self.model(
-            input_ids=ids.to(dev), attention_mask=mask.to(dev), cache=cache, use_cache=True
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            cache=cache,
+            use_cache=True,
+            **forward_kwargs,
         ).logits.float()
         logp = torch.log_softmax(logits, dim=-1)
         for r, i in enumerate(longer):

@@ -57,6 +57,28 @@ def test_batched_continuations_equal_one_at_a_time(chat, batch_size):
         np.testing.assert_allclose(merged.logprob[row, : len(texts)], single, atol=ATOL)
 
 
+def _serve_item_threads(batcher: MicroBatcher, body, n: int, *, timeout: float) -> None:
+    """Run ``body(worker)`` in ``n`` item threads of ``batcher`` while this thread (the
+    one that made the batcher) serves their model calls; fail on a stuck worker."""
+    ended: list[int] = []
+
+    def run(worker: int) -> None:
+        try:
+            with batcher.worker():
+                body(worker)
+        finally:
+            ended.append(worker)
+            batcher.wake()
+
+    threads = [threading.Thread(target=run, args=(w,), daemon=True) for w in range(n)]
+    for t in threads:
+        t.start()
+    batcher.serve(lambda: len(ended) == n, timeout=timeout)
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads), "a worker is stuck (deadlock)"
+
+
 def test_batcher_merges_calls_and_never_deadlocks_when_items_end_at_different_times():
     """Threads that make 1..5 calls each (so they finish at different times) and one
     that fails: every thread ends (timeout guard), every result equals the direct call,
@@ -78,32 +100,19 @@ def test_batcher_merges_calls_and_never_deadlocks_when_items_end_at_different_ti
                 out.append(("o", (message + "\nA) x\nB) y\nC) z", letters)))
         return out
 
-    ended: list[int] = []
-
     def run(worker: int) -> None:
         try:
-            with batcher.worker():
-                for k, (kind, (message, payload)) in enumerate(calls(worker)):
-                    if kind == "c":
-                        results[worker, k] = wrapped.score_continuations([message], [payload])
-                    else:
-                        results[worker, k] = wrapped.score_options([message], payload)
-                if worker == 2:
-                    raise RuntimeError("item 2 failed")
+            for k, (kind, (message, payload)) in enumerate(calls(worker)):
+                if kind == "c":
+                    results[worker, k] = wrapped.score_continuations([message], [payload])
+                else:
+                    results[worker, k] = wrapped.score_options([message], payload)
+            if worker == 2:
+                raise RuntimeError("item 2 failed")
         except RuntimeError as exc:
             errors[worker] = exc
-        finally:
-            ended.append(worker)
-            batcher.wake()
 
-    threads = [threading.Thread(target=run, args=(w,), daemon=True) for w in range(5)]
-    for t in threads:
-        t.start()
-    # this thread made the batcher: it runs the workers' model calls (deadlock guard)
-    batcher.serve(lambda: len(ended) == len(threads), timeout=120)
-    for t in threads:
-        t.join(timeout=10)
-    assert not any(t.is_alive() for t in threads), "a worker is stuck (deadlock)"
+    _serve_item_threads(batcher, run, 5, timeout=120)
     assert list(errors) == [2]
     n_requests = sum(len(calls(w)) for w in range(5))
     assert len(results) == n_requests
@@ -126,27 +135,14 @@ def test_an_error_in_a_merged_call_reaches_its_caller_and_the_others_go_on():
     wrapped = MicroBatchedLM(lm, batcher)
     outcome: dict[int, object] = {}
 
-    ended: list[int] = []
-
     def run(worker: int) -> None:
         message = "x " * 80 if worker == 0 else MESSAGES[2 * (worker - 1)]
         try:
-            with batcher.worker():
-                try:
-                    outcome[worker] = wrapped.score_continuations([message], [["yes", "no"]])
-                except ValueError as exc:
-                    outcome[worker] = exc
-        finally:
-            ended.append(worker)
-            batcher.wake()
+            outcome[worker] = wrapped.score_continuations([message], [["yes", "no"]])
+        except ValueError as exc:
+            outcome[worker] = exc
 
-    threads = [threading.Thread(target=run, args=(w,), daemon=True) for w in range(3)]
-    for t in threads:
-        t.start()
-    batcher.serve(lambda: len(ended) == len(threads), timeout=60)
-    for t in threads:
-        t.join(timeout=10)
-    assert not any(t.is_alive() for t in threads)
+    _serve_item_threads(batcher, run, 3, timeout=60)
     assert isinstance(outcome[0], ValueError) and "context limit" in str(outcome[0])
     for worker in (1, 2):
         want = lm.score_continuations([MESSAGES[2 * (worker - 1)]], [["yes", "no"]])
@@ -287,7 +283,6 @@ def test_item_threads_model_calls_run_on_the_serving_thread():
     batcher = MicroBatcher(lm, batch_size=4)
     wrapped = MicroBatchedLM(lm, batcher)
     seen: list[int] = []
-    original = lm.score_continuations
 
     class Spy:
         def __getattr__(self, name):
@@ -297,23 +292,11 @@ def test_item_threads_model_calls_run_on_the_serving_thread():
             seen.append(threading.get_ident())
             return lm.prompt_ids(*args, **kwargs)
 
-    assert original is not None
-    ended: list[int] = []
+    def run(_worker: int) -> None:
+        wrapped.score_continuations([MESSAGES[0]], [CONTINUATIONS[0]])
+        wrapped.prompt_ids(MESSAGES[0])  # a model method that is not merged
 
-    def run() -> None:
-        try:
-            with batcher.worker():
-                wrapped.score_continuations([MESSAGES[0]], [CONTINUATIONS[0]])
-                wrapped.prompt_ids(MESSAGES[0])  # a model method that is not merged
-        finally:
-            ended.append(1)
-            batcher.wake()
-
-    calls_before = len(seen)
     wrapped.lm = Spy()  # the wrapped model's own methods report their thread
-    threads = [threading.Thread(target=run, daemon=True) for _ in range(2)]
-    for t in threads:
-        t.start()
-    batcher.serve(lambda: len(ended) == 2, timeout=60)
-    assert len(seen) > calls_before
+    _serve_item_threads(batcher, run, 2, timeout=60)
+    assert len(seen) == 2  # one call per item thread, each run on the serving thread
     assert set(seen) == {threading.get_ident()}
