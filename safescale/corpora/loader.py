@@ -123,20 +123,71 @@ def bundled_corpus_path(name: str) -> Path:
     return BUNDLED_DIR / name
 
 
+#: ``GENERATOR@N`` or ``GENERATOR@N/SEED``: a corpus made by a bundled generator.
+_GENERATED = re.compile(r"^(?P<name>[a-z][a-z0-9-]*)@(?P<n>[0-9]{1,7})(?:/(?P<seed>[0-9]{1,9}))?$")
+
+
+def generated_corpus_dir(name: str, n: int, seed: int) -> Path:
+    """Where the generated corpus ``name@n/seed`` is kept:
+    ``$SAFESCALE_CACHE/corpora/<name>-n<n>-seed<seed>`` (default cache
+    ``~/.cache/safescale``)."""
+    root = Path(os.environ.get("SAFESCALE_CACHE") or Path.home() / ".cache" / "safescale")
+    return root / "corpora" / f"{name}-n{n}-seed{seed}"
+
+
+def _generated(name: str, n: int, seed: int) -> Path:
+    """The directory of a generated corpus, generated on first use (written to a
+    temporary sibling and renamed, so a crash never leaves a half-written corpus).
+    Generation is deterministic: the same reference always yields the same files."""
+    from safescale.corpora.generators import GENERATORS, generate_corpus
+
+    if name not in GENERATORS:
+        known = ", ".join(sorted(GENERATORS))
+        raise CorpusError(
+            [Problem(f"{name}@{n}", 0, "-", f"no corpus generator {name!r} (generators: {known})")]
+        )
+    target = generated_corpus_dir(name, n, seed)
+    if (target / MANIFEST_FILE).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        generate_corpus(name, tmp / "corpus", n=n, seed=seed)
+        try:
+            os.replace(tmp / "corpus", target)
+        except OSError:
+            if not (target / MANIFEST_FILE).is_file():  # not another writer's finished copy
+                raise
+    except ValueError as error:
+        raise CorpusError([Problem(f"{name}@{n}", 0, "n", str(error))]) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def resolve_corpus_path(path_or_name: str | os.PathLike[str]) -> Path:
     """The directory a corpus reference points to.
 
     A :class:`~pathlib.Path` (or a string naming an existing directory) is used as is;
-    otherwise the string is looked up among the bundled corpora.
+    ``GENERATOR@N`` (or ``GENERATOR@N/SEED``, seed 0 by default) names the corpus a
+    bundled generator makes with ``n`` items (e.g. ``retina-rules@12522``: the
+    RETINA-SAFE size and class mix), generated once into the cache
+    (:func:`generated_corpus_dir`); otherwise the string is looked up among the
+    bundled corpora.
 
     Raises:
-        CorpusError: neither an existing directory nor a bundled corpus name.
+        CorpusError: neither an existing directory, a generator reference nor a bundled
+            corpus name.
     """
     if isinstance(path_or_name, Path) or Path(path_or_name).is_dir():
         return Path(path_or_name)
     name = str(path_or_name)
     if name in list_bundled_corpora():
         return bundled_corpus_path(name)
+    generated = _GENERATED.match(name)
+    if generated:
+        seed = int(generated["seed"] or 0)
+        return _generated(generated["name"], int(generated["n"]), seed)
     bundled = ", ".join(list_bundled_corpora()) or "none"
     raise CorpusError(
         [

@@ -38,11 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from safescale.agents.records import ResponseRecord
 from safescale.detection.baselines.eigenscore import eigenscore, sample_embeddings
 from safescale.detection.baselines.entropy import mean_token_entropy
+from safescale.detection.baselines.focus import corpus_idf, focus_score, focus_token_inputs
 from safescale.detection.baselines.ln_entropy import ln_entropy
 from safescale.detection.baselines.lookback import lookback_ratios
 from safescale.detection.baselines.msp import msp_seq, msp_step
@@ -50,13 +52,17 @@ from safescale.detection.baselines.perplexity import nll_mean
 from safescale.detection.baselines.pmi import ctx_noctx_pmi
 from safescale.detection.baselines.probe import probe_layer, probe_vector
 from safescale.detection.baselines.ptrue import PTRUE_PROMPT_VERSION, ptrue_nll, ptrue_nll_from
+from safescale.detection.baselines.redeep import redeep_inputs
+from safescale.detection.baselines.refchecker import REFCHECK_PROMPT_VERSION, check_response
 from safescale.detection.baselines.selfcheck import selfcheck_inconsistency
+from safescale.detection.baselines.uq_heads import uq_token_features
 from safescale.detection.ecrt import ECRT_PREFIX
 from safescale.detection.ecrt_features import ecrt_features
 from safescale.detection.registry import get_detector
 from safescale.models.internals import Internals
 
 if TYPE_CHECKING:
+    from safescale.corpora.corpus import Corpus
     from safescale.models.backend import LanguageModel, PromptPass
 
 __all__ = [
@@ -71,6 +77,7 @@ __all__ = [
     "record_key",
     "response_key",
     "teacher_forced_pair",
+    "token_idf",
 ]
 
 #: Bump when a feature formula changes: cached features of older versions are ignored.
@@ -88,6 +95,9 @@ class ExtractionPlan:
         samples: sample-based scores from the frozen samples (no model call).
         sample_hidden: EigenScore (one batched pass over the samples).
         ptrue: P(True) (one extra pass).
+        ffn: the CTX pass keeps feed-forward states (ReDeEP's scores).
+        focus: Focus's per-token inputs (needs attentions and the corpus IDF).
+        refcheck: the response's claims checked against its evidence (RefChecker).
         probe_layer_fraction: depth fraction of the hidden-state probe layer.
     """
 
@@ -95,6 +105,9 @@ class ExtractionPlan:
     samples: bool = False
     sample_hidden: bool = False
     ptrue: bool = False
+    ffn: bool = False
+    focus: bool = False
+    refcheck: bool = False
     probe_layer_fraction: float = 0.75
 
     @classmethod
@@ -106,12 +119,28 @@ class ExtractionPlan:
         for name in names:
             needs |= get_detector(name).requires
         return cls(
-            attentions="attentions" in needs,
+            attentions=bool(needs & {"attentions", "ffn_states", "token_idf"}),
             samples="samples" in needs,
             sample_hidden="sample_hidden" in needs,
             ptrue="ptrue_pass" in needs,
+            ffn="ffn_states" in needs,
+            focus="token_idf" in needs,
+            refcheck="claim_check" in needs,
             probe_layer_fraction=probe_layer_fraction,
         )
+
+    def pass_settings(self) -> dict[str, bool]:
+        """What the CTX pass of a record must have been run with (part of its keys)."""
+        return {"attentions": self.attentions, "ffn": self.ffn, "focus": self.focus}
+
+
+def token_idf(lm: LanguageModel, corpora: Iterable[Corpus]) -> np.ndarray:
+    """``[V]`` IDF of each vocabulary id over the passages of ``corpora`` (each passage
+    one document, tokenized with the model's tokenizer), Focus's token-rarity weight."""
+    texts = [p.text for corpus in corpora for p in corpus.passages]
+    ids = lm.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    vocab = max(len(lm.tokenizer), int(lm.model.get_output_embeddings().weight.shape[0]))
+    return corpus_idf(ids, vocab)
 
 
 def _digest(payload: object) -> str:
@@ -187,19 +216,41 @@ class FeatureCache:
 
 
 def teacher_forced_pair(
-    lm: LanguageModel, record: ResponseRecord, *, attentions: bool = False
+    lm: LanguageModel, record: ResponseRecord, *, attentions: bool = False, ffn: bool = False
 ) -> tuple[Internals, Internals]:
     """The CTX and NOCTX passes over the same response token ids (two forward passes)."""
     response_ids = list(lm.tokenizer(record.response, add_special_tokens=False)["input_ids"])
     if not response_ids:
         raise ValueError(f"record {record.item!r}/{record.condition!r} has an empty response")
-    ctx = lm.internals(record.message, response_ids, attentions=attentions, lens="kl")
+    ctx = lm.internals(record.message, response_ids, attentions=attentions, lens="kl", ffn=ffn)
     noctx = lm.internals(record.message_noctx, response_ids, lens="kl")
     return ctx, noctx
 
 
-def pass_columns(ctx: Internals, noctx: Internals, *, probe_layer_index: int) -> dict[str, Any]:
-    """Every column derived from the CTX/NOCTX pair (ECRT + pass-based baselines)."""
+def _rounded(values: Any, digits: int = 6) -> Any:
+    if isinstance(values, list):
+        return [_rounded(v, digits) for v in values]
+    if isinstance(values, dict):
+        return {k: _rounded(v, digits) for k, v in values.items()}
+    if isinstance(values, bool):
+        return values
+    return round(float(values), digits)
+
+
+def pass_columns(
+    ctx: Internals,
+    noctx: Internals,
+    *,
+    probe_layer_index: int,
+    idf: np.ndarray | None = None,
+    pieces: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Every column derived from the CTX/NOCTX pair (ECRT + pass-based baselines).
+
+    With attentions in the CTX pass: the Lookback ratios, the UQ-head token features
+    and (given the corpus ``idf`` and the response's decoded token ``pieces``) Focus's
+    token inputs; with feed-forward states: ReDeEP's per-layer and per-head scores.
+    """
     row: dict[str, Any] = {f"{ECRT_PREFIX}{k}": v for k, v in ecrt_features(ctx, noctx).items()}
     row.update(
         {
@@ -214,11 +265,36 @@ def pass_columns(ctx: Internals, noctx: Internals, *, probe_layer_index: int) ->
     )
     if ctx.attentions is not None:
         row["lookback"] = lookback_ratios(ctx).tolist()
+        row["uq_tokens"] = _rounded(uq_token_features(ctx))
+        if idf is not None and pieces is not None:
+            row["focus_inputs"] = _rounded(focus_token_inputs(ctx, idf, pieces))
+    if ctx.ffn_js is not None:
+        redeep = redeep_inputs(ctx)
+        row["redeep_pks"] = _rounded(redeep["pks"])
+        row["redeep_ecs"] = _rounded(redeep["ecs"])
     return row
 
 
+def _pieces(lm: LanguageModel, response_ids: Sequence[int]) -> list[str]:
+    """Each response token decoded on its own (Focus's keyword tagging)."""
+    return [lm.tokenizer.decode([int(t)]) for t in response_ids]
+
+
+def _has_pass_inputs(row: dict[str, Any], plan: ExtractionPlan) -> bool:
+    """Whether a stored pass row holds what ``plan`` needs."""
+    if plan.attentions and "lookback" not in row:
+        return False
+    if plan.ffn and "redeep_pks" not in row:
+        return False
+    return not (plan.focus and "focus_inputs" not in row)
+
+
 def _pass_group(
-    lm: LanguageModel, record: ResponseRecord, plan: ExtractionPlan, cache: FeatureCache
+    lm: LanguageModel,
+    record: ResponseRecord,
+    plan: ExtractionPlan,
+    cache: FeatureCache,
+    idf: np.ndarray | None,
 ) -> dict[str, Any]:
     layer = probe_layer(lm.n_layers, plan.probe_layer_fraction)
     base = {
@@ -227,16 +303,44 @@ def _pass_group(
         "record": record_key(record),
         "layer": layer,
     }
-    key_attn = _digest({**base, "attentions": True})
-    key_plain = _digest({**base, "attentions": False})
-    for key in [key_attn] if plan.attentions else [key_plain, key_attn]:
+    if plan.ffn or plan.focus:
+        keys = [_digest({**base, **plan.pass_settings()})]
+    else:
+        keys = [
+            _digest({**base, "attentions": flag})
+            for flag in ([True] if plan.attentions else [False, True])
+        ]
+    for key in keys:
         hit = cache.get("passes", key)
-        if hit is not None:
+        if hit is not None and _has_pass_inputs(hit, plan):
             return hit
-    ctx, noctx = teacher_forced_pair(lm, record, attentions=plan.attentions)
-    row = pass_columns(ctx, noctx, probe_layer_index=layer)
-    cache.put("passes", key_attn if plan.attentions else key_plain, row)
+    ctx, noctx = teacher_forced_pair(lm, record, attentions=plan.attentions, ffn=plan.ffn)
+    pieces = _pieces(lm, ctx.response_ids.tolist()) if plan.focus else None
+    row = pass_columns(
+        ctx, noctx, probe_layer_index=layer, idf=idf if plan.focus else None, pieces=pieces
+    )
+    cache.put("passes", keys[0], row)
     return row
+
+
+def _refcheck_group(
+    lm: LanguageModel, record: ResponseRecord, cache: FeatureCache
+) -> dict[str, Any]:
+    key = _digest(
+        {
+            "v": FEATURE_VERSION,
+            "prompt": REFCHECK_PROMPT_VERSION,
+            "model": lm.model_hash,
+            "m": record.message,
+            "n": record.message_noctx,
+            "r": record.response,
+        }
+    )
+    hit = cache.get("refcheck", key)
+    if hit is None:
+        hit = check_response(lm, record.message, record.message_noctx, record.response)
+        cache.put("refcheck", key, hit)
+    return hit
 
 
 def _ptrue_group(lm: LanguageModel, record: ResponseRecord, cache: FeatureCache) -> dict[str, Any]:
@@ -316,25 +420,39 @@ class SharedPassRecorder:
     stores them (the :class:`~safescale.agents.context.DetectionRecorder` of a run).
 
     Args:
-        plan: what the detectors need (attentions, EigenScore, P(True)).
+        plan: what the detectors need (attentions, EigenScore, P(True), ...).
         store: where the inputs go.
         model_hash: the model's content hash.
         n_layers: the model's depth (probe and EigenScore layers).
+        idf: Focus's IDF table, or a function making it on first use (needed when the
+            plan has ``focus``).
     """
 
     def __init__(
-        self, plan: ExtractionPlan, store: DetectionInputStore, model_hash: str, n_layers: int
+        self,
+        plan: ExtractionPlan,
+        store: DetectionInputStore,
+        model_hash: str,
+        n_layers: int,
+        idf: np.ndarray | Callable[[], np.ndarray] | None = None,
     ) -> None:
         self.plan = plan
         self.store = store
         self.model_hash = model_hash
         self.layer = probe_layer(n_layers, plan.probe_layer_fraction)
+        self._idf = idf
+
+    def idf(self) -> np.ndarray | None:
+        """Focus's IDF table (made once, on first use)."""
+        if callable(self._idf):
+            self._idf = self._idf()
+        return self._idf
 
     def open(self, lm: LanguageModel, message: str) -> _Handle:
         """Prefill the answer prompt (eager attention on the fed tokens when Lookback
-        ratios are planned). EigenScore reads a view of its prompt part later; only a
-        cache that cannot be cut back is copied now for it."""
-        state = lm.open_prompt(message, attentions=self.plan.attentions)
+        ratios are planned; feed-forward states for ReDeEP). EigenScore reads a view of
+        its prompt part later; only a cache that cannot be cut back is copied now."""
+        state = lm.open_prompt(message, attentions=self.plan.attentions, ffn=self.plan.ffn)
         copy_for_eigen = self.plan.sample_hidden and state.prompt_cache() is None
         return _Handle(state, state.fork() if copy_for_eigen else None)
 
@@ -371,7 +489,13 @@ class SharedPassRecorder:
             "layer": self.layer,
             "n_layers": lm.n_layers,
             "attentions": self.plan.attentions,
-            "passes": pass_columns(ctx, noctx, probe_layer_index=self.layer),
+            "passes": pass_columns(
+                ctx,
+                noctx,
+                probe_layer_index=self.layer,
+                idf=self.idf() if self.plan.focus else None,
+                pieces=_pieces(lm, response_ids) if self.plan.focus else None,
+            ),
         }
         if self.plan.sample_hidden:
             Z = lm.last_hidden_from(
@@ -380,11 +504,13 @@ class SharedPassRecorder:
                 lm.n_layers // 2,
             )
             payload["eigen"] = {"eigenscore": eigenscore(Z) if Z.shape[0] >= 2 else math.nan}
-        if self.plan.ptrue:  # last: extends the CTX pass by the P(True) suffix
+        if self.plan.ptrue:  # after the CTX pass: extends it by the P(True) suffix
             payload["ptrue"] = {
                 "ptrue_nll": ptrue_nll_from(lm, handle.state, response_ids),
                 "prompt": PTRUE_PROMPT_VERSION,
             }
+        if self.plan.refcheck:
+            payload["refcheck"] = check_response(lm, message, message_noctx, response)
         self.store.put(self.model_hash, key, payload)
 
 
@@ -404,13 +530,16 @@ def _stored_groups(
         return {}
     out: dict[str, dict[str, Any]] = {}
     layer = probe_layer(int(payload["n_layers"]), plan.probe_layer_fraction)
-    if payload["layer"] == layer and (payload["attentions"] or not plan.attentions):
+    if payload["layer"] == layer and _has_pass_inputs(payload["passes"], plan):
         out["passes"] = payload["passes"]
     if isinstance(payload.get("eigen"), dict):
         out["eigen"] = payload["eigen"]
     ptrue = payload.get("ptrue")
     if isinstance(ptrue, dict) and ptrue.get("prompt") == PTRUE_PROMPT_VERSION:
         out["ptrue"] = {"ptrue_nll": ptrue["ptrue_nll"]}
+    refcheck = payload.get("refcheck")
+    if isinstance(refcheck, dict) and refcheck.get("prompt") == REFCHECK_PROMPT_VERSION:
+        out["refcheck"] = refcheck
     return out
 
 
@@ -423,6 +552,7 @@ def extract_features(
     progress: Callable[[int, int], None] | None = None,
     stored: DetectionInputStore | None = None,
     model_hash: str | None = None,
+    idf: np.ndarray | Callable[[LanguageModel], np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """One row of features per record (identity columns first, then features).
 
@@ -438,8 +568,17 @@ def extract_features(
         progress: called with (done, total) after each record.
         stored: inputs recorded by the answer step (:class:`SharedPassRecorder`).
         model_hash: the model's hash (default ``lm.model_hash``; needed with a loader).
+        idf: Focus's IDF table (or a function making it from the model), for records
+            whose Focus inputs must be computed here.
     """
     plan = plan or ExtractionPlan()
+    idf_table: list[np.ndarray | None] = []
+
+    def idf_once() -> np.ndarray | None:
+        if not idf_table:
+            idf_table.append(idf(model()) if callable(idf) else idf)
+        return idf_table[0]
+
     cache = cache or FeatureCache(None)
     loaded: list[LanguageModel] = []
 
@@ -464,7 +603,12 @@ def extract_features(
         if "passes" in groups:
             row.update(groups["passes"])
         else:
-            row.update(_pass_group(model(), record, plan, cache))
+            if plan.focus and idf_once() is None:
+                raise ValueError("Focus needs the corpus IDF table (idf=...)")
+            row.update(_pass_group(model(), record, plan, cache, idf_once()))
+        focus_inputs = row.pop("focus_inputs", None)
+        if plan.focus:
+            row["focus"] = math.nan if focus_inputs is None else focus_score(**focus_inputs)
         if plan.samples:
             row["ln_entropy"] = ln_entropy(record.samples)
             row["selfcheck"] = selfcheck_inconsistency(record.chosen, record.samples)
@@ -472,6 +616,9 @@ def extract_features(
             row.update(groups.get("eigen") or _eigen_group(model(), record, cache))
         if plan.ptrue:
             row.update(groups.get("ptrue") or _ptrue_group(model(), record, cache))
+        if plan.refcheck:
+            checked = groups.get("refcheck") or _refcheck_group(model(), record, cache)
+            row["refcheck"] = checked["refcheck"]
         rows.append(row)
         if progress is not None:
             progress(i + 1, len(records))

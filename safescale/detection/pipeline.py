@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -78,6 +79,10 @@ DEFAULT_DETECTORS = (
     "selfcheck",
     "pmi",
     "length",
+    "focus",
+    "redeep",
+    "refchecker",
+    "uq_heads",
 )
 SPLITS = ("train", "val", "test")
 
@@ -282,6 +287,7 @@ def run_detection(
     progress: Callable[[int, int], None] | None = None,
     stored: DetectionInputStore | None = None,
     model_hash: str | None = None,
+    idf: np.ndarray | Callable[[LanguageModel], np.ndarray] | None = None,
 ) -> TriageReport:
     """Extract features, train every detector, evaluate once on test; write artifacts.
 
@@ -300,6 +306,9 @@ def run_detection(
         progress: called with (done, total) after each record's features.
         stored: detection inputs recorded by the answer step.
         model_hash: the model's hash (default ``lm.model_hash``).
+        idf: Focus's IDF table over the run's evidence corpora (or a function making
+            it from the model; default: over ``corpus``), used for records whose inputs
+            are computed here.
 
     Returns:
         The test-split triage report.
@@ -315,8 +324,17 @@ def run_detection(
             raise ValueError(f"the {name} split is empty; need more evidence groups")
     plan = ExtractionPlan.for_detectors(config.detectors, config.probe_layer_fraction)
     cache = FeatureCache(config.cache_dir or out_dir / "cache")
+    if idf is None:
+        idf = partial(_corpus_idf, corpora=[corpus])
     features = extract_features(
-        records, lm, plan, cache=cache, progress=progress, stored=stored, model_hash=model_hash
+        records,
+        lm,
+        plan,
+        cache=cache,
+        progress=progress,
+        stored=stored,
+        model_hash=model_hash,
+        idf=idf,
     )
     frame = pd.concat([meta, features.drop(columns=["item"])], axis=1)
     frame.to_parquet(out_dir / "features.parquet", index=False)
@@ -337,6 +355,12 @@ def run_detection(
     calibration = calibration_report(records, corpus, config.grade_weights)
     (out_dir / "calibration.json").write_text(calibration.model_dump_json(indent=2))
     return evaluate_detection(out_dir)
+
+
+def _corpus_idf(lm: LanguageModel, corpora: Sequence[Corpus]) -> np.ndarray:
+    from safescale.detection.extraction import token_idf
+
+    return token_idf(lm, corpora)
 
 
 def train_detectors(frame: pd.DataFrame, config: DetectionConfig, models_dir: Path) -> None:

@@ -12,7 +12,13 @@ Inputs a detector can require (the names in :data:`INPUTS`):
 * ``attentions`` — attention weights from the CTX pass (eager attention);
 * ``samples`` — the frozen sampled answers stored on the record;
 * ``sample_hidden`` — hidden states of the frozen samples (one batched pass);
-* ``ptrue_pass`` — one extra pass over the P(True) prompt.
+* ``ptrue_pass`` — one extra pass over the P(True) prompt;
+* ``ffn_states`` — the CTX pass also keeps each layer's residual stream before its
+  feed-forward block and the prompt's final-layer states (ReDeEP);
+* ``token_idf`` — the IDF of each vocabulary entry over the run's evidence corpora
+  (Focus);
+* ``claim_check`` — the response's claims checked against its evidence by the LM
+  (RefChecker; a few extra passes when the response is recorded).
 
 Detectors of other packages: an installed distribution declares its :class:`Detector`
 subclass as an entry point in group ``safescale.detectors``; the entry point's name is
@@ -48,7 +54,17 @@ __all__ = [
 ]
 
 INPUTS = frozenset(
-    {"ctx_pass", "noctx_pass", "attentions", "samples", "sample_hidden", "ptrue_pass"}
+    {
+        "ctx_pass",
+        "noctx_pass",
+        "attentions",
+        "samples",
+        "sample_hidden",
+        "ptrue_pass",
+        "ffn_states",
+        "token_idf",
+        "claim_check",
+    }
 )
 
 #: Triage classes used as ``y`` by every detector: 0 safe, 1 unsafe/gap, 2 unsafe/conflict.

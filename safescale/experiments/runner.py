@@ -476,12 +476,20 @@ class CellWorker:
             DetectionInputStore,
             ExtractionPlan,
             SharedPassRecorder,
+            token_idf,
         )
 
         settings = self.config.detection
         plan = ExtractionPlan.for_detectors(settings.detectors, settings.probe_layer_fraction)
         store = DetectionInputStore(self.run_dir / DETECTION_INPUTS_DIR)
-        return SharedPassRecorder(plan, store, self.lm.model_hash, self.lm.n_layers)
+        corpora = [self.corpus(name) for name in self.config.corpora]
+        return SharedPassRecorder(
+            plan,
+            store,
+            self.lm.model_hash,
+            self.lm.n_layers,
+            idf=lambda: token_idf(self.lm, corpora),
+        )
 
     def _graph(self, condition: str):
         if condition not in self._graphs:
@@ -932,7 +940,11 @@ def detect_run(
     Raises:
         RunDirError: not a run directory, no responses, or a model whose weights changed.
     """
-    from safescale.detection.extraction import DETECTION_INPUTS_DIR, DetectionInputStore
+    from safescale.detection.extraction import (
+        DETECTION_INPUTS_DIR,
+        DetectionInputStore,
+        token_idf,
+    )
     from safescale.detection.pipeline import evaluate_detection, run_detection, write_combined
 
     console = console or Console(stderr=True)
@@ -979,6 +991,7 @@ def detect_run(
                         progress=callback,
                         stored=DetectionInputStore(reader.path / DETECTION_INPUTS_DIR),
                         model_hash=entry.hash,
+                        idf=lambda model: token_idf(model, corpora.values()),
                     )
                 except ValueError as exc:  # e.g. too few evidence groups for three splits
                     notes.append(f"{name} · {corpus_name}: detection skipped: {exc}")

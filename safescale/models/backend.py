@@ -126,19 +126,27 @@ class PromptPass:
         cache: the KV cache over ``prompt[:-1] + fed`` (None before the first feed of a
             one-token prompt).
         attentions: feeds run with eager attention and keep the weights.
+        ffn: feeds also keep each layer's residual stream before its feed-forward block
+            (``mid``), and the prefill kept the final-layer states of the prompt
+            (``context_hidden``); see :meth:`LanguageModel.open_prompt`.
         fed: the ids fed so far.
-        logits / hidden / attention: per feed, ``[n, V]``, ``[L+1, n, D]``,
-            ``[L, H, n, keys]``.
+        logits / hidden / attention / mid: per feed, ``[n, V]``, ``[L+1, n, D]``,
+            ``[L, H, n, keys]``, ``[L, n, D]``.
+        context_hidden: ``[P - 1, D]`` final-layer (post-norm) states of the prefilled
+            prompt positions when ``ffn``, else None.
     """
 
     message: str
     prompt: list[int]
     cache: object | None
     attentions: bool = False
+    ffn: bool = False
     fed: list[int] = field(default_factory=list)
     logits: list[torch.Tensor] = field(default_factory=list)
     hidden: list[torch.Tensor] = field(default_factory=list)
     attention: list[torch.Tensor] = field(default_factory=list)
+    mid: list[torch.Tensor] = field(default_factory=list)
+    context_hidden: torch.Tensor | None = None
 
     def row_logits(self) -> torch.Tensor:
         """``[len(fed), V]`` final logits of every fed position."""
@@ -157,10 +165,13 @@ class PromptPass:
             prompt=list(self.prompt),
             cache=copy.deepcopy(self.cache),
             attentions=self.attentions,
+            ffn=self.ffn,
             fed=list(self.fed),
             logits=list(self.logits),
             hidden=list(self.hidden),
             attention=list(self.attention),
+            mid=list(self.mid),
+            context_hidden=self.context_hidden,
         )
 
 
@@ -643,6 +654,7 @@ class LanguageModel:
         attentions: bool = False,
         lens: LensMode = "full",
         topk: int = 20,
+        ffn: bool = False,
     ) -> Internals:
         """One teacher-forced pass over ``prompt_ids(message) + response ids``.
 
@@ -665,13 +677,15 @@ class LanguageModel:
                 KL-to-final per layer (what ECRT's incoherence features read; the
                 cheapest lens); ``"off"`` skips the logit lens entirely (a plain
                 forward with hidden states).
+            ffn: also return the feed-forward statistics ``ffn_js`` and the prompt's
+                final-layer states ``context_hidden`` (see :meth:`open_prompt`).
         """
         response_ids = self._response_ids(response)
-        if attentions:
+        if attentions or ffn:
             # Only the prediction rows' weights are kept: the prompt is prefilled with
             # the model's own attention and just those rows run eager (a whole eager
             # pass would compute and return [L, H, T, T] weights).
-            state = self.open_prompt(message, attentions=True)
+            state = self.open_prompt(message, attentions=attentions, ffn=ffn)
             return self.internals_from(state, response_ids, lens=lens, topk=topk)
         prompt = self.prompt_ids(message)
         self._check_room(len(prompt) + len(response_ids))
@@ -715,9 +729,12 @@ class LanguageModel:
         att: torch.Tensor | None,
         lens: LensMode,
         topk: int,
+        mid: torch.Tensor | None = None,
+        context_hidden: torch.Tensor | None = None,
     ) -> Internals:
         """An :class:`Internals` from the prediction rows of a pass (logit lens here)."""
         stats = None if lens == "off" else self._lens_statistics(hidden, logits, lens, topk)
+        ffn_js = None if mid is None else self._ffn_js(mid, hidden, logits)
         return Internals(
             input_ids=torch.tensor(prompt + response_ids),
             prompt_length=len(prompt),
@@ -730,7 +747,48 @@ class LanguageModel:
             lens_kl_to_final=None if stats is None else stats["kl"],
             lens_entropy=None if stats is None else stats.get("entropy"),
             attentions=None if att is None else att.cpu(),
+            ffn_js=ffn_js,
+            context_hidden=None if context_hidden is None else context_hidden.cpu(),
         )
+
+    @torch.inference_mode()
+    def _ffn_js(
+        self, mid: torch.Tensor, hidden: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor:
+        """``[L, R]`` Jensen-Shannon divergence (nats) between the logit lens of each
+        layer's residual stream before its feed-forward block (``mid[l]``) and after
+        it (``hidden[l + 1]``; the last layer's "after" is the model's own logits): how
+        much the feed-forward block moved the next-token distribution (the parametric
+        knowledge score of ReDeEP, Sun et al. 2024)."""
+        norm = self._final_norm()
+        head = self.model.get_output_embeddings()
+        cfg = self.model.config.get_text_config()
+        softcap = getattr(cfg, "final_logit_softcapping", None)
+        n_layers, R = mid.shape[0], mid.shape[1]
+        V = logits.shape[-1]
+
+        def lens_logp(h: torch.Tensor) -> torch.Tensor:
+            z = head(norm(h.to(head.weight.dtype))).float()
+            if softcap:
+                z = torch.tanh(z / softcap) * softcap
+            return torch.log_softmax(z, dim=-1)
+
+        per_chunk = max(1, self.LENS_CHUNK_ELEMENTS // max(1, 2 * R * V))
+        out = []
+        for start in range(0, n_layers, per_chunk):
+            stop = min(n_layers, start + per_chunk)
+            before = lens_logp(mid[start:stop])
+            after_rows = [
+                torch.log_softmax(logits.float(), dim=-1)[None]
+                if layer == n_layers - 1
+                else lens_logp(hidden[layer + 1][None])
+                for layer in range(start, stop)
+            ]
+            after = torch.cat(after_rows)
+            m = torch.logsumexp(torch.stack([before, after]), dim=0) - np.log(2.0)
+            js = 0.5 * ((before.exp() * (before - m)).sum(-1) + (after.exp() * (after - m)).sum(-1))
+            out.append(js.clamp(min=0.0))
+        return torch.cat(out).cpu()
 
     #: Elements of the ``[layers x tokens, V]`` lens logits computed at once (bounds
     #: the temporaries to a few hundred MB whatever the vocabulary and response length).
@@ -802,7 +860,9 @@ class LanguageModel:
 
     # ------------------------------------------------------------------ shared passes
     @torch.inference_mode()
-    def open_prompt(self, message: str, *, attentions: bool = False) -> PromptPass:
+    def open_prompt(
+        self, message: str, *, attentions: bool = False, ffn: bool = False
+    ) -> PromptPass:
         """Prefill ``prompt_ids(message)`` but its last token into a KV cache.
 
         The returned :class:`PromptPass` is then extended (:meth:`feed`) with the last
@@ -811,16 +871,35 @@ class LanguageModel:
         ``attentions``), so the answer (:meth:`answer_logits`,
         :meth:`score_continuations_from`) and the teacher-forced record of the response
         (:meth:`internals_from`) come from one prompt prefill.
+
+        With ``ffn`` the prefill also keeps the final-layer states of the prompt
+        positions and every feed the residual stream before each layer's feed-forward
+        block, so :meth:`internals_from` can return ``ffn_js`` and ``context_hidden``
+        (what ReDeEP's scores read; raises when the model's layers have no recognizable
+        feed-forward block, see :meth:`_ffn_modules`).
         """
         prompt = self.prompt_ids(message)
-        cache = None
+        if ffn:
+            self._ffn_modules()  # fail before any work on an unsupported layout
+        cache, context = None, None
         if len(prompt) > 1:
-            cache = self.model(
+            out = self.model(
                 input_ids=torch.tensor([prompt[:-1]], device=self.device),
                 use_cache=True,
                 logits_to_keep=1,
-            ).cache
-        return PromptPass(message=message, prompt=prompt, cache=cache, attentions=attentions)
+                output_hidden_states=ffn,
+            )
+            cache = out.cache
+            if ffn:
+                context = out.hidden_states[-1][0].float()
+        return PromptPass(
+            message=message,
+            prompt=prompt,
+            cache=cache,
+            attentions=attentions,
+            ffn=ffn,
+            context_hidden=context,
+        )
 
     @torch.inference_mode()
     def feed(self, state: PromptPass, ids: Sequence[int]) -> None:
@@ -831,7 +910,10 @@ class LanguageModel:
         if not state.fed and ids[0] != state.prompt[-1]:
             raise ValueError("the first fed token must be the prompt's last token")
         self._check_room(len(state.prompt) - 1 + len(state.fed) + len(ids))
-        with self._attention_mode("eager" if state.attentions else None):
+        with (
+            self._attention_mode("eager" if state.attentions else None),
+            self._capture_ffn(state.ffn) as captured,
+        ):
             out = self.model(
                 input_ids=torch.tensor([ids], device=self.device),
                 cache=state.cache,
@@ -839,6 +921,8 @@ class LanguageModel:
                 output_hidden_states=True,
                 output_attentions=state.attentions,
             )
+        if state.ffn:
+            state.mid.append(torch.stack(captured).float())
         state.cache = out.cache
         state.fed.extend(ids)
         state.logits.append(out.logits[0].float())
@@ -937,7 +1021,16 @@ class LanguageModel:
             for a in state.attention:  # [L, H, n, keys so far]
                 rows.append(torch.nn.functional.pad(a, (0, total - a.shape[-1])))
             att = torch.cat(rows, dim=2)[:, :, :R]
-        return self._build_internals(state.prompt, response_ids, logits, hidden, att, lens, topk)
+        mid, context = None, None
+        if state.ffn:
+            mid = torch.cat(state.mid, dim=1)[:, :R]
+            first = hidden[-1][:1]  # the last prompt token's final-layer state
+            context = (
+                first if state.context_hidden is None else torch.cat([state.context_hidden, first])
+            )
+        return self._build_internals(
+            state.prompt, response_ids, logits, hidden, att, lens, topk, mid, context
+        )
 
     @torch.inference_mode()
     def sequence_logprob(self, message: str, ids: Sequence[int], n_scored: int) -> float:
@@ -1047,6 +1140,63 @@ class LanguageModel:
             if isinstance(layers, torch.nn.ModuleList) and len(layers) == self.n_layers:
                 return layers
         return None
+
+    def _ffn_modules(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+        """Per decoder layer, (the layer, the module whose output is the feed-forward
+        block's addition to the residual stream): ``post_feedforward_layernorm`` where
+        the layer has one (Gemma 2/3), else ``mlp`` (Llama, Mistral, Qwen, ...).
+
+        Raises:
+            RuntimeError: the layers have neither (ReDeEP's parametric knowledge score
+                cannot be read from this model).
+        """
+        layers = self._decoder_layers()
+        found = []
+        for layer in layers if layers is not None else []:
+            delta = getattr(layer, "post_feedforward_layernorm", None)
+            if not isinstance(delta, torch.nn.Module):
+                delta = getattr(layer, "mlp", None)
+            if not isinstance(delta, torch.nn.Module):
+                break
+            found.append((layer, delta))
+        if layers is None or len(found) != len(layers):
+            raise RuntimeError(
+                f"model {self.name!r}: cannot find each decoder layer's feed-forward block "
+                "(no 'mlp' / 'post_feedforward_layernorm' module)"
+            )
+        return found
+
+    @contextmanager
+    def _capture_ffn(self, enabled: bool):
+        """While active, collects per decoder layer ``[n, D]`` residual stream before
+        its feed-forward block (layer output minus the block's addition) of the fed
+        positions (batch row 0), in layer order."""
+        if not enabled:
+            yield None
+            return
+        outputs: dict[int, torch.Tensor] = {}
+        deltas: dict[int, torch.Tensor] = {}
+        handles = []
+
+        def keep(store: dict[int, torch.Tensor], index: int):
+            def hook(_module, _args, output):
+                tensor = output[0] if isinstance(output, tuple) else output
+                store[index] = tensor[0].detach()
+
+            return hook
+
+        for index, (layer, delta) in enumerate(self._ffn_modules()):
+            handles.append(layer.register_forward_hook(keep(outputs, index)))
+            handles.append(delta.register_forward_hook(keep(deltas, index)))
+        captured: list[torch.Tensor] = []
+        try:
+            yield captured
+        finally:
+            for handle in handles:
+                handle.remove()
+        captured.extend(
+            (outputs[i] - deltas[i]).float() for i in range(len(outputs)) if i in deltas
+        )
 
     def _final_norm(self) -> torch.nn.Module:
         base = getattr(self.model, "model", None)

@@ -46,6 +46,13 @@ class Internals:
             (``None`` with ``lens="off"`` or ``lens="kl"``).
         attentions: ``[L, H, R, S]`` attention weights of the prediction positions
             (queries) over the whole sequence (keys) when requested, else ``None``.
+        ffn_js: ``[L, R]`` Jensen-Shannon divergence (nats) between the logit lens of
+            layer ``l``'s residual stream before and after its feed-forward block, per
+            prediction row, when the pass was asked for feed-forward statistics
+            (``ffn=True``), else ``None``.
+        context_hidden: ``[P, D]`` final-layer (post-norm) states of the prompt
+            positions with ``ffn=True`` (row ``P - 1`` is the last prompt token, the
+            first prediction position), else ``None``.
     """
 
     input_ids: torch.Tensor
@@ -59,6 +66,8 @@ class Internals:
     lens_kl_to_final: torch.Tensor | None
     lens_entropy: torch.Tensor | None
     attentions: torch.Tensor | None = None
+    ffn_js: torch.Tensor | None = None
+    context_hidden: torch.Tensor | None = None
 
     @property
     def n_layers(self) -> int:

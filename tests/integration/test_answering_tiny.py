@@ -79,9 +79,7 @@ def test_pmi_cancels_an_options_prior(tiny_lm):
     neutral = tiny_lm.score_continuations([NEUTRAL_MESSAGE], list(item_options.values()))
     # X wins the summed score and has the larger prior; PMI removes exactly that prior
     assert neutral.logprob[0, 0] > neutral.logprob[0, 1]
-    np.testing.assert_allclose(
-        pmi.scores, np.asarray(none.scores) - neutral.logprob[0], atol=1e-6
-    )
+    np.testing.assert_allclose(pmi.scores, np.asarray(none.scores) - neutral.logprob[0], atol=1e-6)
     assert pmi.detail["neutral_logprob"] == pytest.approx(list(neutral.logprob[0]))
 
 
@@ -122,9 +120,7 @@ def test_pride_divides_out_the_position_prior(tiny_lm):
     item = _item({"A": "w", "B": "x", "C": "y", "D": "z"})
     prior = [0.7, 0.1, 0.1, 0.1]
     letter = read_options(tiny_lm, item, [], None, "letter").scores
-    pride = read_options(
-        tiny_lm, item, [], None, "letter_pride", position_prior={"4": prior}
-    )
+    pride = read_options(tiny_lm, item, [], None, "letter_pride", position_prior={"4": prior})
     lp = np.asarray(letter) - np.log(np.exp(letter).sum())
     expected = lp - np.log(prior)
     expected -= np.log(np.exp(expected).sum())
@@ -175,13 +171,13 @@ def test_auto_calibration_never_looks_at_scored_items(tiny_lm):
 
     recorder = _Recorder(tiny_lm)
     record = calibrate(recorder, corpus, held_out, formulation="auto", tie_margin=0.05)
-    questions_seen = {q for q in (corpus.item(i).question for i in study) if any(
-        q in m for m in recorder.messages
-    )}
+    questions_seen = {
+        q
+        for q in (corpus.item(i).question for i in study)
+        if any(q in m for m in recorder.messages)
+    }
     assert not questions_seen
-    assert all(
-        any(corpus.item(i).question in m for m in recorder.messages) for i in held_out
-    )
+    assert all(any(corpus.item(i).question in m for m in recorder.messages) for i in held_out)
     assert record["chosen"] in FORMULATIONS
     assert set(record["candidates"]) == set(FORMULATIONS)
     from safescale.experiments.validity import POSITION_LOCK_SHARE

@@ -159,9 +159,7 @@ def test_a_failed_start_in_an_existing_directory_removes_only_its_files(tmp_path
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     config_path = tmp_path / "bad.yaml"
-    config_path.write_text(
-        CONFIG.format(model="/no/such/model") + f"output_dir: {out}\n"
-    )
+    config_path.write_text(CONFIG.format(model="/no/such/model") + f"output_dir: {out}\n")
     result = _invoke("run", str(config_path), "--no-detect", "--no-report")
     assert result.exit_code == 2, result.output
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

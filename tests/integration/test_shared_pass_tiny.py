@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from safescale.agents.records import SampleRecord
+from safescale.corpora import load_corpus
 from safescale.detection.baselines.eigenscore import sample_embeddings
 from safescale.detection.extraction import (
     DETECTION_INPUTS_DIR,
@@ -25,6 +26,7 @@ from safescale.detection.extraction import (
     ExtractionPlan,
     extract_features,
     record_key,
+    token_idf,
 )
 from safescale.experiments.config import parse_config
 from safescale.experiments.rundir import load_responses
@@ -173,6 +175,47 @@ def test_ptrue_from_the_ctx_pass_equals_the_separate_pass(tiny_lm, attentions):
     )
 
 
+def test_feed_forward_states_from_the_answer_pass_equal_the_separate_pass(tiny_lm):
+    state = tiny_lm.open_prompt(MESSAGE, attentions=True, ffn=True)
+    assert tiny_lm.answer_logits(state) is not None
+    shared = tiny_lm.internals_from(state, RESPONSE, lens="kl")
+    separate = tiny_lm.internals(MESSAGE, RESPONSE, attentions=True, ffn=True, lens="kl")
+    P, R = shared.prompt_length, shared.response_ids.numel()
+    assert shared.ffn_js.shape == (tiny_lm.n_layers, R)
+    assert shared.context_hidden.shape == (P, tiny_lm.model.config.hidden_size)
+    assert torch.allclose(shared.ffn_js, separate.ffn_js, atol=ATOL)
+    assert torch.allclose(shared.context_hidden, separate.context_hidden, atol=ATOL)
+    # the definition, from one plain forward with the pre-FFN residual read by a hook
+    ids = shared.input_ids[None].clone()
+    layers = tiny_lm.model.model.layers
+    before: dict[int, torch.Tensor] = {}
+    hooks = [
+        layer.post_attention_layernorm.register_forward_pre_hook(
+            lambda _m, args, i=i: before.__setitem__(i, args[0][0])
+        )
+        for i, layer in enumerate(layers)
+    ]
+    with torch.inference_mode():
+        out = tiny_lm.model(input_ids=ids, output_hidden_states=True)
+    for hook in hooks:
+        hook.remove()
+    rows = torch.arange(P - 1, P + R - 1)
+    norm, head = tiny_lm.model.model.norm, tiny_lm.model.lm_head
+    with torch.inference_mode():
+        for i in range(len(layers)):
+            pre = torch.log_softmax(head(norm(before[i][rows])).float(), -1)
+            post_h = (
+                out.logits[0, rows]
+                if i == len(layers) - 1
+                else head(norm(out.hidden_states[i + 1][0, rows]))
+            )
+            post = torch.log_softmax(post_h.float(), -1)
+            m = torch.logsumexp(torch.stack([pre, post]), 0) - math.log(2.0)
+            js = 0.5 * ((pre.exp() * (pre - m)).sum(-1) + (post.exp() * (post - m)).sum(-1))
+            assert torch.allclose(js, shared.ffn_js[i], atol=1e-5), i
+        assert torch.allclose(out.hidden_states[-1][0, :P], shared.context_hidden, atol=ATOL)
+
+
 def test_a_pass_that_does_not_match_the_response_falls_back_to_the_separate_pass(tiny_lm):
     state = tiny_lm.open_prompt(MESSAGE)
     tiny_lm.feed(state, [state.prompt[-1], 5, 6])  # not the response's tokens
@@ -217,8 +260,9 @@ def _numeric_close(a: pd.DataFrame, b: pd.DataFrame) -> None:
     assert list(a.columns) == list(b.columns)
     for column in a.columns:
         x, y = a[column].to_list(), b[column].to_list()
-        if isinstance(x[0], list):
-            assert np.allclose(np.array(x), np.array(y), rtol=1e-4, atol=1e-5), column
+        if isinstance(x[0], list):  # vectors, or ragged per-token rows
+            for u, v in zip(x, y, strict=True):
+                assert np.allclose(np.array(u), np.array(v), rtol=1e-4, atol=1e-5), column
         elif isinstance(x[0], float):
             assert np.allclose(x, y, rtol=1e-4, atol=1e-5, equal_nan=True), column
         else:
@@ -247,14 +291,20 @@ def test_stored_inputs_equal_the_separate_teacher_forced_features(runs):
     assert all(store.get(lm.model_hash, record_key(r)) is not None for r in records)
     plan = ExtractionPlan.for_detectors(shared.detection.detectors)
     assert plan.attentions and plan.ptrue and plan.sample_hidden
+    assert plan.ffn and plan.focus and plan.refcheck  # the paper's whole Table 5
 
     def no_model():
         raise AssertionError("every response has stored inputs: no model is needed")
 
     from_store = extract_features(records, no_model, plan, stored=store, model_hash=lm.model_hash)
-    separate = extract_features(records, lm, plan)
+    corpus = load_corpus("retina-rules")
+    separate = extract_features(records, lm, plan, idf=lambda m: token_idf(m, [corpus]))
     _numeric_close(from_store, separate)
     assert from_store["lookback"].map(len).iloc[0] == lm.n_layers * 4  # tiny model: 4 heads
+    assert from_store["redeep_ecs"].map(len).iloc[0] == lm.n_layers * 4
+    assert from_store["redeep_pks"].map(len).iloc[0] == lm.n_layers
+    assert from_store["uq_tokens"].map(lambda t: len(t[0])).iloc[0] == 2 * lm.n_layers + 2
+    assert from_store["focus"].notna().all() and from_store["refcheck"].notna().all()
 
 
 def test_stored_ptrue_of_another_prompt_version_is_recomputed(runs, tmp_path):
