@@ -66,7 +66,7 @@ STEP_SCHEMA_VERSION = 2
 ATTRIBUTION_SCHEMA_VERSION = 2
 MANIFEST_SCHEMA_VERSION = 2
 METRICS_SCHEMA_VERSION = 1
-TRIAGE_SCHEMA_VERSION = 1
+TRIAGE_SCHEMA_VERSION = 2
 RELIANCE_SCHEMA_VERSION = 1
 #: Kept for older imports: the version of the response records.
 RECORD_SCHEMA_VERSION = RESPONSE_SCHEMA_VERSION
@@ -477,6 +477,15 @@ class TriageReportRecord(_Versioned):
     stay plain dicts here so that reading them needs no detection import."""
 
     SCHEMA_VERSION: ClassVar[int] = TRIAGE_SCHEMA_VERSION
+    #: v1 -> v2: the evaluation protocol and its counts (a v1 report was one seeded
+    #: split, scored on its test split, without intervals).
+    MIGRATIONS: ClassVar[dict[int, Migration]] = {
+        1: lambda d: {
+            **d,
+            "protocol": "split",
+            "scored_counts": (d.get("class_counts") or {}).get("test", {}),
+        }
+    }
 
     schema_version: int = TRIAGE_SCHEMA_VERSION
     backbone: str
@@ -490,6 +499,13 @@ class TriageReportRecord(_Versioned):
     class_counts: dict[str, dict[str, int]]
     rows: list[dict[str, Any]]
     calibration: dict[str, Any] | None = None
+    protocol: str = "split"
+    folds: int | None = None
+    repeats: int = 1
+    replicates: int = 0
+    n_groups: int = 0
+    scored_counts: dict[str, int] = Field(default_factory=dict)
+    verdicts: list[str] = Field(default_factory=list)
 
 
 class MetricsReport(_Versioned):

@@ -18,7 +18,11 @@ repeat and averaged over repeats (the point estimate); its 95 % interval is the
 percentile interval of the same quantity over a cluster bootstrap that resamples
 evidence groups with replacement (``B`` replicates, seeded), applying each replicate's
 group weights to every repeat and every method alike — so the difference between two
-methods (``ΔBA``) is a paired bootstrap. Why this and not a t-interval over the
+methods (``ΔBA``) is a paired bootstrap. Each replicate also re-picks every fold's
+threshold from that fold's validation scores under the replicate's weights (the same
+target-recall rule), so the interval carries the uncertainty of the operating point —
+with a few dozen unsafe validation responses behind a 95 %-recall threshold, that is a
+large part of the uncertainty of specificity. Why this and not a t-interval over the
 ``folds × repeats`` fold estimates: the fold estimates share most of their training
 data and are correlated, so their spread understates the uncertainty (no unbiased
 variance estimator of K-fold CV exists; Bengio & Grandvalet 2004), and a fold of a few
@@ -26,9 +30,9 @@ hundred responses holds only a handful of the minority class, so per-fold BAs ar
 themselves too noisy to average into an interval. The bootstrap instead asks how much
 the pooled estimate would move with another sample of evidence groups — the dominant
 source of uncertainty when the minority class is small — and keeps the clustering of
-items that share evidence. It holds the fitted detectors fixed (model-refitting
-variance is not in it; averaging repeats reduces that part of the noise), which the
-coverage test of the suite measures on simulated studies with known separability.
+items that share evidence. It holds the fitted detectors' scores fixed (model-refitting
+variance is not in it; averaging repeats reduces that part of the noise); the suite
+measures its coverage on simulated studies with known separability.
 
 AUROC is computed on pooled out-of-fold scores (detectors refit per fold; the scores of
 a probabilistic detector are on a common scale, as in scikit-learn's
@@ -38,6 +42,7 @@ a probabilistic detector are on a common scale, as in scikit-learn's
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -132,6 +137,8 @@ class OutOfFold:
         pred_gap: ``[R, n]`` predicted subtype (gap) for subtype detectors, else None.
         thresholds: the frozen threshold of every fold.
         val_recall: unsafe recall each fold's threshold reached on its validation part.
+        folds: per fold, ``(repeat, test rows, validation rows, validation scores)``:
+            what each threshold was picked from (the bootstrap re-picks it).
         reason: why the method could not run (then the arrays are empty).
     """
 
@@ -142,6 +149,7 @@ class OutOfFold:
     pred_gap: np.ndarray | None = None
     thresholds: list[float] = field(default_factory=list)
     val_recall: list[float] = field(default_factory=list)
+    folds: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     reason: str | None = None
 
     @property
@@ -159,6 +167,26 @@ def make_detector(name: str, *, seed: int, n_estimators: int) -> Detector:
     if "n_estimators" in defaults:
         params["n_estimators"] = n_estimators
     return cls(**params)
+
+
+def replicate_thresholds(
+    val_scores: np.ndarray, val_unsafe: np.ndarray, W_val: np.ndarray, target: float
+) -> np.ndarray:
+    """``[B]``: :func:`~safescale.detection.thresholds.pick_threshold` under each row of
+    weights — the largest threshold whose weighted unsafe recall on the validation
+    responses reaches ``target`` (unit weights give exactly ``pick_threshold``)."""
+    pos = np.flatnonzero(val_unsafe)
+    if pos.size == 0:
+        return np.full(W_val.shape[0], -np.inf)
+    order = pos[np.argsort(-val_scores[pos], kind="stable")]
+    s = val_scores[order]
+    cum = np.cumsum(W_val[:, order], axis=1)  # [B, n_pos], weights from the top
+    total = cum[:, -1:]
+    reached = cum >= target * total - 1e-9
+    first = reached.argmax(axis=1)
+    out = s[first]
+    out[total[:, 0] <= 0] = -np.inf  # no unsafe validation response drawn: flag all
+    return out
 
 
 def _splits(
@@ -245,6 +273,7 @@ def cross_validate(
                     if result.pred_gap is not None:
                         result.pred_gap[r, test] = det.gap_given_unsafe(X[test]) >= 0.5
                     result.thresholds.append(float(threshold))
+                    result.folds.append((r, test, val, np.asarray(val_scores, dtype=float)))
                     result.val_recall.append(float((val_scores >= threshold)[unsafe[val]].mean()))
         except (DetectorUnavailable, ValueError) as error:
             out[name] = OutOfFold(name, empty, np.zeros((R, n)), empty, reason=str(error))
@@ -288,20 +317,39 @@ def _weighted_auroc(scores: np.ndarray, positive: np.ndarray, W: np.ndarray) -> 
     return _ratio(num, den)
 
 
-def _endpoints(oof: OutOfFold, y: np.ndarray, W: np.ndarray) -> dict[str, np.ndarray]:
-    """Each endpoint as ``[B]`` (one value per weight row), averaged over repeats."""
+def _replicate_flags(
+    oof: OutOfFold, r: int, W: np.ndarray, unsafe: np.ndarray, target: float | None
+) -> np.ndarray:
+    """``[B, n]`` flags of repeat ``r`` with every fold's threshold re-picked under each
+    weight row (``target`` None: the frozen flags)."""
+    if target is None or not oof.folds:
+        return np.broadcast_to(oof.flags[r], W.shape)
+    flags = np.zeros(W.shape, dtype=bool)
+    for repeat, test, val, val_scores in oof.folds:
+        if repeat != r:
+            continue
+        thr = replicate_thresholds(val_scores, unsafe[val], W[:, val], target)
+        flags[:, test] = oof.scores[r, test][None, :] >= thr[:, None]
+    return flags
+
+
+def _endpoints(
+    oof: OutOfFold, y: np.ndarray, W: np.ndarray, target: float | None = None
+) -> dict[str, np.ndarray]:
+    """Each endpoint as ``[B]`` (one value per weight row), averaged over repeats; with
+    ``target``, every replicate re-picks the thresholds (:func:`replicate_thresholds`)."""
     unsafe = y != SAFE
     acc: dict[str, list[np.ndarray]] = {}
     for r in range(oof.scores.shape[0]):
         m = oof.scored[r]
         Wr = W * m  # responses not scored in this repeat weigh nothing
-        f = oof.flags[r]
-        recall = _ratio(Wr @ (f & unsafe), Wr @ unsafe)
-        spec = _ratio(Wr @ (~f & ~unsafe), Wr @ ~unsafe)
+        f = _replicate_flags(oof, r, W, unsafe, target)
+        recall = _ratio((Wr * (f & unsafe)).sum(1), Wr @ unsafe)
+        spec = _ratio((Wr * (~f & ~unsafe)).sum(1), Wr @ ~unsafe)
         values = {
             "u_recall": recall,
             "specificity": spec,
-            "flag_rate": _ratio(Wr @ f, Wr.sum(1)),
+            "flag_rate": _ratio((Wr * f).sum(1), Wr.sum(1)),
             "s1_ba": 0.5 * (recall + spec),
             "auroc": _weighted_auroc(np.nan_to_num(oof.scores[r][m]), unsafe[m], W[:, m]),
         }
@@ -317,7 +365,8 @@ def _endpoints(oof: OutOfFold, y: np.ndarray, W: np.ndarray) -> dict[str, np.nda
             }
         for key, value in values.items():
             acc.setdefault(key, []).append(value)
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # an endpoint with no response of its class is NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
         return {k: np.nanmean(np.stack(v), axis=0) for k, v in acc.items()}
 
 
@@ -348,9 +397,11 @@ def interval_rows(
     replicates: int = 1000,
     seed: int = 0,
     references: Sequence[str] = ("ecrt",),
+    target_recall: float = 0.95,
 ) -> dict[str, IntervalRow]:
     """Endpoints with cluster-bootstrap intervals for every method that ran, and the
-    paired ΔBA of every method vs each of ``references`` that ran (method − reference)."""
+    paired ΔBA of every method vs each of ``references`` that ran (method − reference).
+    ``target_recall``: the rule each replicate re-picks the fold thresholds with."""
     y = np.asarray(y, dtype=int)
     W = cluster_weights(groups, replicates, seed)
     ones = np.ones((1, len(y)))
@@ -360,7 +411,7 @@ def interval_rows(
             out[name] = IntervalRow(name, None, None, {}, None)
             continue
         point = {k: float(v[0]) for k, v in _endpoints(o, y, ones).items()}
-        boot = _endpoints(o, y, W)
+        boot = _endpoints(o, y, W, target_recall)
         s1 = Stage1Intervals(
             **{
                 k: _estimate(point[k], boot[k])

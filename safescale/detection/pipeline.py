@@ -11,10 +11,17 @@ one backbone it
    ``features.parquet``;
 3. fits every requested detector on train, picks its threshold on validation to reach
    the target unsafe-recall (:func:`.thresholds.pick_threshold`) and freezes it; models
-   are saved as JSON (XGBoost JSON for the triage heads) under ``models/<detector>/``;
-4. evaluates once on test (:func:`evaluate_detection`, which reads only the written
-   artifacts and never calls the model) and writes ``triage.json`` / ``triage.md``;
-5. writes the evidence-calibrated softmax report ``calibration.json``.
+   are saved as JSON (XGBoost JSON for the triage heads) under ``models/<detector>/``
+   (what the viewer and transfer evaluation score with);
+4. computes out-of-fold predictions under the config's protocol (:mod:`.evaluation`:
+   repeated nested grouped K-fold by default, or the single split), for every detector
+   and the two controls (input-only text, ECRT on permuted labels), into
+   ``oof.parquet`` / ``oof.json``;
+5. evaluates (:func:`evaluate_detection`, which reads only the written artifacts and
+   never calls the model): every endpoint with a clustered 95 % interval, paired ΔBA vs
+   ECRT and vs the input-only control, the counts and the verdicts in words, into
+   ``triage.json`` / ``triage.md``;
+6. writes the evidence-calibrated softmax report ``calibration.json``.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from safescale.corpora.corpus import Corpus
 from safescale.corpora.split import grouped_split
 from safescale.detection.calibration import CalibrationReport, GradeWeights, calibration_report
+from safescale.detection.evaluation import OutOfFold, cross_validate, interval_rows
 from safescale.detection.extraction import (
     DetectionInputStore,
     ExtractionPlan,
@@ -39,7 +47,7 @@ from safescale.detection.extraction import (
     extract_features,
 )
 from safescale.detection.labels import triage_classes
-from safescale.detection.metrics import Stage1Metrics, Stage2Metrics, stage1_metrics, stage2_metrics
+from safescale.detection.metrics import Stage1Metrics, Stage2Metrics
 from safescale.detection.registry import (
     SAFE,
     DetectorUnavailable,
@@ -47,7 +55,16 @@ from safescale.detection.registry import (
     get_detector,
 )
 from safescale.detection.thresholds import pick_threshold
-from safescale.records import ResponseRecord, TriageReportRecord
+from safescale.detection.triage_report import (
+    CONTROL_INPUT,
+    CONTROL_PERMUTED,
+    TriageReport,
+    TriageRow,
+    comparison_table,
+    report_verdicts,
+    row_verdict,
+)
+from safescale.records import ResponseRecord
 
 if TYPE_CHECKING:
     from safescale.models.backend import LanguageModel
@@ -94,7 +111,16 @@ class DetectionConfig(BaseModel):
         detectors: registered detector names to train and evaluate.
         target_recall: unsafe-recall the validation threshold must reach.
         seed: split seed (also the classifiers' ``random_state``).
-        split_fractions: train / validation / test shares (grouped by evidence_id).
+        split_fractions: train / validation / test shares of ``protocol: split``
+            (grouped by evidence_id); the detectors saved under ``models/`` (the viewer's
+            verdicts, transfer) are always trained on this split.
+        protocol: ``cv`` (repeated nested grouped K-fold: every response tested once per
+            repeat) or ``split`` (the paper's single seeded split); see
+            :mod:`.evaluation`.
+        folds / repeats: K and the number of repeats of ``cv``.
+        replicates: cluster-bootstrap replicates of every interval.
+        controls: also evaluate the input-only control and the label-permutation
+            control (ECRT on shuffled labels).
         label_source: ``"task"`` (RETINA-SAFE protocol) or ``"outcome"`` (see labels).
         conditions: keep only these conditions (None: all).
         n_estimators: trees per XGBoost triage head.
@@ -109,6 +135,11 @@ class DetectionConfig(BaseModel):
     target_recall: float = Field(0.95, gt=0.0, le=1.0)
     seed: int = 13
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    protocol: Literal["cv", "split"] = "cv"
+    folds: int = Field(5, ge=3, le=20)
+    repeats: int = Field(5, ge=1, le=50)
+    replicates: int = Field(1000, ge=100, le=20000)
+    controls: bool = True
     label_source: Literal["task", "outcome"] = "task"
     conditions: tuple[str, ...] | None = None
     n_estimators: int = Field(160, ge=1)
@@ -125,113 +156,6 @@ class DetectionConfig(BaseModel):
         if not names:
             raise ValueError("at least one detector is needed")
         return names
-
-
-class TriageRow(BaseModel):
-    """One detector's test-split result (or why it could not run)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: str
-    status: Literal["ok", "unavailable"]
-    reason: str | None = None
-    threshold: float | None = None
-    val_recall: float | None = None
-    stage1: Stage1Metrics | None = None
-    stage2: Stage2Metrics | None = None
-    delta_ba_vs_ecrt: float | None = None
-
-
-class TriageReport(TriageReportRecord):
-    """Triage results of one backbone on one run's frozen responses: the stored
-    :class:`~safescale.records.TriageReportRecord` with typed rows and calibration."""
-
-    rows: list[TriageRow]  # type: ignore[assignment]
-    calibration: CalibrationReport | None = None  # type: ignore[assignment]
-
-    def row(self, method: str) -> TriageRow:
-        for r in self.rows:
-            if r.method == method:
-                return r
-        raise KeyError(f"no detector {method!r} in the report")
-
-    def to_markdown(self) -> str:
-        """The per-backbone triage table (Stage 1 and Stage 2) as markdown."""
-        head = (
-            f"### Triage — {self.backbone} (labels: {self.label_source}, target recall "
-            f"{self.target_recall:.2f}, n = {self.n_records}: "
-            + ", ".join(f"{k} {v}" for k, v in self.split_sizes.items())
-            + ")\n\n"
-            "| method | U-recall | flag rate | S1 BA | AUROC | ΔBA vs ECRT | gap recall "
-            "| contra. recall | S2 BA |\n|---|---|---|---|---|---|---|---|---|\n"
-        )
-        lines = []
-        for r in self.rows:
-            if r.status != "ok" or r.stage1 is None:
-                lines.append(f"| {r.method} | unavailable: {r.reason} |||||||| ")
-                continue
-            s1, s2 = r.stage1, r.stage2
-            lines.append(
-                f"| {r.method} | {_f(s1.u_recall)} | {_f(s1.flag_rate)} | {_f(s1.s1_ba)} | "
-                f"{_f(s1.auroc)} | {_f(r.delta_ba_vs_ecrt, signed=True)} | "
-                f"{_f(s2.gap_recall) if s2 else '–'} | "
-                f"{_f(s2.contradiction_recall) if s2 else '–'} | {_f(s2.s2_ba) if s2 else '–'} |"
-            )
-        text = head + "\n".join(lines) + "\n"
-        if self.calibration is not None:
-            c = self.calibration
-            text += (
-                "\nEvidence-calibrated softmax "
-                f"(n = {c.n}, accuracy {c.accuracy:.3f}, {c.n_bins} ECE bins):\n\n"
-                "| | ECE | Brier | dangerous overconfidence | mean confidence |\n"
-                "|---|---|---|---|---|\n"
-                f"| before | {c.before.ece:.4f} | {c.before.brier:.4f} | "
-                f"{c.before.dangerous_overconfidence:.4f} | {c.before.mean_confidence:.4f} |\n"
-                f"| after | {c.after.ece:.4f} | {c.after.brier:.4f} | "
-                f"{c.after.dangerous_overconfidence:.4f} | {c.after.mean_confidence:.4f} |\n"
-            )
-        return text
-
-
-def _f(x: float | None, signed: bool = False) -> str:
-    if x is None or (isinstance(x, float) and np.isnan(x)):
-        return "–"
-    return f"{x:+.4f}" if signed else f"{x:.4f}"
-
-
-def comparison_table(reports: Sequence[TriageReport]) -> str:
-    """Method × backbone table in the form of the ECRT paper's Table 5.
-
-    Columns per backbone: U-recall (Rec.), flag rate (F.R.), Stage-1 BA and the BA
-    difference to ECRT on that backbone.
-    """
-    methods: list[str] = []
-    for rep in reports:
-        for r in rep.rows:
-            if r.method not in methods:
-                methods.append(r.method)
-    header = "| Method | " + " | ".join(
-        f"{rep.backbone}{f' ({rep.corpus})' if rep.corpus else ''} Rec. | F.R. | S1 BA | ΔBA"
-        for rep in reports
-    )
-    sep = "|---|" + "---|---|---|---|" * len(reports)
-    lines = [header + " |", sep]
-    for method in methods:
-        cells = []
-        for rep in reports:
-            try:
-                r = rep.row(method)
-            except KeyError:
-                cells.append("– | – | – | –")
-                continue
-            if r.stage1 is None:
-                cells.append("n/a | n/a | n/a | n/a")
-                continue
-            delta = "–" if method == "ecrt" else _f(r.delta_ba_vs_ecrt, signed=True)
-            s1 = r.stage1
-            cells.append(f"{_f(s1.u_recall)} | {_f(s1.flag_rate)} | {_f(s1.s1_ba)} | {delta}")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------- running
@@ -272,6 +196,7 @@ def label_and_split(
             "label": classes,
             "unsafe": classes != SAFE,
             "split": [split_of[item.id] for item in items],
+            "prompt_text": [r.message for r in records],  # the input-only control's input
         }
     )
 
@@ -352,9 +277,141 @@ def run_detection(
         )
     )
     train_detectors(frame, config, out_dir / "models")
+    write_out_of_fold(frame, config, out_dir)
     calibration = calibration_report(records, corpus, config.grade_weights)
-    (out_dir / "calibration.json").write_text(calibration.model_dump_json(indent=2))
+    _atomic_write(out_dir / "calibration.json", calibration.model_dump_json(indent=2))
     return evaluate_detection(out_dir)
+
+
+def _evaluated_methods(config: DetectionConfig) -> list[str]:
+    methods = list(config.detectors)
+    if config.controls and CONTROL_INPUT not in methods:
+        methods.append(CONTROL_INPUT)
+    return methods
+
+
+def permuted_labels(labels: np.ndarray, seed: int) -> np.ndarray:
+    """The labels of the permutation control: a seeded shuffle over the responses."""
+    return np.random.default_rng(seed + 104729).permutation(np.asarray(labels, dtype=int))
+
+
+def write_out_of_fold(frame: pd.DataFrame, config: DetectionConfig, out_dir: Path) -> None:
+    """Out-of-fold predictions of every detector and control under the config's
+    protocol: ``oof.parquet`` (method, repeat, row, score, flag, pred_gap of every
+    scored response) and ``oof.json`` (per method: thresholds, validation recall, or why
+    it could not run; the permuted labels of the permutation control)."""
+    common = {
+        "protocol": config.protocol,
+        "folds": config.folds,
+        "repeats": config.repeats,
+        "seed": config.seed,
+        "target_recall": config.target_recall,
+        "n_estimators": config.n_estimators,
+        "split_fractions": config.split_fractions,
+    }
+    results = cross_validate(frame, _evaluated_methods(config), **common)
+    permuted = None
+    if config.controls and "ecrt" in config.detectors:
+        permuted = permuted_labels(frame["label"].to_numpy(), config.seed)
+        control = cross_validate(frame, ["ecrt"], labels=permuted, **common)["ecrt"]
+        control.method = CONTROL_PERMUTED
+        results[CONTROL_PERMUTED] = control
+    parts, info = [], {}
+    for name, oof in results.items():
+        info[name] = {
+            "reason": oof.reason,
+            "thresholds": oof.thresholds,
+            "val_recall": oof.val_recall,
+            "subtype": oof.pred_gap is not None,
+        }
+        if not oof.ok:
+            continue
+        for fold, (r, test, val, val_scores) in enumerate(oof.folds):
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "method": name,
+                        "repeat": np.int32(r),
+                        "fold": np.int32(fold),
+                        "part": "test",
+                        "row": test.astype(np.int32),
+                        "score": oof.scores[r, test],
+                        "flag": oof.flags[r, test],
+                        "pred_gap": (
+                            oof.pred_gap[r, test]
+                            if oof.pred_gap is not None
+                            else np.zeros(len(test), dtype=bool)
+                        ),
+                    }
+                )
+            )
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "method": name,
+                        "repeat": np.int32(r),
+                        "fold": np.int32(fold),
+                        "part": "val",
+                        "row": val.astype(np.int32),
+                        "score": val_scores,
+                        "flag": False,
+                        "pred_gap": False,
+                    }
+                )
+            )
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    tmp = out_dir / ".oof.parquet.tmp"
+    table.to_parquet(tmp, index=False)
+    tmp.replace(out_dir / "oof.parquet")
+    payload = {
+        "n": len(frame),
+        "repeats": 1 if config.protocol == "split" else config.repeats,
+        "methods": info,
+        "permuted_labels": None if permuted is None else permuted.tolist(),
+    }
+    _atomic_write(out_dir / "oof.json", json.dumps(payload))
+
+
+def read_out_of_fold(out_dir: Path) -> tuple[dict[str, OutOfFold], dict]:
+    """The predictions :func:`write_out_of_fold` wrote, as :class:`OutOfFold` s."""
+    info = json.loads((out_dir / "oof.json").read_text())
+    table = pd.read_parquet(out_dir / "oof.parquet")
+    R, n = int(info["repeats"]), int(info["n"])
+    out: dict[str, OutOfFold] = {}
+    for name, meta in info["methods"].items():
+        empty = np.zeros((R, n), dtype=bool)
+        if meta["reason"] is not None:
+            out[name] = OutOfFold(name, empty, np.zeros((R, n)), empty, reason=meta["reason"])
+            continue
+        part = table[table["method"] == name]
+        test = part[part["part"] == "test"]
+        r, i = test["repeat"].to_numpy(), test["row"].to_numpy()
+        o = OutOfFold(
+            name,
+            np.zeros((R, n), dtype=bool),
+            np.full((R, n), np.nan),
+            np.zeros((R, n), dtype=bool),
+            np.zeros((R, n), dtype=bool) if meta["subtype"] else None,
+            thresholds=list(meta["thresholds"]),
+            val_recall=list(meta["val_recall"]),
+        )
+        o.scored[r, i] = True
+        o.scores[r, i] = test["score"].to_numpy()
+        o.flags[r, i] = test["flag"].to_numpy()
+        if o.pred_gap is not None:
+            o.pred_gap[r, i] = test["pred_gap"].to_numpy()
+        for _fold, rows in part.groupby("fold", sort=True):
+            t, v = rows[rows["part"] == "test"], rows[rows["part"] == "val"]
+            o.folds.append(
+                (
+                    int(rows["repeat"].iloc[0]),
+                    t["row"].to_numpy(),
+                    v["row"].to_numpy(),
+                    v["score"].to_numpy(dtype=float),
+                )
+            )
+        out[name] = o
+    return out, info
 
 
 def _corpus_idf(lm: LanguageModel, corpora: Sequence[Corpus]) -> np.ndarray:
@@ -404,61 +461,91 @@ def train_detectors(frame: pd.DataFrame, config: DetectionConfig, models_dir: Pa
 
 
 def evaluate_detection(out_dir: Path) -> TriageReport:
-    """Score the frozen test split with the saved detectors and thresholds.
+    """Endpoints with intervals, counts and verdicts from the written artifacts.
 
-    Reads ``detection.json``, ``features.parquet`` and ``models/`` (and
-    ``calibration.json`` when present); never calls a model. Writes ``triage.json``
-    and ``triage.md``.
+    Reads ``detection.json``, ``features.parquet``, ``oof.parquet`` / ``oof.json`` and
+    ``models/`` (and ``calibration.json`` when present); never calls a model. Writes
+    ``triage.json`` and ``triage.md``.
     """
     out_dir = Path(out_dir)
     info = json.loads((out_dir / "detection.json").read_text())
     config = DetectionConfig.model_validate(info["config"])
     frame = pd.read_parquet(out_dir / "features.parquet")
-    test = frame[frame["split"] == "test"]
-    labels = test["label"].to_numpy()
-    rows: list[TriageRow] = []
-    for name in config.detectors:
-        directory = out_dir / "models" / name
-        if (directory / "unavailable.json").is_file():
-            reason = json.loads((directory / "unavailable.json").read_text())["reason"]
-            rows.append(TriageRow(method=name, status="unavailable", reason=reason))
-            continue
-        if not (directory / "policy.json").is_file():
-            rows.append(TriageRow(method=name, status="unavailable", reason="not trained"))
-            continue
-        policy = json.loads((directory / "policy.json").read_text())
-        det = get_detector(name).load(directory)
-        try:
-            X = det.design_matrix(test)
-        except DetectorUnavailable as error:
-            rows.append(TriageRow(method=name, status="unavailable", reason=str(error)))
-            continue
-        scores = det.risk_score(X)
-        s1 = stage1_metrics(scores, labels != SAFE, policy["threshold"])
-        s2 = None
-        if det.attributes_subtype:
-            s2 = stage2_metrics(labels, det.gap_given_unsafe(X) >= 0.5)
-        rows.append(
-            TriageRow(
-                method=name,
-                status="ok",
-                threshold=policy["threshold"],
-                val_recall=policy["val_recall"],
-                stage1=s1,
-                stage2=s2,
-            )
+    oof, oof_info = read_out_of_fold(out_dir)
+    labels = frame["label"].to_numpy()
+    groups = frame["evidence_id"].to_numpy()
+    refs = ("ecrt", CONTROL_INPUT)
+    real = {k: v for k, v in oof.items() if k != CONTROL_PERMUTED}
+    intervals = interval_rows(
+        real,
+        labels,
+        groups,
+        replicates=config.replicates,
+        seed=config.seed,
+        references=refs,
+        target_recall=config.target_recall,
+    )
+    if CONTROL_PERMUTED in oof:
+        shuffled = np.asarray(oof_info["permuted_labels"], dtype=int)
+        intervals |= interval_rows(
+            {CONTROL_PERMUTED: oof[CONTROL_PERMUTED]},
+            shuffled,
+            groups,
+            replicates=config.replicates,
+            seed=config.seed,
+            references=(),
+            target_recall=config.target_recall,
         )
-    ecrt = next((r for r in rows if r.method == "ecrt" and r.stage1 is not None), None)
-    if ecrt is not None:
-        for r in rows:
-            if r.stage1 is not None:
-                r.delta_ba_vs_ecrt = r.stage1.s1_ba - ecrt.stage1.s1_ba
+    scored = next((o.scored.any(0) for o in oof.values() if o.ok), np.zeros(len(frame), bool))
+    names = {SAFE: "safe", 1: "gap", 2: "conflict"}
+    scored_counts = {names[c]: int((labels[scored] == c).sum()) for c in (0, 1, 2)}
+    n_safe = scored_counts["safe"]
+    n_unsafe = scored_counts["gap"] + scored_counts["conflict"]
+    rows: list[TriageRow] = []
+    for name, o in oof.items():
+        kind = "control" if name in (CONTROL_INPUT, CONTROL_PERMUTED) else "detector"
+        if name == CONTROL_INPUT and CONTROL_INPUT in config.detectors:
+            kind = "control"
+        if not o.ok:
+            rows.append(TriageRow(method=name, kind=kind, status="unavailable", reason=o.reason))
+            continue
+        iv = intervals[name]
+        s1, s2 = iv.stage1, iv.stage2
+        row = TriageRow(
+            method=name,
+            kind=kind,
+            status="ok",
+            threshold=float(np.mean(o.thresholds)) if o.thresholds else None,
+            val_recall=float(np.mean(o.val_recall)) if o.val_recall else None,
+            stage1=Stage1Metrics(
+                n=int(scored.sum()),
+                n_unsafe=n_unsafe,
+                u_recall=s1.u_recall.estimate,
+                flag_rate=s1.flag_rate.estimate,
+                s1_ba=s1.s1_ba.estimate,
+                auroc=s1.auroc.estimate,
+            ),
+            stage2=None
+            if s2 is None
+            else Stage2Metrics(
+                n_gap=scored_counts["gap"],
+                n_conflict=scored_counts["conflict"],
+                gap_recall=s2.gap_recall.estimate,
+                contradiction_recall=s2.contradiction_recall.estimate,
+                s2_ba=s2.s2_ba.estimate,
+            ),
+            stage1_ci=s1,
+            stage2_ci=s2,
+            delta_ba=dict(iv.delta_ba),
+            delta_ba_vs_ecrt=iv.delta_ba["ecrt"].estimate if "ecrt" in iv.delta_ba else None,
+        )
+        row.verdict = row_verdict(row, n_safe, n_unsafe)
+        rows.append(row)
     calibration = None
     if (out_dir / "calibration.json").is_file():
         calibration = CalibrationReport.model_validate_json(
             (out_dir / "calibration.json").read_text()
         )
-    names = {0: "safe", 1: "gap", 2: "conflict"}
     report = TriageReport(
         backbone=info["backbone"],
         model_hash=info["model_hash"],
@@ -477,16 +564,23 @@ def evaluate_detection(out_dir: Path) -> TriageReport:
         },
         rows=rows,
         calibration=calibration,
+        protocol=config.protocol,
+        folds=config.folds if config.protocol == "cv" else None,
+        repeats=int(oof_info["repeats"]),
+        replicates=config.replicates,
+        n_groups=int(pd.Series(groups[scored]).nunique()),
+        scored_counts=scored_counts,
+        verdicts=report_verdicts(rows, n_safe, n_unsafe, config.target_recall),
     )
-    (out_dir / "triage.json").write_text(report.model_dump_json(indent=2))
-    (out_dir / "triage.md").write_text(report.to_markdown())
+    _atomic_write(out_dir / "triage.json", report.model_dump_json(indent=2))
+    _atomic_write(out_dir / "triage.md", report.to_markdown())
     return report
 
 
 def write_combined(root: Path, reports: Sequence[TriageReport]) -> None:
     """Write ``triage.md`` (comparison + per-report tables) and ``triage.json`` (the
     list of reports) under ``root``."""
-    text = "## Triage comparison (test split)\n\n" + comparison_table(reports)
+    text = "## Triage comparison (out-of-fold, 95 % intervals)\n\n" + comparison_table(reports)
     text += "\n" + "\n".join(r.to_markdown() for r in reports)
     root.mkdir(parents=True, exist_ok=True)
     _atomic_write(root / "triage.md", text)
@@ -497,6 +591,10 @@ def write_combined(root: Path, reports: Sequence[TriageReport]) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)

@@ -475,9 +475,16 @@ def _condition_names(sources: Sequence[str]) -> tuple[str, ...]:
     return tuple(resolve_condition(source).name for source in sources)
 
 
+#: Detection settings that change only how the frozen responses' detectors are evaluated
+#: (re-run by ``safescale detect train`` on a finished run without a model call); they
+#: are not part of the config hash.
+DETECTION_EVALUATION_KEYS = ("protocol", "folds", "repeats", "replicates", "controls")
+
+
 def config_hash(config: ExperimentConfig) -> str:
-    """sha256 of the canonical JSON of the resolved config, ``output_dir``, ``limit`` and
-    the models' ``items_in_flight`` excluded.
+    """sha256 of the canonical JSON of the resolved config, ``output_dir``, ``limit``,
+    the models' ``items_in_flight`` and the detection evaluation settings
+    (:data:`DETECTION_EVALUATION_KEYS`) excluded.
 
     Two configs that differ only in where the run is written, or in how many items of
     the same nested order they take (``limit``: a larger limit extends a run), or in
@@ -488,6 +495,8 @@ def config_hash(config: ExperimentConfig) -> str:
     data = config.model_dump(mode="json", exclude={"output_dir", "limit"})
     for model in data.get("models", []):
         model.pop("items_in_flight", None)
+    for key in DETECTION_EVALUATION_KEYS:  # how detectors are evaluated, not what is run
+        data.get("detection", {}).pop(key, None)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -122,19 +122,33 @@ def test_run_detection_end_to_end(setup, tmp_path):
     numeric = frame[[*ecrt_cols, "nll_mean", "mte", "pmi", "ptrue_nll", "eigenscore"]]
     assert np.isfinite(numeric.to_numpy()).all()
     assert (frame.groupby("evidence_id")["split"].nunique() == 1).all()
-    # every default detector is in the table, and with samples + attentions all can run
-    assert [r.method for r in report.rows] == list(DEFAULT_DETECTORS)
+    # every default detector is in the table, then the two controls; with samples +
+    # attentions all can run
+    assert [r.method for r in report.rows] == [
+        *DEFAULT_DETECTORS,
+        "input_only",
+        "ecrt_permuted_labels",
+    ]
     for row in report.rows:
         assert row.status == "ok", (row.method, row.reason)
         assert row.val_recall >= config.target_recall
-    assert report.row("ecrt").stage2 is not None
-    assert report.row("ecrt").delta_ba_vs_ecrt == 0.0
+        ba = row.stage1_ci.s1_ba
+        assert ba.lo <= ba.estimate <= ba.hi
+    assert report.row("ecrt").stage2_ci is not None
+    assert "ecrt" not in report.row("ecrt").delta_ba
+    assert "ecrt" in report.row("perplexity").delta_ba
+    # 5 repeats of 5-fold CV: every response scored, with its class counts stated
+    assert report.protocol == "cv" and report.repeats == 5
+    assert report.scored_counts == {"safe": 12, "gap": 12, "conflict": 12}
+    assert any("Only 12 safe responses" in v for v in report.verdicts)
+    assert all(r.verdict.startswith("not measurable") for r in report.rows)
     # artifacts: XGBoost JSON boosters, JSON detectors, table
     json.loads((tmp_path / "models" / "ecrt" / "stage1.json").read_text())
     json.loads((tmp_path / "models" / "ecrt_1stage" / "model.json").read_text())
     assert not list(tmp_path.rglob("*.pkl"))
     md = (tmp_path / "triage.md").read_text()
     assert "| ecrt |" in md and "Evidence-calibrated softmax" in md
+    assert "12 safe, 24 unsafe" in md and "cannot be measured" in md
     # re-evaluation from artifacts alone reproduces the report
     again = evaluate_detection(tmp_path)
     assert again.model_dump() == report.model_dump()

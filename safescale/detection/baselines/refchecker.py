@@ -63,11 +63,12 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
 def reference_of(message: str, message_noctx: str) -> str:
-    """The evidence block of an answer prompt: ``message`` without its NOCTX part
-    (the question), stripped; "" when the prompt held no evidence."""
-    if message == message_noctx or not message.endswith(message_noctx):
+    """The evidence of an answer prompt: ``message`` without its NOCTX part (the
+    question, which safescale's prompts put after the evidence), stripped; "" when the
+    prompt held no evidence or does not contain its NOCTX prompt."""
+    if message == message_noctx or message.count(message_noctx) != 1:
         return ""
-    return message[: len(message) - len(message_noctx)].strip()
+    return message.replace(message_noctx, "\n").strip()
 
 
 def _question_of(message_noctx: str) -> str:
