@@ -506,6 +506,8 @@ class TriageReportRecord(_Versioned):
     n_groups: int = 0
     scored_counts: dict[str, int] = Field(default_factory=dict)
     verdicts: list[str] = Field(default_factory=list)
+    power: dict[str, Any] | None = None
+    transfer: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class MetricsReport(_Versioned):

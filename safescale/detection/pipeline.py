@@ -48,6 +48,7 @@ from safescale.detection.extraction import (
 )
 from safescale.detection.labels import triage_classes
 from safescale.detection.metrics import Stage1Metrics, Stage2Metrics
+from safescale.detection.power import study_power
 from safescale.detection.registry import (
     SAFE,
     DetectorUnavailable,
@@ -55,6 +56,7 @@ from safescale.detection.registry import (
     get_detector,
 )
 from safescale.detection.thresholds import pick_threshold
+from safescale.detection.transfer import TransferCell, TransferSet, transfer_matrix
 from safescale.detection.triage_report import (
     CONTROL_INPUT,
     CONTROL_PERMUTED,
@@ -102,6 +104,9 @@ DEFAULT_DETECTORS = (
     "uq_heads",
 )
 SPLITS = ("train", "val", "test")
+#: The transfer cells whose test set is this directory's (written by the run's detection
+#: stage when the run has more than one model x corpus x condition).
+TRANSFER_FILE = "transfer.json"
 
 
 class DetectionConfig(BaseModel):
@@ -546,6 +551,24 @@ def evaluate_detection(out_dir: Path) -> TriageReport:
         calibration = CalibrationReport.model_validate_json(
             (out_dir / "calibration.json").read_text()
         )
+    reference = oof.get("ecrt") if oof.get("ecrt") and oof["ecrt"].ok else None
+    power = None
+    if reference is not None:
+        power = study_power(
+            reference.flags[0][scored],
+            labels[scored] != SAFE,
+            groups[scored],
+            target_recall=config.target_recall,
+        )
+    verdicts = report_verdicts(rows, n_safe, n_unsafe, config.target_recall)
+    if power is not None:
+        verdicts.append(power["sentence"])
+    transfer = []
+    if (out_dir / TRANSFER_FILE).is_file():
+        transfer = [
+            TransferCell.model_validate(c)
+            for c in json.loads((out_dir / TRANSFER_FILE).read_text())
+        ]
     report = TriageReport(
         backbone=info["backbone"],
         model_hash=info["model_hash"],
@@ -570,7 +593,9 @@ def evaluate_detection(out_dir: Path) -> TriageReport:
         replicates=config.replicates,
         n_groups=int(pd.Series(groups[scored]).nunique()),
         scored_counts=scored_counts,
-        verdicts=report_verdicts(rows, n_safe, n_unsafe, config.target_recall),
+        verdicts=verdicts,
+        power=power,
+        transfer=transfer,
     )
     _atomic_write(out_dir / "triage.json", report.model_dump_json(indent=2))
     _atomic_write(out_dir / "triage.md", report.to_markdown())
@@ -598,3 +623,44 @@ def _atomic_write(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.replace(tmp, path)
+
+
+def transfer_sets(out_dirs: Sequence[Path]) -> list[TransferSet]:
+    """The (model, corpus, condition) sets of detection directories' features."""
+    sets = []
+    for out in out_dirs:
+        info = json.loads((Path(out) / "detection.json").read_text())
+        frame = pd.read_parquet(Path(out) / "features.parquet")
+        for condition, part in frame.groupby("condition", sort=True):
+            sets.append(
+                TransferSet(info["backbone"], info.get("corpus") or "?", str(condition), part)
+            )
+    return sets
+
+
+def write_transfer(
+    out_dirs: Sequence[Path], config: DetectionConfig, methods: Sequence[str] = ("ecrt",)
+) -> list[TransferCell]:
+    """The transfer matrix over every (model, corpus, condition) of these detection
+    directories, each cell stored in the directory of its test set; nothing when there
+    is a single set."""
+    sets = transfer_sets(out_dirs)
+    if len(sets) < 2:
+        return []
+    methods = [m for m in methods if m in config.detectors]
+    cells = transfer_matrix(
+        sets,
+        methods,
+        seed=config.seed,
+        target_recall=config.target_recall,
+        n_estimators=config.n_estimators,
+        replicates=config.replicates,
+        folds=config.folds,
+        repeats=config.repeats,
+    )
+    for out in out_dirs:
+        info = json.loads((Path(out) / "detection.json").read_text())
+        prefix = f"{info['backbone']} · {info.get('corpus') or '?'} · "
+        mine = [c.model_dump(mode="json") for c in cells if c.test.startswith(prefix)]
+        _atomic_write(Path(out) / TRANSFER_FILE, json.dumps(mine, indent=2))
+    return cells

@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from safescale.detection.calibration import CalibrationReport
 from safescale.detection.evaluation import MIN_MINORITY, Estimate, Stage1Intervals, Stage2Intervals
 from safescale.detection.metrics import Stage1Metrics, Stage2Metrics
+from safescale.detection.transfer import TransferCell
 from safescale.records import TriageReportRecord
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "comparison_table",
     "report_verdicts",
     "row_verdict",
+    "transfer_markdown",
 ]
 
 #: Names of the two controls' rows.
@@ -75,6 +77,7 @@ class TriageReport(TriageReportRecord):
 
     rows: list[TriageRow]  # type: ignore[assignment]
     calibration: CalibrationReport | None = None  # type: ignore[assignment]
+    transfer: list[TransferCell] = Field(default_factory=list)  # type: ignore[assignment]
 
     def row(self, method: str) -> TriageRow:
         for r in self.rows:
@@ -129,6 +132,8 @@ class TriageReport(TriageReportRecord):
         text = head + table + "\n".join(lines) + "\n"
         if self.verdicts:
             text += "\n" + "\n".join(f"- {v}" for v in self.verdicts) + "\n"
+        if self.transfer:
+            text += "\n" + transfer_markdown(self.transfer)
         if self.calibration is not None:
             c = self.calibration
             text += (
@@ -325,3 +330,36 @@ def comparison_table(reports: Sequence[TriageReport]) -> str:
             + "\n"
         )
     return text
+
+
+def transfer_markdown(cells: Sequence[TransferCell]) -> str:
+    """Transfer matrices (one per method): rows trained on, columns tested on, cells
+    Stage-1 BA with its 95 % interval and the number of test responses (safe)."""
+    out = []
+    for method in dict.fromkeys(c.method for c in cells):
+        mine = [c for c in cells if c.method == method]
+        trains = list(dict.fromkeys(c.train for c in mine))
+        tests = list(dict.fromkeys(c.test for c in mine))
+        by = {(c.train, c.test): c for c in mine}
+        lines = [
+            f"Transfer of {method} (rows: trained on; columns: tested on; Stage-1 BA "
+            "[95 % interval], n test responses (safe); the diagonal is the set's own "
+            "out-of-fold estimate; off the diagonal only evidence groups the detector never "
+            "saw are scored):",
+            "",
+            "| trained on \\ tested on | " + " | ".join(tests) + " |",
+            "|---|" + "---|" * len(tests),
+        ]
+        for train in trains:
+            cells_row = []
+            for test in tests:
+                c = by.get((train, test))
+                if c is None:
+                    cells_row.append("–")
+                elif c.s1_ba is None:
+                    cells_row.append(f"n/a: {c.reason}")
+                else:
+                    cells_row.append(f"{c.s1_ba.text()}, n {c.n_test} ({c.n_safe})")
+            lines.append(f"| {train} | " + " | ".join(cells_row) + " |")
+        out.append("\n".join(lines) + "\n")
+    return "\n".join(out)

@@ -80,6 +80,7 @@ TRIAGE_COLUMNS = (
     "Gap recall",
     "Contra. recall",
     "S2 BA",
+    "Verdict",
 )
 _CONDITION_LABELS = {
     "closed_book": "Closed-book",
@@ -195,53 +196,125 @@ def condition_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
 
 
 def _triage_cell(value: Any, signed: bool = False) -> str:
+    """``0.51 [0.42, 0.60]`` from an interval dict (``estimate``/``lo``/``hi``), or a
+    bare number from a report of the earlier format (one split, no intervals)."""
+    if isinstance(value, Mapping):
+        est, lo, hi = value.get("estimate"), value.get("lo"), value.get("hi")
+        if not _finite(est):
+            return "–"
+        f = "{:+.2f}" if signed else "{:.2f}"
+        if not (_finite(lo) and _finite(hi)):
+            return f.format(float(est))
+        return f"{f.format(float(est))} [{f.format(float(lo))}, {f.format(float(hi))}]"
     if not _finite(value):
         return "–"
     return f"{float(value):+.3f}" if signed else f"{float(value):.3f}"
 
 
+def _triage_counts(report: Mapping[str, Any]) -> str:
+    c = report.get("scored_counts") or {}
+    safe, gap, conflict = c.get("safe", 0), c.get("gap", 0), c.get("conflict", 0)
+    if report.get("protocol", "split") == "cv":
+        how = (
+            f"{report.get('repeats')} repeat(s) of {report.get('folds')}-fold grouped "
+            f"cross-validation over {report.get('n_groups')} evidence groups"
+        )
+    else:
+        how = "the test split of one seeded grouped split"
+    return (
+        f"Scored: {safe + gap + conflict} responses — {safe} safe, {gap + conflict} unsafe "
+        f"({gap} gap, {conflict} conflict) — {how}."
+    )
+
+
+def _transfer_lines(report: Mapping[str, Any]) -> list[str]:
+    cells = report.get("transfer") or []
+    if not cells:
+        return []
+    lines = []
+    for method in dict.fromkeys(c["method"] for c in cells):
+        mine = [c for c in cells if c["method"] == method]
+        tests = list(dict.fromkeys(c["test"] for c in mine))
+        by = {(c["train"], c["test"]): c for c in mine}
+        lines += [
+            "",
+            f"Transfer of {method} (rows: trained on; columns: tested on; Stage-1 BA "
+            "[95 % interval], n test responses (safe); off the diagonal only evidence groups "
+            "the detector never saw are scored):",
+            "",
+            "| trained on \\ tested on | " + " | ".join(tests) + " |",
+            "|---|" + "---|" * len(tests),
+        ]
+        for train in dict.fromkeys(c["train"] for c in mine):
+            row = []
+            for test in tests:
+                c = by.get((train, test))
+                if c is None:
+                    row.append("–")
+                elif c.get("s1_ba") is None:
+                    row.append(f"n/a: {c.get('reason')}")
+                else:
+                    row.append(f"{_triage_cell(c['s1_ba'])}, n {c['n_test']} ({c['n_safe']})")
+            lines.append(f"| {train} | " + " | ".join(row) + " |")
+    return lines
+
+
 def triage_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
-    """One triage table per backbone from the detection results (empty if none)."""
+    """One triage table per backbone from the detection results (empty if none): every
+    endpoint with its 95 % interval, the counts it was measured on, and the verdicts."""
     tables = []
     for report in metrics.get("triage") or []:
         rows = []
         for row in report.get("rows", []):
-            s1, s2 = row.get("stage1"), row.get("stage2")
+            s1 = row.get("stage1_ci") or row.get("stage1")
+            s2 = row.get("stage2_ci") or row.get("stage2")
+            name = row["method"] + (" (control)" if row.get("kind") == "control" else "")
             if row.get("status") != "ok" or not s1:
                 rows.append(
-                    [row["method"], f"unavailable: {row.get('reason') or '?'}"]
+                    [name, f"unavailable: {row.get('reason') or '?'}"]
                     + [""] * (len(TRIAGE_COLUMNS) - 2)
                 )
                 continue
+            delta = (row.get("delta_ba") or {}).get("ecrt", row.get("delta_ba_vs_ecrt"))
             rows.append(
                 [
-                    row["method"],
+                    name,
                     _triage_cell(s1.get("u_recall")),
                     _triage_cell(s1.get("flag_rate")),
                     _triage_cell(s1.get("s1_ba")),
                     _triage_cell(s1.get("auroc")),
-                    "–"
-                    if row["method"] == "ecrt"
-                    else _triage_cell(row.get("delta_ba_vs_ecrt"), True),
+                    "–" if row["method"] == "ecrt" else _triage_cell(delta, True),
                     _triage_cell((s2 or {}).get("gap_recall")),
                     _triage_cell((s2 or {}).get("contradiction_recall")),
                     _triage_cell((s2 or {}).get("s2_ba")),
+                    row.get("verdict") or "",
                 ]
             )
-        sizes = report.get("split_sizes") or {}
+        protocol = report.get("protocol", "split")
+        note = [
+            _triage_counts(report),
+            f"Labels: {report.get('label_source', '?')}; thresholds picked on validation "
+            f"for unsafe recall ≥ {report.get('target_recall', '?')}, frozen before test; "
+            + (
+                "95 % cluster-bootstrap intervals over evidence groups (thresholds re-picked "
+                "in every replicate)."
+                if report.get("replicates")
+                else "no intervals (a report of the earlier format: re-run `safescale detect "
+                "train` for them)."
+            ),
+        ]
+        note += [f"- {v}" for v in report.get("verdicts") or []]
+        note += _transfer_lines(report)
         tables.append(
             TextTable(
                 title=(
                     f"Triage — {report.get('backbone', '?')}"
                     + (f" — {report['corpus']}" if report.get("corpus") else "")
-                    + f" (test split, n = {sizes.get('test', '?')})"
+                    + f" ({'out-of-fold' if protocol == 'cv' else 'test split'})"
                 ),
                 columns=TRIAGE_COLUMNS,
                 rows=rows,
-                note=(
-                    f"Labels: {report.get('label_source', '?')}; thresholds picked on validation "
-                    f"for unsafe recall ≥ {report.get('target_recall', '?')}."
-                ),
+                note="\n".join(note),
             )
         )
     return tables
@@ -310,16 +383,28 @@ def triage_frame(metrics: Mapping[str, Any]) -> pd.DataFrame | None:
     for report in triage:
         for row in report.get("rows", []):
             s1, s2 = row.get("stage1") or {}, row.get("stage2") or {}
+            intervals = {}
+            for stage, part in (("stage1", row.get("stage1_ci")), ("stage2", row.get("stage2_ci"))):
+                for k, v in (part or {}).items():
+                    intervals[f"{stage}_{k}_lo"] = v.get("lo")
+                    intervals[f"{stage}_{k}_hi"] = v.get("hi")
+            delta = (row.get("delta_ba") or {}).get("ecrt") or {}
             rows.append(
                 {
                     "backbone": report.get("backbone"),
+                    "corpus": report.get("corpus"),
                     "method": row.get("method"),
+                    "kind": row.get("kind", "detector"),
                     "status": row.get("status"),
                     "threshold": row.get("threshold"),
                     "val_recall": row.get("val_recall"),
                     **{f"stage1_{k}": v for k, v in s1.items()},
                     **{f"stage2_{k}": v for k, v in s2.items()},
+                    **intervals,
                     "delta_ba_vs_ecrt": row.get("delta_ba_vs_ecrt"),
+                    "delta_ba_vs_ecrt_lo": delta.get("lo"),
+                    "delta_ba_vs_ecrt_hi": delta.get("hi"),
+                    "verdict": row.get("verdict"),
                 }
             )
     return pd.DataFrame(rows)

@@ -945,7 +945,12 @@ def detect_run(
         DetectionInputStore,
         token_idf,
     )
-    from safescale.detection.pipeline import evaluate_detection, run_detection, write_combined
+    from safescale.detection.pipeline import (
+        evaluate_detection,
+        run_detection,
+        write_combined,
+        write_transfer,
+    )
 
     console = console or Console(stderr=True)
     reader = RunDir(run_dir)
@@ -955,6 +960,7 @@ def detect_run(
     load = _model_loader(models if models is not None else _run_models(reader))
     reports: list = []
     notes: list[str] = []
+    dirs: list[Path] = []
     trained = False
     with RunLock(reader.path):
         for name, entry in manifest.models.items():
@@ -971,6 +977,7 @@ def detect_run(
                 stamp = out / "responses.sha256"
                 if not force and stamp.exists() and stamp.read_text() == digest:
                     reports.append(evaluate_detection(out))
+                    dirs.append(out)
                     continue
                 detection_config = config
                 if config.label_source == "task" and not any(i.task for i in corpus.items):
@@ -999,8 +1006,11 @@ def detect_run(
                     continue
                 atomic_write_text(stamp, digest)
                 reports.append(report)
+                dirs.append(out)
                 trained = True
         root = reader.file(DETECTION_DIR)
+        if trained and write_transfer(dirs, config):
+            reports = [evaluate_detection(d) for d in dirs]  # now with their transfer cells
         if reports and (trained or not (root / "triage.json").exists()):
             write_combined(root, reports)
         if trained or notes:
@@ -1044,6 +1054,12 @@ def evaluate_run(run_dir: str | Path) -> list:
     if not dirs:
         raise RunDirError(
             f"{root}: no trained detection here; run `safescale detect train {reader.path}` first"
+        )
+    stale = [d for d in dirs if not (d / "oof.json").is_file()]
+    if stale:
+        raise RunDirError(
+            f"{stale[0]}: detection was trained before out-of-fold evaluation existed; run "
+            f"`safescale detect train {reader.path}` again (stored inputs: no model call)"
         )
     with RunLock(reader.path):
         reports = [evaluate_detection(d) for d in dirs]

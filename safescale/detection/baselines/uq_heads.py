@@ -13,8 +13,9 @@ every other detector:
   response token (both averaged over heads), then ``log p(y_t)`` and the entropy of
   ``p_t``;
 * the head: standardized features → one hidden layer of 32 ReLU units → P(unsafe),
-  trained on every token with its response's label (the minority class oversampled to
-  balance, seeded), scikit-learn's ``MLPClassifier``;
+  trained on every token with its response's label, class-balanced by sample weights
+  (scikit-learn's ``MLPClassifier``, Adam, minibatches of 256, at most ``max_iter``
+  epochs, stopping when the training loss stops improving);
 * response score: the mean P(unsafe) over its tokens (higher = riskier).
 
 Tokens beyond the first :data:`MAX_TOKENS` of a response are not used.
@@ -102,7 +103,7 @@ class UQHead(Detector):
     supervised = True
 
     def __init__(
-        self, hidden: int = 32, alpha: float = 1e-3, max_iter: int = 300, random_state: int = 0
+        self, hidden: int = 32, alpha: float = 1e-3, max_iter: int = 40, random_state: int = 0
     ) -> None:
         self.hidden = hidden
         self.alpha = alpha
@@ -125,20 +126,18 @@ class UQHead(Detector):
         self.scale_ = tokens.std(0)
         self.scale_[self.scale_ == 0] = 1.0
         Z = (tokens - self.mean_) / self.scale_
-        rng = np.random.default_rng(self.random_state)
-        pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-        small, big = (pos, neg) if len(pos) < len(neg) else (neg, pos)
-        extra = rng.choice(small, size=len(big) - len(small), replace=True)
-        order = rng.permutation(np.concatenate([big, small, extra]))
+        counts = np.bincount(labels, minlength=2).astype(float)
+        weight = (len(labels) / (2.0 * counts))[labels]  # class-balanced
         model = MLPClassifier(
             hidden_layer_sizes=(self.hidden,),
             alpha=self.alpha,
+            batch_size=256,
             max_iter=self.max_iter,
             random_state=self.random_state,
         )
         with warnings.catch_warnings():  # max_iter bounds the cost; not converged is fine
             warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(Z[order], labels[order])
+            model.fit(Z, labels, sample_weight=weight)
         self.coefs_ = [c.copy() for c in model.coefs_]
         self.intercepts_ = [b.copy() for b in model.intercepts_]
         self.n_features_in_ = X.shape[1]

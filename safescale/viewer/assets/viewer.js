@@ -277,20 +277,64 @@ function attributionSection() {
         el("td", {}, el("a", { class: "num", href: linkTo({ view: "items", model: a.model, corpus: a.corpus, condition: a.condition, budget: a.samples_budget, cause: a.cause }) }, a.count)))))));
 }
 
+function ci(e, signed) {
+  // "0.51 [0.42, 0.60]" from an interval {estimate, lo, hi}; a bare number otherwise
+  if (e === null || e === undefined) return "–";
+  if (typeof e === "number") return num(e, 3);
+  if (e.estimate === null || !Number.isFinite(e.estimate)) return "–";
+  const f = (x) => (signed && x > 0 ? "+" : "") + Number(x).toFixed(2);
+  if (!Number.isFinite(e.lo) || !Number.isFinite(e.hi)) return f(e.estimate);
+  return `${f(e.estimate)} [${f(e.lo)}, ${f(e.hi)}]`;
+}
+
+function triageCounts(rep) {
+  const c = rep.scored_counts || {};
+  const safe = c.safe || 0, gap = c.gap || 0, conflict = c.conflict || 0;
+  const how = rep.protocol === "cv"
+    ? `${rep.repeats} repeat(s) of ${rep.folds}-fold grouped cross-validation over ${rep.n_groups} evidence groups`
+    : "the test split of one seeded grouped split";
+  return `Scored: ${safe + gap + conflict} responses — ${safe} safe, ${gap + conflict} unsafe (${gap} gap, ${conflict} conflict) — ${how}; 95 % cluster-bootstrap intervals.`;
+}
+
 function triageSection() {
   const reports = INDEX.triage;
   if (!reports || !reports.length) return null;
-  return el("section", { class: "card", id: "triage" }, el("h3", { text: "Detection (test split)" }),
+  return el("section", { class: "card", id: "triage" }, el("h3", { text: "Detection (out of fold, 95 % intervals)" }),
     reports.map((rep) => el("div", {},
-      el("h4", { text: `${rep.backbone}${rep.corpus ? " — " + rep.corpus : ""} (${rep.n_records} records, target recall ${rep.target_recall})` }),
+      el("h4", { text: `${rep.backbone}${rep.corpus ? " — " + rep.corpus : ""} (${rep.n_records} records, target recall ${rep.target_recall}, protocol ${rep.protocol || "split"})` }),
+      el("p", { class: "muted", text: triageCounts(rep) }),
       el("table", { class: "triage-table" },
-        el("thead", {}, el("tr", {}, ["Method", "Status", "U-recall", "Flag rate", "S1 BA", "Threshold", "Note"].map((t) => el("th", { text: t })))),
-        el("tbody", {}, (rep.rows || []).map((r) => el("tr", {},
-          el("td", { text: r.method }), el("td", { text: r.status }),
-          el("td", { text: r.stage1 ? num(r.stage1.u_recall, 3) : "–" }),
-          el("td", { text: r.stage1 ? num(r.stage1.flag_rate, 3) : "–" }),
-          el("td", { text: r.stage1 ? num(r.stage1.s1_ba, 3) : "–" }),
-          el("td", { text: num(r.threshold, 3) }), el("td", { text: r.reason || "" }))))))));
+        el("thead", {}, el("tr", {}, ["Method", "Status", "U-recall", "Flag rate", "S1 BA", "AUROC", "ΔBA vs ECRT", "S2 BA", "Verdict"].map((t) => el("th", { text: t })))),
+        el("tbody", {}, (rep.rows || []).map((r) => {
+          const s1 = r.stage1_ci || r.stage1, s2 = r.stage2_ci || r.stage2;
+          const delta = (r.delta_ba || {}).ecrt;
+          return el("tr", {},
+            el("td", { text: r.method + (r.kind === "control" ? " (control)" : "") }), el("td", { text: r.status }),
+            el("td", { text: s1 ? ci(s1.u_recall) : "–" }),
+            el("td", { text: s1 ? ci(s1.flag_rate) : "–" }),
+            el("td", { text: s1 ? ci(s1.s1_ba) : "–" }),
+            el("td", { text: s1 ? ci(s1.auroc) : "–" }),
+            el("td", { text: delta ? ci(delta, true) : "–" }),
+            el("td", { text: s2 ? ci(s2.s2_ba) : "–" }),
+            el("td", { text: r.verdict || r.reason || "" }));
+        }))),
+      (rep.verdicts || []).length ? el("ul", { class: "verdicts" }, rep.verdicts.map((v) => el("li", { text: v }))) : null,
+      transferTable(rep))));
+}
+
+function transferTable(rep) {
+  const cells = rep.transfer || [];
+  if (!cells.length) return null;
+  const tests = [...new Set(cells.map((c) => c.test))];
+  const trains = [...new Set(cells.map((c) => c.train))];
+  const by = new Map(cells.map((c) => [`${c.train}\u0000${c.test}`, c]));
+  return el("div", {}, el("h5", { text: `Transfer of ${cells[0].method} (rows: trained on; columns: tested on; S1 BA)` }),
+    el("table", { class: "triage-table" },
+      el("thead", {}, el("tr", {}, [el("th", { text: "trained on \\ tested on" }), ...tests.map((t) => el("th", { text: t }))])),
+      el("tbody", {}, trains.map((train) => el("tr", {}, [el("td", { text: train }), ...tests.map((test) => {
+        const c = by.get(`${train}\u0000${test}`);
+        return el("td", { text: !c ? "–" : c.s1_ba ? `${ci(c.s1_ba)}, n ${c.n_test} (${c.n_safe})` : `n/a: ${c.reason}` });
+      })])))));
 }
 
 function renderOverview(app) {
