@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -116,6 +117,100 @@ def _render(plans: list[dict[str, Any]], console: Console) -> None:
     console.print(table)
 
 
+def _finite(name: str, value: float | None) -> None:
+    from safescale.cli import UserError
+
+    if value is not None and not math.isfinite(value):
+        raise UserError(f"plan: {name}: must be a finite number, got {value}")
+
+
+def _plan_triage(
+    console: Console,
+    run_dir: Path | None,
+    *,
+    safe_share: float | None,
+    target_recall: float,
+    ba0: float,
+    ba1: float | None,
+    half_width: float | None,
+    difference: float | None,
+    discordance_safe: float,
+    discordance_unsafe: float,
+    alpha: float,
+    power: float,
+    cluster_size: float,
+    icc: float | None,
+) -> None:
+    """``plan --triage``: from the options, or from a run's detection (its class mix,
+    evidence-group size and flag ICC; its ECRT BA as the effect)."""
+    from safescale.cli import UserError
+    from safescale.detection.power import triage_plan
+
+    for name, value in (("--safe-share", safe_share), ("--ba1", ba1), ("--half-width",
+                        half_width), ("--difference", difference), ("--cluster-size",
+                        cluster_size), ("--icc", icc)):  # fmt: skip
+        _finite(name, value)
+    if run_dir is not None:
+        from safescale.experiments.rundir import RunDir
+
+        reports = RunDir(run_dir).triage()
+        if not reports:
+            raise UserError(f"{run_dir}: no detection results (run `safescale detect train`)")
+        for report in reports:
+            p = report.power
+            if not p:
+                console.print(f"{report.backbone} · {report.corpus}: no power figures (one class)")
+                continue
+            console.print(f"{report.backbone} · {report.corpus}: {p['sentence']}", soft_wrap=True)
+            ecrt = next((r for r in report.rows if r.get("method") == "ecrt"), None)
+            observed = ((ecrt or {}).get("stage1_ci") or {}).get("s1_ba", {}).get("estimate")
+            goal = {"half_width": half_width} if half_width else {"ba1": ba1 or observed}
+            if difference:
+                goal = {"difference": difference}
+            if not any(v for v in goal.values()):
+                continue
+            try:
+                plan = triage_plan(
+                    safe_share=p["safe_share"],
+                    target_recall=report.target_recall,
+                    ba0=ba0,
+                    discordance_safe=discordance_safe,
+                    discordance_unsafe=discordance_unsafe,
+                    alpha=alpha,
+                    power=power,
+                    cluster_size=max(float(p["cluster_size"]), 1.0),
+                    icc=float(p["icc"]) if icc is None else icc,
+                    **goal,
+                )
+            except ValueError as error:
+                console.print(f"  {error}")
+                continue
+            console.print("  " + plan.sentence(), soft_wrap=True)
+        return
+    if safe_share is None:
+        raise UserError("plan --triage: give --safe-share (or a RUN_DIR with detection)")
+    if ba1 is None and half_width is None and difference is None:
+        half_width = 0.05
+    try:
+        plan = triage_plan(
+            safe_share=safe_share,
+            target_recall=target_recall,
+            ba0=ba0,
+            ba1=ba1,
+            half_width=half_width,
+            difference=difference,
+            discordance_safe=discordance_safe,
+            discordance_unsafe=discordance_unsafe,
+            alpha=alpha,
+            power=power,
+            cluster_size=cluster_size,
+            icc=0.0 if icc is None else icc,
+        )
+    except ValueError as error:
+        raise UserError(f"plan --triage: {error}") from None
+    console.print(plan.sentence(), soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``plan`` command to the CLI."""
 
@@ -146,12 +241,52 @@ def register(app: typer.Typer) -> None:
         metric: Annotated[str, typer.Option(help="metric of the comparison (pilot run)")] = (
             "accuracy"
         ),
+        triage: Annotated[
+            bool, typer.Option("--triage", help="size a triage (detection) study instead")
+        ] = False,
+        safe_share: Annotated[
+            float | None, typer.Option(help="triage: share of safe responses (e.g. 0.092)")
+        ] = None,
+        target_recall: Annotated[float, typer.Option(help="triage: target unsafe recall")] = 0.95,
+        ba0: Annotated[float, typer.Option(help="triage: the BA to tell apart from")] = 0.5,
+        ba1: Annotated[float | None, typer.Option(help="triage: the BA to detect")] = None,
+        half_width: Annotated[
+            float | None, typer.Option(help="triage: wanted half-width of the BA interval")
+        ] = None,
+        difference: Annotated[
+            float | None, typer.Option(help="triage: BA difference between two detectors")
+        ] = None,
+        discordance_safe: Annotated[
+            float, typer.Option(help="triage: share of safe responses two detectors flag apart")
+        ] = 0.3,
+        discordance_unsafe: Annotated[
+            float, typer.Option(help="triage: the same among unsafe responses")
+        ] = 0.05,
     ) -> None:
         """Items (and evidence clusters) a paired comparison needs to detect an effect
-        (McNemar test, Connor 1987 sample size; design effect 1 + (m - 1) icc)."""
+        (McNemar test, Connor 1987 sample size; design effect 1 + (m - 1) icc); with
+        --triage, the responses a triage study needs (Stage-1 BA)."""
         from safescale.cli import UserError
 
         console = Console()
+        if triage:
+            _plan_triage(
+                console,
+                run_dir,
+                safe_share=safe_share,
+                target_recall=target_recall,
+                ba0=ba0,
+                ba1=ba1,
+                half_width=half_width,
+                difference=difference,
+                discordance_safe=discordance_safe,
+                discordance_unsafe=discordance_unsafe,
+                alpha=alpha,
+                power=power,
+                cluster_size=cluster_size,
+                icc=icc,
+            )
+            return
         if run_dir is None:
             if effect is None or discordance is None:
                 raise UserError("plan: give --effect and --discordance, or a pilot RUN_DIR")

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
+from safescale.detection.evaluation import MIN_MINORITY
 from safescale.stats import anova_icc, design_effect
 
 __all__ = [
@@ -96,6 +97,7 @@ class TriagePlan:
     responses_clustered: int
     safe_responses: int
     clusters: int
+    floor: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,10 +126,17 @@ class TriagePlan:
                 f"power (discordance {self.discordance_safe:.0%} of safe, "
                 f"{self.discordance_unsafe:.0%} of unsafe responses)"
             )
-        return (
+        text = (
             f"{what} at {mix}: {self.responses} responses{clustered}, of which about "
             f"{math.ceil(n * self.safe_share)} safe."
         )
+        if self.floor > n:
+            text += (
+                f" The normal approximation needs more: at least {self.floor} responses, so "
+                f"that {MIN_MINORITY} of each class are scored (below that specificity or "
+                "recall cannot be measured at all)."
+            )
+        return text
 
 
 def _z(alpha: float, power: float) -> tuple[float, float]:
@@ -197,6 +206,7 @@ def triage_plan(
     deff = 1.0 + (cluster_size - 1.0) * icc
     responses = max(1, math.ceil(n))
     clustered = max(1, math.ceil(n * deff))
+    floor = math.ceil(MIN_MINORITY / min(safe_share, 1.0 - safe_share))
     return TriagePlan(
         goal=goal,
         safe_share=safe_share,
@@ -216,6 +226,7 @@ def triage_plan(
         responses_clustered=clustered,
         safe_responses=math.ceil(clustered * safe_share),
         clusters=math.ceil(clustered / cluster_size),
+        floor=floor,
     )
 
 

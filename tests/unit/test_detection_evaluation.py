@@ -180,3 +180,65 @@ def test_no_evidence_group_is_scored_by_a_detector_trained_on_it(protocol):
             tested[test] += 1
         if protocol == "cv":
             assert (tested == 1).all()  # every response tested exactly once per repeat
+
+
+# ------------------------------------------------------------------------------ power
+
+
+def test_triage_plan_matches_its_closed_form_and_inverts():
+    from safescale.detection.power import ba_variance, minimum_detectable_ba, triage_plan
+
+    z = norm.ppf(0.975)
+    # widest interval at recall 0.95: specificity 0.5, BA 0.725
+    v = (0.95 * 0.05 / 0.908 + 0.25 / 0.092) / 4
+    assert ba_variance(0.725, 0.092, 0.95) == pytest.approx(v)
+    plan = triage_plan(safe_share=0.092, half_width=0.05)
+    assert plan.responses == math.ceil(z**2 * v / 0.05**2) == 1064
+    clustered = triage_plan(safe_share=0.092, half_width=0.05, cluster_size=3, icc=0.5)
+    assert clustered.design_effect == 2.0 and clustered.responses_clustered == 2128
+    n = triage_plan(safe_share=0.2, ba1=0.65).responses
+    mde = minimum_detectable_ba(n, safe_share=0.2)
+    assert abs(mde - 0.15) < 0.005 and minimum_detectable_ba(n // 2, safe_share=0.2) > mde
+    with pytest.raises(ValueError, match="exactly one goal"):
+        triage_plan(safe_share=0.1)
+    with pytest.raises(ValueError, match="specificity"):
+        triage_plan(safe_share=0.1, ba1=0.99)  # impossible at recall 0.95
+
+
+def test_a_study_of_the_planned_size_reaches_the_planned_half_width():
+    """Simulated studies of the size the plan gives for ±0.08: their intervals are about
+    that wide (the plan ignores the operating point's own noise, so a little wider)."""
+    from safescale.detection.power import triage_plan
+
+    d, group_sd = 1.5, 0.0
+    ba = true_ba(d, group_sd)
+    plan = triage_plan(safe_share=0.3, half_width=0.08, ba1=ba)
+    widths = []
+    for study in range(10):
+        rng = np.random.default_rng(500 + study)
+        groups = math.ceil(plan.responses / 3)
+        frame = simulated_frame(rng, n_groups=groups, d=d, group_sd=group_sd)
+        oof = cross_validate(frame, ["perplexity"], folds=5, repeats=1, seed=study)
+        rows = interval_rows(oof, frame["label"].to_numpy(), frame["evidence_id"], replicates=200)
+        e = rows["perplexity"].stage1.s1_ba
+        widths.append((e.hi - e.lo) / 2)
+    assert 0.06 < float(np.median(widths)) < 0.12
+
+
+def test_plan_triage_cli_prints_responses_and_refuses_bad_numbers():
+    from typer.testing import CliRunner
+
+    from safescale.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        ["plan", "--triage", "--safe-share", "0.092", "--half-width", "0.05",
+         "--cluster-size", "3", "--icc", "0.5"],
+        terminal_width=200,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "1064 responses (2128 with design effect 2.00" in result.output
+    for bad in (["--safe-share", "nan"], ["--safe-share", "0.1", "--half-width", "inf"],
+                ["--safe-share", "1.5"]):  # fmt: skip
+        out = CliRunner().invoke(app, ["plan", "--triage", *bad])
+        assert out.exit_code == 2, out.output
