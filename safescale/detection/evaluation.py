@@ -140,6 +140,8 @@ class OutOfFold:
         folds: per fold, ``(repeat, test rows, validation rows, validation scores)``:
             what each threshold was picked from (the bootstrap re-picks it).
         reason: why the method could not run (then the arrays are empty).
+        skipped: folds that could not be fitted (e.g. a training part without a class),
+            each with its reason; their test responses are not scored in that repeat.
     """
 
     method: str
@@ -151,6 +153,7 @@ class OutOfFold:
     val_recall: list[float] = field(default_factory=list)
     folds: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     reason: str | None = None
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -220,6 +223,8 @@ def cross_validate(
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
     labels: np.ndarray | None = None,
     progress: Callable[[str], None] | None = None,
+    fit_rows: np.ndarray | None = None,
+    test_rows: np.ndarray | None = None,
 ) -> dict[str, OutOfFold]:
     """Out-of-fold predictions of every method (see the module docstring).
 
@@ -236,10 +241,20 @@ def cross_validate(
         labels: triage classes to use instead of ``frame["label"]`` (the permutation
             control); the splits still follow ``frame["label"]``.
         progress: called with each method's name before it runs.
+        fit_rows / test_rows: bool masks: only these rows are fitted and validated on /
+            tested (transfer: fit on one set of responses, test on another, the folds
+            still grouped by evidence over both).
     """
     y = np.asarray(frame["label"] if labels is None else labels, dtype=int)
     unsafe = y != SAFE
     plan = _splits(frame, protocol, folds, repeats, seed, split_fractions)
+    if fit_rows is not None or test_rows is not None:
+        fit_ok = np.ones(len(frame), bool) if fit_rows is None else np.asarray(fit_rows, bool)
+        test_ok = np.ones(len(frame), bool) if test_rows is None else np.asarray(test_rows, bool)
+        plan = [
+            [(tr[fit_ok[tr]], va[fit_ok[va]], te[test_ok[te]]) for tr, va, te in fold_list]
+            for fold_list in plan
+        ]
     R, n = len(plan), len(frame)
     out: dict[str, OutOfFold] = {}
     for name in methods:
@@ -259,24 +274,35 @@ def cross_validate(
             np.zeros((R, n), dtype=bool),
             np.zeros((R, n), dtype=bool) if probe.attributes_subtype else None,
         )
-        try:
-            for r, fold_list in enumerate(plan):
-                for train, val, test in fold_list:
-                    det = make_detector(name, seed=seed + r, n_estimators=n_estimators)
+        for r, fold_list in enumerate(plan):
+            for k, (train, val, test) in enumerate(fold_list):
+                if len(test) == 0:  # (transfer) no response of the test set here
+                    continue
+                det = make_detector(name, seed=seed + r, n_estimators=n_estimators)
+                try:
                     det.fit(X[train], y[train])
                     val_scores = det.risk_score(X[val])
                     threshold = pick_threshold(val_scores, unsafe[val], target_recall)
                     scores = det.risk_score(X[test])
-                    result.scored[r, test] = True
-                    result.scores[r, test] = scores
-                    result.flags[r, test] = scores >= threshold
-                    if result.pred_gap is not None:
-                        result.pred_gap[r, test] = det.gap_given_unsafe(X[test]) >= 0.5
-                    result.thresholds.append(float(threshold))
-                    result.folds.append((r, test, val, np.asarray(val_scores, dtype=float)))
-                    result.val_recall.append(float((val_scores >= threshold)[unsafe[val]].mean()))
-        except (DetectorUnavailable, ValueError) as error:
-            out[name] = OutOfFold(name, empty, np.zeros((R, n)), empty, reason=str(error))
+                    pred_gap = (
+                        det.gap_given_unsafe(X[test]) >= 0.5
+                        if result.pred_gap is not None
+                        else None
+                    )
+                except (DetectorUnavailable, ValueError) as error:
+                    result.skipped.append(f"repeat {r + 1} fold {k + 1}: {error}")
+                    continue
+                result.scored[r, test] = True
+                result.scores[r, test] = scores
+                result.flags[r, test] = scores >= threshold
+                if pred_gap is not None:
+                    result.pred_gap[r, test] = pred_gap
+                result.thresholds.append(float(threshold))
+                result.val_recall.append(float((val_scores >= threshold)[unsafe[val]].mean()))
+                result.folds.append((r, test, val, np.asarray(val_scores, dtype=float)))
+        if not result.folds:
+            reason = result.skipped[0].split(": ", 1)[1] if result.skipped else "no fold ran"
+            out[name] = OutOfFold(name, empty, np.zeros((R, n)), empty, reason=reason)
             continue
         out[name] = result
     return out

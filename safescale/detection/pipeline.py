@@ -328,6 +328,7 @@ def write_out_of_fold(frame: pd.DataFrame, config: DetectionConfig, out_dir: Pat
             "thresholds": oof.thresholds,
             "val_recall": oof.val_recall,
             "subtype": oof.pred_gap is not None,
+            "skipped": oof.skipped,
         }
         if not oof.ok:
             continue
@@ -399,6 +400,7 @@ def read_out_of_fold(out_dir: Path) -> tuple[dict[str, OutOfFold], dict]:
             np.zeros((R, n), dtype=bool) if meta["subtype"] else None,
             thresholds=list(meta["thresholds"]),
             val_recall=list(meta["val_recall"]),
+            skipped=list(meta.get("skipped") or []),
         )
         o.scored[r, i] = True
         o.scores[r, i] = test["score"].to_numpy()
@@ -545,6 +547,12 @@ def evaluate_detection(out_dir: Path) -> TriageReport:
             delta_ba_vs_ecrt=iv.delta_ba["ecrt"].estimate if "ecrt" in iv.delta_ba else None,
         )
         row.verdict = row_verdict(row, n_safe, n_unsafe)
+        if o.skipped:
+            total = len(o.skipped) + len(o.folds)
+            row.reason = (
+                f"{len(o.skipped)} of {total} folds could not be fitted and their responses "
+                f"were not scored ({o.skipped[0]})"
+            )
         rows.append(row)
     calibration = None
     if (out_dir / "calibration.json").is_file():

@@ -127,7 +127,8 @@ class TriageReport(TriageReportRecord):
                 f"| {s1.auroc.text()} | {'–' if delta is None else delta.text(signed=True)} "
                 f"| {s2.gap_recall.text() if s2 else '–'} "
                 f"| {s2.contradiction_recall.text() if s2 else '–'} "
-                f"| {s2.s2_ba.text() if s2 else '–'} | {r.verdict or ''} |"
+                f"| {s2.s2_ba.text() if s2 else '–'} "
+                f"| {'; '.join(x for x in (r.verdict, r.reason) if x)} |"
             )
         text = head + table + "\n".join(lines) + "\n"
         if self.verdicts:
@@ -359,7 +360,10 @@ def transfer_markdown(cells: Sequence[TransferCell]) -> str:
                 elif c.s1_ba is None:
                     cells_row.append(f"n/a: {c.reason}")
                 else:
-                    cells_row.append(f"{c.s1_ba.text()}, n {c.n_test} ({c.n_safe})")
+                    ba = c.s1_ba.text()
+                    if not math.isfinite(c.s1_ba.lo):
+                        ba += " (no interval: too few responses)"
+                    cells_row.append(f"{ba}, n {c.n_test} ({c.n_safe})")
             lines.append(f"| {train} | " + " | ".join(cells_row) + " |")
         out.append("\n".join(lines) + "\n")
     return "\n".join(out)

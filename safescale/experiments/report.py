@@ -254,7 +254,10 @@ def _transfer_lines(report: Mapping[str, Any]) -> list[str]:
                 elif c.get("s1_ba") is None:
                     row.append(f"n/a: {c.get('reason')}")
                 else:
-                    row.append(f"{_triage_cell(c['s1_ba'])}, n {c['n_test']} ({c['n_safe']})")
+                    ba = _triage_cell(c["s1_ba"])
+                    if not _finite(c["s1_ba"].get("lo")):
+                        ba += " (no interval: too few responses)"
+                    row.append(f"{ba}, n {c['n_test']} ({c['n_safe']})")
             lines.append(f"| {train} | " + " | ".join(row) + " |")
     return lines
 

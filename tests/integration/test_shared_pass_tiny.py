@@ -402,3 +402,34 @@ def test_prompts_with_a_common_prefix_share_its_prefill(tiny_lm):
     assert cached.misses == 6
     assert np.allclose(cached.score_continuations(messages, answers).logprob, alone, atol=ATOL)
     assert cached.hits == 6
+
+
+def test_the_detection_stage_measures_transfer_between_conditions(runs, tmp_path):
+    from safescale.experiments.rundir import RunDir
+    from safescale.experiments.runner import detect_run
+
+    _, shared, _ = runs
+    run_copy = tmp_path / "run"
+    shutil.copytree(shared.run_dir, run_copy)
+    detect_run(run_copy, shared.detection.detection_config(), models=shared.models)
+    (report,) = RunDir(run_copy).triage()
+    keys = {f"tiny · retina-rules · {c}" for c in ("clean_evidence", "conflict_evidence")}
+    cells = report.transfer
+    assert {(c["train"], c["test"]) for c in cells} == {(a, b) for a in keys for b in keys}
+    for cell in cells:
+        assert cell["method"] == "ecrt"
+        if cell["s1_ba"] is None:  # a cell that cannot be measured says why
+            assert cell["reason"]
+            continue
+        # every response of the test set, scored once, but those of a fold whose
+        # training part lacked a class (said in the cell's note)
+        assert cell["n_test"] == 15 or "could not be fitted" in cell["note"]
+        assert 0 < cell["n_test"] <= 15
+        ba = cell["s1_ba"]
+        if ba["lo"] is None:  # no interval: too few responses of a class, and said so
+            assert cell["n_safe"] < 20
+        else:
+            assert ba["lo"] <= ba["estimate"] <= ba["hi"]
+    md = (run_copy / "detection" / "triage.md").read_text()
+    assert "Transfer of ecrt (rows: trained on; columns: tested on" in md
+    assert "(no interval: too few responses)" in md or "[" in md.split("Transfer of ecrt")[1]
