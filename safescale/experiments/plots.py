@@ -212,7 +212,7 @@ def plot_category_heatmap(metrics: Mapping[str, Any], path: Path) -> Path | None
         for i, c in enumerate(cells):
             for j, cat in enumerate(categories):
                 entry = c["by_category"].get(cat)
-                if entry is not None:
+                if entry is not None and entry["high_risk_error_rate"] is not None:
                     grid[i, j] = 100 * entry["high_risk_error_rate"]
         image = ax.imshow(grid, cmap="Reds", vmin=0, vmax=100, aspect="auto")
         for i in range(grid.shape[0]):

@@ -223,6 +223,13 @@ def _load_corpora(config: ExperimentConfig) -> dict[str, Corpus]:
                 f"{seen[corpus.name]!r}"
             )
         seen[corpus.name] = ref
+        needs_store = [c for c in config.condition_names if _uses_store(c)]
+        if not corpus.passages and needs_store:
+            raise RunDirError(
+                f"{where}: closed_book_only: corpus {corpus.name!r} has no passages, so it "
+                f"cannot run {', '.join(needs_store)}; run it with closed_book, "
+                "clean_evidence or conflict_evidence, or import it with --passages-from"
+            )
         corpora[ref] = corpus
     return corpora
 
