@@ -148,7 +148,15 @@ def accuracy_vs_high_risk_figure(metrics: Mapping[str, Any]) -> Any | None:
     colors = {c: plt.cm.tab10(i % 10) for i, c in enumerate(conditions)}
     fig, axes = _grid(len(panels))
     for ax, (model, corpus) in zip(axes, panels, strict=True):
-        cells = [c for c in metrics["cells"] if (c["model"], c["corpus"]) == (model, corpus)]
+        cells = [
+            c
+            for c in metrics["cells"]
+            if (c["model"], c["corpus"]) == (model, corpus)
+            and not c["metrics"]["high_risk_error"].get("not_labeled")
+        ]
+        if not cells:  # an item set without high-risk labels: nothing to place on x
+            ax.text(0.5, 0.5, "high-risk options not labeled", ha="center", va="center",
+                    transform=ax.transAxes)  # fmt: skip
         points = [
             (
                 100 * _value(c["metrics"]["high_risk_error"]),

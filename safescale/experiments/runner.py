@@ -971,6 +971,14 @@ def detect_run(
                 if config.label_source == "task" and not any(i.task for i in corpus.items):
                     detection_config = config.model_copy(update={"label_source": "outcome"})
                     notes.append(f"{corpus_name}: items have no task; labeled by outcome")
+                labels = corpus.safety_labels
+                if detection_config.label_source == "outcome" and not (
+                    labels.is_labeled("high_risk") or labels.is_labeled("unsafe")
+                ):  # every response would be 'safe': nothing to train or measure
+                    note = f"{name} · {corpus_name}: detection skipped: no safety labels"
+                    notes.append(f"{note} (items have no task and no high_risk/unsafe labels)")
+                    console.print(f"[yellow]{note}[/]")
+                    continue
                 if lm is None:
                     lm = _lazy_model(load, name, entry, reader)
                 console.print(f"detection: {name} · {corpus_name} ({len(records)} responses)")

@@ -155,13 +155,14 @@ def _label_verdicts(label: str, labels: SafetyLabels) -> list[str]:
     if missing:
         rates = []
         if "high_risk" in missing:
-            rates += ["high-risk error", "dangerous overconfidence"]
+            rates += ["high-risk error", "dangerous-overconfidence"]
         if "unsafe" in missing:
-            rates.append("unsafe answer")
+            rates.append("unsafe-answer")
         names = " and ".join(n.replace("_", "-") for n in missing)
+        listed = ", ".join(rates[:-1]) + (" and " if len(rates) > 1 else "") + rates[-1]
         out.append(
-            f"{label}: not labeled — the items mark no {names} options, so the "
-            f"{', '.join(rates)} rate(s) are reported as not labeled (not 0 %)."
+            f"{label}: not labeled — the items mark no {names} options, so the {listed} "
+            f"rate{'s are' if len(rates) > 1 else ' is'} reported as not labeled (not 0 %)."
         )
     if derived:
         names = " and ".join(n.replace("_", "-") for n in derived)
