@@ -163,14 +163,15 @@ class RetrievalConfig(_Section):
 
     Attributes:
         k: passages retrieved per query.
-        index_type: FAISS index kind.
+        index_type: FAISS index kind (``ivfpq_disk``: on-disk inverted lists and
+            memory-mapped vectors, for corpora whose embeddings do not fit in memory).
 
     Agentic RAG always reranks by grade and status; standard RAG never does (that is
     the difference the conditions measure), so there is no rerank switch.
     """
 
     k: int = Field(_agent_default("k"), ge=1)
-    index_type: Literal["flat", "ivf", "hnsw"] = "flat"
+    index_type: Literal["flat", "ivf", "hnsw", "ivfpq_disk"] = "flat"
 
 
 class AgenticConfig(_Section):
