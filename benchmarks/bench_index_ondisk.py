@@ -3,7 +3,7 @@ recall at MedRAG scale.
 
 Run alone on an idle machine (the numbers are wrong under load)::
 
-    python benchmarks/bench_index_ondisk.py                     # 1M and 5M, ~1-2 h, ~40 GB disk
+    python benchmarks/bench_index_ondisk.py                     # 1M and 5M, ~1-2 h, ~9 GB disk
     python benchmarks/bench_index_ondisk.py --sizes 50000       # a check that it runs (~1 min)
 
 For each size ``n`` it prints, each phase in a fresh process so that its peak resident

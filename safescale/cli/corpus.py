@@ -155,6 +155,10 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option("--map", help="hf: KEY=COLUMN (repeatable; options=a,b,c,d)"),
         ] = None,
+        license_: Annotated[
+            str | None,
+            typer.Option("--license", help="the corpus license (default: the dataset's)"),
+        ] = None,
         overwrite: Annotated[bool, typer.Option(help="replace an existing corpus")] = False,
     ) -> None:
         """Import a public benchmark (PubMedQA, MedQA, MedMCQA, MIRAGE, any HF dataset)."""
@@ -197,6 +201,7 @@ def register(app: typer.Typer) -> None:
                     passages_from=passages_from,
                     split=split,
                     overwrite=overwrite,
+                    license_text=license_,
                     **options,
                 )
         except ValueError as error:

@@ -27,6 +27,7 @@ import shutil
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -203,7 +204,8 @@ class EvidenceStore:
         self.small_batch_threads: int | None = 1
         self._lock = threading.Lock()
         # an ivfpq_disk index built into a scratch directory that save() moves into place
-        self._temporary_dir: Path | None = None
+        # (a finalizer removing it, also when the store is dropped unsaved)
+        self._temporary_dir: weakref.finalize | None = None
 
     # -- construction ---------------------------------------------------------------
 
@@ -374,7 +376,8 @@ class EvidenceStore:
             embedder.dimension,
         )
         store = cls(ondisk, table, manifest, embedder)
-        store._temporary_dir = directory if temporary else None
+        if temporary:
+            store._own_build_dir(directory)
         store.build_stats = BuildStats(
             passages=len(passages),
             embedded=counts["embedded"],
@@ -429,7 +432,7 @@ class EvidenceStore:
             blocks = (vectors[i : i + step] for i in range(0, len(vectors), step))
             ondisk = build_ondisk_index(directory, blocks, len(vectors), d, params)
             store = cls(ondisk, table, manifest, embedder)
-            store._temporary_dir = directory
+            store._own_build_dir(directory)
             return store
         faiss_index = build_faiss_index(index, vectors, resolved)
         return cls(faiss_index, table, manifest, embedder)
@@ -795,9 +798,13 @@ class EvidenceStore:
         if ondisk:  # from now on the saved files are the index
             self.index = OnDiskIndex.open(target)
             if self._temporary_dir is not None:
-                shutil.rmtree(self._temporary_dir, ignore_errors=True)
+                self._temporary_dir()  # the finalizer: removes the scratch directory
                 self._temporary_dir = None
         return target
+
+    def _own_build_dir(self, directory: Path) -> None:
+        """Remove a scratch build directory when this store is saved or collected."""
+        self._temporary_dir = weakref.finalize(self, shutil.rmtree, directory, True)
 
     @classmethod
     def read_manifest(cls, directory: str | Path) -> StoreManifest:

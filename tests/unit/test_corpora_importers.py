@@ -295,8 +295,10 @@ def test_medqa_four_and_five_options(tmp_path):
     assert item.category == "step2&3" and item.evidence_id == item.id
     assert corpus.passages == () and corpus.manifest.closed_book_only
     assert corpus.manifest.safety_labels.unsafe == "unlabeled"
-    (item4,) = load_corpus(import_corpus("medqa", four, tmp_path / "m4").path).items
+    four_corpus = load_corpus(import_corpus("medqa", four, tmp_path / "m4", license_text="X").path)
+    (item4,) = four_corpus.items
     assert item4.letters == ["A", "B", "C", "D"] and item4.gold == "A"
+    assert four_corpus.manifest.license == "X" and corpus.manifest.license.startswith("MIT")
 
 
 def test_medqa_answer_text_must_match_answer_idx(tmp_path):

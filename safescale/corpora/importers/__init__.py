@@ -117,6 +117,7 @@ def import_corpus(
     passages_from: str | None = None,
     split: str | None = None,
     overwrite: bool = False,
+    license_text: str | None = None,
     **options: Any,
 ) -> ImportResult:
     """Import a public benchmark as a corpus directory.
@@ -133,6 +134,8 @@ def import_corpus(
             are answered over (for sets without passages of their own).
         split: the split of a ``DatasetDict`` ``save_to_disk`` directory.
         overwrite: replace an existing corpus at ``out``.
+        license_text: the manifest's ``license`` (default: the source dataset's license
+            for the named formats; for ``hf`` a placeholder asking for it).
         **options: format options: ``ids``, ``grade_level``, ``category`` (pubmedqa);
             ``cop_base`` (medmcqa); ``subsets`` (mirage); ``mapping`` (hf, a
             :class:`ColumnMapping`).
@@ -186,7 +189,7 @@ def import_corpus(
         source=source,
         name=corpus_name,
         description=description,
-        license_text=_LICENSES[fmt],
+        license_text=license_text or _LICENSES[fmt],
         options=recorded,
         rule=rule,
         rule_labels=tuple(rule_labels),
