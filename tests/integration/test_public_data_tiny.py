@@ -358,7 +358,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _render_text(url: str, wait_for: str, tmp_path: Path, timeout: float = 60.0) -> str:
+def _render_text(url: str, wait_for: str, tmp_path: Path, timeout: float = 120.0) -> str:
     """The page's text once ``wait_for`` shows (real time, over the DevTools protocol:
     the viewer loads its logs in workers that --virtual-time-budget never lets run)."""
     import websockets
