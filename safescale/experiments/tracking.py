@@ -196,12 +196,14 @@ def track_run(run_dir: str | Path) -> list[str]:
     Returns:
         One line per tracker, saying where the run went (empty without trackers).
     """
+    from safescale.experiments.config import TrackingConfig
+
     run_dir = Path(run_dir)
     config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    tracking = config.get("tracking") or {}
+    tracking = TrackingConfig.model_validate(config.get("tracking") or {})
     lines = []
-    mlflow = tracking.get("mlflow")
-    if mlflow:
-        run_id = log_to_mlflow(run_dir, mlflow["uri"], mlflow.get("experiment"))
-        lines.append(f"mlflow: run {run_id} at {mlflow['uri']}")
+    if tracking.mlflow is not None:
+        uri = tracking.mlflow.uri
+        run_id = log_to_mlflow(run_dir, uri, tracking.mlflow.experiment)
+        lines.append(f"mlflow: run {run_id} at {uri}")
     return lines
