@@ -513,8 +513,9 @@ class TriageReportRecord(_Versioned):
 class MetricsReport(_Versioned):
     """``metrics.json``: per-cell metrics with bootstrap CIs, comparisons (with their
     power), attribution counts, triage results, validity checks, grade override,
-    per-item transitions, conflict dose-response and attention masking (the sections
-    stay plain data; a file without the later sections reads as empty ones)."""
+    per-item transitions, conflict dose-response, attention masking and the safety-label
+    provenance per corpus (the sections stay plain data; a file without the later
+    sections reads as empty ones)."""
 
     SCHEMA_VERSION: ClassVar[int] = METRICS_SCHEMA_VERSION
 
@@ -532,6 +533,7 @@ class MetricsReport(_Versioned):
     transitions: list[dict[str, Any]] = Field(default_factory=list)
     dose_response: list[dict[str, Any]] = Field(default_factory=list)
     reliance: list[dict[str, Any]] = Field(default_factory=list)
+    labels: dict[str, Any] = Field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- what-if replays

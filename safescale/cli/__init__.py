@@ -54,6 +54,8 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("safescale.retrieval.errors", "CorruptIndexError"),
     ("safescale.agents.replay", "ReplayError"),
     ("safescale.agents.registry", "ConditionError"),
+    ("safescale.experiments.tracking", "TrackingError"),
+    ("safescale.experiments.export_inspect", "ExportError"),
 )
 
 _state = {"debug": bool(os.environ.get("SAFESCALE_DEBUG"))}

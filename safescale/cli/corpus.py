@@ -120,6 +120,112 @@ def register(app: typer.Typer) -> None:
             f"wrote {result.passages} passages from {result.documents} documents to {result.path}"
         )
 
+    @corpus_app.command("import")
+    def import_(
+        fmt: Annotated[str, typer.Argument(help="pubmedqa, medqa, medmcqa, mirage or hf")],
+        src: Annotated[Path, typer.Argument(help="the file or save_to_disk directory to read")],
+        out: Annotated[Path, typer.Argument(help="corpus directory to write")],
+        name: Annotated[str | None, typer.Option(help="corpus name (default: OUT's name)")] = None,
+        label_rule: Annotated[
+            str | None,
+            typer.Option(help="derive safety labels: yesno-opposite, yesno-strict, any-wrong"),
+        ] = None,
+        rule_labels: Annotated[
+            str, typer.Option(help="labels the rule writes: unsafe, high_risk (comma list)")
+        ] = "unsafe",
+        passages_from: Annotated[
+            str | None,
+            typer.Option(help="answer the items over this corpus's passages (name or dir)"),
+        ] = None,
+        split: Annotated[str | None, typer.Option(help="split of a DatasetDict")] = None,
+        ids: Annotated[
+            Path | None, typer.Option(help="pubmedqa: JSON whose keys are the PMIDs to keep")
+        ] = None,
+        grade_level: Annotated[
+            int, typer.Option(min=1, max=4, help="pubmedqa: level of the passages' one grade")
+        ] = 3,
+        cop_base: Annotated[
+            str, typer.Option(help="medmcqa: cop numbering, 1 (release), 0 (HF) or auto")
+        ] = "auto",
+        subset: Annotated[
+            list[str] | None, typer.Option(help="mirage: subset(s) to import (default all)")
+        ] = None,
+        mapping: Annotated[Path | None, typer.Option(help="hf: YAML column mapping")] = None,
+        map_: Annotated[
+            list[str] | None,
+            typer.Option("--map", help="hf: KEY=COLUMN (repeatable; options=a,b,c,d)"),
+        ] = None,
+        license_: Annotated[
+            str | None,
+            typer.Option("--license", help="the corpus license (default: the dataset's)"),
+        ] = None,
+        overwrite: Annotated[bool, typer.Option(help="replace an existing corpus")] = False,
+    ) -> None:
+        """Import a public benchmark (PubMedQA, MedQA, MedMCQA, MIRAGE, any HF dataset)."""
+        from safescale.cli import UserError
+        from safescale.corpora.importers import FORMATS, import_corpus, load_mapping
+
+        if fmt not in FORMATS:
+            raise UserError(f"FORMAT: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+        if cop_base not in ("auto", "0", "1"):
+            raise UserError(f"--cop-base: expected 0, 1 or auto, got {cop_base!r}")
+        options: dict[str, object] = {}
+        if fmt == "pubmedqa":
+            options.update(ids=ids, grade_level=grade_level)
+        elif fmt == "medmcqa":
+            options["cop_base"] = cop_base
+        elif fmt == "mirage":
+            wanted = [s.strip() for entry in subset or [] for s in entry.split(",") if s.strip()]
+            options["subsets"] = wanted or None
+        elif fmt == "hf":
+            pairs = {}
+            for entry in map_ or []:
+                key, sep, column = entry.partition("=")
+                if not sep or not key.strip() or not column.strip():
+                    raise UserError(f"--map: expected KEY=COLUMN, got {entry!r}")
+                pairs[key.strip()] = column.strip()
+            if mapping is None and not pairs:
+                raise UserError("--mapping / --map: the hf format needs a column mapping")
+            options["mapping"] = load_mapping(mapping, pairs)
+        labels = [s.strip() for s in rule_labels.split(",") if s.strip()]
+        console = Console()
+        try:
+            with console.status(f"importing {src}"):
+                result = import_corpus(
+                    fmt,
+                    src,
+                    out,
+                    name=name,
+                    label_rule=label_rule,
+                    rule_labels=labels,
+                    passages_from=passages_from,
+                    split=split,
+                    overwrite=overwrite,
+                    license_text=license_,
+                    **options,
+                )
+        except ValueError as error:
+            if type(error) is not ValueError:
+                raise
+            raise UserError(str(error)) from None
+        for problem in result.skipped[:20]:
+            typer.echo(f"warning: {problem}", err=True)
+        if len(result.skipped) > 20:
+            typer.echo(f"warning: ... and {len(result.skipped) - 20} more skipped", err=True)
+        safety = result.safety_labels
+        rule = f" (rule {safety.rule})" if safety.rule else ""
+        where = (
+            f"{result.passages} passages"
+            if result.passages
+            else (f"passages of {passages_from}" if passages_from else "no passages")
+        )
+        console.print(
+            f"wrote {result.items} items ({where}) to {result.path} from {result.records} "
+            f"records, {len(result.skipped)} skipped; safety labels: high_risk "
+            f"{safety.high_risk}, unsafe {safety.unsafe}{rule}",
+            soft_wrap=True,
+        )
+
     @corpus_app.command("validate")
     def validate(
         path: Annotated[str, typer.Argument(help="corpus directory or bundled name")],

@@ -73,7 +73,7 @@ def _load(corpus_ref: str) -> Corpus:
 
 
 IndexTypeOption = Annotated[
-    str, typer.Option("--index-type", "-t", help="flat (exact), ivf or hnsw.")
+    str, typer.Option("--index-type", "-t", help="flat (exact), ivf, hnsw or ivfpq_disk.")
 ]
 EmbedderOption = Annotated[
     str | None,

@@ -127,6 +127,11 @@ def run_and_report(
         from safescale.cli.report import print_report
 
         print_report(summary.run_dir, reuse=summary.answered == 0)
+        if config.tracking is not None:  # after detection and the report: all of it
+            from safescale.experiments.tracking import track_run
+
+            for line in track_run(summary.run_dir):
+                err.print(f"[green]tracking[/]: {line}")
 
 
 def _run_on_ray(config: ExperimentConfig, *, fresh: bool, address: str | None) -> RaySummary:

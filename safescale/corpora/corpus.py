@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from safescale.corpora.schema import Item, Manifest, Passage
+from safescale.corpora.schema import Item, Manifest, Passage, SafetyLabels
 
 __all__ = ["Corpus"]
 
@@ -56,6 +56,22 @@ class Corpus:
             raise KeyError(f"corpus {self.name!r} has no item {item_id!r}") from None
 
     @cached_property
+    def safety_labels(self) -> SafetyLabels:
+        """Provenance of the items' ``high_risk`` / ``unsafe`` labels.
+
+        The manifest's ``safety_labels`` when it has one; otherwise each label is
+        ``labeled`` when at least one item carries it and ``unlabeled`` when none does
+        (a corpus whose items name no unsafe option cannot tell a safe model from an
+        unlabeled set, so its unsafe rate is reported as "not labeled", not 0 %).
+        """
+        if self.manifest.safety_labels is not None:
+            return self.manifest.safety_labels
+        return SafetyLabels(
+            high_risk="labeled" if any(i.labels.high_risk for i in self.items) else "unlabeled",
+            unsafe="labeled" if any(i.labels.unsafe for i in self.items) else "unlabeled",
+        )
+
+    @cached_property
     def passages_hash(self) -> str:
         """sha256 over the canonical JSON of the passages (what an index depends on)."""
         digest = hashlib.sha256()
@@ -67,7 +83,7 @@ class Corpus:
     def content_hash(self) -> str:
         """sha256 over manifest, passages and items (what a run depends on)."""
         digest = hashlib.sha256()
-        digest.update(_canonical(self.manifest.model_dump(mode="json")))
+        digest.update(_canonical(self.manifest.dump()))
         digest.update(self.passages_hash.encode())
         for item in self.items:
             digest.update(_canonical(item.model_dump(mode="json")))

@@ -272,17 +272,28 @@ def _validate_into(directory: Path, problems: _Problems) -> Corpus | None:
     manifest = _load_manifest(directory / MANIFEST_FILE, problems)
     passages_path = directory / PASSAGES_FILE
     invalid: dict[str, int] = {}
-    passages = _load_records(passages_path, Passage, problems, manifest, True, invalid)
-    for _, passage in passages:  # an id that also has a valid line is not a cascade root
-        invalid.pop(passage.id, None)
-    if not passages and not invalid and passages_path.is_file():
-        problems.add(passages_path, 0, "-", "no passages: the file holds no records")
+    if manifest is not None and not manifest.own_passages:
+        passages = _borrowed_passages(directory, manifest, problems)
+    else:
+        passages = _load_records(passages_path, Passage, problems, manifest, True, invalid)
+        for _, passage in passages:  # an id that also has a valid line is not a cascade root
+            invalid.pop(passage.id, None)
+        if not passages and not invalid and passages_path.is_file():
+            problems.add(passages_path, 0, "-", "no passages: the file holds no records")
     items_path = directory / ITEMS_FILE
     items = (
         _load_records(items_path, Item, problems, manifest, False) if _exists(items_path) else []
     )
+    if manifest is not None and manifest.closed_book_only and not items:
+        problems.add(
+            directory / MANIFEST_FILE,
+            1,
+            "closed_book_only",
+            "a closed-book-only corpus needs items (items.jsonl is missing or empty)",
+        )
     _check_passages(passages_path, passages, invalid, problems)
     _check_items(items_path, items, passages, invalid, manifest, problems)
+    _check_safety_labels(directory / MANIFEST_FILE, items_path, items, manifest, problems)
     _report_cascades(passages_path, items_path, items, invalid, problems)
     if problems.errors or manifest is None:
         return None
@@ -292,6 +303,72 @@ def _validate_into(directory: Path, problems: _Problems) -> Corpus | None:
         items=tuple(i for _, i in items),
         path=directory,
     )
+
+
+def _borrowed_passages(
+    directory: Path, manifest: Manifest, problems: _Problems
+) -> list[tuple[int, Passage]]:
+    """The passages of a corpus without its own ``passages.jsonl`` (``passages_from``:
+    the other corpus's, loaded and validated by its own manifest; closed-book: none)."""
+    manifest_path = directory / MANIFEST_FILE
+    if (directory / PASSAGES_FILE).exists():
+        key = "passages_from" if manifest.passages_from else "closed_book_only"
+        problems.add(manifest_path, 1, key, f"{key} is set but the corpus also has {PASSAGES_FILE}")
+        return []
+    if manifest.passages_from is None:
+        return []
+    ref = manifest.passages_from
+    local = directory / ref
+    target: str | Path = local if local.is_dir() else ref
+    try:
+        other = load_corpus(target)
+    except CorpusError as error:
+        first = error.problems[0] if error.problems else None
+        detail = f" ({first})" if first is not None else ""
+        problems.add(manifest_path, 1, "passages_from", f"corpus {ref!r} does not load{detail}")
+        return []
+    if not other.manifest.own_passages:
+        problems.add(
+            manifest_path,
+            1,
+            "passages_from",
+            f"corpus {ref!r} borrows its passages too; name the corpus that holds them",
+        )
+        return []
+    return [(0, passage) for passage in other.passages]
+
+
+def _check_safety_labels(
+    manifest_path: Path,
+    items_path: Path,
+    items: list[tuple[int, Item]],
+    manifest: Manifest | None,
+    problems: _Problems,
+) -> None:
+    """Labels the manifest declares absent must be absent; declared ones should exist."""
+    if manifest is None or not items:
+        return
+    declared = manifest.safety_labels
+    for name in ("high_risk", "unsafe"):
+        carried = [(line, item) for line, item in items if getattr(item.labels, name)]
+        if declared is None:
+            continue  # inferred per label (Corpus.safety_labels); the report says so
+        if declared.status(name) == "unlabeled":
+            for line, _ in carried[:3]:
+                problems.add(
+                    items_path,
+                    line,
+                    f"labels.{name}",
+                    f"corpus.yaml declares safety_labels.{name}: unlabeled, "
+                    "but this item labels options",
+                )
+        elif not carried:
+            problems.warn(
+                manifest_path,
+                1,
+                f"safety_labels.{name}",
+                f"declared {declared.status(name)} but no item carries labels.{name}",
+            )
 
 
 _BOM = b"\xef\xbb\xbf"
@@ -712,10 +789,18 @@ def _dump_record(record: BaseModel) -> str:
     return json.dumps(record.model_dump(mode="json", exclude_none=True), ensure_ascii=False)
 
 
+def _without_none(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _without_none(v) for k, v in data.items() if v is not None}
+    if isinstance(data, list):
+        return [_without_none(v) for v in data]
+    return data
+
+
 def manifest_yaml(manifest: Manifest) -> str:
     """The canonical ``corpus.yaml`` text of a manifest."""
     return yaml.safe_dump(
-        manifest.model_dump(mode="json", exclude_none=True),
+        _without_none(manifest.dump()),
         sort_keys=False,
         allow_unicode=True,
         width=88,
@@ -738,7 +823,8 @@ def write_corpus(
     Args:
         directory: where to write; created if missing.
         manifest: the manifest (``corpus.yaml``).
-        passages: passages, written in order to ``passages.jsonl``.
+        passages: passages, written in order to ``passages.jsonl`` (not written, and
+            ignored, when the manifest names ``passages_from`` or ``closed_book_only``).
         items: items, written in order to ``items.jsonl`` (omitted when empty).
         overwrite: replace the corpus files of an existing non-empty directory.
 
@@ -755,7 +841,8 @@ def write_corpus(
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         (staging / MANIFEST_FILE).write_text(manifest_yaml(manifest), encoding="utf-8")
-        _write_lines(staging / PASSAGES_FILE, (_dump_record(p) for p in passages))
+        if manifest.own_passages:  # a passages_from / closed-book corpus has no file
+            _write_lines(staging / PASSAGES_FILE, (_dump_record(p) for p in passages))
         item_lines = [_dump_record(i) for i in items]
         if item_lines:
             _write_lines(staging / ITEMS_FILE, item_lines)

@@ -29,10 +29,13 @@ __all__ = [
     "GeneratorInfo",
     "Grade",
     "GradeSystemSpec",
+    "ImportInfo",
     "Item",
+    "LabelStatus",
     "Manifest",
     "OptionLabels",
     "Passage",
+    "SafetyLabels",
     "Source",
     "Stance",
     "Status",
@@ -283,15 +286,123 @@ class GeneratorInfo(_Record):
     n: int | None = None
 
 
+#: Where an item set's option-level safety labels come from: written with the items
+#: (``labeled``), derived at import by a named rule (``derived``), or absent
+#: (``unlabeled``: the rates that need them are reported as "not labeled").
+LabelStatus = Literal["labeled", "derived", "unlabeled"]
+
+
+class SafetyLabels(_Record):
+    """``safety_labels`` in ``corpus.yaml``: the provenance of the items' ``high_risk``
+    and ``unsafe`` labels.
+
+    A corpus without this section is read as ``labeled`` for a label that at least one
+    item carries and ``unlabeled`` for one that no item carries (see
+    :attr:`safescale.corpora.corpus.Corpus.safety_labels`).
+
+    Attributes:
+        high_risk: provenance of ``labels.high_risk``.
+        unsafe: provenance of ``labels.unsafe``.
+        rule: the named rule that derived the ``derived`` labels.
+        rule_description: what that rule does, in words.
+    """
+
+    high_risk: LabelStatus = "labeled"
+    unsafe: LabelStatus = "labeled"
+    rule: str | None = None
+    rule_description: str | None = None
+
+    @model_validator(mode="after")
+    def _rule_iff_derived(self) -> SafetyLabels:
+        derived = [n for n in ("high_risk", "unsafe") if getattr(self, n) == "derived"]
+        if derived and not self.rule:
+            raise ValueError(f"{', '.join(derived)} derived but no rule named")
+        if self.rule and not derived:
+            raise ValueError(f"rule {self.rule!r} named but no label is 'derived'")
+        return self
+
+    def status(self, label: str) -> LabelStatus:
+        """The provenance of ``high_risk`` or ``unsafe``."""
+        return getattr(self, label)
+
+    def is_labeled(self, label: str) -> bool:
+        """True when the label is written or derived (its rate means something)."""
+        return self.status(label) != "unlabeled"
+
+
+class ImportInfo(_Record):
+    """How an imported corpus was made (``safescale corpus import``).
+
+    Attributes:
+        format: the importer (``pubmedqa``, ``medqa``, ``medmcqa``, ``mirage``, ``hf``).
+        source: the file or directory read (as given).
+        sha256: sha256 of the source file (of its data files, in order, for a directory).
+        options: the importer options in effect (as strings).
+        records: records read; ``skipped`` of them did not become items.
+        skipped: records skipped (each reason is printed by the import).
+    """
+
+    format: str = Field(min_length=1)
+    source: str = Field(min_length=1)
+    sha256: str
+    options: dict[str, str] = Field(default_factory=dict)
+    records: int = 0
+    skipped: int = 0
+
+
 class Manifest(_Record):
-    """``corpus.yaml``: what a corpus is and how its grades normalize."""
+    """``corpus.yaml``: what a corpus is and how its grades normalize.
+
+    ``passages_from`` names another corpus (bundled name, or a directory, relative to
+    this corpus's directory or absolute) whose passages this corpus's items are
+    answered over; such a corpus has no ``passages.jsonl`` of its own. A corpus with
+    ``closed_book_only: true`` has no passages at all (its items run under the
+    conditions that need no store). Either way ``grade_systems`` may be empty.
+    """
 
     name: str = Field(min_length=1)
     version: str = Field(min_length=1)
     description: str = Field(min_length=1)
     license: str = Field(min_length=1)
     disclaimer: str = Field(min_length=1)
-    grade_systems: dict[str, GradeSystemSpec] = Field(min_length=1)
+    grade_systems: dict[str, GradeSystemSpec] = Field(default_factory=dict)
     schema_version: Literal[1] = SCHEMA_VERSION
     categories: list[str] = Field(default_factory=list)
     generator: GeneratorInfo | None = None
+    safety_labels: SafetyLabels | None = None
+    passages_from: str | None = Field(None, min_length=1)
+    closed_book_only: bool = False
+    imported: ImportInfo | None = None
+
+    @model_validator(mode="after")
+    def _passage_source(self) -> Manifest:
+        if self.passages_from is not None and self.closed_book_only:
+            raise ValueError("give passages_from or closed_book_only, not both")
+        if not self.grade_systems and self.own_passages:
+            raise ValueError(
+                "grade_systems: a corpus with its own passages needs at least one grade system"
+            )
+        return self
+
+    def dump(self) -> dict:
+        """The manifest as JSON-ready data, without the optional sections left at their
+        defaults (so a corpus written before they existed dumps, and hashes, as then)."""
+        data = self.model_dump(mode="json")
+        for key, default in _LATER_DEFAULTS.items():
+            if key in data and data[key] == default:
+                del data[key]
+        return data
+
+    @property
+    def own_passages(self) -> bool:
+        """True when the corpus keeps its passages in its own ``passages.jsonl``."""
+        return self.passages_from is None and not self.closed_book_only
+
+
+#: Manifest keys added after schema version 1 and their defaults (left out of dumps).
+_LATER_DEFAULTS: dict[str, object] = {
+    "safety_labels": None,
+    "passages_from": None,
+    "closed_book_only": False,
+    "imported": None,
+}

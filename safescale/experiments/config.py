@@ -54,9 +54,11 @@ __all__ = [
     "ExperimentConfig",
     "GridCell",
     "ItemFilter",
+    "MlflowTracking",
     "ModelConfig",
     "RelianceSettings",
     "RetrievalConfig",
+    "TrackingConfig",
     "config_hash",
     "list_bundled_configs",
     "load_config",
@@ -161,14 +163,15 @@ class RetrievalConfig(_Section):
 
     Attributes:
         k: passages retrieved per query.
-        index_type: FAISS index kind.
+        index_type: FAISS index kind (``ivfpq_disk``: on-disk inverted lists and
+            memory-mapped vectors, for corpora whose embeddings do not fit in memory).
 
     Agentic RAG always reranks by grade and status; standard RAG never does (that is
     the difference the conditions measure), so there is no rerank switch.
     """
 
     k: int = Field(_agent_default("k"), ge=1)
-    index_type: Literal["flat", "ivf", "hnsw"] = "flat"
+    index_type: Literal["flat", "ivf", "hnsw", "ivfpq_disk"] = "flat"
 
 
 class AgenticConfig(_Section):
@@ -277,6 +280,31 @@ class ItemFilter(_Section):
     ids: tuple[str, ...] | None = None
 
 
+class MlflowTracking(_Section):
+    """Where a run is logged in MLflow (``tracking: {mlflow: {...}}``).
+
+    Attributes:
+        uri: the tracking URI (``file:./mlruns``, ``sqlite:///mlflow.db``, a server).
+        experiment: the MLflow experiment (default: the run's name).
+    """
+
+    uri: str = Field(min_length=1)
+    experiment: str | None = Field(None, min_length=1)
+
+
+class TrackingConfig(_Section):
+    """Experiment trackers a finished run is logged to (config, metrics with their CI
+    bounds, plots and the report; see :mod:`safescale.experiments.tracking`). Where a
+    run is logged does not change what it computes, so it is not part of the config
+    hash.
+
+    Attributes:
+        mlflow: log to MLflow.
+    """
+
+    mlflow: MlflowTracking | None = None
+
+
 class GridCell(NamedTuple):
     """One (model, corpus, condition, compute budget, conflict dose) combination of a
     sweep (``condition`` is the recorded name; see :meth:`ExperimentConfig.condition_source`)."""
@@ -318,6 +346,7 @@ class ExperimentConfig(_Section):
         conflict_dose: the conflict-dose sweep: numbers of contradicting passages from
             each item's conflicting pool added to its evidence or retrieval candidates
             (:mod:`safescale.corpora.conflict`); default ``[0]`` (no injection).
+        tracking: experiment trackers the finished run is logged to (not hashed).
     """
 
     name: str = Field(min_length=1, pattern=SLUG_PATTERN)
@@ -340,6 +369,7 @@ class ExperimentConfig(_Section):
     item_filter: ItemFilter | None = None
     shard_size: int = Field(16, ge=1)
     conflict_dose: tuple[int, ...] = (0,)
+    tracking: TrackingConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -486,13 +516,14 @@ def config_hash(config: ExperimentConfig) -> str:
     the models' ``items_in_flight`` and the detection evaluation settings
     (:data:`DETECTION_EVALUATION_KEYS`) excluded.
 
-    Two configs that differ only in where the run is written, or in how many items of
+    Two configs that differ only in where the run is written (or logged: ``tracking``
+    is excluded too), or in how many items of
     the same nested order they take (``limit``: a larger limit extends a run), or in
     how many items a model answers at once (``items_in_flight``: the same answers),
     hash equally; any other change (including a default made explicit with a different
     value) changes it.
     """
-    data = config.model_dump(mode="json", exclude={"output_dir", "limit"})
+    data = config.model_dump(mode="json", exclude={"output_dir", "limit", "tracking"})
     for model in data.get("models", []):
         model.pop("items_in_flight", None)
     for key in DETECTION_EVALUATION_KEYS:  # how detectors are evaluated, not what is run

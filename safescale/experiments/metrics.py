@@ -87,6 +87,7 @@ from safescale.records import CONDITIONS, RelianceRecord, ResponseRecord, check_
 __all__ = [
     "CONDITIONS",
     "DEFAULT_COMPARISONS",
+    "LABELED_METRICS",
     "METRICS",
     "METRICS_FILE",
     "METRICS_SCHEMA_VERSION",
@@ -95,6 +96,7 @@ __all__ = [
     "TASKS",
     "MetricsConfig",
     "compute_metrics",
+    "mark_not_labeled",
     "metrics_from_records",
     "outcome_frame",
     "read_metrics",
@@ -965,7 +967,10 @@ def metrics_from_records(
         ),
         "cells": cells,
         "comparisons": comparisons,
-        "concentration": worst_case_concentration(frame, metrics.worst_fraction),
+        "concentration": worst_case_concentration(
+            frame[frame["corpus"].isin(_labeled_corpora(corpora, "high_risk"))],
+            metrics.worst_fraction,
+        ),
         "attribution": attribution_rows,
         "grade_override": grade_override_section(
             frame, groups, unit, resampler, attribution_index(attribution)
@@ -974,8 +979,73 @@ def metrics_from_records(
         "dose_response": dose_response_section(frame, unit, resampler),
         "reliance": reliance_section(reliance, frame, unit, resampler),
         "triage": triage,
+        "labels": {
+            name: corpus.safety_labels.model_dump(mode="json", exclude_none=True)
+            for name, corpus in sorted(corpora.items())
+            if name in set(corpus_names)
+        },
     }
-    return _json_ready(result)
+    return mark_not_labeled(_json_ready(result))
+
+
+#: The rates that need an option-level safety label, and the label each needs.
+LABELED_METRICS: dict[str, str] = {
+    "high_risk_error": "high_risk",
+    "dangerous_overconfidence": "high_risk",
+    "unsafe_answer": "unsafe",
+}
+
+
+def _labeled_corpora(corpora: Mapping[str, Corpus], label: str) -> list[str]:
+    return [n for n, c in corpora.items() if c.safety_labels.is_labeled(label)]
+
+
+def _not_labeled(estimate: Any) -> dict[str, Any]:
+    n = estimate.get("n") if isinstance(estimate, dict) else None
+    units = estimate.get("n_units") if isinstance(estimate, dict) else None
+    return {"value": None, "lo": None, "hi": None, "n": n, "n_units": units, "not_labeled": True}
+
+
+def mark_not_labeled(result: dict[str, Any]) -> dict[str, Any]:
+    """Replace every rate that needs a safety label the corpus does not have by a
+    ``not_labeled`` estimate (value None), so that no reader sees 0 % for it.
+
+    Reads ``result["labels"]`` (per corpus: ``high_risk`` / ``unsafe`` provenance);
+    touches cells (metrics, counts, by-category rates), comparisons (deltas, power) and
+    dose-response curves of those corpora.
+    """
+    labels = result.get("labels") or {}
+    missing = {
+        corpus: {m for m, label in LABELED_METRICS.items() if status.get(label) == "unlabeled"}
+        for corpus, status in labels.items()
+    }
+
+    def blank(metrics_of: dict[str, Any] | None, names: set[str]) -> None:
+        for name in names:
+            if metrics_of is not None and name in metrics_of:
+                metrics_of[name] = _not_labeled(metrics_of[name])
+
+    for cell in result.get("cells", []):
+        names = missing.get(cell.get("corpus"), set())
+        blank(cell.get("metrics"), names)
+        for name in names:
+            if name in (cell.get("counts") or {}):
+                cell["counts"][name] = None
+        if "high_risk_error" in names:
+            for entry in (cell.get("by_category") or {}).values():
+                entry["high_risk_errors"] = entry["high_risk_error_rate"] = None
+    for comparison in result.get("comparisons", []):
+        names = missing.get(comparison.get("corpus"), set())
+        blank(comparison.get("deltas"), names)
+        for name in names:
+            if name in (comparison.get("power") or {}):
+                comparison["power"][name] = None
+    for curve in result.get("dose_response", []):
+        names = missing.get(curve.get("corpus"), set())
+        for entry in curve.get("doses", []):
+            blank(entry.get("metrics"), names)
+        blank(curve.get("slope"), names)
+    return result
 
 
 def run_settings(run_dir: Path) -> tuple[BootstrapConfig, MetricsConfig]:

@@ -148,7 +148,15 @@ def accuracy_vs_high_risk_figure(metrics: Mapping[str, Any]) -> Any | None:
     colors = {c: plt.cm.tab10(i % 10) for i, c in enumerate(conditions)}
     fig, axes = _grid(len(panels))
     for ax, (model, corpus) in zip(axes, panels, strict=True):
-        cells = [c for c in metrics["cells"] if (c["model"], c["corpus"]) == (model, corpus)]
+        cells = [
+            c
+            for c in metrics["cells"]
+            if (c["model"], c["corpus"]) == (model, corpus)
+            and not c["metrics"]["high_risk_error"].get("not_labeled")
+        ]
+        if not cells:  # an item set without high-risk labels: nothing to place on x
+            ax.text(0.5, 0.5, "high-risk options not labeled", ha="center", va="center",
+                    transform=ax.transAxes)  # fmt: skip
         points = [
             (
                 100 * _value(c["metrics"]["high_risk_error"]),
@@ -212,7 +220,7 @@ def plot_category_heatmap(metrics: Mapping[str, Any], path: Path) -> Path | None
         for i, c in enumerate(cells):
             for j, cat in enumerate(categories):
                 entry = c["by_category"].get(cat)
-                if entry is not None:
+                if entry is not None and entry["high_risk_error_rate"] is not None:
                     grid[i, j] = 100 * entry["high_risk_error_rate"]
         image = ax.imshow(grid, cmap="Reds", vmin=0, vmax=100, aspect="auto")
         for i in range(grid.shape[0]):

@@ -134,7 +134,10 @@ def format_interval(
     estimate: Mapping[str, Any] | None, *, percent: bool = True, signed: bool = False
 ) -> str:
     """``"x.x% [lo, hi]"`` for a rate (``percent``), ``"x.x [lo, hi]"`` otherwise;
-    ``"–"`` when undefined. ``signed`` prefixes positive values with ``+``."""
+    ``"–"`` when undefined, ``"not labeled"`` for a rate the item set has no safety
+    labels for. ``signed`` prefixes positive values with ``+``."""
+    if estimate and estimate.get("not_labeled"):
+        return "not labeled"
     if not estimate or not _finite(estimate.get("value")):
         return "–"
     scale = 100.0 if percent else 1.0

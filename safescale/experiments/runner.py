@@ -223,6 +223,13 @@ def _load_corpora(config: ExperimentConfig) -> dict[str, Corpus]:
                 f"{seen[corpus.name]!r}"
             )
         seen[corpus.name] = ref
+        needs_store = [c for c in config.condition_names if _uses_store(c)]
+        if not corpus.passages and needs_store:
+            raise RunDirError(
+                f"{where}: closed_book_only: corpus {corpus.name!r} has no passages, so it "
+                f"cannot run {', '.join(needs_store)}; run it with closed_book, "
+                "clean_evidence or conflict_evidence, or import it with --passages-from"
+            )
         corpora[ref] = corpus
     return corpora
 
@@ -983,6 +990,14 @@ def detect_run(
                 if config.label_source == "task" and not any(i.task for i in corpus.items):
                     detection_config = config.model_copy(update={"label_source": "outcome"})
                     notes.append(f"{corpus_name}: items have no task; labeled by outcome")
+                labels = corpus.safety_labels
+                if detection_config.label_source == "outcome" and not (
+                    labels.is_labeled("high_risk") or labels.is_labeled("unsafe")
+                ):  # every response would be 'safe': nothing to train or measure
+                    note = f"{name} · {corpus_name}: detection skipped: no safety labels"
+                    notes.append(f"{note} (items have no task and no high_risk/unsafe labels)")
+                    console.print(f"[yellow]{note}[/]")
+                    continue
                 if lm is None:
                     lm = _lazy_model(load, name, entry, reader)
                 console.print(f"detection: {name} · {corpus_name} ({len(records)} responses)")

@@ -15,7 +15,9 @@ from the frozen responses only:
 * **chance**: the mean of ``1 / n_options`` over the items; accuracy with clean evidence
   (else over all conditions) whose CI contains it is *at chance*;
 * the **calibration** record of the run (how ``auto`` chose, every candidate's held-out
-  accuracy and sensitivity) when there is one.
+  accuracy and sensitivity) when there is one;
+* the **safety labels** of the corpus (``high_risk`` / ``unsafe``: labeled, derived by a
+  named rule, or unlabeled, in which case the rates that need them are not reported).
 
 ``verdicts`` are the plain sentences the report prints above the condition table.
 """
@@ -31,6 +33,7 @@ from scipy.stats import chisquare
 
 from safescale.agents.records import ResponseRecord
 from safescale.corpora.corpus import Corpus
+from safescale.corpora.schema import SafetyLabels
 from safescale.experiments.bootstrap import (
     BootstrapConfig,
     bootstrap_ratio,
@@ -144,6 +147,32 @@ def _accuracy(sub: pd.DataFrame, unit: str, bootstrap: BootstrapConfig, key: tup
     ).to_dict()
 
 
+def _label_verdicts(label: str, labels: SafetyLabels) -> list[str]:
+    """What the safety rates of an item set can mean, given its label provenance."""
+    missing = [n for n in ("high_risk", "unsafe") if labels.status(n) == "unlabeled"]
+    derived = [n for n in ("high_risk", "unsafe") if labels.status(n) == "derived"]
+    out = []
+    if missing:
+        rates = []
+        if "high_risk" in missing:
+            rates += ["high-risk error", "dangerous-overconfidence"]
+        if "unsafe" in missing:
+            rates.append("unsafe-answer")
+        names = " and ".join(n.replace("_", "-") for n in missing)
+        listed = ", ".join(rates[:-1]) + (" and " if len(rates) > 1 else "") + rates[-1]
+        out.append(
+            f"{label}: not labeled — the items mark no {names} options, so the {listed} "
+            f"rate{'s are' if len(rates) > 1 else ' is'} reported as not labeled (not 0 %)."
+        )
+    if derived:
+        names = " and ".join(n.replace("_", "-") for n in derived)
+        out.append(
+            f"{label}: {names} labels derived by the rule {labels.rule!r} "
+            f"({labels.rule_description or 'see corpus.yaml'}), not by experts."
+        )
+    return out
+
+
 def validity_section(
     records: Sequence[ResponseRecord],
     corpora: Mapping[str, Corpus],
@@ -211,10 +240,13 @@ def validity_section(
                     f"{moved:.0%} of answers; accuracy gain {g * 100:+.1f} points "
                     f"[{(glo or 0) * 100:+.1f}, {(ghi or 0) * 100:+.1f}] includes 0."
                 )
+        labels = corpora[corpus].safety_labels
+        verdicts.extend(_label_verdicts(f"{model} on {corpus}", labels))
         out.append(
             {
                 "model": model,
                 "corpus": corpus,
+                "safety_labels": labels.model_dump(mode="json", exclude_none=True),
                 "formulation": formulation,
                 "n_responses": len(sub),
                 "chance": chance,

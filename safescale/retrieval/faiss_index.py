@@ -22,6 +22,11 @@ recall@10 against exact search stays near or above 0.95 on structured synthetic
 embeddings at 10^4-10^6 passages; tune them per corpus with
 :meth:`EvidenceStore.set_search_params`.
 
+``ivfpq_disk``
+    IVF-PQ codes in on-disk inverted lists plus memory-mapped exact vectors for
+    re-ranking, built in chunks: for corpora whose embeddings do not fit in memory
+    (:mod:`safescale.retrieval.ondisk`, which lists its parameters).
+
 Search-time effort (``nprobe``, ``ef_search``) is passed per call through FAISS
 ``SearchParameters``, together with an ``IDSelectorBitmap`` for metadata filters, so
 concurrent searches with different settings never interfere.
@@ -35,6 +40,8 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
+from safescale.retrieval.ondisk import ONDISK_PARAMS, OnDiskIndex, resolve_ondisk_params
+
 __all__ = [
     "INDEX_TYPES",
     "SEARCH_PARAMS",
@@ -46,16 +53,17 @@ __all__ = [
     "resolve_params",
 ]
 
-IndexType = Literal["flat", "ivf", "hnsw"]
-INDEX_TYPES: tuple[str, ...] = ("flat", "ivf", "hnsw")
+IndexType = Literal["flat", "ivf", "hnsw", "ivfpq_disk"]
+INDEX_TYPES: tuple[str, ...] = ("flat", "ivf", "hnsw", "ivfpq_disk")
 
 _PARAM_NAMES: dict[str, frozenset[str]] = {
     "flat": frozenset(),
     "ivf": frozenset({"nlist", "nprobe", "train_size", "niter", "seed"}),
     "hnsw": frozenset({"m", "ef_construction", "ef_search"}),
+    "ivfpq_disk": ONDISK_PARAMS,
 }
 # Parameters that only change search effort (may differ from the build parameters).
-SEARCH_PARAMS: frozenset[str] = frozenset({"nprobe", "ef_search"})
+SEARCH_PARAMS: frozenset[str] = frozenset({"nprobe", "ef_search", "rerank"})
 
 
 def _check_type(index_type: str) -> None:
@@ -63,14 +71,19 @@ def _check_type(index_type: str) -> None:
         raise ValueError(f"unknown index type {index_type!r}; choose one of {INDEX_TYPES}")
 
 
-def resolve_params(index_type: str, n: int, params: dict[str, Any]) -> dict[str, int]:
-    """Complete user parameters with the defaults for ``n`` vectors.
+def resolve_params(
+    index_type: str, n: int, params: dict[str, Any], d: int = 384
+) -> dict[str, int]:
+    """Complete user parameters with the defaults for ``n`` vectors (of dimension ``d``,
+    which only the ``ivfpq_disk`` defaults depend on).
 
     Raises:
         ValueError: on an unknown index type, an unknown parameter (named in the
             message) or a non-positive value.
     """
     _check_type(index_type)
+    if index_type == "ivfpq_disk":
+        return resolve_ondisk_params(n, d, params)
     unknown = set(params) - _PARAM_NAMES[index_type]
     if unknown:
         allowed = sorted(_PARAM_NAMES[index_type]) or "none"
@@ -112,6 +125,8 @@ def build_faiss_index(index_type: str, vectors: np.ndarray, params: dict[str, in
         params: resolved parameters (see :func:`resolve_params`).
     """
     _check_type(index_type)
+    if index_type == "ivfpq_disk":
+        raise ValueError("an ivfpq_disk index is built on disk: see build_ondisk_index")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
     if index_type == "flat":
@@ -143,8 +158,10 @@ def build_faiss_index(index_type: str, vectors: np.ndarray, params: dict[str, in
     return index
 
 
-def prepare_index(index: faiss.Index) -> None:
+def prepare_index(index: faiss.Index | OnDiskIndex) -> None:
     """Make a built or loaded index ready for filtered search and reconstruction."""
+    if isinstance(index, OnDiskIndex):
+        return  # reconstructs from its vectors file; its lists stay on disk
     ivf = _as_ivf(index)
     if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
         ivf.make_direct_map()
@@ -183,6 +200,12 @@ def faiss_search(
     selector = None
     if bitmap is not None:
         selector = faiss.IDSelectorBitmap(index.ntotal, faiss.swig_ptr(bitmap))
+    if index_type == "ivfpq_disk":
+        scores, ids = index.search(
+            queries, k, params["nprobe"] * effort, params["rerank"], selector
+        )
+        del selector, bitmap
+        return scores, ids
     if index_type == "ivf":
         nlist = _as_ivf(index).nlist
         search_params: faiss.SearchParameters = faiss.SearchParametersIVF(
@@ -205,4 +228,4 @@ def reconstruct(index: faiss.Index, rows: np.ndarray) -> np.ndarray:
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     if rows.size == 0:
         return np.zeros((0, index.d), dtype=np.float32)
-    return index.reconstruct_batch(rows)
+    return index.reconstruct_batch(rows)  # OnDiskIndex: the exact rows of its vectors file

@@ -8,6 +8,8 @@ searched by text or by vector with metadata filters, and saved as a directory::
                             count, and the size + sha256 of every file below
     <dir>/index.faiss       the FAISS index (FAISS' own binary format)
     <dir>/passages.parquet  passage metadata aligned with vector ids (row i = id i)
+    <dir>/index.ivfdata     (ivfpq_disk only) the on-disk inverted lists
+    <dir>/vectors.f32       (ivfpq_disk only) the exact unit vectors, row i = id i
 
 Nothing is pickled. Saving writes a temporary sibling directory and renames it into
 place, so readers never see a half-written store.
@@ -25,12 +27,13 @@ import shutil
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, overload
 
 import faiss
 import numpy as np
@@ -55,6 +58,7 @@ from safescale.retrieval.filters import (
     rerank_scores,
     with_status_rule,
 )
+from safescale.retrieval.ondisk import ONDISK_FILES, OnDiskIndex, build_ondisk_index
 from safescale.retrieval.table import PassageTable
 
 if TYPE_CHECKING:
@@ -199,6 +203,9 @@ class EvidenceStore:
         self._query_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self.small_batch_threads: int | None = 1
         self._lock = threading.Lock()
+        # an ivfpq_disk index built into a scratch directory that save() moves into place
+        # (a finalizer removing it, also when the store is dropped unsaved)
+        self._temporary_dir: weakref.finalize | None = None
 
     # -- construction ---------------------------------------------------------------
 
@@ -213,6 +220,7 @@ class EvidenceStore:
         use_cache: bool = True,
         batch_size: int = 64,
         show_progress: bool | None = None,
+        index_dir: str | Path | None = None,
         **params: int,
     ) -> EvidenceStore:
         """Embed a corpus' passages and index them.
@@ -230,7 +238,12 @@ class EvidenceStore:
             use_cache: read and fill the embedding cache.
             batch_size: texts per embedder forward pass.
             show_progress: show a rich progress bar (default: when on a terminal).
+            index_dir: where an ``ivfpq_disk`` index writes its files (default: a new
+                directory under ``<cache>/indexes/``, moved into place by :meth:`save`).
             **params: index parameters (see :mod:`safescale.retrieval.faiss_index`).
+
+        An ``ivfpq_disk`` index is built in chunks: the passages are embedded
+        ``chunk`` at a time and never held as one matrix (:mod:`.ondisk`).
 
         Raises:
             ValueError: on an empty corpus or invalid index parameters.
@@ -238,7 +251,18 @@ class EvidenceStore:
         passages = corpus.passages
         if not passages:
             raise ValueError(f"corpus {corpus.name!r} has no passages to index")
-        resolve_params(index, len(passages), params)  # fail before the slow part
+        resolve_params(index, len(passages), params, embedder.dimension)  # fail early
+        if index == "ivfpq_disk":
+            return cls._build_ondisk(
+                corpus,
+                embedder,
+                cache_dir,
+                use_cache,
+                batch_size,
+                show_progress,
+                index_dir,
+                params,
+            )
         cache = None
         if use_cache:
             root = Path(cache_dir) if cache_dir is not None else _cache_root()
@@ -279,6 +303,91 @@ class EvidenceStore:
         return store
 
     @classmethod
+    def _build_ondisk(
+        cls,
+        corpus: Corpus,
+        embedder: Embedder,
+        cache_dir: str | Path | None,
+        use_cache: bool,
+        batch_size: int,
+        show_progress: bool | None,
+        index_dir: str | Path | None,
+        params: dict[str, int],
+    ) -> EvidenceStore:
+        passages = corpus.passages
+        resolved = resolve_params("ivfpq_disk", len(passages), params, embedder.dimension)
+        root = Path(cache_dir) if cache_dir is not None else _cache_root()
+        cache = (
+            EmbeddingCache.for_embedder(embedder.content_hash, embedder.dimension, root)
+            if use_cache
+            else None
+        )
+        counts = {"embedded": 0}
+        started = time.perf_counter()
+
+        def chunks() -> Iterator[np.ndarray]:
+            step = resolved["chunk"]
+            for start in range(0, len(passages), step):
+                texts = [p.text for p in passages[start : start + step]]
+                vectors, embedded = embed_with_cache(
+                    texts,
+                    lambda t: embedder.encode(t, batch_size=batch_size, normalize=True),
+                    embedder.dimension,
+                    cache,
+                    chunk_size=batch_size * 16,
+                )
+                counts["embedded"] += embedded
+                yield vectors
+
+        temporary = index_dir is None
+        directory = (
+            Path(index_dir)
+            if index_dir is not None
+            else root / "indexes" / f".building-{uuid.uuid4().hex[:12]}"
+        )
+        try:
+            with _BuildProgress(corpus.name, show_progress) as progress:
+                ondisk = build_ondisk_index(
+                    directory,
+                    chunks(),
+                    len(passages),
+                    embedder.dimension,
+                    params,
+                    progress=progress.update,
+                )
+        except BaseException:
+            if temporary:
+                shutil.rmtree(directory, ignore_errors=True)
+            raise
+        finally:
+            if cache is not None:
+                cache.close()
+        seconds = time.perf_counter() - started
+        table = PassageTable.from_passages(passages)
+        manifest = _new_manifest(
+            table,
+            "ivfpq_disk",
+            resolved,
+            params,
+            corpus.name,
+            corpus.passages_hash,
+            embedder.name,
+            embedder.content_hash,
+            embedder.dimension,
+        )
+        store = cls(ondisk, table, manifest, embedder)
+        if temporary:
+            store._own_build_dir(directory)
+        store.build_stats = BuildStats(
+            passages=len(passages),
+            embedded=counts["embedded"],
+            reused=len(passages) - counts["embedded"],
+            embed_seconds=seconds,  # embedding and indexing interleave chunk by chunk
+            index_seconds=0.0,
+        )
+        return store
+
+    @classmethod
     def from_vectors(
         cls,
         vectors: np.ndarray,
@@ -304,23 +413,28 @@ class EvidenceStore:
                 f"embedder dimension {embedder.dimension} != vector dimension {vectors.shape[1]}"
             )
         faiss.normalize_L2(vectors)
-        resolved = resolve_params(index, len(table), params)
-        faiss_index = build_faiss_index(index, vectors, resolved)
-        reference = table.reference_ordinal
-        manifest = StoreManifest(
-            corpus=CorpusInfo(name=corpus_name, passages_hash=passages_hash),
-            embedder=EmbedderInfo(
-                name=embedder_name, content_hash=embedder_hash, dimension=vectors.shape[1]
-            ),
-            index=IndexInfo(
-                type=index,
-                params=resolved,
-                requested={k: int(v) for k, v in params.items()},
-                faiss_version=faiss.__version__,
-            ),
-            passage_count=len(table),
-            reference_date=dt.date.fromordinal(reference) if reference else None,
+        d = vectors.shape[1]
+        resolved = resolve_params(index, len(table), params, d)
+        manifest = _new_manifest(
+            table,
+            index,
+            resolved,
+            params,
+            corpus_name,
+            passages_hash,
+            embedder_name,
+            embedder_hash,
+            d,
         )
+        if index == "ivfpq_disk":  # chunks of the given matrix, into a build directory
+            directory = _cache_root() / "indexes" / f".building-{uuid.uuid4().hex[:12]}"
+            step = resolved["chunk"]
+            blocks = (vectors[i : i + step] for i in range(0, len(vectors), step))
+            ondisk = build_ondisk_index(directory, blocks, len(vectors), d, params)
+            store = cls(ondisk, table, manifest, embedder)
+            store._own_build_dir(directory)
+            return store
+        faiss_index = build_faiss_index(index, vectors, resolved)
         return cls(faiss_index, table, manifest, embedder)
 
     # -- properties -----------------------------------------------------------------
@@ -360,14 +474,15 @@ class EvidenceStore:
         return self.table.passage(self.table.row_of(passage_id))
 
     def set_search_params(self, **params: int) -> None:
-        """Change search effort: ``nprobe`` (ivf) or ``ef_search`` (hnsw)."""
+        """Change search effort: ``nprobe`` (ivf, ivfpq_disk), ``rerank`` (ivfpq_disk) or
+        ``ef_search`` (hnsw)."""
         unknown = set(params) - (SEARCH_PARAMS & set(self._search_params))
         if unknown:
             raise ValueError(
                 f"cannot set {sorted(unknown)} on a {self.index_type!r} index at search time"
             )
         merged = {**self.manifest.index.requested, **params}
-        resolved = resolve_params(self.index_type, len(self), merged)
+        resolved = resolve_params(self.index_type, len(self), merged, self.dimension)
         self._search_params.update({k: resolved[k] for k in params})
 
     # -- search ---------------------------------------------------------------------
@@ -659,11 +774,16 @@ class EvidenceStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
+        ondisk = isinstance(self.index, OnDiskIndex)
         try:
-            faiss.write_index(self.index, str(tmp / INDEX_FILE))
+            if ondisk:  # its files are already on disk: linked (or copied) into place
+                for name in ONDISK_FILES:
+                    _link_or_copy(self.index.directory / name, tmp / name)
+            else:
+                faiss.write_index(self.index, str(tmp / INDEX_FILE))
             self.table.write_parquet(tmp / TABLE_FILE)
             files = {}
-            for name in (INDEX_FILE, TABLE_FILE):
+            for name in _store_files(self.index_type):
                 path = tmp / name
                 _fsync(path)
                 files[name] = FileInfo(bytes=path.stat().st_size, sha256=sha256_file(path))
@@ -675,7 +795,16 @@ class EvidenceStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self.manifest = manifest
+        if ondisk:  # from now on the saved files are the index
+            self.index = OnDiskIndex.open(target)
+            if self._temporary_dir is not None:
+                self._temporary_dir()  # the finalizer: removes the scratch directory
+                self._temporary_dir = None
         return target
+
+    def _own_build_dir(self, directory: Path) -> None:
+        """Remove a scratch build directory when this store is saved or collected."""
+        self._temporary_dir = weakref.finalize(self, shutil.rmtree, directory, True)
 
     @classmethod
     def read_manifest(cls, directory: str | Path) -> StoreManifest:
@@ -787,8 +916,11 @@ class EvidenceStore:
         cls._check_files(root, manifest, verify)
         index_path = root / INDEX_FILE
         try:
-            index = faiss.read_index(str(index_path))
-        except RuntimeError as exc:
+            if manifest.index.type == "ivfpq_disk":
+                index = OnDiskIndex.open(root)
+            else:
+                index = faiss.read_index(str(index_path))
+        except (RuntimeError, ValueError) as exc:
             first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
             raise CorruptIndexError(
                 f"{index_path} is not a readable FAISS index ({first_line})", index_path
@@ -819,7 +951,10 @@ class EvidenceStore:
 
     @staticmethod
     def _check_files(root: Path, manifest: StoreManifest, verify: bool) -> None:
-        for name in (INDEX_FILE, TABLE_FILE):
+        """Sizes always; sha256 with ``verify`` (files above 1 GiB, the bulk data of an
+        ``ivfpq_disk`` index, by size only: hashing tens of GB on every open is not a
+        check a search can wait for)."""
+        for name in _store_files(manifest.index.type):
             info = manifest.files.get(name)
             path = root / name
             if info is None:
@@ -833,10 +968,53 @@ class EvidenceStore:
                     f"{path} has {size} bytes, expected {info.bytes} (truncated or altered)",
                     path,
                 )
-            if verify and sha256_file(path) != info.sha256:
+            if verify and size <= _VERIFY_LIMIT and sha256_file(path) != info.sha256:
                 raise CorruptIndexError(
                     f"{path} does not match its recorded sha256 (corrupted or altered)", path
                 )
+
+
+_VERIFY_LIMIT = 1 << 30
+
+
+def _store_files(index_type: str) -> tuple[str, ...]:
+    """The data files of a saved store of this index type (besides the manifest)."""
+    if index_type == "ivfpq_disk":
+        return (*ONDISK_FILES, TABLE_FILE)
+    return (INDEX_FILE, TABLE_FILE)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _new_manifest(
+    table: PassageTable,
+    index_type: str,
+    resolved: dict[str, int],
+    requested: dict[str, int],
+    corpus_name: str,
+    passages_hash: str,
+    embedder_name: str,
+    embedder_hash: str,
+    dimension: int,
+) -> StoreManifest:
+    reference = table.reference_ordinal
+    return StoreManifest(
+        corpus=CorpusInfo(name=corpus_name, passages_hash=passages_hash),
+        embedder=EmbedderInfo(name=embedder_name, content_hash=embedder_hash, dimension=dimension),
+        index=IndexInfo(
+            type=index_type,
+            params=resolved,
+            requested={k: int(v) for k, v in requested.items()},
+            faiss_version=faiss.__version__,
+        ),
+        passage_count=len(table),
+        reference_date=dt.date.fromordinal(reference) if reference else None,
+    )
 
 
 def _knn(
@@ -964,6 +1142,41 @@ class _EmbedProgress:
             self._progress.stop()
 
 
+class _BuildProgress(_EmbedProgress):
+    """One bar per phase of an on-disk build: embedding + writing the vectors, training,
+    adding the chunks, merging the inverted lists."""
+
+    _LABELS: ClassVar[dict[str, str]] = {
+        "vectors": "embedding + writing vectors",
+        "train": "training IVF-PQ",
+        "add": "adding chunks",
+        "merge": "merging inverted lists",
+    }
+
+    def __init__(self, label: str, show: bool | None) -> None:
+        super().__init__(label, show)
+        self._tasks: dict[str, Any] = {}
+
+    def update(self, phase: str, done: int, total: int) -> None:  # type: ignore[override]
+        if self._progress is None:
+            return
+        if phase not in self._tasks:
+            text = f"{self.label}: {self._LABELS.get(phase, phase)}"
+            self._tasks[phase] = self._progress.add_task(text, total=total)
+        self._progress.update(self._tasks[phase], completed=done, total=total)
+
+    def __enter__(self) -> _BuildProgress:
+        from rich.progress import TextColumn
+
+        super().__enter__()
+        if self._progress is not None:
+            self._progress.columns = (
+                TextColumn("{task.description}"),
+                *self._progress.columns[1:],
+            )
+        return self
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "corpus"
 
@@ -1034,5 +1247,5 @@ def open_store(
     store = EvidenceStore.build(
         corpus, embedder, index_type, cache_dir=root, show_progress=show_progress, **params
     )
-    store.save(directory)
+    store.save(directory)  # an ivfpq_disk build directory is moved in and removed
     return store

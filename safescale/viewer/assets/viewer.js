@@ -58,6 +58,7 @@ function pct(x) {
 }
 
 function fmtMetric(m, rate) {
+  if (m && m.not_labeled) return "not labeled";
   if (!m || m.value === null || m.value === undefined) return "–";
   const f = rate ? (x) => (100 * x).toFixed(1) : (x) => Number(x).toFixed(2);
   const ci = m.lo !== null && m.lo !== undefined ? ` [${f(m.lo)}, ${f(m.hi)}]` : "";
