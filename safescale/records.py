@@ -400,7 +400,18 @@ class RelianceRecord(_Versioned):
 
 # ---------------------------------------------------------------- the manifest
 class ModelEntry(BaseModel):
-    """A model of the run as loaded: what was loaded and the weights' hash."""
+    """A model of the run as loaded: what was loaded and the weights' hash.
+
+    Attributes:
+        spec: what was loaded (a served model: its name at the endpoint).
+        hash: the weights' hash (a served model: its identity digest, see
+            :mod:`safescale.models.served.base`).
+        context_length: the context window in tokens.
+        layers: the number of layers (None for a served model).
+        served: a served model's settings (no API key), identity, what the capability
+            probe found, the formulations it can serve and its request counters.
+        whitebox: the local spec of the same weights for white-box detection.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -408,6 +419,8 @@ class ModelEntry(BaseModel):
     hash: str
     context_length: int | None = None
     layers: int | None = None
+    served: dict[str, Any] | None = None
+    whitebox: str | None = None
 
 
 class CorpusEntry(BaseModel):

@@ -205,11 +205,20 @@ def read_options(
 ) -> OptionScores:
     """Score an item's options under ``formulation`` (see the module docstring).
 
+    A model that declares the ``formulations`` it can serve (a served model, see
+    :mod:`safescale.models.served.probe`) is refused any other.
+
     ``letter_pride`` needs ``position_prior`` (from :func:`estimate_position_prior`);
     for an item whose number of options has no prior it falls back to
     ``letter_cyclic`` for that item and says so in ``detail``.
     """
     letters = item.letters
+    served = getattr(lm, "formulations", None)  # what a served model's probe allows
+    if served is not None and formulation not in served:
+        raise ValueError(
+            f"model {getattr(lm, 'name', '?')!r} cannot serve the {formulation} formulation "
+            f"(it serves {', '.join(sorted(served))})"
+        )
     message = message_for(formulation, item, passages, summary)
     if formulation == "letter":
         logits = lm.score_options([message], letters)[0]

@@ -50,6 +50,7 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("safescale.corpora.errors", "CorpusError"),
     ("safescale.models.registry", "UnknownModelError"),
     ("safescale.models.registry", "MissingModelPackageError"),
+    ("safescale.models.served.errors", "ServedModelError"),
     ("safescale.retrieval.errors", "StaleIndexError"),
     ("safescale.retrieval.errors", "CorruptIndexError"),
     ("safescale.agents.replay", "ReplayError"),

@@ -296,6 +296,15 @@ def _pass_group(
     cache: FeatureCache,
     idf: np.ndarray | None,
 ) -> dict[str, Any]:
+    if not getattr(lm, "whitebox", True):  # a served model: black-box columns only
+        from safescale.detection.served import served_pass_columns
+
+        key = _digest({"v": FEATURE_VERSION, "model": lm.model_hash, "record": record_key(record)})
+        hit = cache.get("served_passes", key)
+        if hit is None:
+            hit = served_pass_columns(lm, record)
+            cache.put("served_passes", key, hit)
+        return hit
     layer = probe_layer(lm.n_layers, plan.probe_layer_fraction)
     base = {
         "v": FEATURE_VERSION,
@@ -354,6 +363,11 @@ def _ptrue_group(lm: LanguageModel, record: ResponseRecord, cache: FeatureCache)
         }
     )
     hit = cache.get("ptrue", key)
+    if hit is None and not getattr(lm, "whitebox", True):
+        from safescale.detection.served import served_ptrue_nll
+
+        hit = {"ptrue_nll": served_ptrue_nll(lm, record)}
+        cache.put("ptrue", key, hit)
     if hit is None:
         hit = {"ptrue_nll": ptrue_nll(lm, record)}
         cache.put("ptrue", key, hit)

@@ -87,20 +87,29 @@ def calibration_item_ids(corpus: Corpus, size: int, seed: int) -> list[str]:
     return sorted(taken)
 
 
-def _prompt_scores(lm: CachedLM, item: Item, passages: Sequence) -> dict[str, Any]:
+def _prompt_scores(
+    lm: CachedLM, item: Item, passages: Sequence, *, cloze: bool = True
+) -> dict[str, Any]:
     """Everything the candidates need for one prompt: the letter log-probs as shown,
-    under the cyclic orderings, and the cloze log-probs with their neutral priors."""
+    under the cyclic orderings, and (``cloze``) the cloze log-probs with their neutral
+    priors."""
     message = prompts.answer_message(item, passages)
-    texts = [item.options[letter] for letter in item.letters]
-    cloze = lm.score_continuations([prompts.cloze_message(item, passages)], [texts])
-    return {
+    out: dict[str, Any] = {
         "letter": log_softmax(lm.score_options([message], item.letters)[0]),
         "cyclic": cyclic_letter_logprobs(lm, item, passages),
-        "logprob": cloze.logprob[0],
-        "n_tokens": cloze.n_tokens[0],
-        "n_chars": cloze.n_chars[0],
-        "neutral": lm.score_continuations([NEUTRAL_MESSAGE], [texts]).logprob[0],
     }
+    if cloze:
+        texts = [item.options[letter] for letter in item.letters]
+        scores = lm.score_continuations([prompts.cloze_message(item, passages)], [texts])
+        out.update(
+            {
+                "logprob": scores.logprob[0],
+                "n_tokens": scores.n_tokens[0],
+                "n_chars": scores.n_chars[0],
+                "neutral": lm.score_continuations([NEUTRAL_MESSAGE], [texts]).logprob[0],
+            }
+        )
+    return out
 
 
 def _choices(data: dict[str, Any], prior: np.ndarray | None) -> dict[str, tuple[int, bool | None]]:
@@ -110,11 +119,16 @@ def _choices(data: dict[str, Any], prior: np.ndarray | None) -> dict[str, tuple[
     out: dict[str, tuple[int, bool | None]] = {
         "letter": (int(np.argmax(data["letter"])), len({int(np.argmax(r)) for r in raw}) == 1),
         "letter_cyclic": (int(np.argmax(raw.mean(axis=0))), None),
-        "cloze_none": (int(np.argmax(data["logprob"])), None),
-        "cloze_token": (int(np.argmax(data["logprob"] / data["n_tokens"])), None),
-        "cloze_char": (int(np.argmax(data["logprob"] / data["n_chars"])), None),
-        "cloze_pmi": (int(np.argmax(data["logprob"] - data["neutral"])), None),
     }
+    if "logprob" in data:
+        out.update(
+            {
+                "cloze_none": (int(np.argmax(data["logprob"])), None),
+                "cloze_token": (int(np.argmax(data["logprob"] / data["n_tokens"])), None),
+                "cloze_char": (int(np.argmax(data["logprob"] / data["n_chars"])), None),
+                "cloze_pmi": (int(np.argmax(data["logprob"] - data["neutral"])), None),
+            }
+        )
     if prior is not None:
         log_prior = np.log(prior)
         debiased = cyclic.by_option(log_prior)
@@ -132,6 +146,7 @@ def calibrate(
     *,
     formulation: str,
     tie_margin: float,
+    allowed: frozenset[str] | None = None,
 ) -> dict[str, Any]:
     """Calibrate the answer formulation of one model on one corpus.
 
@@ -141,6 +156,9 @@ def calibrate(
         item_ids: the calibration items (:func:`calibration_item_ids`).
         formulation: the config's ``answer.formulation`` (``auto`` or a fixed one).
         tie_margin: accuracy margin within which ``auto`` treats candidates as tied.
+        allowed: the formulations the model can serve (a served model's probe may
+            restrict it to the letter formulations); None: all. ``auto`` considers
+            only these, and the record says which were left out and why.
 
     Returns:
         A JSON-ready record: ``requested``, ``chosen``, ``position_prior`` (per number of
@@ -154,10 +172,22 @@ def calibrate(
             f"corpus {corpus.name!r} has too few items to hold any out for calibration; "
             "set answer.formulation to a fixed formulation"
         )
+    if allowed is not None and formulation != "auto" and formulation not in allowed:
+        raise ValueError(
+            f"formulation {formulation!r} cannot be served by model {lm.name!r}; "
+            f"it serves {sorted(allowed)}"
+        )
+    cloze = allowed is None or any(name.startswith("cloze_") for name in allowed)
     data = []
     for item in items:
         clean = [corpus.passage(pid) for pid in item.evidence.clean]
-        data.append((item, _prompt_scores(lm, item, []), _prompt_scores(lm, item, clean)))
+        data.append(
+            (
+                item,
+                _prompt_scores(lm, item, [], cloze=cloze),
+                _prompt_scores(lm, item, clean, cloze=cloze),
+            )
+        )
     cyclic_all = [d["cyclic"] for _, closed, clean in data for d in (closed, clean)]
     prior_sum: dict[int, np.ndarray] = {}
     prior_count: dict[int, int] = {}
@@ -208,6 +238,8 @@ def calibrate(
             "top_position_share": float(top_share),
             "orderings_agree": float(np.mean(st["agree"])) if st["agree"] else None,
         }
+    if allowed is not None:
+        candidates = {name: c for name, c in candidates.items() if name in allowed}
     if formulation == "auto":
         # a position-locked reading measures where the gold sits, not the evidence
         eligible = {
@@ -230,7 +262,16 @@ def calibrate(
         )
     else:
         chosen = formulation
+    left_out = sorted(set(FORMULATIONS) - set(candidates))
+    record: dict[str, Any] = {}
+    if allowed is not None and left_out:
+        verdict = (getattr(lm, "probe_record", None) or {}).get("verdict")
+        record["not_served"] = {
+            "formulations": left_out,
+            "why": verdict or "the model cannot serve them",
+        }
     return {
+        **record,
         "requested": formulation,
         "chosen": chosen,
         "position_prior": position_prior,

@@ -110,13 +110,38 @@ def _agent_default(name: str) -> Any:
 _DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: The fields of a served model entry (``kind`` other than ``local``).
+SERVED_FIELDS = (
+    "base_url",
+    "model",
+    "api_key_env",
+    "max_concurrency",
+    "timeout_s",
+    "retries",
+    "tokenizer",
+    "whitebox",
+    "top_logprobs",
+    "context_length",
+    "extra_body",
+    "engine_args",
+)
+#: Fields that say how to reach and pace a server, not what is computed: not part of
+#: the config hash (a run resumes against a restarted server at another address).
+CONNECTION_FIELDS = ("base_url", "api_key_env", "max_concurrency", "timeout_s", "retries")
+
+
 class ModelConfig(_Section):
     """One model of the sweep. A bare string in the YAML is shorthand for ``{name: ...}``.
 
     Attributes:
         name: the name results are recorded under.
+        kind: ``local`` (weights loaded here with transformers), ``openai`` (an
+            OpenAI-compatible ``/v1/completions`` server), ``openai-chat`` (a chat-only
+            endpoint: letter formulations only) or ``vllm`` (vLLM in the worker
+            process). See ``docs/served-models.md``.
         spec: what :func:`safescale.models.load_model` loads (registered name, path or
-            HF id); defaults to ``name``.
+            HF id); defaults to ``name``. For ``kind: vllm``, what vLLM loads.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         dtype: weights dtype.
         batch_size: prompts per forward pass when scoring options (and, with
@@ -125,15 +150,52 @@ class ModelConfig(_Section):
             scoring calls are merged into padded batches of up to ``batch_size`` prompts
             (:mod:`safescale.models.microbatch`). 1 answers one item at a time. It
             changes how calls are batched, not what is answered, so it is not part of
-            the config hash (a run can be resumed with another value).
+            the config hash (a run can be resumed with another value). A served model
+            answers at least ``max_concurrency`` items at once.
+        base_url: the API root of a served model (``http://127.0.0.1:8000/v1``).
+        model: the served model's name at the endpoint (default: ``spec`` or ``name``).
+        api_key_env: environment variable holding the API key (never written to the
+            run directory).
+        max_concurrency: requests a served model keeps in flight.
+        timeout_s: seconds per request.
+        retries: retries of a request that timed out, could not connect or got 429 /
+            5xx (with exponential backoff).
+        tokenizer: the served model's tokenizer, loaded locally (registered name,
+            directory, ``.gguf`` or HF id): the prompt format and token counts; required
+            for ``kind: openai`` unless ``whitebox`` names the same weights.
+        whitebox: the same weights loaded locally (a local model spec) for the
+            white-box detectors (ECRT, probes, lens, attention); without it those
+            detectors are unavailable for this model.
+        top_logprobs: alternatives asked per position (letters are read among them).
+        context_length: the served context window (default: what the server reports,
+            else 2048).
+        extra_body: extra JSON fields sent with every request.
+        engine_args: extra ``vllm.LLM`` arguments (``kind: vllm``).
+
+    ``base_url``, ``api_key_env``, ``max_concurrency``, ``timeout_s`` and ``retries``
+    say how to reach the server, not what is computed: they are not part of the
+    config hash.
     """
 
     name: str = Field(min_length=1)
+    kind: Literal["local", "openai", "openai-chat", "vllm"] = "local"
     spec: str | None = None
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     batch_size: int = Field(8, ge=1)
     items_in_flight: int = Field(1, ge=1)
+    base_url: str | None = None
+    model: str | None = Field(None, min_length=1)
+    api_key_env: str | None = None
+    max_concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    retries: int = Field(3, ge=0)
+    tokenizer: str | None = Field(None, min_length=1)
+    whitebox: str | None = Field(None, min_length=1)
+    top_logprobs: int = Field(20, ge=1, le=100_000)
+    context_length: int | None = Field(None, ge=64)
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    engine_args: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -152,10 +214,83 @@ class ModelConfig(_Section):
             raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto")
         return device
 
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"not an http(s) URL: {url!r} (e.g. http://127.0.0.1:8000/v1)")
+        return None if url is None else url.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env(cls, name: str | None) -> str | None:
+        if name is not None and not _ENV_NAME.fullmatch(name):
+            raise ValueError(
+                f"{name!r} is not an environment variable name (give the variable's name, "
+                "never the key itself)"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> ModelConfig:
+        fields = type(self).model_fields
+        given = [
+            f
+            for f in SERVED_FIELDS
+            if getattr(self, f) != fields[f].get_default(call_default_factory=True)
+        ]
+        if self.kind == "local":
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)}: only for a served model (kind: openai, openai-chat "
+                    "or vllm); this entry is kind: local"
+                )
+            return self
+        if self.kind in ("openai", "openai-chat"):
+            if self.base_url is None:
+                raise ValueError(f"kind: {self.kind} needs base_url (the API root, .../v1)")
+            if self.kind == "openai" and self.tokenizer is None and self.whitebox is None:
+                raise ValueError(
+                    "kind: openai needs tokenizer: (the served model's tokenizer, loaded "
+                    "locally: registered name, directory, .gguf or HF id) to format prompts "
+                    "and find continuation tokens"
+                )
+            if self.engine_args:
+                raise ValueError(f"engine_args: only for kind: vllm, not kind: {self.kind}")
+        elif self.base_url is not None or self.api_key_env is not None:
+            raise ValueError("kind: vllm runs in this process: no base_url / api_key_env")
+        return self
+
     @property
     def source(self) -> str:
         """The spec to load (``spec`` or, if unset, ``name``)."""
         return self.spec or self.name
+
+    @property
+    def served(self) -> bool:
+        """Whether this is a served model (not local weights)."""
+        return self.kind != "local"
+
+    def served_settings(self):
+        """The :class:`~safescale.models.served.ServedSettings` of a served entry."""
+        from safescale.models.served import ServedSettings
+
+        return ServedSettings(
+            kind=self.kind,  # type: ignore[arg-type]
+            name=self.name,
+            model=self.model or self.source,
+            base_url=self.base_url,
+            api_key_env=self.api_key_env,
+            max_concurrency=self.max_concurrency,
+            timeout_s=self.timeout_s,
+            retries=self.retries,
+            tokenizer=self.tokenizer or self.whitebox,
+            top_logprobs=self.top_logprobs,
+            context_length=self.context_length,
+            extra_body=dict(self.extra_body),
+            dtype="auto" if self.dtype == "float32" and self.kind == "vllm" else self.dtype,
+            engine_args=dict(self.engine_args),
+        )
 
 
 class RetrievalConfig(_Section):
@@ -353,7 +488,7 @@ class ExperimentConfig(_Section):
     description: str | None = None
     models: tuple[ModelConfig, ...] = Field(min_length=1)
     corpora: tuple[str, ...] = Field(min_length=1)
-    conditions: tuple[ConditionSource, ...] = CONDITIONS
+    conditions: tuple[ConditionSource, ...] = Field(CONDITIONS, validate_default=True)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     agentic: AgenticConfig = Field(default_factory=AgenticConfig)
     context_budget: int | None = Field(_agent_default("context_budget"), ge=64)
@@ -431,6 +566,42 @@ class ExperimentConfig(_Section):
                 raise ValueError(f"conflict doses repeat: {list(doses)}")
             return tuple(sorted(doses))
         return doses
+
+    @field_validator("conditions")
+    @classmethod
+    def _served_conditions(cls, conditions: tuple[str, ...], info: ValidationInfo) -> tuple:
+        chat = [m.name for m in info.data.get("models") or () if m.kind == "openai-chat"]
+        if chat and "agentic_rag" in _condition_names(conditions):
+            raise ValueError(
+                f"agentic_rag: its critic reads its judgements as continuations, which "
+                f"model {chat[0]!r} (kind: openai-chat) cannot score (chat endpoints return "
+                "log-probs of generated tokens only); drop the condition or serve the model "
+                "through /v1/completions (kind: openai)"
+            )
+        return conditions
+
+    @field_validator("answer")
+    @classmethod
+    def _served_formulation(cls, answer: AnswerConfig, info: ValidationInfo) -> AnswerConfig:
+        chat = [m.name for m in info.data.get("models") or () if m.kind == "openai-chat"]
+        if chat and answer.formulation.startswith("cloze_"):
+            raise ValueError(
+                f"formulation: {answer.formulation} needs prompt log-probs, which model "
+                f"{chat[0]!r} (kind: openai-chat) cannot return (chat endpoints give log-probs "
+                "of generated tokens only); use auto or letter, letter_cyclic, letter_pride"
+            )
+        return answer
+
+    @field_validator("reliance")
+    @classmethod
+    def _served_reliance(cls, reliance: RelianceSettings, info: ValidationInfo):
+        served = [m.name for m in info.data.get("models") or () if m.served]
+        if reliance.enabled and served:
+            raise ValueError(
+                f"enabled: the reliance stage masks attention inside the model that answered, "
+                f"which needs its weights; model {served[0]!r} is served"
+            )
+        return reliance
 
     @field_validator("metrics")
     @classmethod
@@ -520,12 +691,18 @@ def config_hash(config: ExperimentConfig) -> str:
     is excluded too), or in how many items of
     the same nested order they take (``limit``: a larger limit extends a run), or in
     how many items a model answers at once (``items_in_flight``: the same answers),
+    or in where and how fast a served model is reached (:data:`CONNECTION_FIELDS`),
     hash equally; any other change (including a default made explicit with a different
     value) changes it.
     """
     data = config.model_dump(mode="json", exclude={"output_dir", "limit", "tracking"})
     for model in data.get("models", []):
         model.pop("items_in_flight", None)
+        if model.get("kind", "local") == "local":  # hashes of local runs as before
+            for key in ("kind", *SERVED_FIELDS):
+                model.pop(key, None)
+        for key in CONNECTION_FIELDS:  # where the server is, not what it computes
+            model.pop(key, None)
     for key in DETECTION_EVALUATION_KEYS:  # how detectors are evaluated, not what is run
         data.get("detection", {}).pop(key, None)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -372,10 +372,19 @@ class CellWorker:
         self.model_cfg = next(m for m in config.models if m.name == model_name)
         self.lm = _load(self.model_cfg, load_model)
         self.batcher = None
+        self.in_flight = self.model_cfg.items_in_flight
         scored = self.lm
-        if self.model_cfg.items_in_flight > 1:
+        if self.model_cfg.kind in ("openai", "openai-chat"):
+            # requests of the items in flight go to the server concurrently
+            from safescale.models.served import ConcurrentItems
+
+            self.in_flight = max(self.in_flight, self.model_cfg.max_concurrency)
+            self.batcher = ConcurrentItems()
+        elif self.model_cfg.items_in_flight > 1:
             from safescale.models.microbatch import MicroBatchedLM, MicroBatcher
 
+            if self.model_cfg.kind == "vllm":
+                from safescale.models.served.vllm import VLLMBatcher as MicroBatcher
             self.batcher = MicroBatcher(self.lm, self.model_cfg.batch_size)
             scored = MicroBatchedLM(self.lm, self.batcher)
         self.cached = CachedLM(scored, self.run_dir / "lm_cache.sqlite")
@@ -390,7 +399,7 @@ class CellWorker:
         """Spec, hash and shape of the model, and how it reads answers on each corpus
         (the calibration record of :func:`.calibration.calibrate`, or the fixed
         formulation)."""
-        return {
+        info = {
             "spec": self.model_cfg.spec or self.model_cfg.name,
             "hash": self.lm.model_hash,
             "context_length": self.lm.context_length,
@@ -399,6 +408,11 @@ class CellWorker:
                 self.corpus(ref).name: self.answering(ref) for ref in self.config.corpora
             },
         }
+        if self.model_cfg.served:
+            info["spec"] = self.lm.settings.model
+            info["served"] = self.lm.served_info()
+            info["whitebox"] = self.model_cfg.whitebox
+        return info
 
     def answering(self, ref: str) -> dict:
         """How this model reads answers on a corpus: calibrated once per worker when the
@@ -415,8 +429,10 @@ class CellWorker:
                     ids,
                     formulation=answer.formulation,
                     tie_margin=answer.tie_margin,
+                    allowed=getattr(self.lm, "formulations", None),
                 )
             else:
+                _check_servable(self.lm, answer.formulation)
                 self._answering[ref] = {
                     "requested": answer.formulation,
                     "chosen": answer.formulation,
@@ -476,8 +492,8 @@ class CellWorker:
     def _detection_recorder(self):
         """With detection configured, the answer step records the detection inputs of
         each response from its own prompt pass (see :class:`SharedPassRecorder`)."""
-        if not self.config.detection.enabled:
-            return None
+        if not self.config.detection.enabled or not getattr(self.lm, "whitebox", True):
+            return None  # a served model's detection inputs are read after the run
         from safescale.detection.extraction import (
             DETECTION_INPUTS_DIR,
             DetectionInputStore,
@@ -542,7 +558,7 @@ class CellWorker:
         yield from _in_flight(
             lambda item_id: self.run_item(task, item_id, ctx),
             list(task.item_ids),
-            min(self.model_cfg.items_in_flight, len(task.item_ids)),
+            min(self.in_flight, len(task.item_ids)),
             self.batcher,
             prepare=lambda: self._graph(task.condition),
         )
@@ -554,6 +570,24 @@ class CellWorker:
     def close(self) -> None:
         self.cached.close()
         self._conn.close()
+        closer = getattr(self.lm, "close", None)
+        if callable(closer):
+            closer()
+
+
+def _check_servable(lm: Any, formulation: str) -> None:
+    """Refuse a fixed formulation the (served) model cannot serve, in one line."""
+    allowed = getattr(lm, "formulations", None)
+    if allowed is None or formulation in allowed:
+        return
+    from safescale.models.served import ServedModelError
+
+    record = getattr(lm, "probe_record", {}) or {}
+    raise ServedModelError(
+        f"model {lm.name!r} ({lm.settings.base_url or lm.settings.model}): "
+        f"answer.formulation {formulation} cannot be served: {record.get('verdict', '')}; "
+        f"use auto or one of {', '.join(sorted(allowed))}"
+    )
 
 
 def _in_flight(
@@ -878,12 +912,18 @@ def run_experiment(
                 finally:
                     summary.lm_cache_hits += worker.cached.hits
                     summary.lm_cache_misses += worker.cached.misses
+                    if model_cfg.served:  # the served model's counters, as they ended
+                        record_model(run_dir, manifest, model_cfg.name, worker.model_info)
                     worker.close()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
 def _load(model_cfg: ModelConfig, load_model):
+    if model_cfg.served:
+        from safescale.models.served import load_served
+
+        return load_served(model_cfg.served_settings())
     return load_model(
         model_cfg.spec or model_cfg.name,
         device=model_cfg.device,
@@ -964,7 +1004,8 @@ def detect_run(
     manifest = reader.manifest()
     responses = reader.responses()
     corpora = reader.corpora(manifest)
-    load = _model_loader(models if models is not None else _run_models(reader))
+    model_cfgs = models if models is not None else _run_models(reader)
+    load = _model_loader(model_cfgs)
     reports: list = []
     notes: list[str] = []
     dirs: list[Path] = []
@@ -972,6 +1013,9 @@ def detect_run(
     with RunLock(reader.path):
         for name, entry in manifest.models.items():
             lm = None
+            served_config = _served_detection(name, entry, config, model_cfgs, console, notes)
+            if not served_config.detectors:
+                continue
             for corpus_name, corpus in corpora.items():
                 ids = set(corpus.items_by_id)
                 records = [r for r in responses if r.model == name and r.item in ids]
@@ -986,9 +1030,11 @@ def detect_run(
                     reports.append(evaluate_detection(out))
                     dirs.append(out)
                     continue
-                detection_config = config
+                detection_config = served_config
                 if config.label_source == "task" and not any(i.task for i in corpus.items):
-                    detection_config = config.model_copy(update={"label_source": "outcome"})
+                    detection_config = detection_config.model_copy(
+                        update={"label_source": "outcome"}
+                    )
                     notes.append(f"{corpus_name}: items have no task; labeled by outcome")
                 labels = corpus.safety_labels
                 if detection_config.label_source == "outcome" and not (
@@ -998,7 +1044,9 @@ def detect_run(
                     notes.append(f"{note} (items have no task and no high_risk/unsafe labels)")
                     console.print(f"[yellow]{note}[/]")
                     continue
-                if lm is None:
+                if lm is None and entry.whitebox:  # the served model's weights, loaded here
+                    lm = _whitebox_model(entry, model_cfgs, name)
+                elif lm is None:
                     lm = _lazy_model(load, name, entry, reader)
                 console.print(f"detection: {name} · {corpus_name} ({len(records)} responses)")
                 callback = None if progress is None else (lambda d, t, n=name: progress(n, d, t))
@@ -1012,7 +1060,7 @@ def detect_run(
                         model_name=name,
                         progress=callback,
                         stored=DetectionInputStore(reader.path / DETECTION_INPUTS_DIR),
-                        model_hash=entry.hash,
+                        model_hash=entry.hash if not entry.whitebox else lm.model_hash,
                         idf=lambda model: token_idf(model, corpora.values()),
                     )
                 except ValueError as exc:  # e.g. too few evidence groups for three splits
@@ -1031,6 +1079,51 @@ def detect_run(
         if trained or notes:
             atomic_write_text(root / "notes.json", json.dumps(notes, indent=2))
     return reports, notes
+
+
+def _served_detection(
+    name: str,
+    entry: ModelEntry,
+    config: Any,
+    model_cfgs: Sequence[ModelConfig],
+    console: Console,
+    notes: list[str],
+) -> Any:
+    """The detection config of one model: for a served model without ``whitebox:``,
+    the detectors that need weights are left out, and one line says so."""
+    if entry.served is None or entry.whitebox:
+        return config
+    from safescale.detection.served import split_servable
+
+    usable, unavailable = split_servable(
+        config.detectors,
+        continuations=entry.served.get("continuations"),
+        model=name,
+        kind=str(entry.served.get("kind")),
+    )
+    if unavailable:
+        reasons: dict[str, list[str]] = {}
+        for detector_name, reason in unavailable.items():
+            reasons.setdefault(reason, []).append(detector_name)
+        for reason, names in reasons.items():
+            line = f"{name}: detectors {', '.join(names)} unavailable for this model: {reason}"
+            notes.append(line)
+            console.print(f"[yellow]detection[/]: {line}")
+    return config.model_copy(update={"detectors": tuple(usable)})
+
+
+def _whitebox_model(entry: ModelEntry, model_cfgs: Sequence[ModelConfig], name: str):
+    """The local weights a served model's entry names as ``whitebox`` (same device and
+    dtype settings as its config entry)."""
+    from safescale.models import load_model
+
+    cfg = next((m for m in model_cfgs if m.name == name), None)
+    return load_model(
+        str(entry.whitebox),
+        device=cfg.device if cfg is not None else "cpu",
+        dtype=cfg.dtype if cfg is not None else "float32",
+        batch_size=cfg.batch_size if cfg is not None else 8,
+    )
 
 
 def _lazy_model(load, name: str, entry: ModelEntry, reader: RunDir) -> Callable[[], Any]:

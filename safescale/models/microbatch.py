@@ -445,6 +445,9 @@ class OnServingThread:
         self.target = target
         self.batcher = batcher
 
+    def __len__(self) -> int:  # max-context asks the store for its size
+        return len(self.target)
+
     def __getattr__(self, name: str):
         value = getattr(self.target, name)
         if inspect.ismethod(value) and value.__self__ is self.target:
