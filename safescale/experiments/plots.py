@@ -11,7 +11,9 @@
   compute budgets, one line per condition (only when the run spans several);
 * :func:`plot_grade_override` — the grade-override rate per condition (and dose);
 * :func:`plot_dose_response` — each rate against the conflict dose, one panel per
-  condition (only when the run sweeps the dose).
+  condition (only when the run sweeps the dose);
+* ``scaling_axes.png`` — accuracy and high-risk error with CI bands against each scale
+  axis the run varies (:func:`safescale.experiments.scaling_report.scaling_figure`).
 
 Every rate axis is fixed at 0–100 % (``RATE_LIMITS``, a little margin so points on 0 or
 100 stay whole), so panels are comparable and a degenerate panel never zooms into
@@ -447,6 +449,8 @@ def dose_response_figure(metrics: Mapping[str, Any]) -> Any | None:
 
 def write_plots(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
     """Write every applicable figure into ``out_dir``; returns the written paths."""
+    from safescale.experiments.scaling_report import plot_scaling_axes
+
     out_dir = Path(out_dir)
     written = [
         plot_accuracy_vs_high_risk(metrics, out_dir / "accuracy_vs_high_risk.png"),
@@ -457,5 +461,6 @@ def write_plots(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
         plot_scaling(metrics, out_dir / "scaling.png"),
         plot_grade_override(metrics, out_dir / "grade_override.png"),
         plot_dose_response(metrics, out_dir / "dose_response.png"),
+        plot_scaling_axes(metrics, out_dir / "scaling_axes.png"),
     ]
     return [p for p in written if p is not None]
