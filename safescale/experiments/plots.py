@@ -26,6 +26,7 @@ the matplotlib figure (for tests and notebooks); the ``plot_*`` functions save i
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,37 @@ def _err(est: Mapping[str, Any] | None) -> tuple[float, float]:
     if not all(map(math.isfinite, (v, lo, hi))):
         return 0.0, 0.0
     return max(v - lo, 0.0), max(hi - v, 0.0)
+
+
+def _cell_name(cell: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+    """A cell's condition, with its dose, context budget and k when the run varies them."""
+    run = metrics["run"]
+    name = str(cell["condition"])
+    if len(run.get("conflict_doses") or [0]) > 1:
+        name += f" d{cell.get('conflict_dose', 0)}"
+    if len(run.get("context_budgets") or [None]) > 1:
+        budget = cell.get("context_budget")
+        name += f" ctx {'max' if budget is None else budget}"
+    if len(run.get("retrieval_ks") or [None]) > 1:
+        name += f" k{cell.get('retrieval_k')}"
+    return name
+
+
+def _base_cells(metrics: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The cells at the (dose, context budget, k) setting most cells share (the base
+    of the axes that apply to some conditions only); all cells when nothing varies."""
+    settings = Counter(
+        (c.get("conflict_dose", 0), c.get("context_budget"), c.get("retrieval_k"))
+        for c in metrics["cells"]
+    )
+    if not settings:
+        return []
+    base = settings.most_common(1)[0][0]
+    return [
+        c
+        for c in metrics["cells"]
+        if (c.get("conflict_dose", 0), c.get("context_budget"), c.get("retrieval_k")) == base
+    ]
 
 
 def _panels(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -209,7 +241,7 @@ def plot_category_heatmap(metrics: Mapping[str, Any], path: Path) -> Path | None
             if (c["model"], c["corpus"], c["samples_budget"]) == (model, corpus, budget)
         ]
         categories = sorted({cat for c in cells for cat in c["by_category"]})
-        conditions = [c["condition"] for c in cells]
+        conditions = [_cell_name(c, metrics) for c in cells]
         grid = np.full((len(conditions), len(categories)), np.nan)
         for i, c in enumerate(cells):
             for j, cat in enumerate(categories):
@@ -305,8 +337,10 @@ def scaling_figure(metrics: Mapping[str, Any]) -> Any | None:
     labels = [m if len(budgets) == 1 else f"{m} @ {b}x" for m, b in points]
     corpora = run["corpora"]
     fig, axes = plt.subplots(len(corpora), 2, figsize=(11, 3.8 * len(corpora)), squeeze=False)
+    # one cell per point: the base setting of the other axes (see scaling_axes.png for them)
     index = {
-        (c["model"], c["corpus"], c["condition"], c["samples_budget"]): c for c in metrics["cells"]
+        (c["model"], c["corpus"], c["condition"], c["samples_budget"]): c
+        for c in _base_cells(metrics)
     }
     for row, corpus in enumerate(corpora):
         for col, metric in enumerate(("accuracy", "high_risk_error")):

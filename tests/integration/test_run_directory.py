@@ -67,8 +67,11 @@ def _invoke(*args: str):
 def test_runner_writes_the_contract(tiny_run):
     reader = RunDir(tiny_run)
     manifest = reader.manifest()
-    assert manifest.schema_version == 2 and set(manifest.corpora) == {"retina-rules"}
-    assert manifest.models["tiny"].hash
+    from safescale.records import MANIFEST_SCHEMA_VERSION
+
+    assert manifest.schema_version == MANIFEST_SCHEMA_VERSION == 3
+    assert set(manifest.corpora) == {"retina-rules"}
+    assert manifest.models["tiny"].hash and manifest.models["tiny"].parameters > 0
     responses = reader.responses()
     chosen = manifest.formulations["tiny"]["retina-rules"]["chosen"]
     assert len(responses) == 30 and all(r.formulation == chosen for r in responses)

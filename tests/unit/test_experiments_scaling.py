@@ -140,6 +140,10 @@ def test_flat_safety_and_rising_accuracy_scale_differently():
     assert concentration["n_worst_items"] == 8 and concentration["share_in_worst"] == 1.0
     assert [v["high_risk_errors"] for v in concentration["per_value"]] == [8, 8, 8, 8]
     assert curve["flips"]["safe_to_unsafe"] == []
+    # each point is its cell: same estimate, same interval (the same resample)
+    cell = next(c for c in metrics["cells"] if c["condition"] == "standard_rag"
+                and c["retrieval_k"] == 8)  # fmt: skip
+    assert curve["points"][-1]["metrics"]["accuracy"] == cell["metrics"]["accuracy"]
     # closed-book ran at k = 1 only: no slope, and the reason
     axis = next(a for a in metrics["scaling"]["axes"] if a["axis"] == "retrieval_k")
     assert axis["varied"] is True
