@@ -10,11 +10,12 @@ Files written into the run directory:
 
 * ``metrics.json`` — the full metrics structure;
 * ``report.md`` — every table below plus links to the plots;
-* ``conditions.csv`` — one row per (model, corpus, samples_budget, condition) with each
-  metric's value and CI bounds (``<metric>``, ``<metric>_lo``, ``<metric>_hi``; rates
-  as fractions);
+* ``conditions.csv`` — one row per cell (model, corpus, samples_budget, conflict_dose,
+  context_budget, retrieval_k, condition) with each metric's value and CI bounds
+  (``<metric>``, ``<metric>_lo``, ``<metric>_hi``; rates as fractions);
 * ``comparisons.csv`` — one row per paired difference and metric;
 * ``triage.csv`` — one row per backbone × detector (when detection results exist);
+* the scaling section (:mod:`safescale.experiments.scaling_report`);
 * ``plots/*.png`` — see :mod:`safescale.experiments.plots`.
 """
 

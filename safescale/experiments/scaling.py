@@ -61,6 +61,7 @@ from safescale.records import CONDITIONS
 __all__ = [
     "AXES",
     "AXIS_NAMES",
+    "MIN_UNITS",
     "SAFETY_METRICS",
     "SCALING_DEFINITION",
     "SLOPE_METRICS",
@@ -102,6 +103,10 @@ SLOPE_METRICS = (
     "dangerous_overconfidence",
 )
 SAFETY_METRICS = SLOPE_METRICS[1:]
+#: Fewer resampling units (evidence groups, or items without clustering) than this on a
+#: curve give no interval and no verdict: a percentile bootstrap over one or a few
+#: groups has (nearly) one possible resample, so its "interval" would be a point.
+MIN_UNITS = 5
 _OUTCOME = {"accuracy": "correct", **{m: m for m in SAFETY_METRICS}}
 _METRIC_WORDS = {
     "accuracy": "accuracy",
@@ -230,6 +235,10 @@ def verdict_code(accuracy: Estimate, safety: Estimate, difference: Estimate) -> 
     return "indistinguishable"
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _pp(value: float, *, signed: bool = True) -> str:
     if not math.isfinite(value):
         return "–"
@@ -237,6 +246,8 @@ def _pp(value: float, *, signed: bool = True) -> str:
 
 
 def _interval_text(est: Estimate) -> str:
+    if not (math.isfinite(est.lo) and math.isfinite(est.hi)):
+        return f"{_pp(est.value)} pp"
     return f"{_pp(est.value)} pp [{_pp(est.lo)}, {_pp(est.hi)}]"
 
 
@@ -259,14 +270,23 @@ def _verdict_sentence(
     n_items: int,
     per: str,
     no_change: bool,
+    n_units: int = MIN_UNITS,
+    unit_word: str = "evidence group",
 ) -> str:
+    if code == "too_few":
+        return (
+            f"accuracy {_pp(slopes['accuracy'].value)} pp and {_METRIC_WORDS[metric]} "
+            f"{_pp(slopes[metric].value)} pp {per} on {_count(n_items, 'item')} in "
+            f"{_count(n_units, unit_word)}: too few to measure (an interval and a verdict "
+            f"need at least {MIN_UNITS} {unit_word}s)"
+        )
     head = f"{_moves('accuracy', slopes['accuracy'], per)}; {_moves(metric, slopes[metric])}"
     if no_change:
         return (
             f"{head}; no answer's accuracy or {_METRIC_WORDS[metric]} changed along the "
-            f"axis on these {n_items} items: nothing to tell apart"
+            f"axis on these {_count(n_items, 'item')}: nothing to tell apart"
         )
-    diff = f"difference {_interval_text(difference)}, n = {n_items} items"
+    diff = f"difference {_interval_text(difference)}, n = {_count(n_items, 'item')}"
     if code == "differ":
         which = (
             "accuracy gains more than safety"
@@ -281,7 +301,7 @@ def _verdict_sentence(
     )
     if code == "together":
         return f"{head}; they scale together ({diff}; {mde_text})"
-    return f"{head}; not distinguishable with {n_items} items ({diff}; {mde_text})"
+    return f"{head}; not distinguishable with {_count(n_items, 'item')} ({diff}; {mde_text})"
 
 
 def _rates(part: pd.DataFrame, unit: str, counts: _Counts, level: float) -> dict[str, Estimate]:
@@ -361,6 +381,8 @@ def _curve(
     u = pd.Index(units).get_indexer(common[unit])
     den = np.zeros((len(units), len(levels)))
     np.add.at(den, (u, j), 1.0)
+    too_few = len(units) < MIN_UNITS
+    entry["too_few_units"] = too_few
     slopes: dict[str, Estimate] = {}
     replicates: dict[str, np.ndarray] = {}
     for metric in SLOPE_METRICS:
@@ -370,6 +392,8 @@ def _curve(
         reps = _slopes(x, c @ num, c @ den)
         replicates[metric] = reps
         lo, hi = percentile_interval(reps[:, None], bootstrap.level)
+        if too_few:
+            lo[:], hi[:] = math.nan, math.nan
         slopes[metric] = Estimate(point, float(lo[0]), float(hi[0]), len(common), len(units))
     entry["slopes"] = slopes
     # per-item slopes (the items are balanced over the levels: their mean is the slope)
@@ -386,6 +410,8 @@ def _curve(
     for metric in SAFETY_METRICS:
         reps = replicates["accuracy"] + replicates[metric]
         lo, hi = percentile_interval(reps[:, None], bootstrap.level)
+        if too_few:
+            lo[:], hi[:] = math.nan, math.nan
         difference = Estimate(
             slopes["accuracy"].value + slopes[metric].value,
             float(lo[0]),
@@ -403,18 +429,28 @@ def _curve(
         mde_value = mde["mde_clustered"] if unit == "evidence_id" else mde["mde"]
         no_change = not (np.ptp(pivots["accuracy"], axis=1).any() or
                          np.ptp(pivots[metric], axis=1).any())  # fmt: skip
-        code = (
-            "no_change"
-            if no_change
-            else verdict_code(slopes["accuracy"], slopes[metric], difference)
-        )
+        if no_change:
+            code = "no_change"
+        elif too_few:
+            code = "too_few"
+        else:
+            code = verdict_code(slopes["accuracy"], slopes[metric], difference)
         entry["differences"][metric] = {
             "difference": difference,
             "mde": mde_value,
             "power": mde,
             "verdict_code": code,
             "verdict": _verdict_sentence(
-                metric, slopes, difference, code, mde_value, len(shared), per, no_change
+                metric,
+                slopes,
+                difference,
+                code,
+                mde_value,
+                len(shared),
+                per,
+                no_change,
+                len(units),
+                "evidence group" if unit == "evidence_id" else "item",
             ),
         }
     entry["flips"] = _flips(common, column, levels, axis)

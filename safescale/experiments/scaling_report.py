@@ -37,6 +37,7 @@ _VERDICT_WORDS = {
     "together": "scale together",
     "indistinguishable": "not distinguishable",
     "no_change": "no change",
+    "too_few": "too few to measure",
 }
 _MAX_ITEMS = 8
 
@@ -92,7 +93,7 @@ def scaling_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
                     "–"
                     if mde is None
                     or not math.isfinite(mde)
-                    or diff.get("verdict_code") == "no_change"
+                    or diff.get("verdict_code") in ("no_change", "too_few")
                     else f"{100 * mde:.1f} pp",
                     _VERDICT_WORDS.get(diff.get("verdict_code"), c.get("reason", "–")),
                     str(len(flips.get("safe_to_unsafe") or [])),
@@ -279,8 +280,11 @@ def scaling_figure(metrics: Mapping[str, Any]) -> Any | None:
         where = [] if info["axis"] == "model_size" else [str(first.get("model"))]
         where += [str(first["corpus"])] + ([str(first["fixed"])] if first.get("fixed") else [])
         n = max(int(c.get("n_items", 0)) for c in curves)
-        ax.set_title(f"{AXIS_NAMES[info['axis']]} — {' · '.join(where)} (n = {n} items)",
-                     fontsize=8)  # fmt: skip
+        ax.set_title(
+            f"{AXIS_NAMES[info['axis']]} — {' · '.join(where)}\n"
+            f"(n = {n} item{'' if n == 1 else 's'})",
+            fontsize=8,
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     fig.suptitle(
@@ -288,7 +292,7 @@ def scaling_figure(metrics: Mapping[str, Any]) -> Any | None:
         "CI bands; slope per doubling in the legend",
         fontsize=9,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (4.4 * rows)))
     return fig
 
 

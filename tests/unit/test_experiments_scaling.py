@@ -202,6 +202,28 @@ def test_an_undecided_difference_reports_the_minimum_detectable_difference():
     assert "scale differently" not in test["verdict"]
 
 
+def test_a_curve_over_too_few_evidence_groups_gives_no_interval_and_no_verdict():
+    # 8 items in 4 groups: accuracy jumps from 0 to 100 % while nothing is high-risk
+    records = [
+        _response(f"i{i:02d}", "C" if k == 1 else "A", k=k) for k in (1, 8) for i in range(8)
+    ]
+    metrics = metrics_from_records(records, {"scal": _corpus(8)}, bootstrap=BOOT)
+    (curve,) = _curves(metrics, "retrieval_k")
+    assert curve["n_units"] == 4 and curve["too_few_units"] is True
+    slope = curve["slopes"]["accuracy"]
+    assert slope["value"] == pytest.approx(1 / 3) and slope["lo"] is None is slope["hi"]
+    test = curve["differences"]["high_risk_error"]
+    assert test["verdict_code"] == "too_few" and test["difference"]["lo"] is None
+    assert (
+        "too few to measure" in test["verdict"]
+        and "8 items in 4 evidence groups" in test["verdict"]
+    )
+    assert "scale differently" not in test["verdict"]
+    text = render_markdown(metrics)
+    row = next(line for line in text.splitlines() if line.startswith("| m · scal · standard_rag"))
+    assert "| +33.3 pp |" in row and "| too few to measure |" in row
+
+
 def test_model_size_uses_the_recorded_parameter_counts_and_flips_are_listed():
     records = []
     for model, right in (("small", 8), ("large", 24)):

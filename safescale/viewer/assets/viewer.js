@@ -243,7 +243,7 @@ function comparisonTable(comparisons) {
       el("tbody", {}, rows)));
 }
 
-const VERDICT_WORDS = { differ: "scale differently", together: "scale together", indistinguishable: "not distinguishable", no_change: "no change" };
+const VERDICT_WORDS = { differ: "scale differently", together: "scale together", indistinguishable: "not distinguishable", no_change: "no change", too_few: "too few to measure" };
 
 function fmtSlope(m) {
   if (!m || m.value === null || m.value === undefined) return "–";
