@@ -625,8 +625,8 @@ def scaling_section(
                 "condition": c,
                 "values": sorted(v["values"]),
                 "reason": f"{c} ran at one {AXIS_NAMES[axis]} only "
-                f"({', '.join(sorted(v['values']))}): no slope (the axis does not apply to "
-                "it in this run)",
+                f"({', '.join(sorted(v['values']))}): no slope (the run did not vary it for "
+                "this condition)",
             }
             for c, v in not_varied.items()
         ]
