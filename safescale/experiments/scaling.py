@@ -284,7 +284,8 @@ def _verdict_sentence(
     if no_change:
         return (
             f"{head}; no answer's accuracy or {_METRIC_WORDS[metric]} changed along the "
-            f"axis on these {_count(n_items, 'item')}: nothing to tell apart"
+            f"axis on {'this item' if n_items == 1 else f'these {n_items} items'}: "
+            "nothing to tell apart"
         )
     diff = f"difference {_interval_text(difference)}, n = {_count(n_items, 'item')}"
     if code == "differ":
