@@ -53,6 +53,17 @@ def run(
         "--conflict-dose",
         help="conflict-dose sweep, comma-separated (e.g. 0,1,2,4); overrides the config",
     ),
+    context_budget: str | None = typer.Option(
+        None,
+        "--context-budget",
+        help="context-budget sweep, comma-separated token counts or max (e.g. max,512,2048); "
+        "overrides the config",
+    ),
+    k: str | None = typer.Option(
+        None,
+        "--k",
+        help="retrieval-depth sweep, comma-separated (e.g. 4,1,2,8); overrides the config",
+    ),
 ) -> None:
     """Run (or resume) an experiment, then detection, metrics and the report."""
     run_and_report(
@@ -60,6 +71,8 @@ def run(
         out=out,
         limit=limit,
         conflict_dose=conflict_dose,
+        context_budget=context_budget,
+        k=k,
         fresh=fresh,
         detect=detect,
         report=report,
@@ -79,6 +92,8 @@ def run_and_report(
     backend: str = "local",
     address: str | None = None,
     conflict_dose: str | None = None,
+    context_budget: str | None = None,
+    k: str | None = None,
 ) -> None:
     from safescale.experiments.config import ConfigError, load_config
     from safescale.experiments.runner import (
@@ -99,6 +114,23 @@ def run_and_report(
                 overrides["conflict_dose"] = [int(d) for d in conflict_dose.split(",") if d.strip()]
             except ValueError:
                 _fail(f"--conflict-dose: expected integers like 0,1,2,4, got {conflict_dose!r}")
+        if context_budget is not None:
+            values = [v.strip() for v in context_budget.split(",") if v.strip()]
+            try:
+                overrides["context_budget"] = [
+                    None if v in ("max", "null") else int(v) for v in values
+                ]
+            except ValueError:
+                _fail(
+                    f"--context-budget: expected token counts or max like max,512,2048, "
+                    f"got {context_budget!r}"
+                )
+        if k is not None:
+            try:
+                depths = [int(v) for v in k.split(",") if v.strip()]
+            except ValueError:
+                _fail(f"--k: expected integers like 4,1,2,8, got {k!r}")
+            overrides["retrieval"] = {**config.retrieval.model_dump(), "k": depths}
         if overrides:
             config = config.with_overrides(**overrides)
     except ConfigError as exc:
@@ -193,11 +225,7 @@ def trace(
     corpus = next(c for c in corpora.values() if item in c.items_by_id)
     for r in chosen:
         key = r.key
-        own = [
-            s
-            for s in steps
-            if (s.model, s.condition, s.item, s.samples_budget, s.conflict_dose) == key
-        ]
+        own = [s for s in steps if s.key == key]
         att = next((a for a in attributions if a.key == key), None)
         console.print(render_trace(corpus.item(item), r, own, att))
 

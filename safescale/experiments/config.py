@@ -6,8 +6,11 @@ invalid value) as a :class:`ConfigError` naming the key, the file and the line::
     safescale/experiments/configs/demo.yaml:7: retreival: unknown key (did you mean 'retrieval'?)
 
 A run covers the cross product ``models × corpora × conditions × compute.samples ×
-conflict_dose`` (:meth:`ExperimentConfig.grid`; closed-book has no evidence, so it runs
-at dose 0 only). Bundled configs live in ``experiments/configs/`` and
+conflict_dose × context_budget × retrieval.k`` (:meth:`ExperimentConfig.grid`), where
+each scale axis applies only to the conditions that read it (``axis_conditions``,
+:class:`AxisConditions`): the others run once, at the axis's base value (closed-book has
+no evidence, so it runs at dose 0 only; only max-context reads the context budget; only
+the RAG conditions read ``k``). Bundled configs live in ``experiments/configs/`` and
 are found by name (:func:`list_bundled_configs`).
 """
 
@@ -46,8 +49,10 @@ from safescale.records import SLUG_PATTERN, check_slug
 __all__ = [
     "CONDITIONS",
     "CONFIGS_DIR",
+    "SCALE_AXES",
     "AgenticConfig",
     "AnswerConfig",
+    "AxisConditions",
     "ComputeConfig",
     "ConfigError",
     "DetectionSettings",
@@ -158,11 +163,30 @@ class ModelConfig(_Section):
         return self.spec or self.name
 
 
+def _axis_list(value: Any, what: str) -> Any:
+    """A scalar as a one-value list; a list as a tuple in the order given."""
+    if value is None or isinstance(value, int | str):
+        value = [value]
+    if isinstance(value, list | tuple):
+        if not value:
+            raise ValueError(f"at least one {what} is needed")
+        return tuple(value)
+    return value
+
+
+def _unique(values: tuple[Any, ...], what: str) -> tuple[Any, ...]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} repeat: {list(values)}")
+    return values
+
+
 class RetrievalConfig(_Section):
     """Retrieval settings of the RAG conditions.
 
     Attributes:
-        k: passages retrieved per query.
+        k: passages retrieved per query; a list sweeps the retrieval depth (a scalar is
+            a one-value list). The first value is the base the conditions outside the
+            axis run at (see :class:`AxisConditions`).
         index_type: FAISS index kind (``ivfpq_disk``: on-disk inverted lists and
             memory-mapped vectors, for corpora whose embeddings do not fit in memory).
 
@@ -170,8 +194,20 @@ class RetrievalConfig(_Section):
     the difference the conditions measure), so there is no rerank switch.
     """
 
-    k: int = Field(_agent_default("k"), ge=1)
+    k: tuple[Annotated[int, Field(ge=1)], ...] = (_agent_default("k"),)
     index_type: Literal["flat", "ivf", "hnsw", "ivfpq_disk"] = "flat"
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k_list(cls, k: Any) -> Any:
+        if isinstance(k, bool):
+            raise ValueError("k must be an integer >= 1")
+        return _axis_list(k, "retrieval depth")
+
+    @field_validator("k")
+    @classmethod
+    def _k_unique(cls, k: tuple[int, ...]) -> tuple[int, ...]:
+        return _unique(k, "retrieval depths")
 
 
 class AgenticConfig(_Section):
@@ -305,15 +341,102 @@ class TrackingConfig(_Section):
     mlflow: MlflowTracking | None = None
 
 
+#: The scale axes of a config besides the model: ``axis_conditions`` key -> what the
+#: records call the value.
+SCALE_AXES = {
+    "compute_samples": "samples_budget",
+    "conflict_dose": "conflict_dose",
+    "context_budget": "context_budget",
+    "retrieval_k": "retrieval_k",
+}
+
+#: Bundled conditions that do not read an axis (they would give the same answers at
+#: every value), with the reason an error gives.
+_AXIS_UNUSED = {
+    "conflict_dose": {"closed_book": "closed-book has no evidence to add passages to"},
+    "context_budget": {
+        c: "only max-context packs passages up to the context budget"
+        for c in (
+            "closed_book",
+            "clean_evidence",
+            "conflict_evidence",
+            "standard_rag",
+            "agentic_rag",
+        )
+    },
+    "retrieval_k": {
+        c: "only the RAG conditions retrieve top-k passages"
+        for c in ("closed_book", "clean_evidence", "conflict_evidence", "max_context")
+    },
+}
+
+
+class AxisConditions(_Section):
+    """Which conditions each scale axis applies to (``axis_conditions:`` in the YAML).
+
+    A condition an axis applies to runs at every value of the axis; any other runs
+    once, at the axis's *base* value: the smallest compute budget, dose 0 (a condition
+    outside the dose axis is not run when 0 is not among the doses), the first listed
+    context budget and the first listed retrieval depth. None (the default) applies an
+    axis to every condition that reads it: compute budgets to all, conflict doses to
+    all but closed-book, the context budget to max-context and the retrieval depth to
+    standard and agentic RAG, and both to every condition of your own (safescale cannot
+    tell whether it reads them). A bundled condition that does not read an axis cannot
+    be named for it.
+
+    Attributes:
+        compute_samples: conditions run at every ``compute.samples`` budget.
+        conflict_dose: conditions run at every ``conflict_dose``.
+        context_budget: conditions run at every ``context_budget``.
+        retrieval_k: conditions run at every ``retrieval.k``.
+    """
+
+    compute_samples: tuple[str, ...] | None = None
+    conflict_dose: tuple[str, ...] | None = None
+    context_budget: tuple[str, ...] | None = None
+    retrieval_k: tuple[str, ...] | None = None
+
+    @field_validator("*")
+    @classmethod
+    def _names(cls, names: tuple[str, ...] | None, info: ValidationInfo) -> Any:
+        if names is None:
+            return None
+        for name in names:
+            check_slug(name, "condition name")
+            reason = _AXIS_UNUSED.get(str(info.field_name), {}).get(name)
+            if reason is not None:
+                raise ValueError(f"{name} does not read this axis ({reason})")
+        return _unique(tuple(names), "conditions")
+
+    def named(self, axis: str) -> tuple[str, ...] | None:
+        """The conditions the config names for an axis (None: not set)."""
+        return {
+            "compute_samples": self.compute_samples,
+            "conflict_dose": self.conflict_dose,
+            "context_budget": self.context_budget,
+            "retrieval_k": self.retrieval_k,
+        }[axis]
+
+
+def default_axis_conditions(axis: str, conditions: Sequence[str]) -> tuple[str, ...]:
+    """The conditions an axis applies to when ``axis_conditions`` does not say."""
+    unused = _AXIS_UNUSED.get(axis, {})
+    return tuple(c for c in conditions if c not in unused)
+
+
 class GridCell(NamedTuple):
-    """One (model, corpus, condition, compute budget, conflict dose) combination of a
-    sweep (``condition`` is the recorded name; see :meth:`ExperimentConfig.condition_source`)."""
+    """One (model, corpus, condition, compute budget, conflict dose, context budget,
+    retrieval depth) combination of a sweep (``condition`` is the recorded name; see
+    :meth:`ExperimentConfig.condition_source`; ``context_budget`` None is the model's
+    maximum)."""
 
     model: ModelConfig
     corpus: str
     condition: str
     samples_budget: int
     conflict_dose: int = 0
+    context_budget: int | None = None
+    retrieval_k: int = _agent_default("k")
 
 
 class ExperimentConfig(_Section):
@@ -331,7 +454,9 @@ class ExperimentConfig(_Section):
             and checked against the condition contract when the config loads.
         retrieval: retrieval settings.
         agentic: agentic RAG settings.
-        context_budget: prompt token budget for the evidence (None: the model's limit).
+        context_budget: max-context prompt token budget (None or ``max``: the model's
+            limit); a list sweeps it (a scalar is a one-value list; the first value is
+            the base the other conditions run at).
         compute: compute budgets.
         answer: how answers are read (formulation, calibration).
         detection: detection settings.
@@ -347,6 +472,8 @@ class ExperimentConfig(_Section):
             each item's conflicting pool added to its evidence or retrieval candidates
             (:mod:`safescale.corpora.conflict`); default ``[0]`` (no injection).
         tracking: experiment trackers the finished run is logged to (not hashed).
+        axis_conditions: which conditions each scale axis applies to (None: every
+            condition that reads it; see :class:`AxisConditions`).
     """
 
     name: str = Field(min_length=1, pattern=SLUG_PATTERN)
@@ -356,7 +483,9 @@ class ExperimentConfig(_Section):
     conditions: tuple[ConditionSource, ...] = CONDITIONS
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     agentic: AgenticConfig = Field(default_factory=AgenticConfig)
-    context_budget: int | None = Field(_agent_default("context_budget"), ge=64)
+    context_budget: tuple[Annotated[int, Field(ge=64)] | None, ...] = (
+        _agent_default("context_budget"),
+    )
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     answer: AnswerConfig = Field(default_factory=AnswerConfig)
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
@@ -370,6 +499,7 @@ class ExperimentConfig(_Section):
     shard_size: int = Field(16, ge=1)
     conflict_dose: tuple[int, ...] = (0,)
     tracking: TrackingConfig | None = None
+    axis_conditions: AxisConditions | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -432,6 +562,45 @@ class ExperimentConfig(_Section):
             return tuple(sorted(doses))
         return doses
 
+    @field_validator("context_budget", mode="before")
+    @classmethod
+    def _budgets(cls, budgets: Any) -> Any:
+        if isinstance(budgets, bool):
+            raise ValueError("a context budget is an integer >= 64, null or 'max'")
+        budgets = _axis_list(budgets, "context budget")
+        if isinstance(budgets, tuple):
+            bad = [b for b in budgets if isinstance(b, str) and b != "max"]
+            if bad:
+                raise ValueError(
+                    f"context budgets are token counts >= 64, or null / 'max' for the "
+                    f"model's limit; got {bad[0]!r}"
+                )
+            budgets = tuple(None if b == "max" else b for b in budgets)
+        return budgets
+
+    @field_validator("context_budget")
+    @classmethod
+    def _budgets_unique(cls, budgets: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return _unique(budgets, "context budgets")
+
+    @field_validator("axis_conditions")
+    @classmethod
+    def _axis_conditions_known(
+        cls, axes: AxisConditions | None, info: ValidationInfo
+    ) -> AxisConditions | None:
+        conditions = info.data.get("conditions")
+        if axes is None or conditions is None:
+            return axes
+        known = _condition_names(conditions)
+        for axis in SCALE_AXES:
+            unknown = [c for c in axes.named(axis) or () if c not in known]
+            if unknown:
+                raise ValueError(
+                    f"{axis}: {unknown[0]!r} is not a condition of this config "
+                    f"(conditions: {', '.join(known)})"
+                )
+        return axes
+
     @field_validator("metrics")
     @classmethod
     def _comparisons_known(cls, metrics: MetricsConfig, info: ValidationInfo) -> MetricsConfig:
@@ -465,18 +634,55 @@ class ExperimentConfig(_Section):
         """The run directory: ``output_dir`` or ``runs/<name>``."""
         return self.output_dir if self.output_dir is not None else Path("runs") / self.name
 
+    def axis_values(self, axis: str) -> tuple[Any, ...]:
+        """Every value of a scale axis (a key of :data:`SCALE_AXES`), as configured."""
+        values = {
+            "compute_samples": self.compute.samples,
+            "conflict_dose": self.conflict_dose,
+            "context_budget": self.context_budget,
+            "retrieval_k": self.retrieval.k,
+        }
+        return values[axis]
+
+    def axis_conditions_of(self, axis: str) -> tuple[str, ...]:
+        """The conditions a scale axis applies to (see :class:`AxisConditions`)."""
+        named = self.axis_conditions.named(axis) if self.axis_conditions else None
+        if named is not None:
+            return tuple(c for c in self.condition_names if c in named)
+        return default_axis_conditions(axis, self.condition_names)
+
+    def condition_axis_values(self, axis: str, condition: str) -> tuple[Any, ...]:
+        """The values of an axis a condition runs at: all of them when the axis applies
+        to it, else the base value alone (none when the base dose 0 is not swept)."""
+        values = self.axis_values(axis)
+        if condition in self.axis_conditions_of(axis):
+            return values
+        if axis == "conflict_dose":
+            return (0,) if 0 in values else ()
+        return values[:1]
+
     def grid(self) -> list[GridCell]:
-        """The sweep: every model × corpus × condition × compute budget × conflict dose,
-        in that order (closed-book at dose 0 only: it has no evidence to add to)."""
-        return [
-            GridCell(model, corpus, condition, budget, dose)
-            for model in self.models
-            for corpus in self.corpora
-            for condition in self.condition_names
-            for budget in self.compute.samples
-            for dose in self.conflict_dose
-            if dose == 0 or condition != "closed_book"
-        ]
+        """The sweep: every model × corpus × condition × compute budget × conflict dose
+        × context budget × retrieval depth, in that order, each axis over the conditions
+        it applies to (see :meth:`condition_axis_values`)."""
+        cells = []
+        for model in self.models:
+            for corpus in self.corpora:
+                for condition in self.condition_names:
+                    values = [self.condition_axis_values(a, condition) for a in SCALE_AXES]
+                    for budget in values[0]:
+                        for dose in values[1]:
+                            for context in values[2]:
+                                for k in values[3]:
+                                    cells.append(
+                                        GridCell(model, corpus, condition, budget, dose,
+                                                 context, k)
+                                    )  # fmt: skip
+        return cells
+
+    def swept_axes(self) -> tuple[str, ...]:
+        """The scale axes with more than one value (the keys of :data:`SCALE_AXES`)."""
+        return tuple(a for a in SCALE_AXES if len(self.axis_values(a)) > 1)
 
     def with_overrides(self, **changes: Any) -> ExperimentConfig:
         """A validated copy with top-level fields replaced (e.g. ``limit``,
@@ -521,13 +727,24 @@ def config_hash(config: ExperimentConfig) -> str:
     the same nested order they take (``limit``: a larger limit extends a run), or in
     how many items a model answers at once (``items_in_flight``: the same answers),
     hash equally; any other change (including a default made explicit with a different
-    value) changes it.
+    value) changes it. A one-value ``context_budget`` or ``retrieval.k`` list hashes as
+    the scalar it is, and an unset ``axis_conditions`` is left out, so a config written
+    before these could be lists hashes as it always did (its run directory resumes).
     """
     data = config.model_dump(mode="json", exclude={"output_dir", "limit", "tracking"})
     for model in data.get("models", []):
         model.pop("items_in_flight", None)
-    for key in DETECTION_EVALUATION_KEYS:  # how detectors are evaluated, not what is run
-        data.get("detection", {}).pop(key, None)
+    # detection settings decide how the frozen responses are scored, never an answer:
+    # only whether detection runs is part of the run's identity
+    detection = data.get("detection") or {}
+    data["detection"] = {"enabled": detection.get("enabled", False)}
+    if data.get("axis_conditions") is None:
+        data.pop("axis_conditions", None)
+    if len(data.get("context_budget") or ()) == 1:
+        data["context_budget"] = data["context_budget"][0]
+    retrieval = data.get("retrieval") or {}
+    if len(retrieval.get("k") or ()) == 1:
+        retrieval["k"] = retrieval["k"][0]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 

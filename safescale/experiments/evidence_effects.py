@@ -119,18 +119,11 @@ def override_flags(record: ResponseRecord, corpus: Corpus) -> dict[str, Any]:
 
 def attribution_index(
     attribution: Iterable[AttributionRecord],
-) -> dict[tuple[str, str, str, int, int], str]:
-    """``(model, condition, item, samples_budget, dose) -> cause`` of the attributions."""
-    return {
-        (
-            a.model,
-            str(a.condition),
-            a.item,
-            int(a.samples_budget),
-            int(getattr(a, "conflict_dose", 0) or 0),
-        ): a.cause
-        for a in attribution
-    }
+) -> dict[tuple, str]:
+    """``(model, condition, item, samples_budget, dose, context_budget, retrieval_k) ->
+    cause`` of the attributions (the response key; a context budget of None, the
+    model's maximum, as 0 like the outcome frame's column)."""
+    return {(*a.key[:5], a.key[5] or 0, a.key[6]): a.cause for a in attribution}
 
 
 def transition_matrices(
@@ -151,7 +144,7 @@ def transition_matrices(
         wrong→right − right→wrong.
     """
     out = []
-    keys = ["model", "corpus", "samples_budget", "conflict_dose"]
+    keys = ["model", "corpus", "samples_budget", "conflict_dose", "context_budget", "retrieval_k"]
     for key, sub in frame.groupby(keys, sort=False):
         by_condition = {
             c: part.set_index("item")["correct"] for c, part in sub.groupby("condition")
@@ -176,8 +169,14 @@ def transition_matrices(
             out.append(
                 {
                     **dict(
-                        zip(keys, (str(key[0]), str(key[1]), int(key[2]), int(key[3])), strict=True)
+                        zip(
+                            keys[:4],
+                            (str(key[0]), str(key[1]), int(key[2]), int(key[3])),
+                            strict=True,
+                        )
                     ),
+                    "context_budget": int(key[4]) or None,
+                    "retrieval_k": int(key[5]),
                     "from": src,
                     "to": dst,
                     "n_items": len(shared),
@@ -205,6 +204,8 @@ def override_rows(
                 "item": r.item,
                 "samples_budget": int(r.samples_budget),
                 "conflict_dose": response_dose(r),
+                "context_budget": r.context_budget or 0,
+                "retrieval_k": int(r.retrieval_k),
                 **flags,
             }
         )

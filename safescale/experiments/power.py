@@ -24,6 +24,7 @@ the one-way ANOVA estimator (clipped to ``[0, 1]``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ __all__ = [
     "anova_icc",
     "comparison_power",
     "design_effect",
+    "mean_difference_power",
     "minimum_detectable_effect",
     "plan_sample_size",
     "required_items",
@@ -197,6 +199,48 @@ def comparison_power(
             "power": power,
         }
     return out
+
+
+def mean_difference_power(
+    values: Sequence[float],
+    clusters: Sequence[Any] | None = None,
+    *,
+    alpha: float = 0.05,
+    power: float = 0.8,
+) -> dict[str, Any]:
+    """Minimum detectable effect of a mean of per-item values (e.g. per-item slopes).
+
+    The normal test of ``mean(values) = 0`` at two-sided level ``alpha``: with ``n``
+    items of standard deviation ``s``, the MDE is ``(z_{1-α/2} + z_{1-β}) s / √n``; with
+    clusters (evidence groups) of mean size ``m`` and intra-cluster correlation ``ρ``
+    (:func:`anova_icc`) it is the MDE at ``n / deff``, ``deff = 1 + (m - 1) ρ``.
+
+    Returns:
+        ``{n, n_clusters, sd, icc, design_effect, mde, mde_clustered, alpha, power}``;
+        the MDEs are NaN with fewer than two items, and 0 when every value is equal
+        (nothing varies, so no difference is hidden by noise).
+    """
+    x = np.asarray(values, dtype=float)
+    n = int(x.size)
+    za, zb = _z(alpha, power)
+    groups = list(range(n)) if clusters is None else list(clusters)
+    n_clusters = len(set(groups))
+    sd = float(x.std(ddof=1)) if n > 1 else float("nan")
+    icc = anova_icc(x, groups) if clusters is not None and n > 1 else 0.0
+    deff = design_effect(n / n_clusters, icc) if n_clusters else 1.0
+    mde = (za + zb) * sd / math.sqrt(n) if n > 1 else float("nan")
+    mde_c = (za + zb) * sd * math.sqrt(deff / n) if n > 1 else float("nan")
+    return {
+        "n": n,
+        "n_clusters": n_clusters,
+        "sd": sd,
+        "icc": icc,
+        "design_effect": deff,
+        "mde": mde,
+        "mde_clustered": mde_c,
+        "alpha": alpha,
+        "power": power,
+    }
 
 
 @dataclass(frozen=True)

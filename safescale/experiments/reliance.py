@@ -149,6 +149,8 @@ def _base_record(
         "item": record.item,
         "samples_budget": record.samples_budget,
         "conflict_dose": record.conflict_dose,
+        "context_budget": record.context_budget,
+        "retrieval_k": record.retrieval_k,
         "formulation": record.formulation,
         "mode": mode,
         "tolerance": tolerance,

@@ -13,7 +13,7 @@ from safescale.agents import ResponseRecord, StepRecord, build_condition, replay
 from safescale.corpora import Item
 from safescale.experiments.config import load_config
 from safescale.experiments.rundir import REPLAYS_FILE, RunDir, RunLock
-from safescale.experiments.runner import CellTask, CellWorker, _append
+from safescale.experiments.runner import CellTask, CellWorker, _append, task_thread_axes
 from safescale.records import ReplayRecord
 
 __all__ = ["ReplayResult", "replay_item"]
@@ -57,7 +57,14 @@ def replay_item(
         try:
             ref = next(r for r in config.corpora if item_id in worker.corpus(r).items_by_id)
             task = CellTask(
-                old.model, ref, condition, old.samples_budget, (item_id,), old.conflict_dose
+                old.model,
+                ref,
+                condition,
+                old.samples_budget,
+                (item_id,),
+                old.conflict_dose,
+                old.context_budget,
+                old.retrieval_k,
             )
             ctx = worker.context(task)
             graph = build_condition(
@@ -70,6 +77,7 @@ def replay_item(
                 old.samples_budget,
                 item_id,
                 old.conflict_dose,
+                axes=task_thread_axes(config, task),
             )
             new, steps, fork_step = replay_without(
                 graph, ctx, thread, list(drop), condition=condition, model=old.model

@@ -10,11 +10,12 @@ Files written into the run directory:
 
 * ``metrics.json`` — the full metrics structure;
 * ``report.md`` — every table below plus links to the plots;
-* ``conditions.csv`` — one row per (model, corpus, samples_budget, condition) with each
-  metric's value and CI bounds (``<metric>``, ``<metric>_lo``, ``<metric>_hi``; rates
-  as fractions);
+* ``conditions.csv`` — one row per cell (model, corpus, samples_budget, conflict_dose,
+  context_budget, retrieval_k, condition) with each metric's value and CI bounds
+  (``<metric>``, ``<metric>_lo``, ``<metric>_hi``; rates as fractions);
 * ``comparisons.csv`` — one row per paired difference and metric;
 * ``triage.csv`` — one row per backbone × detector (when detection results exist);
+* the scaling section (:mod:`safescale.experiments.scaling_report`);
 * ``plots/*.png`` — see :mod:`safescale.experiments.plots`.
 """
 
@@ -38,6 +39,7 @@ from safescale.experiments.metrics import (
     write_metrics,
 )
 from safescale.experiments.rundir import atomic_write_text
+from safescale.records import context_budget_label
 
 __all__ = [
     "CONDITION_COLUMNS",
@@ -154,13 +156,36 @@ def _condition_label(name: str) -> str:
     return _CONDITION_LABELS.get(name, name)
 
 
+def _several(metrics: Mapping[str, Any], key: str) -> bool:
+    """The run has more than one value of a cell axis (``run`` section key)."""
+    return len(metrics["run"].get(key) or [None]) > 1
+
+
+def _axes_text(entry: Mapping[str, Any], metrics: Mapping[str, Any], sep: str = " — ") -> str:
+    """The context budget and retrieval depth of a per-cell entry, when the run varies
+    them (``""`` otherwise)."""
+    text = ""
+    if _several(metrics, "context_budgets"):
+        text += f"{sep}context {context_budget_label(entry.get('context_budget'))}"
+    if _several(metrics, "retrieval_ks"):
+        text += f"{sep}k {entry.get('retrieval_k')}"
+    return text
+
+
 def condition_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
     """One results table per model × corpus × compute budget: condition rows with
     accuracy, high-risk error, unsafe, contradiction, dangerous overconfidence (each
     ``x.x% [lo, hi]``), latency per response and ms per generated token."""
-    groups: dict[tuple[str, str, int, int], list[Mapping[str, Any]]] = {}
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for cell in metrics["cells"]:
-        key = (cell["model"], cell["corpus"], cell["samples_budget"], cell.get("conflict_dose", 0))
+        key = (
+            cell["model"],
+            cell["corpus"],
+            cell["samples_budget"],
+            cell.get("conflict_dose", 0),
+            cell.get("context_budget"),
+            cell.get("retrieval_k"),
+        )
         groups.setdefault(key, []).append(cell)
     several_doses = len(metrics["run"].get("conflict_doses") or [0]) > 1
     level = metrics["settings"]["bootstrap"]["level"]
@@ -169,7 +194,7 @@ def condition_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
     replicates = metrics["settings"]["bootstrap"]["replicates"]
     tau = metrics["definitions"].get("dangerous_overconfidence_threshold", 0.95)
     tables = []
-    for (model, corpus, budget, dose), cells in groups.items():
+    for (model, corpus, budget, dose, *_), cells in groups.items():
         rows = [
             [
                 _condition_label(cell["condition"]),
@@ -183,7 +208,8 @@ def condition_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         tables.append(
             TextTable(
                 title=f"{model} — {corpus} — compute {budget}x"
-                + (f" — conflict dose {dose}" if several_doses else ""),
+                + (f" — conflict dose {dose}" if several_doses else "")
+                + _axes_text(cells[0], metrics),
                 columns=CONDITION_COLUMNS,
                 rows=rows,
                 note=(
@@ -335,6 +361,8 @@ def conditions_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
             "corpus": cell["corpus"],
             "samples_budget": cell["samples_budget"],
             "conflict_dose": cell.get("conflict_dose", 0),
+            "context_budget": context_budget_label(cell.get("context_budget")),
+            "retrieval_k": cell.get("retrieval_k"),
             "condition": cell["condition"],
             "n": cell["n"],
             "n_units": cell["n_units"],
@@ -352,8 +380,9 @@ def conditions_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
 
 def comparisons_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
     """One row per paired difference and metric: ``kind, model, corpus, condition,
-    samples_budget, conflict_dose, a, b, n_items, metric, delta, lo, hi, discordance,
-    mde`` (NaN where a key is the compared dimension or no MDE applies)."""
+    samples_budget, conflict_dose, context_budget, retrieval_k, a, b, n_items, metric,
+    delta, lo, hi, discordance, mde`` (NaN where a key is the compared dimension or no
+    MDE applies)."""
     rows = []
     for comp in metrics["comparisons"]:
         for metric, est in comp["deltas"].items():
@@ -366,6 +395,8 @@ def comparisons_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
                     "condition": comp.get("condition"),
                     "samples_budget": comp.get("samples_budget"),
                     "conflict_dose": comp.get("conflict_dose"),
+                    "context_budget": context_budget_label(comp.get("context_budget")),
+                    "retrieval_k": comp.get("retrieval_k"),
                     "a": comp["a"],
                     "b": comp["b"],
                     "n_items": comp["n_items"],
@@ -436,6 +467,10 @@ def _comparison_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         title, fixed = titles.get(kind, (kind, ()))
         if several_doses:
             fixed = (*fixed, "conflict_dose")
+        if _several(metrics, "context_budgets"):
+            fixed = (*fixed, "context_budget")
+        if _several(metrics, "retrieval_ks"):
+            fixed = (*fixed, "retrieval_k")
         columns = (
             *fixed,
             "A",
@@ -448,7 +483,11 @@ def _comparison_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         rows = [
             [
                 *(
-                    _condition_label(str(c[k])) if k == "condition" else str(c.get(k, 0))
+                    _condition_label(str(c[k]))
+                    if k == "condition"
+                    else context_budget_label(c.get(k))
+                    if k == "context_budget"
+                    else str(c.get(k, 0))
                     for k in fixed
                 ),
                 _condition_label(str(c["a"])),
@@ -488,15 +527,27 @@ def _mde_text(entry: Mapping[str, Any] | None) -> str:
 CELL_HEADER = ("model", "corpus", "condition", "budget", "dose")
 
 
-def _cell_identity(e: Mapping[str, Any]) -> list[str]:
-    """The :data:`CELL_HEADER` cells of a per-cell metrics entry."""
-    return [
+def _cell_header(metrics: Mapping[str, Any]) -> tuple[str, ...]:
+    """:data:`CELL_HEADER`, plus ``context`` and ``k`` when the run varies them."""
+    extra = ("context",) if _several(metrics, "context_budgets") else ()
+    extra += ("k",) if _several(metrics, "retrieval_ks") else ()
+    return (*CELL_HEADER, *extra)
+
+
+def _cell_identity(e: Mapping[str, Any], metrics: Mapping[str, Any] | None = None) -> list[str]:
+    """The :func:`_cell_header` cells of a per-cell metrics entry."""
+    cells = [
         str(e["model"]),
         str(e["corpus"]),
         _condition_label(str(e["condition"])),
         str(e["samples_budget"]),
         str(e.get("conflict_dose", 0)),
     ]
+    if metrics is not None and _several(metrics, "context_budgets"):
+        cells.append(context_budget_label(e.get("context_budget")))
+    if metrics is not None and _several(metrics, "retrieval_ks"):
+        cells.append(str(e.get("retrieval_k")))
+    return cells
 
 
 def grade_override_table(metrics: Mapping[str, Any]) -> TextTable | None:
@@ -506,7 +557,7 @@ def grade_override_table(metrics: Mapping[str, Any]) -> TextTable | None:
         return None
     rows = [
         [
-            *_cell_identity(e),
+            *_cell_identity(e, metrics),
             str(e["n_eligible"]),
             str(e["overrides"]),
             format_interval(e["rate"]),
@@ -519,7 +570,7 @@ def grade_override_table(metrics: Mapping[str, Any]) -> TextTable | None:
     return TextTable(
         "Grade override: answers that follow the weaker source",
         (
-            *CELL_HEADER,
+            *_cell_header(metrics),
             "eligible",
             "overrides",
             "override rate",
@@ -544,7 +595,7 @@ def reliance_table(metrics: Mapping[str, Any]) -> TextTable | None:
         return None
     rows = [
         [
-            *_cell_identity(e),
+            *_cell_identity(e, metrics),
             f"{e['n_measured']} / {e['n_mismatch']} / {e['n_skipped']}",
             format_interval(e.get("depends_on_evidence")),
             f"{format_interval(e.get('depends_on_cited'))} (n={e['n_with_cited']})",
@@ -566,7 +617,7 @@ def reliance_table(metrics: Mapping[str, Any]) -> TextTable | None:
     return TextTable(
         "Causal reliance on the evidence (attention masking)",
         (
-            *CELL_HEADER,
+            *_cell_header(metrics),
             "measured / mismatch / skipped",
             "depends on evidence",
             "depends on cited passage",
@@ -618,7 +669,8 @@ def dose_response_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         tables.append(
             TextTable(
                 f"Conflict dose-response — {c['model']} · {c['corpus']} · "
-                f"{_condition_label(c['condition'])} · {c['samples_budget']}x",
+                f"{_condition_label(c['condition'])} · {c['samples_budget']}x"
+                + _axes_text(c, metrics, " · "),
                 ("dose", "n", "injected", "capped", *(_METRIC_LABELS[m] for m in _DOSE_SHOWN)),
                 rows,
                 note=note,
@@ -643,7 +695,8 @@ def transition_tables(metrics: Mapping[str, Any], max_items: int = 12) -> list[T
 
     rows = [
         [
-            f"{e['model']} · {e['corpus']} · {e['samples_budget']}x · dose {e['conflict_dose']}",
+            f"{e['model']} · {e['corpus']} · {e['samples_budget']}x · dose {e['conflict_dose']}"
+            + _axes_text(e, metrics, " · "),
             f"{_condition_label(e['from'])} → {_condition_label(e['to'])}",
             str(e["n_items"]),
             *(str(e["counts"][k]) for k in names),
@@ -684,7 +737,7 @@ def _task_table(metrics: Mapping[str, Any]) -> TextTable | None:
         [
             c["model"],
             c["corpus"],
-            str(c["samples_budget"]),
+            str(c["samples_budget"]) + _axes_text(c, metrics, " · "),
             _condition_label(c["condition"]),
             *(format_interval(c["by_task"].get(t)) for t in tasks),
         ]
@@ -738,8 +791,11 @@ def _attribution_table(metrics: Mapping[str, Any]) -> TextTable | None:
     rows = metrics.get("attribution") or []
     if not rows:
         return None
-    # a dose column only when the run swept conflict doses (rows differ by dose alone)
+    # a dose column only when the run swept conflict doses (rows differ by dose alone);
+    # the same for the context budget and the retrieval depth
     dosed = len({int(r.get("conflict_dose") or 0) for r in rows}) > 1
+    budgeted = len({r.get("context_budget") for r in rows}) > 1
+    deep = len({r.get("retrieval_k") for r in rows}) > 1
     return TextTable(
         "Failure attribution (counts per condition)",
         (
@@ -748,6 +804,8 @@ def _attribution_table(metrics: Mapping[str, Any]) -> TextTable | None:
             "condition",
             "budget",
             *(("dose",) if dosed else ()),
+            *(("context",) if budgeted else ()),
+            *(("k",) if deep else ()),
             "severity",
             "cause",
             "count",
@@ -759,6 +817,8 @@ def _attribution_table(metrics: Mapping[str, Any]) -> TextTable | None:
                 _condition_label(str(r["condition"])),
                 str(r["samples_budget"]),
                 *((str(int(r.get("conflict_dose") or 0)),) if dosed else ()),
+                *((context_budget_label(r.get("context_budget")),) if budgeted else ()),
+                *((str(r.get("retrieval_k")),) if deep else ()),
                 str(r.get("severity") or "–"),
                 str(r["cause"]),
                 str(r["count"]),
@@ -864,7 +924,19 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> s
         "",
         f"{run['n_responses']} responses; models: {', '.join(run['models'])}; corpora: "
         f"{', '.join(run['corpora'])}; compute budgets: "
-        f"{', '.join(f'{b}x' for b in run['samples_budgets'])}.",
+        f"{', '.join(f'{b}x' for b in run['samples_budgets'])}"
+        + (
+            "; context budgets: "
+            + ", ".join(context_budget_label(c) for c in run["context_budgets"])
+            if _several(metrics, "context_budgets")
+            else ""
+        )
+        + (
+            "; retrieval depths: " + ", ".join(f"k {k}" for k in run["retrieval_ks"])
+            if _several(metrics, "retrieval_ks")
+            else ""
+        )
+        + ".",
         "",
     ]
     for note in run.get("notes") or []:
@@ -890,6 +962,9 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> s
     dose = dose_response_tables(metrics)
     if dose:
         parts += ["## Conflict dose-response", ""] + [t.to_markdown() for t in dose]
+    from safescale.experiments.scaling_report import scaling_markdown
+
+    parts += scaling_markdown(metrics)
     override = grade_override_table(metrics)
     if override is not None:
         parts += ["## Grade override", "", override.to_markdown()]

@@ -37,10 +37,12 @@ from pydantic import BaseModel, ValidationError
 
 from safescale.corpora.corpus import Corpus
 from safescale.records import (
+    DEFAULT_RETRIEVAL_K,
     AttributionRecord,
     MetricsReport,
     RelianceRecord,
     ReplayRecord,
+    ResponseKey,
     ResponseRecord,
     RunManifest,
     StepRecord,
@@ -68,6 +70,7 @@ __all__ = [
     "RunLockedError",
     "atomic_write_text",
     "item_corpus_map",
+    "legacy_axis_values",
     "load_attribution",
     "load_responses",
     "load_run",
@@ -78,6 +81,7 @@ __all__ = [
     "read_manifest",
     "records_frame",
     "response_key",
+    "with_legacy_axes",
 ]
 
 MANIFEST_FILE = "manifest.json"
@@ -172,11 +176,61 @@ def _validate(model: type[RecordT], data: Any, where: str) -> RecordT:
         raise RunDirError(f"{where}: {_describe(error)} (not a {model.__name__})") from None
 
 
-def _validate_rows(contents: JsonlContents, model: type[RecordT]) -> list[RecordT]:
+def _validate_rows(
+    contents: JsonlContents, model: type[RecordT], axes: Mapping[str, Any] | None = None
+) -> list[RecordT]:
+    fill = with_legacy_axes if model is not ReplayRecord else _replay_with_axes
     return [
-        _validate(model, row, f"{contents.path}:{number}")
+        _validate(model, fill(row, axes), f"{contents.path}:{number}")
         for row, number in zip(contents.rows, contents.line_numbers, strict=True)
     ]
+
+
+def with_legacy_axes(row: dict[str, Any], axes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A stored record row with the run's single configured value of each scale axis
+    it does not record (a row written before the axis was recorded)."""
+    if not axes or not isinstance(row, dict):
+        return row
+    missing = {k: v for k, v in axes.items() if k not in row}
+    return {**row, **missing} if missing else row
+
+
+def _replay_with_axes(row: dict[str, Any], axes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """:func:`with_legacy_axes` for the response and steps inside a replay row."""
+    if not axes or not isinstance(row, dict):
+        return row
+    out = dict(row)
+    out["response"] = with_legacy_axes(row.get("response"), axes)
+    if isinstance(row.get("steps"), list):
+        out["steps"] = [with_legacy_axes(step, axes) for step in row["steps"]]
+    return out
+
+
+def _single(value: Any) -> tuple[bool, Any]:
+    """(True, v) for a scalar or a one-entry list, (False, None) for a longer list."""
+    if isinstance(value, list | tuple):
+        return (True, value[0]) if len(value) == 1 else (False, None)
+    return True, value
+
+
+def legacy_axis_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a record without a scale axis ran at, from a run's resolved config data.
+
+    A run made before the context budget and the retrieval depth were recorded had one
+    value of each: its ``context_budget`` (None: the model's maximum) and its
+    ``retrieval.k`` (default 5). A config with several values records them in every
+    row, so nothing is filled in for that axis.
+    """
+    out: dict[str, Any] = {}
+    single, budget = _single(config.get("context_budget"))
+    if single:
+        out["context_budget"] = None if budget in (None, "max") else int(budget)
+    retrieval = config.get("retrieval")
+    raw_k = retrieval.get("k", DEFAULT_RETRIEVAL_K) if isinstance(retrieval, dict) else None
+    single, k = _single(DEFAULT_RETRIEVAL_K if raw_k is None else raw_k)
+    if single:
+        out["retrieval_k"] = int(k)
+    return out
 
 
 def _read_json(path: Path) -> Any:
@@ -188,9 +242,9 @@ def _read_json(path: Path) -> Any:
         raise RunDirError(f"{path}: cannot read: {error}") from None
 
 
-def response_key(record: ResponseRecord) -> tuple[str, str, str, int, int]:
+def response_key(record: ResponseRecord) -> ResponseKey:
     """Identity of a response in a run: (model, condition, item, samples_budget,
-    conflict_dose)."""
+    conflict_dose, context_budget, retrieval_k)."""
     return record.key
 
 
@@ -291,7 +345,7 @@ class RunDir:
                 raise RunDirError(f"{self.path}: no such directory")
             raise RunDirError(f"{path}: no such file (is {self.path} a run directory?)")
         contents = read_jsonl(path)
-        records = _validate_rows(contents, ResponseRecord)
+        records = _validate_rows(contents, ResponseRecord, self.legacy_axes())
         unique = {r.key: r for r in records}
         return list(unique.values()), contents
 
@@ -302,7 +356,12 @@ class RunDir:
             raise RunDirError(f"{contents.path}: holds no responses")
         return records
 
-    def response_keys(self) -> set[tuple[str, str, str, int, int]]:
+    def legacy_axes(self) -> dict[str, Any]:
+        """What a record without a scale axis ran at (see :func:`legacy_axis_values`):
+        read from the run's ``config.yaml`` ({} without one)."""
+        return legacy_axis_values(self.config_data())
+
+    def response_keys(self) -> set[ResponseKey]:
         """Keys of the committed responses (empty when there is no responses file)."""
         if not (self.path / RESPONSES_FILE).is_file():
             return set()
@@ -312,17 +371,23 @@ class RunDir:
     def steps(self) -> list[StepRecord]:
         """Validated step records (empty when there is no ``steps.jsonl``)."""
         path = self.path / STEPS_FILE
-        return _validate_rows(read_jsonl(path), StepRecord) if path.is_file() else []
+        if not path.is_file():
+            return []
+        return _validate_rows(read_jsonl(path), StepRecord, self.legacy_axes())
 
     def attribution(self) -> list[AttributionRecord]:
         """Failure attributions (empty when there is no ``attribution.jsonl``)."""
         path = self.path / ATTRIBUTION_FILE
-        return _validate_rows(read_jsonl(path), AttributionRecord) if path.is_file() else []
+        if not path.is_file():
+            return []
+        return _validate_rows(read_jsonl(path), AttributionRecord, self.legacy_axes())
 
     def replays(self) -> list[ReplayRecord]:
         """What-if replays written by ``safescale replay`` (empty when there are none)."""
         path = self.path / REPLAYS_FILE
-        return _validate_rows(read_jsonl(path), ReplayRecord) if path.is_file() else []
+        if not path.is_file():
+            return []
+        return _validate_rows(read_jsonl(path), ReplayRecord, self.legacy_axes())
 
     def reliance(self) -> list[RelianceRecord]:
         """Causal-reliance records (empty when there is no ``reliance.jsonl``); a
@@ -330,7 +395,8 @@ class RunDir:
         path = self.path / RELIANCE_FILE
         if not path.is_file():
             return []
-        latest = {r.key: r for r in _validate_rows(read_jsonl(path), RelianceRecord)}
+        rows = _validate_rows(read_jsonl(path), RelianceRecord, self.legacy_axes())
+        latest = {r.key: r for r in rows}
         return list(latest.values())
 
     def triage(self) -> list[TriageReportRecord] | None:

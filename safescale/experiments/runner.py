@@ -1,7 +1,9 @@
 """The sweep runner: config -> cells -> frozen responses, steps, attributions,
 detection, metrics and report in one run directory.
 
-Cells are model x corpus x condition x compute budget, each cut into item shards.
+Cells are model x corpus x condition x compute budget x conflict dose x context budget x
+retrieval depth (:meth:`~safescale.experiments.config.ExperimentConfig.grid`), each cut
+into item shards.
 Durability rules:
 
 * every LM call goes through a SQLite cache keyed by (model hash, prompt, decoding
@@ -17,6 +19,7 @@ Durability rules:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -62,13 +65,17 @@ from safescale.experiments.rundir import (
     RunLock,
     atomic_write_text,
     read_jsonl,
+    with_legacy_axes,
 )
 from safescale.records import (
+    DEFAULT_RETRIEVAL_K,
     MANIFEST_SCHEMA_VERSION,
     CorpusEntry,
     ModelEntry,
+    ResponseKey,
     RunManifest,
     check_slug,
+    context_budget_label,
 )
 
 __all__ = [
@@ -90,6 +97,7 @@ __all__ = [
     "run_detection_stage",
     "run_experiment",
     "select_items",
+    "task_thread_axes",
     "writing_run",
 ]
 
@@ -286,8 +294,11 @@ def _append(path: Path, rows: Iterable[str]) -> None:
         os.close(fd)
 
 
-def _drop_orphans(run_dir: Path, done: set[tuple[str, str, str, int, int]]) -> None:
-    """Remove step/attribution rows of items whose response was never committed."""
+def _drop_orphans(
+    run_dir: Path, done: set[ResponseKey], legacy_axes: dict[str, Any] | None = None
+) -> None:
+    """Remove step/attribution rows of items whose response was never committed
+    (``legacy_axes``: what a row without a scale axis ran at, see :class:`RunDir`)."""
     for name in (STEPS_FILE, ATTRIBUTION_FILE):
         path = run_dir / name
         if not path.exists():
@@ -295,12 +306,15 @@ def _drop_orphans(run_dir: Path, done: set[tuple[str, str, str, int, int]]) -> N
         rows = read_jsonl(path).rows
         keep = []
         for row in rows:
+            full = with_legacy_axes(row, legacy_axes)
             key = (
-                row.get("model"),
-                row.get("condition"),
-                row.get("item"),
-                row.get("samples_budget", 1),
-                row.get("conflict_dose", 0),
+                full.get("model"),
+                full.get("condition"),
+                full.get("item"),
+                full.get("samples_budget", 1),
+                full.get("conflict_dose", 0),
+                full.get("context_budget"),
+                full.get("retrieval_k", DEFAULT_RETRIEVAL_K),
             )
             if key in done:
                 keep.append(row)
@@ -311,7 +325,8 @@ def _drop_orphans(run_dir: Path, done: set[tuple[str, str, str, int, int]]) -> N
 # ---------------------------------------------------------------- cells and workers
 @dataclass(frozen=True)
 class CellTask:
-    """One shard of one cell: items of one corpus under one condition and budget for
+    """One shard of one cell: items of one corpus under one condition, compute budget,
+    conflict dose, context budget (None: the model's maximum) and retrieval depth for
     one model. Plain data, so it can be shipped to another process."""
 
     model: str
@@ -320,13 +335,46 @@ class CellTask:
     samples_budget: int
     item_ids: tuple[str, ...]
     conflict_dose: int = 0
+    context_budget: int | None = None
+    retrieval_k: int = DEFAULT_RETRIEVAL_K
+
+    def key(self, item_id: str) -> ResponseKey:
+        """The response key of one of the shard's items."""
+        return (
+            self.model,
+            self.condition,
+            item_id,
+            self.samples_budget,
+            self.conflict_dose,
+            self.context_budget,
+            self.retrieval_k,
+        )
+
+    @property
+    def label(self) -> str:
+        """The cell in a few words (progress bars)."""
+        return f"{self.model} · {self.corpus} · {self.condition} · x{self.samples_budget}" + (
+            f" · dose {self.conflict_dose}" if self.conflict_dose else ""
+        )
+
+
+def task_thread_axes(config: ExperimentConfig, task: CellTask) -> list[tuple[str, object]]:
+    """The checkpoint-thread parts of the axes the config sweeps beyond budget and
+    dose (see :func:`safescale.agents.thread_id`; none for a run that sweeps neither)."""
+    swept = config.swept_axes()
+    axes: list[tuple[str, object]] = []
+    if "context_budget" in swept:
+        axes.append(("c", context_budget_label(task.context_budget)))
+    if "retrieval_k" in swept:
+        axes.append(("k", task.retrieval_k))
+    return axes
 
 
 @dataclass(frozen=True)
 class ItemResult:
     """The serialized records of one answered item (what a commit appends)."""
 
-    key: tuple[str, str, str, int, int]
+    key: ResponseKey
     response: str
     steps: tuple[str, ...]
     attribution: str | None
@@ -335,26 +383,26 @@ class ItemResult:
 def plan_tasks(
     config: ExperimentConfig,
     items: dict[str, list[Item]],
-    done: set[tuple[str, str, str, int, int]],
+    done: set[ResponseKey],
 ) -> list[CellTask]:
     """The pending shards of the sweep, in grid order (finished items left out)."""
     tasks = []
     for cell in config.grid():
-        ids = [
-            item.id
-            for item in items[cell.corpus]
-            if (cell.model.name, cell.condition, item.id, cell.samples_budget, cell.conflict_dose)
-            not in done
-        ]
+        cell_task = CellTask(
+            cell.model.name,
+            cell.corpus,
+            cell.condition,
+            cell.samples_budget,
+            (),
+            cell.conflict_dose,
+            cell.context_budget,
+            cell.retrieval_k,
+        )
+        ids = [item.id for item in items[cell.corpus] if cell_task.key(item.id) not in done]
         for start in range(0, len(ids), config.shard_size):
             tasks.append(
-                CellTask(
-                    cell.model.name,
-                    cell.corpus,
-                    cell.condition,
-                    cell.samples_budget,
-                    tuple(ids[start : start + config.shard_size]),
-                    cell.conflict_dose,
+                dataclasses.replace(
+                    cell_task, item_ids=tuple(ids[start : start + config.shard_size])
                 )
             )
     return tasks
@@ -395,6 +443,7 @@ class CellWorker:
             "hash": self.lm.model_hash,
             "context_length": self.lm.context_length,
             "layers": self.lm.n_layers,
+            "parameters": getattr(self.lm, "n_parameters", None),
             "formulations": {
                 self.corpus(ref).name: self.answering(ref) for ref in self.config.corpora
             },
@@ -444,9 +493,9 @@ class CellWorker:
     def context(self, task: CellTask) -> AgentContext:
         config = self.config
         settings = AgentSettings(
-            k=config.retrieval.k,
+            k=task.retrieval_k,
             max_steps=config.agentic.max_steps,
-            context_budget=config.context_budget,
+            context_budget=task.context_budget,
             samples=task.samples_budget,
             temperature=config.compute.temperature,
             extra_samples=config.compute.detection_samples,
@@ -516,12 +565,15 @@ class CellWorker:
             task.samples_budget,
             item_id,
             task.conflict_dose,
+            axes=task_thread_axes(self.config, task),
         )
         self.checkpointer.delete_thread(thread)
-        response, steps = answer_item(graph, task.condition, item_id, ctx, model=task.model)
+        response, steps = answer_item(
+            graph, task.condition, item_id, ctx, model=task.model, thread=thread
+        )
         attribution = attribute_failure(response, steps, corpus)
         return ItemResult(
-            key=(task.model, task.condition, item_id, task.samples_budget, task.conflict_dose),
+            key=task.key(item_id),
             response=response.model_dump_json(),
             steps=tuple(s.model_dump_json() for s in steps),
             attribution=None if attribution is None else attribution.model_dump_json(),
@@ -659,7 +711,7 @@ class PreparedRun:
 
     manifest: RunManifest
     items: dict[str, list[Item]]
-    done: set[tuple[str, str, str, int, int]]
+    done: set[ResponseKey]
     created: bool = False
     created_dir: bool = False
 
@@ -681,13 +733,19 @@ def prepare_run(config: ExperimentConfig, lock: RunLock, *, fresh: bool = False)
     digest = config.config_hash()
     if (run_dir / MANIFEST_FILE).exists():
         manifest = reader.manifest()
+        if manifest.config_hash != digest and _stored_config_hash(run_dir) == digest:
+            # the run's own config.yaml, read by this version, is this config: it was
+            # written before fields were added (at their defaults) or before the hash
+            # left some settings out; record the hash this version computes
+            manifest = manifest.model_copy(update={"config_hash": digest})
+            write_manifest(run_dir, manifest)
         if manifest.config_hash == digest:
             for name in ("lm_cache.sqlite", "checkpoints.sqlite"):
                 _check_sqlite(run_dir / name)
             for name in (RESPONSES_FILE, STEPS_FILE, ATTRIBUTION_FILE):
                 _repair_jsonl(run_dir / name)
             done = reader.response_keys()
-            _drop_orphans(run_dir, done)
+            _drop_orphans(run_dir, done, reader.legacy_axes())
             # same config up to ``limit``: a new limit extends (or re-reads) the run
             atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
             return PreparedRun(manifest, items, done)
@@ -710,6 +768,18 @@ def prepare_run(config: ExperimentConfig, lock: RunLock, *, fresh: bool = False)
     atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
     write_manifest(run_dir, manifest)
     return PreparedRun(manifest, items, set(), created=True, created_dir=created_dir)
+
+
+def _stored_config_hash(run_dir: Path) -> str | None:
+    """The config hash this version computes from a run directory's own ``config.yaml``
+    (None when it is missing or no longer a valid config)."""
+    from safescale.experiments.config import ConfigError, parse_config
+
+    path = run_dir / CONFIG_FILE
+    try:
+        return parse_config(path.read_text(), source=str(path)).config_hash()
+    except (OSError, ConfigError, ValueError):
+        return None
 
 
 _STARTED_FILES = (
@@ -861,12 +931,7 @@ def run_experiment(
                 try:
                     for task in mine:
                         if progress:
-                            prog.update(
-                                bar,
-                                description=f"{task.model} · {task.corpus} · {task.condition}"
-                                f" · x{task.samples_budget}"
-                                + (f" · dose {task.conflict_dose}" if task.conflict_dose else ""),
-                            )
+                            prog.update(bar, description=task.label + _axes_label(config, task))
                         ctx = worker.context(task)
                         for result in worker.run_items(task, ctx):
                             commit(run_dir, result)
@@ -881,6 +946,17 @@ def run_experiment(
                     worker.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _axes_label(config: ExperimentConfig, task: CellTask) -> str:
+    """The swept context budget and retrieval depth of a task, for progress bars."""
+    swept = config.swept_axes()
+    text = ""
+    if "context_budget" in swept:
+        text += f" · context {context_budget_label(task.context_budget)}"
+    if "retrieval_k" in swept:
+        text += f" · k {task.retrieval_k}"
+    return text
 
 
 def _load(model_cfg: ModelConfig, load_model):
@@ -1103,10 +1179,20 @@ def _records_digest(records, config: Any = None) -> str:
     digest = hashlib.sha256()
     if config is not None:
         digest.update(config.model_dump_json().encode())
-    for r in sorted(records, key=lambda r: (r.condition, r.item, r.samples_budget,
-                                            r.conflict_dose)):  # fmt: skip
-        dose = f"|d{r.conflict_dose}" if r.conflict_dose else ""
+    # the context budget and retrieval depth count only when the records differ in
+    # them (so the stamps of runs made before those axes stay valid)
+    several_budgets = len({r.context_budget for r in records}) > 1
+    several_k = len({r.retrieval_k for r in records}) > 1
+
+    def order(r) -> tuple:
+        return (r.condition, r.item, r.samples_budget, r.conflict_dose,
+                context_budget_label(r.context_budget), r.retrieval_k)  # fmt: skip
+
+    for r in sorted(records, key=order):
+        axes = f"|d{r.conflict_dose}" if r.conflict_dose else ""
+        axes += f"|c{context_budget_label(r.context_budget)}" if several_budgets else ""
+        axes += f"|k{r.retrieval_k}" if several_k else ""
         digest.update(
-            f"{r.condition}|{r.item}|{r.samples_budget}{dose}|{r.chosen}|{r.response}".encode()
+            f"{r.condition}|{r.item}|{r.samples_budget}{axes}|{r.chosen}|{r.response}".encode()
         )
     return digest.hexdigest()

@@ -232,6 +232,12 @@ class LanguageModel:
         return int(self.model.config.get_text_config().num_hidden_layers)
 
     @property
+    def n_parameters(self) -> int:
+        """Number of parameters of the weights (tied embeddings counted once; a GGUF
+        file counts its dequantized weights)."""
+        return int(sum(p.numel() for p in self.model.parameters()))
+
+    @property
     def context_length(self) -> int:
         """Maximum sequence length the model was trained for (tokens)."""
         cfg = self.model.config.get_text_config()
