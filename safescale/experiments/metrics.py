@@ -87,6 +87,7 @@ from safescale.records import CONDITIONS, RelianceRecord, ResponseRecord, check_
 __all__ = [
     "CONDITIONS",
     "DEFAULT_COMPARISONS",
+    "LEGACY_DEFAULT_COMPARISONS",
     "METRICS",
     "METRICS_FILE",
     "METRICS_SCHEMA_VERSION",
@@ -95,6 +96,7 @@ __all__ = [
     "TASKS",
     "MetricsConfig",
     "compute_metrics",
+    "default_comparisons",
     "metrics_from_records",
     "outcome_frame",
     "read_metrics",
@@ -133,13 +135,42 @@ METRIC_DEFINITIONS = {
     "ms_per_generated_token": "sum of wall_ms / sum of completion (generated) tokens",
 }
 
-DEFAULT_COMPARISONS: tuple[tuple[str, str], ...] = (
+#: The default comparisons before they were computed per run (``metrics.comparisons``
+#: unset hashes as this list, so that older runs still resume).
+LEGACY_DEFAULT_COMPARISONS: tuple[tuple[str, str], ...] = (
     ("clean_evidence", "standard_rag"),
     ("standard_rag", "closed_book"),
     ("conflict_evidence", "clean_evidence"),
     ("agentic_rag", "standard_rag"),
     ("max_context", "standard_rag"),
 )
+#: The evidence-retrieving conditions clean evidence is compared with by default
+#: (bundled; every other condition of a run but the oracle ones counts too).
+_ORACLE = ("closed_book", "clean_evidence", "conflict_evidence")
+
+
+def default_comparisons(conditions: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """The comparisons of a run that does not name its own (``metrics.comparisons``
+    unset): every condition against closed-book, clean evidence against every
+    retrieval condition (every condition but the three oracle ones: standard, agentic
+    and max-context RAG and any external one), conflict against clean evidence, and
+    agentic against standard RAG — in the report order of the conditions."""
+    seen = set(conditions)
+    present = [c for c in CONDITIONS if c in seen] + sorted(seen - set(CONDITIONS))
+    pairs: list[tuple[str, str]] = []
+    if "closed_book" in present:
+        pairs += [(c, "closed_book") for c in present if c != "closed_book"]
+    if "clean_evidence" in present:
+        pairs += [("clean_evidence", c) for c in present if c not in _ORACLE]
+        if "conflict_evidence" in present:
+            pairs.append(("conflict_evidence", "clean_evidence"))
+    if "agentic_rag" in present and "standard_rag" in present:
+        pairs.append(("agentic_rag", "standard_rag"))
+    return tuple(dict.fromkeys(pairs))
+
+
+#: :func:`default_comparisons` of the six bundled conditions.
+DEFAULT_COMPARISONS: tuple[tuple[str, str], ...] = default_comparisons(CONDITIONS)
 
 
 class MetricsConfig(BaseModel):
@@ -150,8 +181,10 @@ class MetricsConfig(BaseModel):
             dangerous overconfidence.
         worst_fraction: share of items (the worst ones) in the worst-case concentration.
         comparisons: condition pairs ``(a, b)`` whose paired difference ``a - b`` is
-            reported for every model, corpus and budget that has both (the default
-            compares bundled conditions only; name external ones to compare them).
+            reported for every model, corpus and budget that has both. Unset (None):
+            :func:`default_comparisons` of the run's conditions (every condition vs
+            closed-book, clean evidence vs every retrieval condition, external ones
+            included).
         compare_budgets: also compare each compute budget with the smallest one.
         compare_models: also compare each model with the first one.
     """
@@ -160,14 +193,16 @@ class MetricsConfig(BaseModel):
 
     overconfidence_threshold: float = Field(0.95, ge=0.0, le=1.0)
     worst_fraction: float = Field(0.2, gt=0.0, le=1.0)
-    comparisons: tuple[tuple[str, str], ...] = DEFAULT_COMPARISONS
+    comparisons: tuple[tuple[str, str], ...] | None = None
     compare_budgets: bool = True
     compare_models: bool = True
 
     @field_validator("comparisons")
     @classmethod
-    def _known_conditions(cls, pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-        for a, b in pairs:
+    def _known_conditions(
+        cls, pairs: tuple[tuple[str, str], ...] | None
+    ) -> tuple[tuple[str, str], ...] | None:
+        for a, b in pairs or ():
             # any condition name (bundled or external); an experiment config also
             # checks the names against its own conditions
             for name in (a, b):
@@ -845,6 +880,9 @@ def metrics_from_records(
 
     comparisons = []
     _kind_index = {"model": 0, "condition": 2, "samples_budget": 3, "conflict_dose": 4}
+    pairs = (
+        metrics.comparisons if metrics.comparisons is not None else default_comparisons(conditions)
+    )
 
     def compare(kind: str, a_key: tuple, b_key: tuple, fixed: dict[str, Any]) -> None:
         a, b = groups.get(a_key), groups.get(b_key)
@@ -869,7 +907,7 @@ def metrics_from_records(
         for corpus in corpus_names:
             for budget in budgets:
                 for dose in doses:
-                    for cond_a, cond_b in metrics.comparisons:
+                    for cond_a, cond_b in pairs:
                         compare(
                             "condition",
                             (model, corpus, cond_a, budget, dose),

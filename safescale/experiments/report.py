@@ -37,7 +37,7 @@ from safescale.experiments.metrics import (
     MetricsConfig,
     write_metrics,
 )
-from safescale.experiments.rundir import atomic_write_text
+from safescale.experiments.rundir import atomic_write_text, output_dir
 
 __all__ = [
     "CONDITION_COLUMNS",
@@ -872,7 +872,7 @@ def write_report(
     if plots:
         from safescale.experiments.plots import write_plots
 
-        written_plots = write_plots(metrics, run_dir / "plots")
+        written_plots = write_plots(metrics, output_dir(run_dir, "plots"))
     conditions_csv = run_dir / "conditions.csv"
     atomic_write_text(conditions_csv, conditions_frame(metrics).to_csv(index=False))
     comparisons_csv = run_dir / "comparisons.csv"
