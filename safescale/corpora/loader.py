@@ -316,10 +316,7 @@ def _quote_hint(node: yaml.Node | None, loc: Sequence[str | int]) -> str:
         raw = node.value
     key = str(loc[-1]) if loc else "value"
     shown = raw if raw is not None else "..."
-    return (
-        f"; YAML read {shown} as a number (or true/false), not text: quote it, "
-        f'{key}: "{shown}"'
-    )
+    return f'; YAML read {shown} as a number (or true/false), not text: quote it, {key}: "{shown}"'
 
 
 def _yaml_line(node: yaml.Node | None, loc: Sequence[str | int]) -> int:

@@ -66,9 +66,11 @@ from safescale.experiments.bootstrap import (
     replicate_counts,
 )
 from safescale.experiments.evidence_effects import (
+    DISTRACTOR_DEFINITION,
     OVERRIDE_CAUSES,
     OVERRIDE_DEFINITION,
     attribution_index,
+    distractor_transitions,
     override_flags,
     response_dose,
     transition_matrices,
@@ -953,7 +955,16 @@ def metrics_from_records(
                             )
 
     attribution_counts: dict[tuple, int] = {}
+    distractor_counts: dict[tuple, int] = {}
     owner = item_corpus_map(corpora)
+    distractors = distractor_transitions(records, corpora, attribution)
+    # responses that were right with clean evidence alone and went wrong with the gold
+    # passages present: their attribution rows say so
+    driven = {
+        (d["model"], d["condition"], item, d["samples_budget"], d["conflict_dose"])
+        for d in distractors
+        for item in d["items"]["right_to_wrong"]
+    }
     for row in attribution:
         key = (
             row.model,
@@ -965,10 +976,17 @@ def metrics_from_records(
             row.cause,
         )
         attribution_counts[key] = attribution_counts.get(key, 0) + 1
+        if (row.model, str(row.condition), row.item, row.samples_budget,
+                response_dose(row)) in driven:  # fmt: skip
+            distractor_counts[key] = distractor_counts.get(key, 0) + 1
     fields = ("model", "corpus", "condition", "samples_budget", "conflict_dose", "severity",
               "cause")  # fmt: skip
     attribution_rows = [
-        {**dict(zip(fields, key, strict=True)), "count": count}
+        {
+            **dict(zip(fields, key, strict=True)),
+            "count": count,
+            "distractor_passages": distractor_counts.get(key, 0),
+        }
         for key, count in sorted(
             attribution_counts.items(), key=lambda kv: tuple(str(x) for x in kv[0])
         )
@@ -994,6 +1012,7 @@ def metrics_from_records(
             **METRIC_DEFINITIONS,
             "dangerous_overconfidence_threshold": metrics.overconfidence_threshold,
             "grade_override": OVERRIDE_DEFINITION,
+            "distractor_passages": DISTRACTOR_DEFINITION,
             "mde": MDE_DEFINITION,
             "dose_response": DOSE_DEFINITION,
             **{f"reliance_{k}": v for k, v in RELIANCE_DEFINITION.items()},
@@ -1009,6 +1028,7 @@ def metrics_from_records(
             frame, groups, unit, resampler, attribution_index(attribution)
         ),
         "transitions": transition_matrices(frame),
+        "distractors": distractors,
         "dose_response": dose_response_section(frame, unit, resampler),
         "reliance": reliance_section(reliance, frame, unit, resampler),
         "triage": triage,
@@ -1017,16 +1037,29 @@ def metrics_from_records(
 
 
 def run_settings(run_dir: Path) -> tuple[BootstrapConfig, MetricsConfig]:
-    """The ``bootstrap`` and ``metrics`` sections of the run's resolved ``config.yaml``."""
+    """The ``bootstrap`` and ``metrics`` sections of the run's resolved ``config.yaml``.
+
+    A run written before the default comparisons were per run recorded the old default
+    list (:data:`LEGACY_DEFAULT_COMPARISONS`) in its resolved config; it reads as unset,
+    so its report gets today's defaults.
+    """
     import yaml
 
     path = run_dir / "config.yaml"
     if not path.is_file():
         return BootstrapConfig(), MetricsConfig()
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    section = dict(data.get("metrics") or {})
+    pairs = section.get("comparisons")
+    if (
+        isinstance(pairs, list)
+        and all(isinstance(p, list) for p in pairs)
+        and [tuple(p) for p in pairs] == list(LEGACY_DEFAULT_COMPARISONS)
+    ):
+        section["comparisons"] = None
     return (
         BootstrapConfig.model_validate(data.get("bootstrap") or {}),
-        MetricsConfig.model_validate(data.get("metrics") or {}),
+        MetricsConfig.model_validate(section),
     )
 
 

@@ -510,6 +510,7 @@ def _metrics_view(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "cells": metrics.get("cells", []),
         "comparisons": metrics.get("comparisons", []),
         "attribution": metrics.get("attribution", []),
+        "distractors": metrics.get("distractors", []),
         "validity": metrics.get("validity"),
         "triage": metrics.get("triage"),
     }
