@@ -17,11 +17,13 @@ from the frozen responses only:
 * **majority gold**: the accuracy of a constant answer — always the option text that is
   most often the gold (``yes`` on a yes/no/maybe set), or always the option position
   that is most often the gold, whichever scores more on these items — with its
-  bootstrap CI; each condition's paired difference from it. When every condition's
-  accuracy is below it the verdict says so: the study does not beat a constant answer;
+  bootstrap CI; each condition's paired difference from it, and how many of its answers
+  are that constant answer. When no condition's accuracy is above it the verdict says
+  so ("every condition is below" / "no condition beats"): the study does not beat a
+  constant answer;
 * **always defer** (items of task ``gap`` with a defer option): the accuracy of always
   choosing the defer option on them, and each condition's paired difference on the
-  same items; a verdict when every condition is below it;
+  same items; the same verdict;
 * the **calibration** record of the run (how ``auto`` chose, every candidate's held-out
   accuracy and sensitivity) when there is one, and the **calibration check**: the
   chosen formulation's calibration accuracy with clean evidence and its interval beside
@@ -80,6 +82,7 @@ def _frame(records: Sequence[ResponseRecord], corpora: Mapping[str, Corpus]) -> 
                 "chosen": r.chosen,
                 "correct": int(r.chosen == item.gold),
                 "gold_text": " ".join(item.options[item.gold].lower().split()),
+                "chosen_text": " ".join(item.options.get(r.chosen, "").lower().split()),
                 "gold_position": item.letters.index(item.gold),
                 "gap_item": int(str(item.task) == "gap" and defer is not None),
                 "defer_is_gold": int(defer is not None and defer == item.gold),
@@ -185,9 +188,11 @@ def _reference(
     bootstrap: BootstrapConfig,
     key: tuple,
     conditions: Sequence[str],
+    gives: pd.Series | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A constant-answer reference over the items of ``sub`` (``hits``: item -> 1 when
-    the constant answer is right), and each condition's paired difference from it."""
+    the constant answer is right), and each condition's paired difference from it
+    (``gives``: per response of ``sub``, whether it chose the constant answer)."""
     items = sub.drop_duplicates("item").set_index("item")
     ref = items.assign(ref=hits.reindex(items.index).fillna(0).astype(int))
     table = _unit_table(ref.reset_index(), unit, ["ref"])
@@ -235,6 +240,7 @@ def _reference(
                 "accuracy": accuracy.to_dict(),
                 "difference": d,
                 "verdict": verdict,
+                "same_as_constant": None if gives is None else int(gives[part.index].sum()),
             }
         )
     return estimate, rows
@@ -251,12 +257,15 @@ def _label(condition: str) -> str:
 def _reference_verdict(
     label: str, what: str, reference: dict[str, Any], rows: Sequence[dict[str, Any]], n: int
 ) -> str | None:
-    """The sentence when every condition's accuracy is below a reference."""
+    """The sentence when no condition's accuracy is above a reference: "every
+    condition is below" (all strictly below) or "no condition beats" (some equal)."""
     value = reference["value"]
     if not rows or value is None:
         return None
-    if not all((r["accuracy"]["value"] or 0.0) < value for r in rows):
+    accuracies = [r["accuracy"]["value"] or 0.0 for r in rows]
+    if any(a > value + 1e-12 for a in accuracies):
         return None
+    strictly = all(a < value - 1e-12 for a in accuracies)
     best = max(rows, key=lambda r: r["accuracy"]["value"] or 0.0)
     below = [_label(r["condition"]) for r in rows if r["verdict"] == "below"]
     sure = (
@@ -265,13 +274,21 @@ def _reference_verdict(
         if below
         else "; no difference is beyond its 95% interval"
     )
+    constant = [
+        f"{_label(r['condition'])} gives that answer on {r['same_as_constant']} of {r['n']} items"
+        for r in rows
+        if r.get("same_as_constant") is not None and r["same_as_constant"] >= 0.9 * r["n"]
+    ]
     lo, hi = reference.get("lo"), reference.get("hi")
     interval = f" [{lo:.0%}, {hi:.0%}]" if lo is not None and hi is not None else ""
     d = best["difference"]
+    head = "every condition is below" if strictly else "no condition beats"
     return (
-        f"{label}: every condition is below {what} — it scores {value:.0%}{interval} on "
-        f"these {n} items; the best condition, {_label(best['condition'])}, scores "
-        f"{best['accuracy']['value']:.0%} ({d['value'] * 100:+.1f} points vs it){sure}."
+        f"{label}: {head} {what} — it scores {value:.0%}{interval} on these {n} items; the "
+        f"best condition, {_label(best['condition'])}, scores "
+        f"{best['accuracy']['value']:.0%} ({d['value'] * 100:+.1f} points vs it){sure}"
+        + (f" ({'; '.join(constant)})" if constant else "")
+        + "."
     )
 
 
@@ -365,7 +382,9 @@ def validity_section(
             else ord(constant["answer"]) - ord("A")
         )
         hits = (items.set_index("item")[column] == wanted).astype(int)
-        majority, majority_rows = _reference(sub, hits, unit, bootstrap, key, order)
+        chosen_column = "chosen_text" if constant["by"] == "option text" else "position"
+        gives = sub[chosen_column] == wanted
+        majority, majority_rows = _reference(sub, hits, unit, bootstrap, key, order, gives)
         references: dict[str, Any] = {
             "chance": chance,
             "majority_gold": {**constant, "n_items": len(items), "estimate": majority},

@@ -78,10 +78,19 @@ def test_majority_gold_is_the_reference_and_the_verdict_says_when_all_are_below(
         lo, hi = row["difference"]["lo"], row["difference"]["hi"]
         expected = "below" if hi < 0 else "above" if lo > 0 else "not distinguishable"
         assert row["verdict"] == expected
+    responses = RunDir(run_dir).responses()
+    for condition, row in rows.items():
+        said_yes = sum(
+            corpus.item(r.item).options.get(r.chosen) == "yes"
+            for r in responses
+            if r.condition == condition
+        )
+        assert row["same_as_constant"] == said_yes
     all_below = all(r["accuracy"]["value"] < major["estimate"]["value"] for r in rows.values())
     sentences = [v for v in entry["verdicts"] if "every condition is below always answering" in v]
     assert all_below  # a random 3-option reader does not reach 60 % "yes"
     assert len(sentences) == 1 and "'yes'" in sentences[0]
+    assert not [v for v in entry["verdicts"] if "no condition beats" in v]
     report = (run_dir / "report.md").read_text()
     assert sentences[0] in report
     assert "What a constant answer scores" in report
@@ -220,6 +229,16 @@ limit: 12
         own = [r for r in responses if r.condition == condition and r.item in gap]
         right = sum(r.chosen == corpus.item(r.item).gold for r in own)
         assert row["n"] == len(own) and row["accuracy"]["value"] == pytest.approx(right / len(own))
-    all_below = all(r["accuracy"]["value"] < defer["estimate"]["value"] for r in rows.values())
-    sentences = [v for v in entry["verdicts"] if "gap items: every condition is below always" in v]
-    assert len(sentences) == int(all_below)
+    value = defer["estimate"]["value"]
+    accuracies = [r["accuracy"]["value"] for r in rows.values()]
+    head = (
+        "every condition is below"
+        if all(a < value for a in accuracies)
+        else "no condition beats"
+        if all(a <= value for a in accuracies)
+        else None
+    )
+    sentences = [v for v in entry["verdicts"] if "gap items: " in v]
+    assert len(sentences) == (head is not None)
+    if head is not None:
+        assert f"gap items: {head} always deferring" in sentences[0]

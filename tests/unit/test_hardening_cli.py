@@ -218,6 +218,8 @@ def test_a_condition_module_calling_sys_exit_is_one_line(tmp_path):
         (("view", "RUN", "--serve", "--port", "70000"), ("view", "'--port'", "65535")),
         (("view", "RUN", "--serve", "--port", "-1"), ("view", "'--port'")),
         (("report", "MISSING"), ("report", "does not exist")),
+        (("report", "RUN", "--replicates", "99999999999"), ("'--replicates'", "1000000")),
+        (("corpus", "generate", "retina-rules", "MISSING", "--n", "0"), ("'--n'",)),
         (("no-such-command",), ("No such command",)),
         (("run",), ("run", "Missing argument")),
     ],
