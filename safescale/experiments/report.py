@@ -830,6 +830,9 @@ def reference_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
                     str(r["n"]),
                     format_interval(r["accuracy"]),
                     format_interval(r["difference"], signed=True) + f" ({r['verdict']})",
+                    f"{r['same_as_constant']} / {r['n']}"
+                    if r.get("same_as_constant") is not None
+                    else "–",
                     *(
                         (
                             format_interval(g["accuracy"]) if g else "–",
@@ -869,6 +872,7 @@ def reference_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
                     "n",
                     "accuracy",
                     "Δ vs majority gold (pts)",
+                    "gives the constant answer",
                     *(("accuracy on gap items", "Δ vs always defer (pts)") if defer else ()),
                 ),
                 rows,

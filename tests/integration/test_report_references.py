@@ -7,6 +7,9 @@ default comparisons, and clean evidence -> standard RAG with the gold passage pr
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -242,3 +245,28 @@ limit: 12
     assert len(sentences) == (head is not None)
     if head is not None:
         assert f"gap items: {head} always deferring" in sentences[0]
+
+
+CHROMIUM = shutil.which("chromium") or (
+    "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (apt-get install chromium)")
+def test_the_viewer_lists_the_distractor_items_as_links(pubmedqa_run, tmp_path):
+    from safescale.viewer import write_view
+
+    run_dir, metrics = pubmedqa_run
+    page = write_view(run_dir)
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+         "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    section = re.search(r'<section class="card" id="distractors">.*?</section>', dom, re.S)
+    assert section is not None, dom[:500]
+    (entry,) = metrics["distractors"]
+    for item in entry["items"]["right_to_wrong"]:
+        assert f'<a href="#item={item}">{item}</a>' in section.group(0)
