@@ -193,12 +193,23 @@ def _reference(
     """A constant-answer reference over the items of ``sub`` (``hits``: item -> 1 when
     the constant answer is right), and each condition's paired difference from it
     (``gives``: per response of ``sub``, whether it chose the constant answer)."""
+    resamples: dict[tuple[str, ...], np.ndarray] = {}
+
+    def counts_for(units: Sequence[Any]) -> np.ndarray:
+        # one resample per set of units (the conditions of a cell share their items)
+        ids = tuple(str(u) for u in units)
+        if ids not in resamples:
+            resamples[ids] = replicate_counts(
+                len(ids),
+                bootstrap.replicates,
+                key_entropy(bootstrap.seed, "validity-ref", *key, *ids),
+            )
+        return resamples[ids]
+
     items = sub.drop_duplicates("item").set_index("item")
     ref = items.assign(ref=hits.reindex(items.index).fillna(0).astype(int))
     table = _unit_table(ref.reset_index(), unit, ["ref"])
-    counts = replicate_counts(
-        len(table), bootstrap.replicates, key_entropy(bootstrap.seed, "validity-ref", *key)
-    )
+    counts = counts_for(table.index)
     estimate = bootstrap_ratio(
         table["ref"].to_numpy(), table["n"].to_numpy(), counts=counts, level=bootstrap.level
     ).to_dict()
@@ -209,11 +220,7 @@ def _reference(
             continue
         part = part.assign(ref=hits.reindex(part["item"]).fillna(0).astype(int).to_numpy())
         own = _unit_table(part, unit, ["correct", "ref"])
-        own_counts = replicate_counts(
-            len(own),
-            bootstrap.replicates,
-            key_entropy(bootstrap.seed, "validity-ref", *key, condition),
-        )
+        own_counts = counts_for(own.index)
         accuracy = bootstrap_ratio(
             own["correct"].to_numpy(), own["n"].to_numpy(), counts=own_counts, level=bootstrap.level
         )
