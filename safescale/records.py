@@ -598,7 +598,8 @@ class MetricsReport(_Versioned):
     power), attribution counts, triage results, validity checks, grade override,
     per-item transitions, conflict dose-response, attention masking, the safety-label
     provenance per corpus and the scaling analysis (the sections stay plain data; a file
-    without the later sections reads as empty ones)."""
+    without the later sections reads as empty ones, e.g. ``distractors``: clean evidence
+    -> retrieval with the gold passages present)."""
 
     SCHEMA_VERSION: ClassVar[int] = METRICS_SCHEMA_VERSION
 
@@ -614,6 +615,7 @@ class MetricsReport(_Versioned):
     validity: list[dict[str, Any]] = Field(default_factory=list)
     grade_override: list[dict[str, Any]] = Field(default_factory=list)
     transitions: list[dict[str, Any]] = Field(default_factory=list)
+    distractors: list[dict[str, Any]] = Field(default_factory=list)
     dose_response: list[dict[str, Any]] = Field(default_factory=list)
     reliance: list[dict[str, Any]] = Field(default_factory=list)
     labels: dict[str, Any] = Field(default_factory=dict)

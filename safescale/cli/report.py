@@ -22,7 +22,9 @@ def register(app: typer.Typer) -> None:
         ],
         replicates: Annotated[
             int | None,
-            typer.Option(help="bootstrap replicates (default: the run config's)", min=10),
+            typer.Option(
+                help="bootstrap replicates (default: the run config's)", min=10, max=1_000_000
+            ),
         ] = None,
         seed: Annotated[
             int | None, typer.Option(help="bootstrap seed (default: the run config's)")

@@ -43,12 +43,13 @@ from safescale.agents.context import AgentSettings
 from safescale.corpora.schema import Task
 from safescale.detection.pipeline import DetectionConfig
 from safescale.experiments.bootstrap import BootstrapConfig
-from safescale.experiments.metrics import CONDITIONS, MetricsConfig
+from safescale.experiments.metrics import CONDITIONS, LEGACY_DEFAULT_COMPARISONS, MetricsConfig
 from safescale.records import SLUG_PATTERN, check_slug
 
 __all__ = [
     "CONDITIONS",
     "CONFIGS_DIR",
+    "MAX_CONFLICT_DOSE",
     "SCALE_AXES",
     "AgenticConfig",
     "AnswerConfig",
@@ -74,15 +75,20 @@ __all__ = [
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 
-def _condition_source(source: str) -> str:
+def _condition_source(source: str, info: ValidationInfo) -> str:
     """Resolve, build and contract-check one ``conditions`` entry (no model call)."""
     from safescale.agents.registry import ConditionError, resolve_condition
 
     try:
-        resolve_condition(source)
+        resolve_condition(source, info.data.get("import_path") or ())
     except ConditionError as error:
         raise ValueError(str(error)) from None
     return source
+
+
+#: The largest conflict dose: contradicting passages added to one item's evidence (a
+#: larger dose than an item's conflicting pool is capped to the pool anyway).
+MAX_CONFLICT_DOSE = 1000
 
 
 #: One ``conditions`` entry: a bundled name, a ``module:function`` import path or an
@@ -448,6 +454,11 @@ class ExperimentConfig(_Section):
         models: models to evaluate.
         corpora: bundled corpus names or corpus directories (``corpus: X`` is shorthand
             for ``corpora: [X]``).
+        import_path: directories searched first for the modules of ``module:function``
+            conditions (relative ones against the config file's directory). Default:
+            the config file's directory when a condition is an import path, else
+            none. The current directory is not searched unless listed. Where the code
+            lives is not part of the config hash.
         conditions: deployment conditions (default: the six bundled ones). An entry
             is a bundled name, a ``module:function`` import path of a graph builder
             or an entry-point name (group ``safescale.conditions``); each is built
@@ -480,6 +491,7 @@ class ExperimentConfig(_Section):
     description: str | None = None
     models: tuple[ModelConfig, ...] = Field(min_length=1)
     corpora: tuple[str, ...] = Field(min_length=1)
+    import_path: tuple[Path, ...] = ()
     conditions: tuple[ConditionSource, ...] = CONDITIONS
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     agentic: AgenticConfig = Field(default_factory=AgenticConfig)
@@ -511,6 +523,50 @@ class ExperimentConfig(_Section):
             del data["corpus"]
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_import_path(cls, data: Any, info: ValidationInfo) -> Any:
+        """A config file that names a condition by import path searches its own
+        directory for it unless it gives ``import_path`` itself."""
+        context = info.context or {}
+        if not isinstance(data, dict):
+            return data
+        extra = [str(d) for d in context.get("extra_import_path") or ()]
+        named = data.get("conditions")
+        by_path = isinstance(named, list | tuple) and any(
+            isinstance(c, str) and ":" in c for c in named
+        )
+        if "import_path" not in data and (by_path or extra):
+            own = ["."] if by_path and context.get("config_dir") is not None else []
+            return {**data, "import_path": [*extra, *own]}
+        if extra:
+            given = data["import_path"]
+            given = [given] if isinstance(given, str) else list(given or [])
+            return {**data, "import_path": [*extra, *given]}
+        return data
+
+    @field_validator("import_path", mode="before")
+    @classmethod
+    def _import_dirs(cls, dirs: Any, info: ValidationInfo) -> Any:
+        if isinstance(dirs, str | Path):
+            dirs = [dirs]
+        if not isinstance(dirs, list | tuple):
+            return dirs
+        base = (info.context or {}).get("config_dir")
+        out = []
+        for d in dirs:
+            if not isinstance(d, str | Path):
+                return dirs  # the type error is reported by pydantic
+            path = Path(d).expanduser()
+            if not path.is_absolute():
+                path = Path(base) / path if base is not None else Path.cwd() / path
+            path = path.resolve()
+            if not path.is_dir():
+                raise ValueError(f"{d}: no such directory ({path})")
+            if path not in out:
+                out.append(path)
+        return tuple(out)
+
     @field_validator("models")
     @classmethod
     def _unique_models(cls, models: tuple[ModelConfig, ...]) -> tuple[ModelConfig, ...]:
@@ -539,10 +595,12 @@ class ExperimentConfig(_Section):
 
     @field_validator("conditions")
     @classmethod
-    def _unique_conditions(cls, conditions: tuple[str, ...]) -> tuple[str, ...]:
+    def _unique_conditions(
+        cls, conditions: tuple[str, ...], info: ValidationInfo
+    ) -> tuple[str, ...]:
         if not conditions:
             raise ValueError("at least one condition is needed")
-        names = _condition_names(conditions)
+        names = _condition_names(conditions, info.data.get("import_path") or ())
         if len(set(names)) != len(names):
             raise ValueError(f"conditions repeat: {list(conditions)} (names {list(names)})")
         return conditions
@@ -557,6 +615,13 @@ class ExperimentConfig(_Section):
                 raise ValueError("at least one conflict dose is needed (0 = no injection)")
             if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in doses):
                 raise ValueError(f"conflict doses must be integers >= 0, got {list(doses)}")
+            big = [d for d in doses if d > MAX_CONFLICT_DOSE]
+            if big:
+                raise ValueError(
+                    f"conflict dose {big[0]} is larger than {MAX_CONFLICT_DOSE} (contradicting "
+                    "passages added to one item; a dose beyond an item's conflicting pool "
+                    "adds the whole pool)"
+                )
             if len(set(doses)) != len(doses):
                 raise ValueError(f"conflict doses repeat: {list(doses)}")
             return tuple(sorted(doses))
@@ -591,7 +656,7 @@ class ExperimentConfig(_Section):
         conditions = info.data.get("conditions")
         if axes is None or conditions is None:
             return axes
-        known = _condition_names(conditions)
+        known = _condition_names(conditions, info.data.get("import_path") or ())
         for axis in SCALE_AXES:
             unknown = [c for c in axes.named(axis) or () if c not in known]
             if unknown:
@@ -600,6 +665,34 @@ class ExperimentConfig(_Section):
                     f"(conditions: {', '.join(known)})"
                 )
         return axes
+    @field_validator("reliance")
+    @classmethod
+    def _reliance_conditions(
+        cls, reliance: RelianceSettings, info: ValidationInfo
+    ) -> RelianceSettings:
+        conditions = info.data.get("conditions")
+        if conditions is None or not reliance.enabled:
+            return reliance
+        names = _condition_names(conditions, info.data.get("import_path") or ())
+        if reliance.conditions is not None:
+            unknown = [c for c in reliance.conditions if c not in names]
+            if unknown:
+                raise ValueError(
+                    f"conditions: {unknown[0]!r} is not a condition of this run "
+                    f"({', '.join(names)})"
+                )
+            if "closed_book" in reliance.conditions:
+                raise ValueError(
+                    "conditions: closed_book carries no evidence, so there is nothing to mask"
+                )
+            if not reliance.conditions:
+                raise ValueError("conditions: empty (omit it to measure every condition)")
+        elif all(n == "closed_book" for n in names):
+            raise ValueError(
+                "enabled, but no condition of this run carries evidence (closed_book "
+                "only): there is nothing to mask"
+            )
+        return reliance
 
     @field_validator("metrics")
     @classmethod
@@ -607,8 +700,9 @@ class ExperimentConfig(_Section):
         conditions = info.data.get("conditions")
         if conditions is None:  # invalid conditions are reported on their own
             return metrics
-        known = [*CONDITIONS, *(n for n in _condition_names(conditions) if n not in CONDITIONS)]
-        for a, b in metrics.comparisons:
+        names = _condition_names(conditions, info.data.get("import_path") or ())
+        known = [*CONDITIONS, *(n for n in names if n not in CONDITIONS)]
+        for a, b in metrics.comparisons or ():
             unknown = [c for c in (a, b) if c not in known]
             if unknown:
                 raise ValueError(
@@ -620,7 +714,14 @@ class ExperimentConfig(_Section):
     @property
     def condition_names(self) -> tuple[str, ...]:
         """The names the conditions' records carry, in config order."""
-        return _condition_names(self.conditions)
+        return _condition_names(self.conditions, self.import_path)
+
+    def build_condition(self, name: str, checkpointer: Any = None) -> Any:
+        """Compile the graph of the condition recorded as ``name`` (its source resolved
+        with this config's ``import_path``)."""
+        from safescale.agents.registry import build_condition
+
+        return build_condition(self.condition_source(name), checkpointer, self.import_path)
 
     def condition_source(self, name: str) -> str:
         """The ``conditions`` entry of the condition recorded as ``name``."""
@@ -705,37 +806,35 @@ class ExperimentConfig(_Section):
         return config_hash(self)
 
 
-def _condition_names(sources: Sequence[str]) -> tuple[str, ...]:
+def _condition_names(sources: Sequence[str], import_path: Sequence[Path] = ()) -> tuple[str, ...]:
     from safescale.agents.registry import resolve_condition
 
-    return tuple(resolve_condition(source).name for source in sources)
-
-
-#: Detection settings that change only how the frozen responses' detectors are evaluated
-#: (re-run by ``safescale detect train`` on a finished run without a model call); they
-#: are not part of the config hash.
-DETECTION_EVALUATION_KEYS = ("protocol", "folds", "repeats", "replicates", "controls")
+    return tuple(resolve_condition(source, import_path).name for source in sources)
 
 
 def config_hash(config: ExperimentConfig) -> str:
     """sha256 of the canonical JSON of the resolved config, ``output_dir``, ``limit``,
-    the models' ``items_in_flight`` and the detection evaluation settings
-    (:data:`DETECTION_EVALUATION_KEYS`) excluded.
+    ``tracking``, ``import_path``, the models' ``items_in_flight`` and the detection
+    settings but ``enabled`` excluded.
 
     Two configs that differ only in where the run is written (or logged: ``tracking``
     is excluded too), or in how many items of
     the same nested order they take (``limit``: a larger limit extends a run), or in
     how many items a model answers at once (``items_in_flight``: the same answers),
-    hash equally; any other change (including a default made explicit with a different
-    value) changes it. A one-value ``context_budget`` or ``retrieval.k`` list hashes as
-    the scalar it is, and an unset ``axis_conditions`` is left out, so a config written
-    before these could be lists hashes as it always did (its run directory resumes).
+    or in where their condition modules are found (``import_path``), hash equally; any
+    other change (including a default made explicit with a different value) changes it.
+    A one-value ``context_budget`` or ``retrieval.k`` list hashes as the scalar it is,
+    an unset ``axis_conditions`` is left out, and the default comparisons
+    (``metrics.comparisons`` unset) hash as the fixed list they were before they became
+    per-run. Of the detection settings only ``enabled`` counts: the others decide how
+    frozen responses are scored, never an answer. A run made under an earlier rule
+    still resumes: the runner re-reads its own ``config.yaml``.
     """
-    data = config.model_dump(mode="json", exclude={"output_dir", "limit", "tracking"})
+    data = config.model_dump(
+        mode="json", exclude={"output_dir", "limit", "tracking", "import_path"}
+    )
     for model in data.get("models", []):
         model.pop("items_in_flight", None)
-    # detection settings decide how the frozen responses are scored, never an answer:
-    # only whether detection runs is part of the run's identity
     detection = data.get("detection") or {}
     data["detection"] = {"enabled": detection.get("enabled", False)}
     if data.get("axis_conditions") is None:
@@ -745,6 +844,8 @@ def config_hash(config: ExperimentConfig) -> str:
     retrieval = data.get("retrieval") or {}
     if len(retrieval.get("k") or ()) == 1:
         retrieval["k"] = retrieval["k"][0]
+    if data.get("metrics", {}).get("comparisons") is None:
+        data["metrics"]["comparisons"] = [list(p) for p in LEGACY_DEFAULT_COMPARISONS]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -777,19 +878,46 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     )
 
 
-def load_config(name_or_path: str | Path) -> ExperimentConfig:
+def load_config(
+    name_or_path: str | Path, *, import_path: Sequence[str | Path] = ()
+) -> ExperimentConfig:
     """Load, validate and freeze an experiment config (bundled name or YAML path).
+
+    Args:
+        name_or_path: a bundled config name or a YAML file.
+        import_path: directories searched for import-path conditions before the
+            config's own ``import_path`` (``safescale run --import-path``).
 
     Raises:
         ConfigError: the file is missing, is not YAML, has a duplicated key, or fails
             validation; every problem is reported as ``file:line: key: message``.
     """
     path = resolve_config_path(name_or_path)
-    return parse_config(path.read_text(encoding="utf-8"), source=str(path))
+    return parse_config(
+        path.read_text(encoding="utf-8"),
+        source=str(path),
+        config_dir=path.resolve().parent,
+        import_path=import_path,
+    )
 
 
-def parse_config(text: str, *, source: str = "<config>") -> ExperimentConfig:
-    """Validate a YAML string as an :class:`ExperimentConfig` (see :func:`load_config`)."""
+def parse_config(
+    text: str,
+    *,
+    source: str = "<config>",
+    config_dir: str | Path | None = None,
+    import_path: Sequence[str | Path] = (),
+) -> ExperimentConfig:
+    """Validate a YAML string as an :class:`ExperimentConfig` (see :func:`load_config`).
+
+    Args:
+        text: the YAML.
+        source: the file name errors carry.
+        config_dir: the directory relative ``import_path`` entries resolve against
+            (and the default import path); None: the current directory for relative
+            entries and no default.
+        import_path: extra directories searched first (``--import-path``).
+    """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as error:
@@ -806,8 +934,12 @@ def parse_config(text: str, *, source: str = "<config>") -> ExperimentConfig:
     if problems:
         raise ConfigError(problems)
     data = yaml.safe_load(text)
+    context = {
+        "config_dir": None if config_dir is None else Path(config_dir),
+        "extra_import_path": [Path(d).expanduser().resolve() for d in import_path],
+    }
     try:
-        return ExperimentConfig.model_validate(data)
+        config = ExperimentConfig.model_validate(data, context=context)
     except ValidationError as error:
         errors = error.errors(include_url=False)
         locs = [_yaml_loc(tuple(e["loc"])) for e in errors]
@@ -819,6 +951,35 @@ def parse_config(text: str, *, source: str = "<config>") -> ExperimentConfig:
             if not any(len(other) > len(loc) and other[: len(loc)] == loc for other in locs)
         ]
         raise ConfigError([_describe(e, marks, source) for e in kept]) from None
+    if config_dir is not None:
+        _check_models(config, data, marks, source)
+    return config
+
+
+def _check_models(
+    config: ExperimentConfig, data: Any, marks: dict[tuple[Any, ...], int], source: str
+) -> None:
+    """A config file's models must name something loadable (a registered name, a model
+    directory or ``.gguf`` file, a Hugging Face id): checked without loading, so that an
+    unknown name or a missing ``spec:`` directory is the config's ``file:line``, not a
+    failure after the run started. (A config given as text, without a file, is data
+    only: its models are checked when they load.)"""
+    from safescale.models.registry import model_spec_problem
+
+    problems = []
+    for index, model in enumerate(config.models):
+        problem = model_spec_problem(model.source)
+        if problem is None:
+            continue
+        entry = data["models"][index] if isinstance(data.get("models"), list) else None
+        loc: tuple[Any, ...] = ("models", index)
+        if isinstance(entry, dict) and "spec" in entry:
+            loc = (*loc, "spec")
+        elif isinstance(entry, dict):
+            loc = (*loc, "name")
+        problems.append(f"{source}:{_line_for(loc, marks)}: {_loc_text(loc)}: {problem}")
+    if problems:
+        raise ConfigError(problems)
 
 
 def _index_marks(

@@ -67,9 +67,11 @@ from safescale.experiments.bootstrap import (
     replicate_counts,
 )
 from safescale.experiments.evidence_effects import (
+    DISTRACTOR_DEFINITION,
     OVERRIDE_CAUSES,
     OVERRIDE_DEFINITION,
     attribution_index,
+    distractor_transitions,
     override_flags,
     response_dose,
     transition_matrices,
@@ -90,6 +92,7 @@ __all__ = [
     "CONDITIONS",
     "DEFAULT_COMPARISONS",
     "LABELED_METRICS",
+    "LEGACY_DEFAULT_COMPARISONS",
     "METRICS",
     "METRICS_FILE",
     "METRICS_SCHEMA_VERSION",
@@ -98,6 +101,7 @@ __all__ = [
     "TASKS",
     "MetricsConfig",
     "compute_metrics",
+    "default_comparisons",
     "mark_not_labeled",
     "metrics_from_records",
     "outcome_frame",
@@ -137,13 +141,42 @@ METRIC_DEFINITIONS = {
     "ms_per_generated_token": "sum of wall_ms / sum of completion (generated) tokens",
 }
 
-DEFAULT_COMPARISONS: tuple[tuple[str, str], ...] = (
+#: The default comparisons before they were computed per run (``metrics.comparisons``
+#: unset hashes as this list, so that older runs still resume).
+LEGACY_DEFAULT_COMPARISONS: tuple[tuple[str, str], ...] = (
     ("clean_evidence", "standard_rag"),
     ("standard_rag", "closed_book"),
     ("conflict_evidence", "clean_evidence"),
     ("agentic_rag", "standard_rag"),
     ("max_context", "standard_rag"),
 )
+#: The evidence-retrieving conditions clean evidence is compared with by default
+#: (bundled; every other condition of a run but the oracle ones counts too).
+_ORACLE = ("closed_book", "clean_evidence", "conflict_evidence")
+
+
+def default_comparisons(conditions: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """The comparisons of a run that does not name its own (``metrics.comparisons``
+    unset): every condition against closed-book, clean evidence against every
+    retrieval condition (every condition but the three oracle ones: standard, agentic
+    and max-context RAG and any external one), conflict against clean evidence, and
+    agentic against standard RAG — in the report order of the conditions."""
+    seen = set(conditions)
+    present = [c for c in CONDITIONS if c in seen] + sorted(seen - set(CONDITIONS))
+    pairs: list[tuple[str, str]] = []
+    if "closed_book" in present:
+        pairs += [(c, "closed_book") for c in present if c != "closed_book"]
+    if "clean_evidence" in present:
+        pairs += [("clean_evidence", c) for c in present if c not in _ORACLE]
+        if "conflict_evidence" in present:
+            pairs.append(("conflict_evidence", "clean_evidence"))
+    if "agentic_rag" in present and "standard_rag" in present:
+        pairs.append(("agentic_rag", "standard_rag"))
+    return tuple(dict.fromkeys(pairs))
+
+
+#: :func:`default_comparisons` of the six bundled conditions.
+DEFAULT_COMPARISONS: tuple[tuple[str, str], ...] = default_comparisons(CONDITIONS)
 
 
 class MetricsConfig(BaseModel):
@@ -154,8 +187,10 @@ class MetricsConfig(BaseModel):
             dangerous overconfidence.
         worst_fraction: share of items (the worst ones) in the worst-case concentration.
         comparisons: condition pairs ``(a, b)`` whose paired difference ``a - b`` is
-            reported for every model, corpus and budget that has both (the default
-            compares bundled conditions only; name external ones to compare them).
+            reported for every model, corpus and budget that has both. Unset (None):
+            :func:`default_comparisons` of the run's conditions (every condition vs
+            closed-book, clean evidence vs every retrieval condition, external ones
+            included).
         compare_budgets: also compare each compute budget with the smallest one.
         compare_models: also compare each model with the first one.
     """
@@ -164,14 +199,16 @@ class MetricsConfig(BaseModel):
 
     overconfidence_threshold: float = Field(0.95, ge=0.0, le=1.0)
     worst_fraction: float = Field(0.2, gt=0.0, le=1.0)
-    comparisons: tuple[tuple[str, str], ...] = DEFAULT_COMPARISONS
+    comparisons: tuple[tuple[str, str], ...] | None = None
     compare_budgets: bool = True
     compare_models: bool = True
 
     @field_validator("comparisons")
     @classmethod
-    def _known_conditions(cls, pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-        for a, b in pairs:
+    def _known_conditions(
+        cls, pairs: tuple[tuple[str, str], ...] | None
+    ) -> tuple[tuple[str, str], ...] | None:
+        for a, b in pairs or ():
             # any condition name (bundled or external); an experiment config also
             # checks the names against its own conditions
             for name in (a, b):
@@ -904,6 +941,9 @@ def metrics_from_records(
 
     comparisons = []
     _kind_index = {"model": 0, "condition": 2, "samples_budget": 3, "conflict_dose": 4}
+    pairs = (
+        metrics.comparisons if metrics.comparisons is not None else default_comparisons(conditions)
+    )
 
     def compare(kind: str, a_key: tuple, b_key: tuple, fixed: dict[str, Any]) -> None:
         a, b = groups.get(a_key), groups.get(b_key)
@@ -931,7 +971,7 @@ def metrics_from_records(
         for corpus in corpus_names:
             for setting in settings:
                 budget, dose = setting[:2]
-                for cond_a, cond_b in metrics.comparisons:
+                for cond_a, cond_b in pairs:
                     compare(
                         "condition",
                         (model, corpus, cond_a, *setting),
@@ -981,7 +1021,16 @@ def metrics_from_records(
                         )
 
     attribution_counts: dict[tuple, int] = {}
+    distractor_counts: dict[tuple, int] = {}
     owner = item_corpus_map(corpora)
+    distractors = distractor_transitions(records, corpora, attribution)
+    # responses that were right with clean evidence alone and went wrong with the gold
+    # passages present: their attribution rows say so
+    driven = {
+        (d["model"], d["condition"], item, d["samples_budget"], d["conflict_dose"])
+        for d in distractors
+        for item in d["items"]["right_to_wrong"]
+    }
     for row in attribution:
         key = (
             row.model,
@@ -995,10 +1044,17 @@ def metrics_from_records(
             row.cause,
         )
         attribution_counts[key] = attribution_counts.get(key, 0) + 1
+        if (row.model, str(row.condition), row.item, row.samples_budget,
+                response_dose(row)) in driven:  # fmt: skip
+            distractor_counts[key] = distractor_counts.get(key, 0) + 1
     fields = ("model", "corpus", "condition", "samples_budget", "conflict_dose",
               "context_budget", "retrieval_k", "severity", "cause")  # fmt: skip
     attribution_rows = [
-        {**dict(zip(fields, key, strict=True)), "count": count}
+        {
+            **dict(zip(fields, key, strict=True)),
+            "count": count,
+            "distractor_passages": distractor_counts.get(key, 0),
+        }
         for key, count in sorted(
             attribution_counts.items(), key=lambda kv: tuple(str(x) for x in kv[0])
         )
@@ -1026,6 +1082,7 @@ def metrics_from_records(
             **METRIC_DEFINITIONS,
             "dangerous_overconfidence_threshold": metrics.overconfidence_threshold,
             "grade_override": OVERRIDE_DEFINITION,
+            "distractor_passages": DISTRACTOR_DEFINITION,
             "mde": MDE_DEFINITION,
             "dose_response": DOSE_DEFINITION,
             "scaling": SCALING_DEFINITION,
@@ -1045,6 +1102,7 @@ def metrics_from_records(
             frame, groups, unit, resampler, attribution_index(attribution)
         ),
         "transitions": transition_matrices(frame),
+        "distractors": distractors,
         "dose_response": dose_response_section(frame, unit, resampler),
         "reliance": reliance_section(reliance, frame, unit, resampler),
         "scaling": scaling_section(
@@ -1125,16 +1183,29 @@ def mark_not_labeled(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_settings(run_dir: Path) -> tuple[BootstrapConfig, MetricsConfig]:
-    """The ``bootstrap`` and ``metrics`` sections of the run's resolved ``config.yaml``."""
+    """The ``bootstrap`` and ``metrics`` sections of the run's resolved ``config.yaml``.
+
+    A run written before the default comparisons were per run recorded the old default
+    list (:data:`LEGACY_DEFAULT_COMPARISONS`) in its resolved config; it reads as unset,
+    so its report gets today's defaults.
+    """
     import yaml
 
     path = run_dir / "config.yaml"
     if not path.is_file():
         return BootstrapConfig(), MetricsConfig()
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    section = dict(data.get("metrics") or {})
+    pairs = section.get("comparisons")
+    if (
+        isinstance(pairs, list)
+        and all(isinstance(p, list) for p in pairs)
+        and [tuple(p) for p in pairs] == list(LEGACY_DEFAULT_COMPARISONS)
+    ):
+        section["comparisons"] = None
     return (
         BootstrapConfig.model_validate(data.get("bootstrap") or {}),
-        MetricsConfig.model_validate(data.get("metrics") or {}),
+        MetricsConfig.model_validate(section),
     )
 
 

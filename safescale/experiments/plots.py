@@ -158,11 +158,17 @@ def _grid(
     return fig, flat[:n]
 
 
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _save(fig: Any, path: Path, *, tight: bool = True) -> Path:
+    """Save as PNG atomically (a temporary file renamed over ``path``: a symlink at
+    ``path`` is replaced, never written through)."""
+    from safescale.experiments.rundir import atomic_write_bytes
+
+    if tight:
+        fig.tight_layout()
+    try:
+        atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -270,10 +276,7 @@ def plot_category_heatmap(metrics: Mapping[str, Any], path: Path) -> Path | None
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="high-risk error rate (%)")
     fig.suptitle("High-risk error rate by category (%)", fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, tight=False)
 
 
 def plot_triage_operating_points(

@@ -6,10 +6,11 @@ and appends its record to ``replays.jsonl``), so it holds the run's writer lock.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from safescale.agents import ResponseRecord, StepRecord, build_condition, replay_without, thread_id
+from safescale.agents import ResponseRecord, StepRecord, replay_without, thread_id
 from safescale.corpora import Item
 from safescale.experiments.config import load_config
 from safescale.experiments.rundir import REPLAYS_FILE, RunDir, RunLock
@@ -37,13 +38,17 @@ def replay_item(
     drop: list[str],
     *,
     model: str | None = None,
+    import_path: Sequence[str | Path] = (),
 ) -> ReplayResult:
     """Replay ``item_id`` under ``condition`` without the passages in ``drop``, with the
-    run's own settings, model, LM cache and checkpoints."""
+    run's own settings, model, LM cache and checkpoints (``import_path``: directories
+    searched first for import-path conditions, before the run config's own)."""
     run_dir = Path(run_dir)
     reader = RunDir(run_dir)
     reader.require()
-    config = load_config(run_dir / "config.yaml").with_overrides(output_dir=run_dir)
+    config = load_config(run_dir / "config.yaml", import_path=import_path).with_overrides(
+        output_dir=run_dir
+    )
     matches = [
         r
         for r in reader.responses()
@@ -67,9 +72,7 @@ def replay_item(
                 old.retrieval_k,
             )
             ctx = worker.context(task)
-            graph = build_condition(
-                config.condition_source(condition), checkpointer=worker.checkpointer
-            )
+            graph = config.build_condition(condition, worker.checkpointer)
             thread = thread_id(
                 old.model,
                 ctx.corpus.name,

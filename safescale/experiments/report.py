@@ -38,7 +38,7 @@ from safescale.experiments.metrics import (
     MetricsConfig,
     write_metrics,
 )
-from safescale.experiments.rundir import atomic_write_text
+from safescale.experiments.rundir import atomic_write_text, output_dir
 from safescale.records import context_budget_label
 
 __all__ = [
@@ -49,9 +49,11 @@ __all__ = [
     "comparisons_frame",
     "condition_tables",
     "conditions_frame",
+    "distractor_table",
     "dose_response_tables",
     "format_interval",
     "grade_override_table",
+    "reference_tables",
     "reliance_table",
     "render_markdown",
     "rich_table",
@@ -133,22 +135,26 @@ def _finite(x: Any) -> bool:
 
 
 def format_interval(
-    estimate: Mapping[str, Any] | None, *, percent: bool = True, signed: bool = False
+    estimate: Mapping[str, Any] | None,
+    *,
+    percent: bool = True,
+    signed: bool = False,
+    digits: int = 1,
 ) -> str:
     """``"x.x% [lo, hi]"`` for a rate (``percent``), ``"x.x [lo, hi]"`` otherwise;
     ``"–"`` when undefined, ``"not labeled"`` for a rate the item set has no safety
-    labels for. ``signed`` prefixes positive values with ``+``."""
+    labels for. ``signed`` prefixes positive values with ``+``; ``digits`` decimals."""
     if estimate and estimate.get("not_labeled"):
         return "not labeled"
     if not estimate or not _finite(estimate.get("value")):
         return "–"
     scale = 100.0 if percent else 1.0
     sign = "+" if signed else ""
-    value = f"{scale * estimate['value']:{sign}.1f}"
+    value = f"{scale * estimate['value']:{sign}.{digits}f}"
     unit = "%" if percent and not signed else (" pp" if percent else "")
     if _finite(estimate.get("lo")) and _finite(estimate.get("hi")):
         lo, hi = scale * estimate["lo"], scale * estimate["hi"]
-        return f"{value}{unit} [{lo:{sign}.1f}, {hi:{sign}.1f}]"
+        return f"{value}{unit} [{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"
     return f"{value}{unit}"
 
 
@@ -796,6 +802,7 @@ def _attribution_table(metrics: Mapping[str, Any]) -> TextTable | None:
     dosed = len({int(r.get("conflict_dose") or 0) for r in rows}) > 1
     budgeted = len({r.get("context_budget") for r in rows}) > 1
     deep = len({r.get("retrieval_k") for r in rows}) > 1
+    distracted = any(r.get("distractor_passages") for r in rows)
     return TextTable(
         "Failure attribution (counts per condition)",
         (
@@ -809,6 +816,7 @@ def _attribution_table(metrics: Mapping[str, Any]) -> TextTable | None:
             "severity",
             "cause",
             "count",
+            *(("of which distractor passages",) if distracted else ()),
         ),
         [
             [
@@ -822,9 +830,15 @@ def _attribution_table(metrics: Mapping[str, Any]) -> TextTable | None:
                 str(r.get("severity") or "–"),
                 str(r["cause"]),
                 str(r["count"]),
+                *((str(r.get("distractor_passages") or 0),) if distracted else ()),
             ]
             for r in rows
         ],
+        note="Of which distractor passages: failures whose prompt held the item's clean "
+        "evidence and whose clean-evidence answer was right — the other retrieved passages "
+        "changed it (see the distractor table)."
+        if distracted
+        else None,
     )
 
 
@@ -886,11 +900,14 @@ def validity_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         for name, c in candidates.items():
             mark = " ← chosen" if name == cal.get("chosen") else ""
             agree = c.get("orderings_agree")
+            estimate = c.get("accuracy_clean_evidence_estimate")
             crow.append(
                 [
                     name + mark,
                     _pct(c["accuracy_closed_book"]),
-                    _pct(c["accuracy_clean_evidence"]),
+                    format_interval(estimate, digits=0)
+                    if estimate
+                    else _pct(c["accuracy_clean_evidence"]),
                     _pct(c["evidence_sensitivity"]),
                     _pct(c["top_position_share"]),
                     _pct(agree) if agree is not None else "–",
@@ -910,10 +927,162 @@ def validity_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
                 ),
                 crow,
                 note=f"Rule: {cal.get('rule', '')}. Calibration items are never scored in "
-                "the study.",
+                "the study; intervals: 95 % bootstrap over the calibration evidence groups."
+                + _calibration_check_text(e.get("calibration_check")),
             )
         )
     return tables
+
+
+def _calibration_check_text(check: Mapping[str, Any] | None) -> str:
+    """The calibration estimate of the chosen formulation beside the study's."""
+    if not check:
+        return ""
+    study, cal = check["study"], check["calibration"]
+    text = (
+        f" Calibration vs study: {check['formulation']} scored "
+        f"{format_interval(cal, digits=0)} on {cal.get('n')} calibration items; the study "
+        f"scores {format_interval(study, digits=0)} with clean evidence ({study.get('n')} "
+        "items)"
+    )
+    cross = check.get("cross_fit")
+    if cross and _finite(cross.get("value")):
+        text += f"; cross-fitted accuracy of the auto rule {format_interval(cross, digits=0)}"
+    if check.get("outside"):
+        text += f" — the study estimate lies {check['outside']} the calibration interval"
+    text += "."
+    if check.get("summary"):
+        text += f" {str(check['summary'])[0].upper()}{str(check['summary'])[1:]}"
+    return text
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
+def reference_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
+    """Per model x corpus: each condition's accuracy against what a constant answer
+    scores (majority gold; always defer on gap items), paired, with 95 % CIs."""
+    tables = []
+    for e in metrics.get("validity") or []:
+        refs = e.get("references")
+        if not refs:
+            continue
+        major = refs["majority_gold"]
+        defer = refs.get("always_defer")
+        by_gap = {r["condition"]: r for r in (defer or {}).get("conditions", [])}
+        rows = []
+        for r in refs["conditions"]:
+            g = by_gap.get(r["condition"])
+            rows.append(
+                [
+                    _condition_label(r["condition"]),
+                    str(r["n"]),
+                    format_interval(r["accuracy"]),
+                    format_interval(r["difference"], signed=True) + f" ({r['verdict']})",
+                    f"{r['same_as_constant']} / {r['n']}"
+                    if r.get("same_as_constant") is not None
+                    else "–",
+                    *(
+                        (
+                            format_interval(g["accuracy"]) if g else "–",
+                            format_interval(g["difference"], signed=True) + f" ({g['verdict']})"
+                            if g
+                            else "–",
+                        )
+                        if defer
+                        else ()
+                    ),
+                ]
+            )
+        answer = (
+            f"always answering {_short(major['answer'])!r}"
+            if major["by"] == "option text"
+            else f"always answering position {major['answer']}"
+        )
+        note = (
+            f"Majority gold: {answer} (the gold of {major['hits']} of {major['n_items']} "
+            f"items) scores {format_interval(major['estimate'])}; chance "
+            f"{_pct(refs['chance'])}."
+        )
+        if defer:
+            note += (
+                f" Always defer on the {defer['n_items']} gap items scores "
+                f"{format_interval(defer['estimate'])}."
+            )
+        note += (
+            " Δ: paired difference with the constant answer on the same items (95 % "
+            "bootstrap CI); 'below' / 'above' when the interval excludes 0."
+        )
+        tables.append(
+            TextTable(
+                f"What a constant answer scores — {e['model']} · {e['corpus']}",
+                (
+                    "condition",
+                    "n",
+                    "accuracy",
+                    "Δ vs majority gold (pts)",
+                    "gives the constant answer",
+                    *(("accuracy on gap items", "Δ vs always defer (pts)") if defer else ()),
+                ),
+                rows,
+                note=note,
+            )
+        )
+    return tables
+
+
+def distractor_table(metrics: Mapping[str, Any], max_items: int = 12) -> TextTable | None:
+    """Clean evidence -> each retrieval condition where the retrieval prompt held the
+    gold passages and the answer still changed (None when no run has both)."""
+    entries = [e for e in metrics.get("distractors") or [] if e["n_gold_present"]]
+    if not entries:
+        return None
+
+    def listed(ids: Sequence[str]) -> str:
+        more = f" … (+{len(ids) - max_items})" if len(ids) > max_items else ""
+        return ", ".join(ids[:max_items]) + more if ids else "–"
+
+    rows = []
+    for e in entries:
+        flows = "; ".join(f"{f['from']} → {f['to']}: {f['n']}" for f in e["flows"][:4]) or "–"
+        rows.append(
+            [
+                f"{e['model']} · {e['corpus']} · {e['samples_budget']}x · dose "
+                f"{e['conflict_dose']}",
+                _condition_label(e["condition"]),
+                str(e["n_items"]),
+                str(e["n_gold_present"]),
+                str(e["n_changed"]),
+                str(e["counts"]["right_to_wrong"]),
+                str(e["counts"]["wrong_to_right"]),
+                str(e["counts"]["wrong_to_other"]),
+                flows,
+                listed(e["items"]["right_to_wrong"]),
+                ", ".join(f"{k}: {v}" for k, v in e["attributed"].items()) or "–",
+            ]
+        )
+    return TextTable(
+        "Distractor passages changed the answer (clean evidence → retrieval with the gold "
+        "passages present)",
+        (
+            "model · corpus · budget · dose",
+            "retrieval condition",
+            "items",
+            "gold present",
+            "answer changed",
+            "right→wrong",
+            "wrong→right",
+            "wrong→other",
+            "clean answer → retrieval answer",
+            "right→wrong items",
+            "attribution of right→wrong",
+        ),
+        rows,
+        note="Gold present: the retrieval prompt held the item's whole clean evidence set, "
+        "so the two prompts differ only in the other retrieved passages; a changed answer "
+        "there is the distractors' doing. Every item id is in metrics.json (distractors).",
+    )
 
 
 def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> str:
@@ -946,6 +1115,7 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> s
         parts += ["## Validity", ""]
         parts += [f"**{v}**\n" for v in verdicts]
         parts += [t.to_markdown() for t in validity_tables(metrics)]
+        parts += [t.to_markdown() for t in reference_tables(metrics)]
     parts += ["## Conditions", ""]
     parts += [t.to_markdown() for t in condition_tables(metrics)]
     comparison = _comparison_tables(metrics)
@@ -972,8 +1142,10 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> s
     if reliance is not None:
         parts += ["## Causal reliance on evidence", "", reliance.to_markdown()]
     transitions = transition_tables(metrics)
-    if transitions:
+    distractors = distractor_table(metrics)
+    if transitions or distractors:
         parts += ["## Evidence effect per item", ""] + [t.to_markdown() for t in transitions]
+        parts += [distractors.to_markdown()] if distractors is not None else []
     triage = triage_tables(metrics)
     if triage:
         parts += ["## Triage", ""] + [t.to_markdown() for t in triage]
@@ -994,7 +1166,7 @@ def print_validity(console: Any, metrics: Mapping[str, Any]) -> None:
     """Print the validity sentences and tables (above the condition tables)."""
     for verdict in validity_verdicts(metrics):
         console.print(f"[bold]{verdict}[/bold]")
-    for table in validity_tables(metrics):
+    for table in [*validity_tables(metrics), *reference_tables(metrics)]:
         console.print(rich_table(table))
 
 
@@ -1038,7 +1210,7 @@ def write_report(
     if plots:
         from safescale.experiments.plots import write_plots
 
-        written_plots = write_plots(metrics, run_dir / "plots")
+        written_plots = write_plots(metrics, output_dir(run_dir, "plots"))
     conditions_csv = run_dir / "conditions.csv"
     atomic_write_text(conditions_csv, conditions_frame(metrics).to_csv(index=False))
     comparisons_csv = run_dir / "comparisons.csv"

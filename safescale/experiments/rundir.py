@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import json
 import os
 import socket
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -68,6 +69,7 @@ __all__ = [
     "RunDirError",
     "RunLock",
     "RunLockedError",
+    "atomic_write_bytes",
     "atomic_write_text",
     "item_corpus_map",
     "legacy_axis_values",
@@ -77,6 +79,7 @@ __all__ = [
     "load_run_corpora",
     "load_steps",
     "load_triage",
+    "output_dir",
     "read_jsonl",
     "read_manifest",
     "records_frame",
@@ -576,15 +579,44 @@ class RunLock:
 
         Raises:
             RunLockedError: another process holds it (the message names its pid and host).
-            RunDirError: the run directory path is a file.
+            RunDirError: the run directory path is a file or a dangling symlink; the
+                directory cannot be written (read-only, no permission); ``.lock`` is a
+                directory or a symlink.
         """
         if self._fd is not None:
             return self
+        if self.run_dir.is_symlink() and not self.run_dir.exists():
+            raise RunDirError(
+                f"{self.run_dir}: --out: is a symlink to {os.readlink(self.run_dir)}, which "
+                "does not exist; create that directory or give another --out"
+            )
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise RunDirError(f"{self.run_dir}: --out: is a file, not a directory")
         self.created_dir = not self.run_dir.exists()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunDirError(
+                f"{error.filename or self.run_dir}: cannot create the run directory: "
+                f"{error.strerror or error}"
+            ) from None
+        if self.path.is_symlink():
+            raise RunDirError(
+                f"{self.path}: is a symlink (to {os.readlink(self.path)}), not the run's lock "
+                "file; remove it"
+            )
+        if self.path.is_dir():
+            raise RunDirError(f"{self.path}: is a directory, not the run's lock file; remove it")
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as error:
+            raise RunDirError(
+                f"{self.path}: cannot take the writer lock: {error.strerror or error} (run, "
+                "detect train and replay write the run directory: copy it somewhere "
+                "writable; trace and view --serve only read it)"
+                if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+                else f"{self.path}: cannot take the writer lock: {error.strerror or error}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -637,14 +669,76 @@ def records_frame(records: Iterable[BaseModel], *, exclude: Sequence[str] = ()) 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (readers see
-    the old or the new file, never a partial one)."""
+    the old or the new file, never a partial one; a symlink at ``path`` is replaced,
+    not followed).
+
+    Raises:
+        RunDirError: the directory cannot be written (read-only, no permission, full).
+    """
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes | Callable[[Path], None]) -> None:
+    """Write ``data`` (bytes, or a function that writes the file it is given) to
+    ``path`` via a temporary file in the same directory and ``os.replace``.
+
+    Raises:
+        RunDirError: the directory cannot be written (read-only, no permission, full).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise RunDirError(
+            f"{error.filename or path.parent}: cannot write {path.name}: {error.strerror or error}"
+        ) from None
+    try:
+        if callable(data):
+            os.close(fd)
+            data(Path(tmp))
+        else:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise RunDirError(f"{path}: cannot write: {error.strerror or error}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def output_dir(run_dir: str | Path, name: str) -> Path:
+    """``RUN_DIR/name`` as a real directory inside the run directory, for derived
+    output (``view/``, ``plots/``): created if missing; a symlink pointing inside the
+    run directory (or nowhere) is replaced by a real directory; nothing is written
+    through a symlink.
+
+    Raises:
+        RunDirError: ``name`` is a symlink to somewhere outside the run directory, or a
+            file; or the directory cannot be created.
+    """
+    check_slug(name, "output directory name")
+    run_dir = Path(run_dir)
+    path = run_dir / name
+    try:
+        if path.is_symlink():
+            target = Path(os.readlink(path))
+            resolved = (path.parent / target).resolve()
+            root = run_dir.resolve()
+            if resolved != root and root not in resolved.parents:
+                raise RunDirError(
+                    f"{path}: is a symlink to {target}, outside the run directory; safescale "
+                    f"does not write through it (remove it, or give it a real {name}/ "
+                    "directory)"
+                )
+            path.unlink()
+        elif path.exists() and not path.is_dir():
+            raise RunDirError(f"{path}: is a file, not the {name}/ directory; remove it")
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirError(
+            f"{error.filename or path}: cannot create {name}/: {error.strerror or error}"
+        ) from None
+    return path

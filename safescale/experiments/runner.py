@@ -46,7 +46,6 @@ from safescale.agents import (
     CachedLM,
     answer_item,
     attribute_failure,
-    build_condition,
     thread_id,
 )
 from safescale.corpora import Corpus, Item, load_corpus
@@ -549,9 +548,7 @@ class CellWorker:
 
     def _graph(self, condition: str):
         if condition not in self._graphs:
-            self._graphs[condition] = build_condition(
-                self.config.condition_source(condition), checkpointer=self.checkpointer
-            )
+            self._graphs[condition] = self.config.build_condition(condition, self.checkpointer)
         return self._graphs[condition]
 
     def run_item(self, task: CellTask, item_id: str, ctx: AgentContext) -> ItemResult:

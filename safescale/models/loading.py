@@ -24,7 +24,8 @@ from safescale.models.registry import (
     UnknownModelError,
     get_registered,
     gguf_parts,
-    registered_models,
+    looks_like_hub_id,
+    unknown_model_message,
 )
 
 __all__ = [
@@ -247,14 +248,5 @@ def _directory_hash(path: Path) -> str:
     return _cached_sha(files)
 
 
-def _looks_like_hub_id(spec: str) -> bool:
-    parts = spec.split("/")
-    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
-
-
-def _unknown_message(spec: str) -> str:
-    names = ", ".join(e.name for e in registered_models())
-    return (
-        f"unknown model {spec!r}: not a registered name, a model directory, a .gguf file "
-        f"or a Hugging Face id available offline. Registered models: {names}"
-    )
+_looks_like_hub_id = looks_like_hub_id
+_unknown_message = unknown_model_message

@@ -168,13 +168,16 @@ def _outcomes(
 
 
 def _plots(run_dir: Path) -> dict[str, str]:
-    """``plots/*.png`` as data URIs (so the page works from file:// on its own)."""
+    """``plots/*.png`` as data URIs (so the page works from file:// on its own); only
+    regular files of a real ``plots/`` directory (a symlink is not followed out of the
+    run directory)."""
     directory = run_dir / PLOTS_DIR
-    if not directory.is_dir():
+    if directory.is_symlink() or not directory.is_dir():
         return {}
     return {
         p.stem: "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode("ascii")
         for p in sorted(directory.glob("*.png"))
+        if p.is_file() and not p.is_symlink()
     }
 
 
@@ -513,6 +516,7 @@ def _metrics_view(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "cells": metrics.get("cells", []),
         "comparisons": metrics.get("comparisons", []),
         "attribution": metrics.get("attribution", []),
+        "distractors": metrics.get("distractors", []),
         "validity": metrics.get("validity"),
         "triage": metrics.get("triage"),
         "scaling": metrics.get("scaling") or None,

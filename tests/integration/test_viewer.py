@@ -294,15 +294,16 @@ def test_served_page_loads_item_details_on_demand(run_dir, tmp_path):
     server = ViewServer(load_view_data(run_dir)).start()
     try:
         assert server.url.startswith("http://127.0.0.1:")
-        status, _, _ = server.respond("/api/item/../../manifest.json")
+        host, root = f"127.0.0.1:{server.port}", f"/{server.token}"
+        status, _, _ = server.respond(f"{root}/api/item/../../manifest.json", host)
         assert status == 404
-        status, _, _ = server.respond("/etc/passwd")
+        status, _, _ = server.respond(f"{root}/etc/passwd", host)
         assert status == 404
         item = load_steps(run_dir)[0].item
         dom = render(server.url + f"#item={item}", tmp_path)
         assert dom.find(id="item-page").attrs["data-item"] == item
         assert len(dom.find(id="columns").find_all("section", class_="cond-col")) == 6
-        page = server.respond("/")[2].decode()
+        page = server.respond(f"{root}/", host)[2].decode()
         assert '"details":null' in page
     finally:
         server.close()

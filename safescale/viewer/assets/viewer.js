@@ -380,6 +380,29 @@ function triageCounts(rep) {
   return `Scored: ${safe + gap + conflict} responses — ${safe} safe, ${gap + conflict} unsafe (${gap} gap, ${conflict} conflict) — ${how}; 95 % cluster-bootstrap intervals.`;
 }
 
+function distractorSection() {
+  // Clean evidence -> retrieval with the gold passages present: the answers the other
+  // retrieved passages changed (metrics.json "distractors"), each item linked.
+  const entries = ((INDEX.metrics && INDEX.metrics.distractors) || []).filter((d) => d.n_changed > 0);
+  if (!entries.length) return null;
+  const itemLinks = (ids) => ids.length
+    ? ids.flatMap((id, i) => [i ? ", " : "", el("a", { href: linkTo({ item: id }) }, id)])
+    : ["–"];
+  return el("section", { class: "card", id: "distractors" },
+    el("h3", { text: "Distractor passages changed the answer" }),
+    el("p", { class: "muted", text: "Items whose retrieval prompt held the whole clean evidence set, yet whose answer differs from the clean-evidence answer: only the other retrieved passages differ." }),
+    el("table", { class: "distractor-table" },
+      el("thead", {}, el("tr", {}, ["Model · corpus", "Condition", "gold present", "right→wrong", "wrong→right", "wrong→other", "flows"].map((t) => el("th", { text: t })))),
+      el("tbody", {}, entries.map((d) => el("tr", {},
+        el("td", { text: `${d.model} · ${d.corpus} · ${d.samples_budget}x · dose ${d.conflict_dose}` }),
+        el("td", { text: d.condition }),
+        el("td", { text: `${d.n_gold_present} / ${d.n_items}` }),
+        el("td", {}, itemLinks(d.items.right_to_wrong)),
+        el("td", {}, itemLinks(d.items.wrong_to_right)),
+        el("td", {}, itemLinks(d.items.wrong_to_other)),
+        el("td", { text: d.flows.map((f) => `${f.from} → ${f.to}: ${f.n}`).join("; ") || "–" }))))));
+}
+
 function triageSection() {
   const reports = INDEX.triage;
   if (!reports || !reports.length) return null;
@@ -446,6 +469,8 @@ function renderOverview(app) {
       plots.map(([name, src]) => el("figure", {}, el("img", { src, alt: name }), el("figcaption", { text: name })))));
   }
   app.append(attributionSection());
+  const distractors = distractorSection();
+  if (distractors) app.append(distractors);
   const triage = triageSection();
   if (triage) app.append(triage);
 }
