@@ -244,9 +244,9 @@ def distractor_transitions(
     the module docs).
 
     Returns:
-        One dict per model x corpus x budget x dose x retrieval condition that shares
-        items with clean evidence: ``model, corpus, samples_budget, conflict_dose,
-        condition, n_items, n_gold_present, n_changed`` (changed with the gold
+        One dict per model x corpus x budget x dose x retrieval condition x (context
+        budget, retrieval depth) that shares items with clean evidence: ``model, corpus,
+        samples_budget, conflict_dose, context_budget, retrieval_k, condition, n_items, n_gold_present, n_changed`` (changed with the gold
         present), ``items`` (``right_to_wrong``, ``wrong_to_right``,
         ``wrong_to_other``: sorted ids), ``counts`` of the same, ``flows`` (``[{from,
         to, n, items}]`` by option text, most frequent first) and ``attributed``
@@ -256,21 +256,32 @@ def distractor_transitions(
     for name, corpus in corpora.items():
         for item_id in corpus.items_by_id:
             owner.setdefault(item_id, name)
-    cells: dict[tuple, dict[str, dict[str, ResponseRecord]]] = {}
+    # (model, corpus, budget, dose) -> condition -> (context budget, k) -> item -> record
+    cells: dict[tuple, dict[str, dict[tuple, dict[str, ResponseRecord]]]] = {}
     for r in records:
         if r.item not in owner:
             continue
         key = (r.model, owner[r.item], int(r.samples_budget), response_dose(r))
-        cells.setdefault(key, {}).setdefault(str(r.condition), {})[r.item] = r
+        setting = (r.context_budget, r.retrieval_k)
+        cells.setdefault(key, {}).setdefault(str(r.condition), {}).setdefault(setting, {})[
+            r.item
+        ] = r
     causes = attribution_index(attribution)
     out = []
     for (model, corpus_name, budget, dose), by_condition in cells.items():
-        clean = by_condition.get("clean_evidence")
-        if not clean:
+        clean_settings = by_condition.get("clean_evidence")
+        if not clean_settings:
             continue
+        # clean evidence reads neither the context budget nor k: one setting
+        clean = next(iter(clean_settings.values()))
         corpus = corpora[corpus_name]
-        for condition in sorted(set(by_condition) - set(ORACLE_CONDITIONS)):
-            other = by_condition[condition]
+        for condition, setting, other in (
+            (c, setting, responses)
+            for c in sorted(set(by_condition) - set(ORACLE_CONDITIONS))
+            for setting, responses in sorted(
+                by_condition[c].items(), key=lambda kv: (kv[0][0] or 0, kv[0][1] or 0)
+            )
+        ):
             shared = sorted(set(clean) & set(other))
             if not shared:
                 continue
@@ -300,7 +311,9 @@ def distractor_transitions(
                 flows.setdefault(flow, []).append(item_id)
             attributed: dict[str, int] = {}
             for item_id in groups["right_to_wrong"]:
-                cause = causes.get((model, condition, item_id, budget, dose))
+                cause = causes.get(
+                    (model, condition, item_id, budget, dose, setting[0] or 0, setting[1])
+                )
                 if cause is not None:
                     attributed[cause] = attributed.get(cause, 0) + 1
             out.append(
@@ -309,6 +322,8 @@ def distractor_transitions(
                     "corpus": corpus_name,
                     "samples_budget": budget,
                     "conflict_dose": dose,
+                    "context_budget": setting[0],
+                    "retrieval_k": setting[1],
                     "condition": condition,
                     "n_items": len(shared),
                     "n_gold_present": len(present),

@@ -1027,7 +1027,15 @@ def metrics_from_records(
     # responses that were right with clean evidence alone and went wrong with the gold
     # passages present: their attribution rows say so
     driven = {
-        (d["model"], d["condition"], item, d["samples_budget"], d["conflict_dose"])
+        (
+            d["model"],
+            d["condition"],
+            item,
+            d["samples_budget"],
+            d["conflict_dose"],
+            d.get("context_budget"),
+            d.get("retrieval_k"),
+        )
         for d in distractors
         for item in d["items"]["right_to_wrong"]
     }
@@ -1045,7 +1053,7 @@ def metrics_from_records(
         )
         attribution_counts[key] = attribution_counts.get(key, 0) + 1
         if (row.model, str(row.condition), row.item, row.samples_budget,
-                response_dose(row)) in driven:  # fmt: skip
+                response_dose(row), row.context_budget, row.retrieval_k) in driven:  # fmt: skip
             distractor_counts[key] = distractor_counts.get(key, 0) + 1
     fields = ("model", "corpus", "condition", "samples_budget", "conflict_dose",
               "context_budget", "retrieval_k", "severity", "cause")  # fmt: skip
