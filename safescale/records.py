@@ -64,7 +64,7 @@ __all__ = [
 RESPONSE_SCHEMA_VERSION = 3
 STEP_SCHEMA_VERSION = 2
 ATTRIBUTION_SCHEMA_VERSION = 2
-MANIFEST_SCHEMA_VERSION = 2
+MANIFEST_SCHEMA_VERSION = 3
 METRICS_SCHEMA_VERSION = 1
 TRIAGE_SCHEMA_VERSION = 1
 RELIANCE_SCHEMA_VERSION = 1
@@ -424,6 +424,10 @@ def _manifest_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "formulations": data.get("formulations", {})}
 
 
+def _manifest_v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "max_context": data.get("max_context", {})}
+
+
 class RunManifest(_Versioned):
     """``manifest.json``: what a run was made with.
 
@@ -438,12 +442,15 @@ class RunManifest(_Versioned):
         corpora: corpus name -> reference and content hash.
         formulations: model -> corpus -> answer-formulation choice
             (``{"chosen": str, "candidates": {...}, "calibration_items": [...]}``).
+        max_context: model -> corpus -> how max-context packs it (``{"order":
+            "similarity" | "corpus", "rule": str, "limit": int, ...}``; with ``corpus``
+            also the shared block's ``kept`` ids and ``left_out`` id -> reason).
 
-    Versions: 1 had no ``formulations``; 2 adds it.
+    Versions: 1 had no ``formulations``; 2 adds it; 3 adds ``max_context``.
     """
 
     SCHEMA_VERSION: ClassVar[int] = MANIFEST_SCHEMA_VERSION
-    MIGRATIONS: ClassVar[dict[int, Migration]] = {1: _manifest_v1_to_v2}
+    MIGRATIONS: ClassVar[dict[int, Migration]] = {1: _manifest_v1_to_v2, 2: _manifest_v2_to_v3}
 
     schema_version: int = MANIFEST_SCHEMA_VERSION
     name: str
@@ -455,6 +462,7 @@ class RunManifest(_Versioned):
     models: dict[str, ModelEntry] = Field(default_factory=dict)
     corpora: dict[str, CorpusEntry] = Field(default_factory=dict)
     formulations: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    max_context: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod

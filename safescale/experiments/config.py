@@ -54,6 +54,7 @@ __all__ = [
     "ExperimentConfig",
     "GridCell",
     "ItemFilter",
+    "MaxContextConfig",
     "ModelConfig",
     "RelianceSettings",
     "RetrievalConfig",
@@ -124,6 +125,13 @@ class ModelConfig(_Section):
             (:mod:`safescale.models.microbatch`). 1 answers one item at a time. It
             changes how calls are batched, not what is answered, so it is not part of
             the config hash (a run can be resumed with another value).
+        prefix_cache_mb: bound (MiB) of the model's cross-item prefix cache: the KV
+            states of prompt prefixes shared across items and calls are computed once
+            (:mod:`safescale.models.prefix_cache`; ``docs/prefix-cache.md``). ``0``
+            turns it off. The default holds SmolLM2-135M's whole 8,192-token window
+            in float32 (46 KB a token) plus the tails of the prompts around it. The
+            same answers either way (to float tolerance), so it is not part of the
+            config hash either.
     """
 
     name: str = Field(min_length=1)
@@ -132,6 +140,7 @@ class ModelConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     batch_size: int = Field(8, ge=1)
     items_in_flight: int = Field(1, ge=1)
+    prefix_cache_mb: float = Field(512, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -262,6 +271,25 @@ class RelianceSettings(_Section):
     tolerance: float = Field(1e-3, gt=0.0)
 
 
+class MaxContextConfig(_Section):
+    """How the max-context condition fills its budget
+    (:func:`safescale.agents.nodes.pack_context_node`).
+
+    Attributes:
+        order: ``similarity``: each item's own ranking of the corpus by similarity to
+            its question, whole passages while they fit; ``corpus``: every passage in
+            one fixed corpus order (topic, then grade level, then date), the same
+            evidence block for every item, and when the corpus does not fit the same
+            passages left out for every item (withdrawn, then superseded, then the
+            weakest grade, then the oldest). With ``corpus`` only the question differs
+            between items' prompts, so the prefix cache prefills the block once.
+            The default stays ``similarity`` until the measurement of both orders on
+            the bundled study decides it (``docs/prefix-cache.md``).
+    """
+
+    order: Literal["similarity", "corpus"] = _agent_default("max_context_order")
+
+
 class ItemFilter(_Section):
     """Which items of each corpus to run (applied before ``limit``).
 
@@ -304,6 +332,7 @@ class ExperimentConfig(_Section):
         retrieval: retrieval settings.
         agentic: agentic RAG settings.
         context_budget: prompt token budget for the evidence (None: the model's limit).
+        max_context: how max-context orders and leaves out passages.
         compute: compute budgets.
         answer: how answers are read (formulation, calibration).
         detection: detection settings.
@@ -328,6 +357,7 @@ class ExperimentConfig(_Section):
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     agentic: AgenticConfig = Field(default_factory=AgenticConfig)
     context_budget: int | None = Field(_agent_default("context_budget"), ge=64)
+    max_context: MaxContextConfig = Field(default_factory=MaxContextConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     answer: AnswerConfig = Field(default_factory=AnswerConfig)
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
@@ -477,17 +507,22 @@ def _condition_names(sources: Sequence[str]) -> tuple[str, ...]:
 
 def config_hash(config: ExperimentConfig) -> str:
     """sha256 of the canonical JSON of the resolved config, ``output_dir``, ``limit`` and
-    the models' ``items_in_flight`` excluded.
+    the models' ``items_in_flight`` and ``prefix_cache_mb`` excluded.
 
     Two configs that differ only in where the run is written, or in how many items of
     the same nested order they take (``limit``: a larger limit extends a run), or in
-    how many items a model answers at once (``items_in_flight``: the same answers),
+    how many items a model answers at once (``items_in_flight``) or how much of their
+    prompts' KV states it keeps (``prefix_cache_mb``), which give the same answers,
     hash equally; any other change (including a default made explicit with a different
-    value) changes it.
+    value) changes it. ``max_context`` with ``order: similarity`` (the packing of runs
+    made before the section existed) is left out, so those runs' hashes are unchanged.
     """
     data = config.model_dump(mode="json", exclude={"output_dir", "limit"})
     for model in data.get("models", []):
         model.pop("items_in_flight", None)
+        model.pop("prefix_cache_mb", None)
+    if data.get("max_context") == {"order": "similarity"}:
+        del data["max_context"]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -67,7 +67,7 @@ def _invoke(*args: str):
 def test_runner_writes_the_contract(tiny_run):
     reader = RunDir(tiny_run)
     manifest = reader.manifest()
-    assert manifest.schema_version == 2 and set(manifest.corpora) == {"retina-rules"}
+    assert manifest.schema_version == 3 and set(manifest.corpora) == {"retina-rules"}
     assert manifest.models["tiny"].hash
     responses = reader.responses()
     chosen = manifest.formulations["tiny"]["retina-rules"]["chosen"]
