@@ -171,16 +171,16 @@ def item_order(corpus: Corpus, seed: int) -> list[str]:
 def _prefix_group(condition: str, item: Item, max_context_order: str) -> object:
     """What an item's prompts under ``condition`` start with, as far as it is known
     before answering: the oracle evidence set, the one shared block of max-context in
-    corpus order, else the item's evidence group (items of one group retrieve much the
-    same passages)."""
-    if condition == "clean_evidence":
-        return ("clean", tuple(item.evidence.clean))
+    corpus order; for retrieval, the item's clean evidence set (items answered by the
+    same passage retrieve much the same passages first), else its evidence group."""
     if condition == "conflict_evidence":
         return ("conflict", tuple(item.evidence.conflict))
     if condition == "max_context" and max_context_order == "corpus":
         return ("corpus",)
     if condition == "closed_book":
         return ("none",)
+    if item.evidence.clean:
+        return ("clean", tuple(item.evidence.clean))
     return ("group", item.evidence_id)
 
 

@@ -258,8 +258,6 @@ class PrefixCache:
         with self._lock:
             self._clock += 1
             path = self._walk(ids, len(ids))
-            for node, _ in path:
-                node.last_used = self._clock
             pos = sum(k for _, k in path)
             if pos == len(ids):
                 return 0
@@ -268,9 +266,11 @@ class PrefixCache:
                 last, k = path[-1]
                 if k < len(last.tokens):  # the match ends inside an edge: cut it there
                     before = last.nbytes
-                    tail = last.split(k)
+                    tail = last.split(k)  # the tail keeps its own last use
                     self.stats.stored_bytes += last.nbytes + tail.nbytes - before
                 parent = last
+            for node, _ in path:
+                node.last_used = self._clock
             keys = [
                 layer.keys[row : row + 1, :, pos : len(ids), :].clone() for layer in cache.layers
             ]
