@@ -134,6 +134,9 @@ def _order_comparison(run_a: Path, run_d: Path, config) -> None:
     for comp in metrics["comparisons"]:
         print(f"\ncorpus - similarity, paired over {comp['n_items']} items "
               f"({metrics['run']['resampling_unit']} resampled, 95 % intervals):")  # fmt: skip
+        if comp["n_items"] < 30:
+            print(f"  (only {comp['n_items']} items: too few to decide the default; run the "
+                  "full study)")  # fmt: skip
         for m in RATES:
             d = comp["deltas"][m]
             if d.get("value") is None:
@@ -141,7 +144,7 @@ def _order_comparison(run_a: Path, run_d: Path, config) -> None:
                 continue
             lo, hi = d["lo"], d["hi"]
             verdict = (
-                "no measurable difference (the interval includes 0)"
+                f"no measurable difference at n = {comp['n_items']} (the interval includes 0)"
                 if lo is not None and hi is not None and lo <= 0 <= hi
                 else ("corpus higher" if d["value"] > 0 else "corpus lower")
             )
