@@ -502,8 +502,9 @@ def _manifest_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _manifest_v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
-    # v3 model entries may carry ``parameters``; older ones did not count them.
-    return dict(data)
+    # v3 model entries may carry ``parameters`` (older ones did not count them) and a
+    # run records how max-context packs its corpora
+    return {**data, "max_context": data.get("max_context", {})}
 
 
 class RunManifest(_Versioned):
@@ -520,9 +521,12 @@ class RunManifest(_Versioned):
         corpora: corpus name -> reference and content hash.
         formulations: model -> corpus -> answer-formulation choice
             (``{"chosen": str, "candidates": {...}, "calibration_items": [...]}``).
+        max_context: model -> corpus -> how max-context packs it (``{"order":
+            "similarity" | "corpus", "rule": str, "limit": int, ...}``; with ``corpus``
+            also the shared block's ``kept`` ids and ``left_out`` id -> reason).
 
     Versions: 1 had no ``formulations``; 2 adds it; 3 adds each model's ``parameters``
-    (None in older manifests).
+    (None in older manifests) and ``max_context``.
     """
 
     SCHEMA_VERSION: ClassVar[int] = MANIFEST_SCHEMA_VERSION
@@ -538,6 +542,7 @@ class RunManifest(_Versioned):
     models: dict[str, ModelEntry] = Field(default_factory=dict)
     corpora: dict[str, CorpusEntry] = Field(default_factory=dict)
     formulations: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    max_context: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod

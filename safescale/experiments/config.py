@@ -60,6 +60,7 @@ __all__ = [
     "ExperimentConfig",
     "GridCell",
     "ItemFilter",
+    "MaxContextConfig",
     "MlflowTracking",
     "ModelConfig",
     "RelianceSettings",
@@ -137,6 +138,13 @@ class ModelConfig(_Section):
             (:mod:`safescale.models.microbatch`). 1 answers one item at a time. It
             changes how calls are batched, not what is answered, so it is not part of
             the config hash (a run can be resumed with another value).
+        prefix_cache_mb: bound (MiB) of the model's cross-item prefix cache: the KV
+            states of prompt prefixes shared across items and calls are computed once
+            (:mod:`safescale.models.prefix_cache`; ``docs/prefix-cache.md``). ``0``
+            turns it off. The default holds SmolLM2-135M's whole 8,192-token window
+            in float32 (46 KB a token) plus the tails of the prompts around it. The
+            same answers either way (to float tolerance), so it is not part of the
+            config hash either.
     """
 
     name: str = Field(min_length=1)
@@ -145,6 +153,7 @@ class ModelConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     batch_size: int = Field(8, ge=1)
     items_in_flight: int = Field(1, ge=1)
+    prefix_cache_mb: float = Field(512, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -305,6 +314,25 @@ class RelianceSettings(_Section):
     mode: Literal["all_later", "answer"] = "all_later"
     conditions: tuple[str, ...] | None = None
     tolerance: float = Field(1e-3, gt=0.0)
+
+
+class MaxContextConfig(_Section):
+    """How the max-context condition fills its budget
+    (:func:`safescale.agents.nodes.pack_context_node`).
+
+    Attributes:
+        order: ``similarity``: each item's own ranking of the corpus by similarity to
+            its question, whole passages while they fit; ``corpus``: every passage in
+            one fixed corpus order (topic, then grade level, then date), the same
+            evidence block for every item, and when the corpus does not fit the same
+            passages left out for every item (withdrawn, then superseded, then the
+            weakest grade, then the oldest). With ``corpus`` only the question differs
+            between items' prompts, so the prefix cache prefills the block once.
+            The default stays ``similarity`` until the measurement of both orders on
+            the bundled study decides it (``docs/prefix-cache.md``).
+    """
+
+    order: Literal["similarity", "corpus"] = _agent_default("max_context_order")
 
 
 class ItemFilter(_Section):
@@ -468,6 +496,7 @@ class ExperimentConfig(_Section):
         context_budget: max-context prompt token budget (None or ``max``: the model's
             limit); a list sweeps it (a scalar is a one-value list; the first value is
             the base the other conditions run at).
+        max_context: how max-context orders and leaves out passages.
         compute: compute budgets.
         answer: how answers are read (formulation, calibration).
         detection: detection settings.
@@ -498,6 +527,7 @@ class ExperimentConfig(_Section):
     context_budget: tuple[Annotated[int, Field(ge=64)] | None, ...] = (
         _agent_default("context_budget"),
     )
+    max_context: MaxContextConfig = Field(default_factory=MaxContextConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     answer: AnswerConfig = Field(default_factory=AnswerConfig)
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
@@ -665,6 +695,7 @@ class ExperimentConfig(_Section):
                     f"(conditions: {', '.join(known)})"
                 )
         return axes
+
     @field_validator("reliance")
     @classmethod
     def _reliance_conditions(
@@ -814,27 +845,32 @@ def _condition_names(sources: Sequence[str], import_path: Sequence[Path] = ()) -
 
 def config_hash(config: ExperimentConfig) -> str:
     """sha256 of the canonical JSON of the resolved config, ``output_dir``, ``limit``,
-    ``tracking``, ``import_path``, the models' ``items_in_flight`` and the detection
-    settings but ``enabled`` excluded.
+    ``tracking``, ``import_path``, the models' ``items_in_flight`` and
+    ``prefix_cache_mb`` and the detection settings but ``enabled`` excluded.
 
     Two configs that differ only in where the run is written (or logged: ``tracking``
     is excluded too), or in how many items of
     the same nested order they take (``limit``: a larger limit extends a run), or in
-    how many items a model answers at once (``items_in_flight``: the same answers),
+    how many items a model answers at once (``items_in_flight``) or how much of their
+    prompts' KV states it keeps (``prefix_cache_mb``), which give the same answers,
     or in where their condition modules are found (``import_path``), hash equally; any
     other change (including a default made explicit with a different value) changes it.
     A one-value ``context_budget`` or ``retrieval.k`` list hashes as the scalar it is,
-    an unset ``axis_conditions`` is left out, and the default comparisons
-    (``metrics.comparisons`` unset) hash as the fixed list they were before they became
-    per-run. Of the detection settings only ``enabled`` counts: the others decide how
-    frozen responses are scored, never an answer. A run made under an earlier rule
-    still resumes: the runner re-reads its own ``config.yaml``.
+    an unset ``axis_conditions`` and ``max_context`` with ``order: similarity`` are
+    left out, and the default comparisons (``metrics.comparisons`` unset) hash as the
+    fixed list they were before they became per-run. Of the detection settings only
+    ``enabled`` counts: the others decide how frozen responses are scored, never an
+    answer. A run made under an earlier rule still resumes: the runner re-reads its own
+    ``config.yaml``.
     """
     data = config.model_dump(
         mode="json", exclude={"output_dir", "limit", "tracking", "import_path"}
     )
     for model in data.get("models", []):
         model.pop("items_in_flight", None)
+        model.pop("prefix_cache_mb", None)
+    if data.get("max_context") == {"order": "similarity"}:
+        del data["max_context"]
     detection = data.get("detection") or {}
     data["detection"] = {"enabled": detection.get("enabled", False)}
     if data.get("axis_conditions") is None:

@@ -245,12 +245,13 @@ def distractor_transitions(
 
     Returns:
         One dict per model x corpus x budget x dose x retrieval condition x (context
-        budget, retrieval depth) that shares items with clean evidence: ``model, corpus,
-        samples_budget, conflict_dose, context_budget, retrieval_k, condition, n_items, n_gold_present, n_changed`` (changed with the gold
-        present), ``items`` (``right_to_wrong``, ``wrong_to_right``,
-        ``wrong_to_other``: sorted ids), ``counts`` of the same, ``flows`` (``[{from,
-        to, n, items}]`` by option text, most frequent first) and ``attributed``
-        (cause -> count among the right-to-wrong responses that carry an attribution).
+        budget, retrieval depth) that shares items with clean evidence: ``model,
+        corpus, samples_budget, conflict_dose, context_budget, retrieval_k, condition,
+        n_items, n_gold_present, n_changed`` (changed with the gold present), ``items``
+        (``right_to_wrong``, ``wrong_to_right``, ``wrong_to_other``: sorted ids),
+        ``counts`` of the same, ``flows`` (``[{from, to, n, items}]`` by option text,
+        most frequent first) and ``attributed`` (cause -> count among the
+        right-to-wrong responses that carry an attribution).
     """
     owner: dict[str, str] = {}
     for name, corpus in corpora.items():

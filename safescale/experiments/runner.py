@@ -85,6 +85,7 @@ __all__ = [
     "PreparedRun",
     "RunConflictError",
     "RunSummary",
+    "answer_order",
     "commit",
     "detect_run",
     "evaluate_run",
@@ -138,6 +139,7 @@ class RunSummary:
     lm_cache_hits: int = 0
     lm_cache_misses: int = 0
     seconds: float = 0.0
+    prefix_cache: dict[str, dict] = field(default_factory=dict)
 
 
 def select_items(corpus: Corpus, config: ExperimentConfig) -> list[Item]:
@@ -171,6 +173,37 @@ def item_order(corpus: Corpus, seed: int) -> list[str]:
     ids = sorted(item.id for item in corpus.items)
     rng = np.random.default_rng([seed, 104729])
     return [ids[i] for i in rng.permutation(len(ids))]
+
+
+def _prefix_group(condition: str, item: Item, max_context_order: str) -> object:
+    """What an item's prompts under ``condition`` start with, as far as it is known
+    before answering: the oracle evidence set, the one shared block of max-context in
+    corpus order; for retrieval, the item's clean evidence set (items answered by the
+    same passage retrieve much the same passages first), else its evidence group."""
+    if condition == "conflict_evidence":
+        return ("conflict", tuple(item.evidence.conflict))
+    if condition == "max_context" and max_context_order == "corpus":
+        return ("corpus",)
+    if condition == "closed_book":
+        return ("none",)
+    if item.evidence.clean:
+        return ("clean", tuple(item.evidence.clean))
+    return ("group", item.evidence_id)
+
+
+def answer_order(
+    task: CellTask, corpus: Corpus, *, max_context_order: str = "similarity"
+) -> list[str]:
+    """The order a shard's items are answered in: items whose prompts start alike (the
+    same evidence set, see :func:`_prefix_group`) next to each other, so the prefix
+    cache holds their shared prefix while they run. Groups keep the shard order of
+    their first item, items the shard order within a group. Only the answering order:
+    records are still committed in shard order."""
+    groups: dict[object, list[str]] = {}
+    for item_id in task.item_ids:
+        key = _prefix_group(task.condition, corpus.item(item_id), max_context_order)
+        groups.setdefault(key, []).append(item_id)
+    return [item_id for ids in groups.values() for item_id in ids]
 
 
 # ---------------------------------------------------------------- run directory
@@ -446,6 +479,51 @@ class CellWorker:
             "formulations": {
                 self.corpus(ref).name: self.answering(ref) for ref in self.config.corpora
             },
+            "max_context": {
+                self.corpus(ref).name: self.max_context_record(ref)
+                for ref in self.config.corpora
+                if "max_context" in self.config.condition_names
+            },
+        }
+
+    def max_context_record(self, ref: str) -> dict:
+        """How max-context packs a corpus for this model (recorded in the manifest):
+        the order and, for ``corpus``, the shared block and what it leaves out, at the
+        base context budget; with a swept budget also per budget (``budgets``: label
+        -> the same fields)."""
+        budgets = self.config.context_budget
+        record = self._max_context_at(ref, budgets[0])
+        if len(budgets) > 1:
+            record["budgets"] = {
+                context_budget_label(b): self._max_context_at(ref, b) for b in budgets
+            }
+        return record
+
+    def _max_context_at(self, ref: str, context_budget: int | None) -> dict:
+        from safescale.agents.nodes import CORPUS_ORDER_RULE, LEAVE_OUT_RULE, max_context_block
+
+        order = self.config.max_context.order
+        budget = min(context_budget or self.lm.context_length, self.lm.context_length)
+        limit = budget - AgentSettings.model_fields["answer_reserve"].default
+        if order != "corpus":
+            return {
+                "order": order,
+                "rule": "every passage ranked by similarity to each item's question; whole "
+                "passages while the prompt stays within the limit",
+                "limit": limit,
+            }
+        block = max_context_block(
+            self.lm, self.corpus(ref), limit=limit, formulation=self.answering(ref)["chosen"]
+        )
+        return {
+            "order": order,
+            "rule": CORPUS_ORDER_RULE,
+            "leave_out_rule": LEAVE_OUT_RULE,
+            "limit": limit,
+            "evidence_tokens": block.evidence_tokens,
+            "longest_item": block.longest_item,
+            "kept": list(block.kept),
+            "left_out": block.left_out,
         }
 
     def answering(self, ref: str) -> dict:
@@ -502,6 +580,7 @@ class CellWorker:
             formulation=self.answering(task.corpus)["chosen"],
             position_prior=self.answering(task.corpus).get("position_prior"),
             conflict_dose=task.conflict_dose,
+            max_context_order=config.max_context.order,
         )
         return AgentContext(
             lm=self.cached,
@@ -580,13 +659,20 @@ class CellWorker:
         """Answer the items of a shard, yielded in shard order.
 
         With the model's ``items_in_flight`` > 1, that many items are answered at once
-        (their scoring calls merged, see :mod:`safescale.models.microbatch`); the
-        results are still yielded in shard order, each once it and every earlier item
-        are done. A failing item stops the shard after the items before it.
+        (their scoring calls merged, see :mod:`safescale.models.microbatch`). A failing
+        item stops the shard after the items before it that are done.
+
+        Items are answered in :func:`answer_order` (those whose prompts share an
+        evidence set next to each other, for the prefix cache) and yielded in shard
+        order, each once it and every earlier item are done: what is committed, and in
+        which order, does not change (an item answered but not yet yielded when a run
+        stops is answered again on resume, its LM calls read from the LM cache).
         """
+        order = answer_order(task, ctx.corpus, max_context_order=self.config.max_context.order)
         if self.batcher is None or len(task.item_ids) < 2:
-            for item_id in task.item_ids:
-                yield self.run_item(task, item_id, ctx)
+            yield from _in_shard_order(
+                lambda item_id: self.run_item(task, item_id, ctx), list(task.item_ids), order
+            )
             return
         yield from _in_flight(
             lambda item_id: self.run_item(task, item_id, ctx),
@@ -594,6 +680,7 @@ class CellWorker:
             min(self.model_cfg.items_in_flight, len(task.item_ids)),
             self.batcher,
             prepare=lambda: self._graph(task.condition),
+            order=order,
         )
 
     def run_task(self, task: CellTask) -> list[ItemResult]:
@@ -605,6 +692,31 @@ class CellWorker:
         self._conn.close()
 
 
+def _in_shard_order(
+    answer: Callable[[str], ItemResult], item_ids: list[str], order: list[str]
+) -> Iterator[ItemResult]:
+    """Answer ``item_ids`` one by one in ``order`` (a permutation of them); yield the
+    results in ``item_ids`` order, each once it and every earlier one are done. When an
+    item fails, the done items before it in ``item_ids`` order are yielded, then its
+    exception is raised."""
+    done: dict[str, ItemResult] = {}
+    position = 0
+
+    def ready() -> Iterator[ItemResult]:
+        nonlocal position
+        while position < len(item_ids) and item_ids[position] in done:
+            yield done.pop(item_ids[position])
+            position += 1
+
+    for item_id in order:
+        try:
+            done[item_id] = answer(item_id)
+        except BaseException:
+            yield from ready()
+            raise
+        yield from ready()
+
+
 def _in_flight(
     answer: Callable[[str], ItemResult],
     item_ids: list[str],
@@ -612,15 +724,27 @@ def _in_flight(
     batcher: Any,
     *,
     prepare: Callable[[], object],
+    order: list[str] | None = None,
 ) -> Iterator[ItemResult]:
     """Answer ``item_ids`` with ``threads`` item threads of ``batcher`` (each takes the
-    next unanswered item when it is free); yield the results in ``item_ids`` order.
-    An item's exception is raised when its turn to be yielded comes; no new item is
-    started after one failed, and every thread has ended when this returns."""
+    next unanswered item of ``order``, default ``item_ids``, when it is free); yield
+    the results in ``item_ids`` order. An item's exception is raised when its turn to
+    be yielded comes (or, when an earlier item was never started because of it, at
+    that earlier item's turn); no new item is started after one failed, and every
+    thread has ended when this returns."""
     prepare()  # shared lazy state (the compiled graph) is built before the threads start
     lock = threading.Condition()
     results: dict[int, ItemResult | BaseException] = {}
-    state: dict[str, Any] = {"next": 0, "stop": False, "crash": None, "ended": 0}
+    index_of = {item_id: i for i, item_id in enumerate(item_ids)}
+    sequence = [index_of[i] for i in (order or item_ids)]
+    started: set[int] = set()
+    state: dict[str, Any] = {
+        "next": 0,
+        "stop": False,
+        "crash": None,
+        "ended": 0,
+        "failure": None,
+    }
 
     def work() -> None:
         try:
@@ -638,10 +762,11 @@ def _in_flight(
         with batcher.worker():
             while True:
                 with lock:
-                    if state["stop"] or state["next"] >= len(item_ids):
+                    if state["stop"] or state["next"] >= len(sequence):
                         return
-                    index = state["next"]
+                    index = sequence[state["next"]]
                     state["next"] += 1
+                    started.add(index)
                 try:
                     out: ItemResult | BaseException = answer(item_ids[index])
                 except BaseException as exc:  # re-raised in order below
@@ -650,6 +775,7 @@ def _in_flight(
                     results[index] = out
                     if isinstance(out, BaseException):
                         state["stop"] = True
+                        state["failure"] = state["failure"] or out
                     lock.notify_all()
                 batcher.wake()
 
@@ -664,11 +790,12 @@ def _in_flight(
 
             def ready(index: int = index) -> bool:
                 with lock:
-                    return index in results or state["crash"] is not None
+                    never = state["stop"] and index not in started
+                    return index in results or state["crash"] is not None or never
 
             batcher.serve(ready)  # this thread runs the items' model calls meanwhile
             with lock:
-                out = results.pop(index, state["crash"])
+                out = results.pop(index, state["crash"] or state["failure"])
             if isinstance(out, BaseException):
                 raise out
             yield out
@@ -853,13 +980,17 @@ class writing_run:
 
 
 def record_model(run_dir: Path, manifest: RunManifest, name: str, info: dict) -> None:
-    """Write a model's spec and hash, and how it reads answers on each corpus
-    (``info["formulations"]``), into the manifest."""
+    """Write a model's spec and hash, how it reads answers on each corpus
+    (``info["formulations"]``) and how max-context packs it (``info["max_context"]``),
+    into the manifest."""
     info = dict(info)
     formulations = info.pop("formulations", None)
+    max_context = info.pop("max_context", None)
     manifest.models[name] = ModelEntry.model_validate(info)
     if formulations is not None:
         manifest.formulations[name] = formulations
+    if max_context:
+        manifest.max_context[name] = max_context
     write_manifest(run_dir, manifest)
 
 
@@ -940,6 +1071,9 @@ def run_experiment(
                 finally:
                     summary.lm_cache_hits += worker.cached.hits
                     summary.lm_cache_misses += worker.cached.misses
+                    prefix = worker.lm.prefix_cache
+                    if prefix is not None:
+                        summary.prefix_cache[model_cfg.name] = prefix.stats.as_dict()
                     worker.close()
     summary.seconds = time.perf_counter() - started
     return summary
@@ -962,6 +1096,7 @@ def _load(model_cfg: ModelConfig, load_model):
         device=model_cfg.device,
         dtype=model_cfg.dtype,
         batch_size=model_cfg.batch_size,
+        prefix_cache_mb=model_cfg.prefix_cache_mb,
     )
 
 

@@ -191,6 +191,8 @@ def _label_verdicts(label: str, labels: SafetyLabels) -> list[str]:
             f"({labels.rule_description or 'see corpus.yaml'}), not by experts."
         )
     return out
+
+
 def _unit_table(frame: pd.DataFrame, unit: str, columns: Sequence[str]) -> pd.DataFrame:
     key = unit if unit != "item" else "item"
     return frame.assign(n=1).groupby(key, sort=True)[[*columns, "n"]].sum()

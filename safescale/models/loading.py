@@ -56,6 +56,7 @@ def load_model(
     use_chat_template: bool | None = None,
     progress: bool = False,
     verbose: bool = False,
+    prefix_cache_mb: float = 0,
 ) -> LanguageModel:
     """Load a language model.
 
@@ -75,6 +76,9 @@ def load_model(
         verbose: show transformers' own progress bars while the weights load
             ("Loading weights"); off by default so that commands print only their
             output.
+        prefix_cache_mb: bound of the model's cross-call prefix cache in MiB
+            (:mod:`safescale.models.prefix_cache`); 0 (default) prefills every prompt
+            from scratch.
 
     Raises:
         UnknownModelError: the spec is not registered, not a path and not loadable; the
@@ -117,6 +121,7 @@ def load_model(
         batch_size=batch_size,
         use_chat_template=chat,
         verbose=verbose,
+        prefix_cache_mb=prefix_cache_mb,
     )
 
 
@@ -193,6 +198,7 @@ def _build(
     batch_size: int,
     use_chat_template: bool | None,
     verbose: bool = False,
+    prefix_cache_mb: float = 0,
 ) -> LanguageModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -215,6 +221,7 @@ def _build(
         use_chat_template=use_chat_template,
         system_prompt=system_prompt,
         batch_size=batch_size,
+        prefix_cache_mb=prefix_cache_mb,
     )
 
 
