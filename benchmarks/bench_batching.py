@@ -114,8 +114,12 @@ def main() -> None:
             worker = CellWorker(config, "bench")
             try:
                 cell = ("bench", corpus.name, args.condition, 1)
-                worker.run_task(CellTask(*cell, (warmup.id,)))
-                task = CellTask(*cell, tuple(i.id for i in timed))
+                axes = {
+                    "context_budget": config.context_budget[0],
+                    "retrieval_k": config.retrieval.k[0],
+                }
+                worker.run_task(CellTask(*cell, (warmup.id,), **axes))
+                task = CellTask(*cell, tuple(i.id for i in timed), **axes)
                 seconds[n] = _time(lambda task=task, worker=worker: worker.run_task(task))
                 merged = ""
                 if worker.batcher is not None:

@@ -17,7 +17,10 @@ study's setting), with the bundled model:
   NOCTX forwards + decoding); the separate row samples with ``generate`` (its own
   prefill) and runs every detector pass from scratch; and the extrapolated time of the
   full ``--study-items`` (12,522) study per condition (target <= 9 h);
-* per condition: the seconds per item of every condition graph (no detection).
+* per condition: the seconds per item of every condition graph (no detection), with
+  the prefix cache off and on in the same run (``--prefix-cache-mb``; the cache of a
+  condition persists across its items, as in a study, so the median item is the
+  steady state) and max-context packed in ``--max-context-order``.
 
 Every measurement starts from a fresh LM cache that holds only the neutral-prompt
 scores of the corpus's option texts (``cloze_pmi`` divides by them): a study computes
@@ -67,6 +70,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--study-items", type=int, default=12522)
     parser.add_argument("--conditions", default="all", help="comma list, or 'all', or 'none'")
+    parser.add_argument("--prefix-cache-mb", type=float, default=512)
+    parser.add_argument("--max-context-order", choices=["similarity", "corpus"],
+                        default="similarity")  # fmt: skip
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from safescale.agents import AgentContext, AgentSettings, build_condition
@@ -82,6 +88,7 @@ def main() -> None:
     )
     from safescale.detection.pipeline import DEFAULT_DETECTORS
     from safescale.models import load_model
+    from safescale.models.prefix_cache import PrefixCache
 
     lm = load_model(args.model)
     corpus = load_corpus(args.corpus)
@@ -132,6 +139,9 @@ def main() -> None:
             stores[name] = store
 
     settings0 = AgentSettings(formulation="cloze_pmi")
+    settings_c = AgentSettings(formulation="cloze_pmi", max_context_order=args.max_context_order)
+    # one prefix cache per condition, kept across its items (a study's steady state)
+    prefix_caches = {c: PrefixCache.from_megabytes(args.prefix_cache_mb) for c in conditions}
     settings_s = AgentSettings(formulation="cloze_pmi", extra_samples=args.samples)
     graph_run("clean_evidence", items[0], settings_s, full_plan, tempfile.mkdtemp())  # warm-up
     for item in items:
@@ -192,11 +202,14 @@ def main() -> None:
         t_old_features = _time(lambda: extract_features([rec], lm, full_plan))
         add("ecrt study per response (separate detection stage)", t_old_answer + t_old_features)
         for condition in conditions:
-            with tempfile.TemporaryDirectory() as tmp:
-                add(
-                    f"condition {condition}",
-                    _time(lambda: graph_run(condition, item, settings0, None, tmp)),
-                )
+            for state in ("off", "on"):
+                lm.prefix_cache = prefix_caches[condition] if state == "on" else None
+                with tempfile.TemporaryDirectory() as tmp:
+                    add(
+                        f"condition {condition}, prefix cache {state}",
+                        _time(lambda: graph_run(condition, item, settings_c, None, tmp)),
+                    )
+            lm.prefix_cache = None
 
     med = {name: statistics.median(values) for name, values in rows.items()}
     floor_ecrt = med["floor: answer-prompt forward"] + med["floor: NOCTX forward"]
@@ -214,6 +227,8 @@ def main() -> None:
     )
     print("| piece | seconds | x floor |\n|---|---|---|")
     for name, value in med.items():
+        if name.startswith("condition "):
+            continue  # their own table below
         if name.startswith(("floor", "work")):
             print(f"| {name} | {value:.3f} | |")
         elif name.startswith("answer + ECRT"):
@@ -232,6 +247,23 @@ def main() -> None:
                 f"| {name} | {value:.3f} | {value / med['floor: answer-prompt forward']:.2f}x "
                 "answer forward |"
             )
+    if conditions:
+        print(
+            f"\n| condition (max-context order {args.max_context_order}) | prefix cache off "
+            f"(s/item) | on, {args.prefix_cache_mb:g} MB (s/item) | on / off | off x answer "
+            "forward |\n|---|---|---|---|---|"
+        )
+        for condition in conditions:
+            off = med[f"condition {condition}, prefix cache off"]
+            on = med[f"condition {condition}, prefix cache on"]
+            print(
+                f"| {condition} | {off:.3f} | {on:.3f} | {on / off:.2f}x | "
+                f"{off / med['floor: answer-prompt forward']:.2f}x |"
+            )
+        for condition in conditions:
+            cache = prefix_caches[condition]
+            if cache is not None:
+                print(f"prefix cache of {condition}: {cache.stats.as_dict()}")
     spreads = [statistics.pstdev(v) / statistics.mean(v) for v in rows.values() if len(v) > 1]
     if spreads:
         print(f"largest relative spread across items: {max(spreads):.0%} (machine load adds noise)")

@@ -20,7 +20,8 @@ block searching with the rewritten query; its passages are used as they come, as
 uses its web results. Unlike ``agentic_rag`` there are no metadata rules (status,
 grade, scope), no loop and no synthesis: one LM-triggered correction per item at most.
 
-Run it beside the bundled conditions (from the repository root)::
+Run it beside the bundled conditions (the config finds this file in its own
+directory, from any working directory)::
 
     safescale run examples/crag.yaml --limit 6
 """

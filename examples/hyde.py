@@ -12,7 +12,8 @@ status, no reranking: standard RAG's retrieval) and ``answer`` are safescale's p
 blocks, so HyDE differs from ``standard_rag`` only in the query. The retrieve step
 records the hypothetical passage as its query, so the trace shows what was searched.
 
-Run it beside the bundled conditions (from the repository root)::
+Run it beside the bundled conditions (the config finds this file in its own
+directory, from any working directory)::
 
     safescale run examples/hyde.yaml --limit 6
 """

@@ -33,6 +33,7 @@ from pydantic import (
 __all__ = [
     "ATTRIBUTION_SCHEMA_VERSION",
     "CONDITIONS",
+    "DEFAULT_RETRIEVAL_K",
     "MANIFEST_SCHEMA_VERSION",
     "METRICS_SCHEMA_VERSION",
     "RECORD_SCHEMA_VERSION",
@@ -51,6 +52,7 @@ __all__ = [
     "PassageMasking",
     "RelianceRecord",
     "ReplayRecord",
+    "ResponseKey",
     "ResponseRecord",
     "RetrievedRef",
     "RunManifest",
@@ -59,15 +61,16 @@ __all__ = [
     "StepRecord",
     "TriageReportRecord",
     "check_slug",
+    "context_budget_label",
 ]
 
-RESPONSE_SCHEMA_VERSION = 3
-STEP_SCHEMA_VERSION = 2
-ATTRIBUTION_SCHEMA_VERSION = 2
-MANIFEST_SCHEMA_VERSION = 2
+RESPONSE_SCHEMA_VERSION = 4
+STEP_SCHEMA_VERSION = 3
+ATTRIBUTION_SCHEMA_VERSION = 3
+MANIFEST_SCHEMA_VERSION = 3
 METRICS_SCHEMA_VERSION = 1
 TRIAGE_SCHEMA_VERSION = 2
-RELIANCE_SCHEMA_VERSION = 1
+RELIANCE_SCHEMA_VERSION = 2
 #: Kept for older imports: the version of the response records.
 RECORD_SCHEMA_VERSION = RESPONSE_SCHEMA_VERSION
 
@@ -180,14 +183,56 @@ def _add_conflict_dose(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "conflict_dose": data.get("conflict_dose", 0)}
 
 
+#: The retrieval depth of the agents' settings when a config names none (the value a
+#: record made before the retrieval-depth axis is read with, unless the run directory's
+#: own config says otherwise; see :class:`~safescale.experiments.rundir.RunDir`).
+DEFAULT_RETRIEVAL_K = 5
+
+
+def _add_scale_axes(data: dict[str, Any]) -> dict[str, Any]:
+    # records made before the context-budget and retrieval-depth axes ran at the run's
+    # single configured values; the run-directory reader fills those in from the run's
+    # config.yaml before validation, so only a record read on its own gets the
+    # defaults (the model's maximum; k = 5).
+    return {
+        **data,
+        "context_budget": data.get("context_budget"),
+        "retrieval_k": data.get("retrieval_k", DEFAULT_RETRIEVAL_K),
+    }
+
+
+#: Identity of a response in a run: (model, condition, item, samples_budget,
+#: conflict_dose, context_budget, retrieval_k).
+ResponseKey = tuple[str, str, str, int, int, int | None, int]
+
+
+def _key(record: Any) -> ResponseKey:
+    return (
+        record.model,
+        str(record.condition),
+        record.item,
+        int(record.samples_budget),
+        int(record.conflict_dose),
+        None if record.context_budget is None else int(record.context_budget),
+        int(record.retrieval_k),
+    )
+
+
+def context_budget_label(budget: int | None) -> str:
+    """A context budget as reports show it: the token count, or ``max`` (the model's
+    maximum)."""
+    return "max" if budget is None else str(int(budget))
+
+
 class StepRecord(_Versioned):
     """One node execution inside one condition graph for one item (``steps.jsonl``).
 
-    Versions: 1 had no ``conflict_dose``; 2 adds it (0 before the dose axis).
+    Versions: 1 had no ``conflict_dose``; 2 adds it (0 before the dose axis); 3 adds
+    ``context_budget`` and ``retrieval_k`` (see :class:`ResponseRecord`).
     """
 
     SCHEMA_VERSION: ClassVar[int] = STEP_SCHEMA_VERSION
-    MIGRATIONS: ClassVar[dict[int, Migration]] = {1: _add_conflict_dose}
+    MIGRATIONS: ClassVar[dict[int, Migration]] = {1: _add_conflict_dose, 2: _add_scale_axes}
 
     schema_version: int = STEP_SCHEMA_VERSION
     run: str
@@ -196,6 +241,8 @@ class StepRecord(_Versioned):
     model: str
     samples_budget: int = 1
     conflict_dose: int = 0
+    context_budget: int | None = None
+    retrieval_k: int = DEFAULT_RETRIEVAL_K
     node: str
     step: int
     inputs_digest: str
@@ -210,6 +257,11 @@ class StepRecord(_Versioned):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     wall_ms: float = 0.0
+
+    @property
+    def key(self) -> ResponseKey:
+        """Identity of the response this step belongs to."""
+        return _key(self)
 
 
 class SampleRecord(BaseModel):
@@ -247,12 +299,23 @@ class ResponseRecord(_Versioned):
     drawn for it (added unless already there; fewer than the dose when the item's
     conflicting pool is smaller: ``dose_capped``).
 
+    ``context_budget`` is the cell's prompt token budget (None: the model's maximum;
+    max-context packs passages up to it) and ``retrieval_k`` its retrieval depth (the
+    RAG conditions' top-k). A condition a swept axis does not apply to runs at the
+    axis's base value (see :class:`~safescale.experiments.config.AxisConditions`).
+
     Versions: 1 had no ``formulation`` (always the letter logits); 2 adds it; 3 adds
-    ``conflict_dose``, ``conflict_injected`` and ``dose_capped`` (0, none, False before).
+    ``conflict_dose``, ``conflict_injected`` and ``dose_capped`` (0, none, False before);
+    4 adds ``context_budget`` and ``retrieval_k`` (before: the run's single configured
+    values, filled in by the run-directory reader from the run's ``config.yaml``).
     """
 
     SCHEMA_VERSION: ClassVar[int] = RESPONSE_SCHEMA_VERSION
-    MIGRATIONS: ClassVar[dict[int, Migration]] = {1: _response_v1_to_v2, 2: _add_conflict_dose}
+    MIGRATIONS: ClassVar[dict[int, Migration]] = {
+        1: _response_v1_to_v2,
+        2: _add_conflict_dose,
+        3: _add_scale_axes,
+    }
 
     schema_version: int = RESPONSE_SCHEMA_VERSION
     run: str
@@ -261,6 +324,8 @@ class ResponseRecord(_Versioned):
     item: str
     samples_budget: int = 1
     conflict_dose: int = 0
+    context_budget: int | None = None
+    retrieval_k: int = DEFAULT_RETRIEVAL_K
     conflict_injected: list[str] = Field(default_factory=list)
     dose_capped: bool = False
     formulation: str = "letter"
@@ -280,19 +345,21 @@ class ResponseRecord(_Versioned):
     wall_ms: float = 0.0
 
     @property
-    def key(self) -> tuple[str, str, str, int, int]:
-        """Identity in a run: (model, condition, item, samples_budget, conflict_dose)."""
-        return (self.model, str(self.condition), self.item, self.samples_budget, self.conflict_dose)
+    def key(self) -> ResponseKey:
+        """Identity in a run: (model, condition, item, samples_budget, conflict_dose,
+        context_budget, retrieval_k)."""
+        return _key(self)
 
 
 class AttributionRecord(_Versioned):
     """The attributed cause of one high-risk or unsafe answer (``attribution.jsonl``).
 
-    Versions: 1 had no ``conflict_dose``; 2 adds it (0 before the dose axis).
+    Versions: 1 had no ``conflict_dose``; 2 adds it (0 before the dose axis); 3 adds
+    ``context_budget`` and ``retrieval_k`` (see :class:`ResponseRecord`).
     """
 
     SCHEMA_VERSION: ClassVar[int] = ATTRIBUTION_SCHEMA_VERSION
-    MIGRATIONS: ClassVar[dict[int, Migration]] = {1: _add_conflict_dose}
+    MIGRATIONS: ClassVar[dict[int, Migration]] = {1: _add_conflict_dose, 2: _add_scale_axes}
 
     schema_version: int = ATTRIBUTION_SCHEMA_VERSION
     model: str
@@ -300,6 +367,8 @@ class AttributionRecord(_Versioned):
     item: str
     samples_budget: int = 1
     conflict_dose: int = 0
+    context_budget: int | None = None
+    retrieval_k: int = DEFAULT_RETRIEVAL_K
     severity: str  # "high_risk" | "unsafe"
     cause: str
     step: int | None = None
@@ -307,9 +376,9 @@ class AttributionRecord(_Versioned):
     explanation: str
 
     @property
-    def key(self) -> tuple[str, str, str, int, int]:
+    def key(self) -> ResponseKey:
         """Identity of the attributed response."""
-        return (self.model, str(self.condition), self.item, self.samples_budget, self.conflict_dose)
+        return _key(self)
 
 
 # ---------------------------------------------------------------- causal reliance
@@ -365,9 +434,12 @@ class RelianceRecord(_Versioned):
             own ``cited_ids`` among its prompt passages), ``supporting_stance`` (no
             citations: the prompt passages whose stance supports the chosen option, of
             the strongest grade level among them) or ``none`` (neither exists).
+
+    Versions: 2 adds ``context_budget`` and ``retrieval_k`` (see :class:`ResponseRecord`).
     """
 
     SCHEMA_VERSION: ClassVar[int] = RELIANCE_SCHEMA_VERSION
+    MIGRATIONS: ClassVar[dict[int, Migration]] = {1: _add_scale_axes}
 
     schema_version: int = RELIANCE_SCHEMA_VERSION
     run: str
@@ -376,6 +448,8 @@ class RelianceRecord(_Versioned):
     item: str
     samples_budget: int = 1
     conflict_dose: int = 0
+    context_budget: int | None = None
+    retrieval_k: int = DEFAULT_RETRIEVAL_K
     formulation: str
     mode: str
     status: str
@@ -393,9 +467,9 @@ class RelianceRecord(_Versioned):
     wall_ms: float = 0.0
 
     @property
-    def key(self) -> tuple[str, str, str, int, int]:
+    def key(self) -> ResponseKey:
         """Identity of the measured response."""
-        return (self.model, str(self.condition), self.item, self.samples_budget, self.conflict_dose)
+        return _key(self)
 
 
 # ---------------------------------------------------------------- the manifest
@@ -411,6 +485,8 @@ class ModelEntry(BaseModel):
         served: a served model's settings (no API key), identity, what the capability
             probe found, the formulations it can serve and its request counters.
         whitebox: the local spec of the same weights for white-box detection.
+        parameters: the parameter count (the model-size axis of the scaling analysis;
+            None when the run predates it or the backend cannot count them).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -421,6 +497,7 @@ class ModelEntry(BaseModel):
     layers: int | None = None
     served: dict[str, Any] | None = None
     whitebox: str | None = None
+    parameters: int | None = None
 
 
 class CorpusEntry(BaseModel):
@@ -437,6 +514,12 @@ def _manifest_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "formulations": data.get("formulations", {})}
 
 
+def _manifest_v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    # v3 model entries may carry ``parameters`` (older ones did not count them) and a
+    # run records how max-context packs its corpora
+    return {**data, "max_context": data.get("max_context", {})}
+
+
 class RunManifest(_Versioned):
     """``manifest.json``: what a run was made with.
 
@@ -451,12 +534,16 @@ class RunManifest(_Versioned):
         corpora: corpus name -> reference and content hash.
         formulations: model -> corpus -> answer-formulation choice
             (``{"chosen": str, "candidates": {...}, "calibration_items": [...]}``).
+        max_context: model -> corpus -> how max-context packs it (``{"order":
+            "similarity" | "corpus", "rule": str, "limit": int, ...}``; with ``corpus``
+            also the shared block's ``kept`` ids and ``left_out`` id -> reason).
 
-    Versions: 1 had no ``formulations``; 2 adds it.
+    Versions: 1 had no ``formulations``; 2 adds it; 3 adds each model's ``parameters``
+    (None in older manifests) and ``max_context``.
     """
 
     SCHEMA_VERSION: ClassVar[int] = MANIFEST_SCHEMA_VERSION
-    MIGRATIONS: ClassVar[dict[int, Migration]] = {1: _manifest_v1_to_v2}
+    MIGRATIONS: ClassVar[dict[int, Migration]] = {1: _manifest_v1_to_v2, 2: _manifest_v2_to_v3}
 
     schema_version: int = MANIFEST_SCHEMA_VERSION
     name: str
@@ -468,6 +555,7 @@ class RunManifest(_Versioned):
     models: dict[str, ModelEntry] = Field(default_factory=dict)
     corpora: dict[str, CorpusEntry] = Field(default_factory=dict)
     formulations: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    max_context: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -526,9 +614,10 @@ class TriageReportRecord(_Versioned):
 class MetricsReport(_Versioned):
     """``metrics.json``: per-cell metrics with bootstrap CIs, comparisons (with their
     power), attribution counts, triage results, validity checks, grade override,
-    per-item transitions, conflict dose-response, attention masking and the safety-label
-    provenance per corpus (the sections stay plain data; a file without the later
-    sections reads as empty ones)."""
+    per-item transitions, conflict dose-response, attention masking, the safety-label
+    provenance per corpus and the scaling analysis (the sections stay plain data; a file
+    without the later sections reads as empty ones, e.g. ``distractors``: clean evidence
+    -> retrieval with the gold passages present)."""
 
     SCHEMA_VERSION: ClassVar[int] = METRICS_SCHEMA_VERSION
 
@@ -544,9 +633,11 @@ class MetricsReport(_Versioned):
     validity: list[dict[str, Any]] = Field(default_factory=list)
     grade_override: list[dict[str, Any]] = Field(default_factory=list)
     transitions: list[dict[str, Any]] = Field(default_factory=list)
+    distractors: list[dict[str, Any]] = Field(default_factory=list)
     dose_response: list[dict[str, Any]] = Field(default_factory=list)
     reliance: list[dict[str, Any]] = Field(default_factory=list)
     labels: dict[str, Any] = Field(default_factory=dict)
+    scaling: dict[str, Any] = Field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- what-if replays
@@ -577,6 +668,6 @@ class ReplayRecord(_Versioned):
     steps: list[StepRecord] = Field(default_factory=list)
 
     @property
-    def key(self) -> tuple[str, str, str, int, int]:
+    def key(self) -> ResponseKey:
         """Identity of the replayed response."""
         return self.response.key

@@ -8,6 +8,7 @@ paired comparisons (:mod:`safescale.experiments.power`) and of triage studies
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,9 @@ __all__ = ["anova_icc", "design_effect"]
 
 def design_effect(cluster_size: float, icc: float) -> float:
     """``1 + (m - 1) ρ`` for clusters of mean size ``m`` and correlation ``ρ``."""
+    for name, value in (("cluster size", cluster_size), ("icc", icc)):
+        if not math.isfinite(float(value)):
+            raise ValueError(f"{name} must be a finite number, got {value}")
     if cluster_size < 1:
         raise ValueError(f"cluster size must be at least 1, got {cluster_size}")
     if not 0.0 <= icc <= 1.0:

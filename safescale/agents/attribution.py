@@ -90,6 +90,8 @@ def attribute_failure(
             item=response.item,
             samples_budget=response.samples_budget,
             conflict_dose=response.conflict_dose,
+            context_budget=response.context_budget,
+            retrieval_k=response.retrieval_k,
             severity=severity,
             cause=cause,
             step=None if step is None else step.step,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +30,10 @@ class AgentSettings(BaseModel):
             when a stronger one is kept.
         context_budget: max-context prompt budget in tokens (None: the model limit).
         answer_reserve: tokens left free for the answer in max-context.
+        max_context_order: how max-context orders the corpus (see
+            :func:`safescale.agents.nodes.pack_context_node`): ``similarity`` (each
+            item's own ranking by similarity to its question) or ``corpus`` (one fixed
+            corpus order, the same evidence block for every item).
         samples: answers sampled for the majority vote (1 = greedy letter scoring).
         temperature: sampling temperature for samples > 1 and for extra samples.
         extra_samples: sampled answers recorded for detectors when samples == 1
@@ -53,6 +57,7 @@ class AgentSettings(BaseModel):
     min_grade_level: int = Field(3, ge=1, le=4)
     context_budget: int | None = Field(None, ge=64)
     answer_reserve: int = Field(16, ge=1)
+    max_context_order: Literal["similarity", "corpus"] = "similarity"
     samples: int = Field(1, ge=1)
     temperature: float = Field(0.7, gt=0)
     extra_samples: int = Field(0, ge=0)
@@ -126,6 +131,8 @@ class AgentContext:
         detection: when set, the answer node reads the answer from a prompt pass it
             shares with the detection inputs of the response (see
             :class:`DetectionRecorder`).
+        memo: what nodes compute once per context and reuse across its items (e.g.
+            max-context's shared corpus block); plain data, never an LM result.
     """
 
     lm: LanguageModel | CachedLM
@@ -135,3 +142,4 @@ class AgentContext:
     run_id: str = "adhoc"
     critic: Critic | None = None
     detection: DetectionRecorder | None = None
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)

@@ -28,11 +28,16 @@ from safescale.corpora import Item, Passage, Status
 from safescale.models import ANSWER_CUE, NEUTRAL_MESSAGE, LanguageModel, PromptPass
 
 __all__ = [
+    "CORPUS_ORDER_RULE",
+    "LEAVE_OUT_RULE",
+    "ContextBlock",
     "answer_node",
+    "corpus_order",
     "critique_node",
     "default_critic",
     "judge",
     "make_critique_node",
+    "max_context_block",
     "oracle_evidence_node",
     "pack_context_node",
     "parse_letter",
@@ -136,7 +141,11 @@ def _item(state: AgentState, ctx: AgentContext) -> Item:
 
 
 def _prompt_tokens(ctx: AgentContext, message: str) -> int:
-    return len(ctx.lm.prompt_ids(message, answer_cue=True))
+    return _prompt_tokens_of(ctx.lm, message)
+
+
+def _prompt_tokens_of(lm: Any, message: str) -> int:
+    return len(lm.prompt_ids(message, answer_cue=True))
 
 
 # ---------------------------------------------------------------- evidence sources
@@ -271,26 +280,193 @@ def retrieve_node(*, agentic: bool) -> Node:
     return retrieve
 
 
-def pack_context_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
-    """Max-context packing.
+#: The fixed corpus order of max-context's ``corpus`` packing (see
+#: :func:`corpus_order`).
+CORPUS_ORDER_RULE = (
+    "by topic, then grade level (strongest first), then source date (newest first, "
+    "undated last), then passage id"
+)
+#: Which passages ``corpus`` packing leaves out first when the corpus does not fit.
+LEAVE_OUT_RULE = (
+    "withdrawn, then superseded, then the weakest grade level, then the oldest source "
+    "date, then the last in corpus order"
+)
+_STATUS_KEEP_RANK = {Status.WITHDRAWN: 0, Status.SUPERSEDED: 1, Status.CURRENT: 2}
 
-    Order: every passage of the corpus ranked by similarity to the question (the
-    store's flat ranking over all passages). Policy: whole passages are added in that
-    order while the full prompt (with answer cue) stays within
-    ``budget - answer_reserve`` tokens, where ``budget`` is ``settings.context_budget``
-    capped at the model's context length; a passage that does not fit is left out and
-    packing continues with the next (smaller ones may still fit). Left-out ids are
-    recorded.
+
+def corpus_order(passages: list[Passage]) -> list[Passage]:
+    """Passages in max-context's fixed corpus order (:data:`CORPUS_ORDER_RULE`)."""
+
+    def key(p: Passage) -> tuple:
+        date = p.source.date
+        newest_first = -(date.toordinal() if date else 0)
+        return (p.topic or "", p.grade.level, date is None, newest_first, p.id)
+
+    return sorted(passages, key=key)
+
+
+def _leave_out_sequence(ordered: list[Passage]) -> list[Passage]:
+    """``ordered`` (corpus order) in the order ``corpus`` packing leaves passages out
+    (:data:`LEAVE_OUT_RULE`)."""
+    position = {p.id: i for i, p in enumerate(ordered)}
+
+    def key(p: Passage) -> tuple:
+        date = p.source.date
+        return (
+            _STATUS_KEEP_RANK.get(Status(p.status), 2),
+            -p.grade.level,
+            date is not None,
+            date.toordinal() if date else 0,
+            -position[p.id],
+        )
+
+    return sorted(ordered, key=key)
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextBlock:
+    """Max-context's shared evidence block under ``corpus`` order: the same passages in
+    the same order for every item of a corpus.
+
+    Attributes:
+        kept: passage ids in the block, in corpus order.
+        left_out: passage id -> why it is not in the block.
+        limit: prompt tokens allowed (budget minus the answer reserve).
+        evidence_tokens: tokens the block may take: ``limit`` minus the prompt of the
+            corpus's longest item without evidence (so every item fits).
+        longest_item: that item.
+    """
+
+    kept: tuple[str, ...]
+    left_out: dict[str, str]
+    limit: int
+    evidence_tokens: int
+    longest_item: str
+
+
+def max_context_block(
+    lm: Any,
+    corpus: Any,
+    *,
+    limit: int,
+    formulation: str,
+    excluded: frozenset[str] = frozenset(),
+) -> ContextBlock:
+    """The shared evidence block of ``corpus`` packing (see :func:`pack_context_node`).
+
+    Every passage of the corpus (but ``excluded``) in :func:`corpus_order`; when they
+    do not all fit, passages are left out in :data:`LEAVE_OUT_RULE` order until the
+    prompt of the corpus's longest item (under ``formulation``, without evidence) plus
+    the block is within ``limit`` tokens: the same block for every item.
+    """
+    bases = {
+        item.id: _prompt_tokens_of(lm, message_for(formulation, item, [], None))
+        for item in corpus.items
+    }
+    longest_id = max(bases, key=lambda i: (bases[i], i))
+    longest = corpus.item(longest_id)
+    ordered = [p for p in corpus_order(list(corpus.passages)) if p.id not in excluded]
+    costs = {
+        p.id: lm.count_tokens(prompts.passage_line(i, p) + "\n")
+        for i, p in enumerate(ordered, start=1)
+    }
+    used = bases[longest_id] + lm.count_tokens("Evidence:\n\n") + sum(costs.values())
+    kept = {p.id for p in ordered}
+    left_out: dict[str, str] = {}
+    sequence = iter(_leave_out_sequence(ordered))
+    reason = (
+        f"the corpus does not fit: the block is shared by every item and may take "
+        f"{limit - bases[longest_id]} tokens (the limit {limit} minus the longest item's "
+        f"prompt, {longest_id}); left out in the order {LEAVE_OUT_RULE}"
+    )
+
+    def leave_out() -> str:
+        passage = next(sequence)
+        kept.discard(passage.id)
+        left_out[passage.id] = reason
+        return passage.id
+
+    while used > limit and kept:
+        used -= costs[leave_out()]
+    # exact check on the longest item's real prompt (token merges at boundaries)
+    while kept:
+        block = [p for p in ordered if p.id in kept]
+        if _prompt_tokens_of(lm, message_for(formulation, longest, block, None)) <= limit:
+            break
+        leave_out()
+    return ContextBlock(
+        kept=tuple(p.id for p in ordered if p.id in kept),
+        left_out=left_out,
+        limit=limit,
+        evidence_tokens=limit - bases[longest_id],
+        longest_item=longest_id,
+    )
+
+
+def pack_context_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
+    """Max-context packing, in the order ``settings.max_context_order`` names.
+
+    Budget: ``settings.context_budget`` capped at the model's context length; the full
+    prompt (with answer cue) stays within ``limit = budget - answer_reserve`` tokens.
+
+    ``similarity``: every passage of the corpus ranked by similarity to the question
+    (the store's flat ranking over all passages); whole passages are added in that
+    order while the prompt (lettered, as :func:`~safescale.agents.prompts.answer_message`
+    shows it) stays within the limit; a passage that does not fit is left out and
+    packing continues with the next (smaller ones may still fit). Each item gets its
+    own evidence block.
+
+    ``corpus``: every passage in one fixed corpus order (:data:`CORPUS_ORDER_RULE`),
+    the same block for every item (:func:`max_context_block`): when the corpus does not
+    fit, passages are left out in :data:`LEAVE_OUT_RULE` order until the block fits
+    beside the corpus's longest item, so what is left out is the same for every item
+    and only the question differs between prompts (a prefix cache then prefills the
+    block once). A conflict dose's drawn passages that the block lacks go after it,
+    room being made from the block's end; that item's block then differs from there on.
+
+    Left-out ids (and, for ``corpus``, why) are recorded in the step.
     """
     started = time.perf_counter()
     ctx = runtime.context
-    if ctx.store is None:
-        raise RuntimeError("max_context needs an evidence store in the context")
     item = _item(state, ctx)
     s = ctx.settings
     budget = min(s.context_budget or ctx.lm.context_length, ctx.lm.context_length)
     limit = budget - s.answer_reserve
     excluded = set(state.get("excluded", []))
+    if s.max_context_order == "corpus":
+        kept, left_out, injection, detail = _pack_corpus_order(item, ctx, limit, excluded)
+    else:
+        kept, left_out, injection = _pack_by_similarity(item, ctx, limit, excluded)
+        detail = {"order_rule": "every passage ranked by similarity to the question"}
+    step = _step(
+        state,
+        ctx,
+        "pack_context",
+        started,
+        inputs=[item.id, budget, s.answer_reserve, s.max_context_order],
+        retrieved=kept,
+        decision=f"packed {len(kept)}, left out {len(left_out)}",
+        kept=[e["id"] for e in kept],
+        dropped=left_out,
+        detail={
+            "budget": budget,
+            "limit": limit,
+            "order": s.max_context_order,
+            **detail,
+            **({"conflict_injection": injection} if injection else {}),
+        },
+    )
+    update = {"evidence": kept, "left_out": left_out, "steps": [step]}
+    if injection:
+        update["conflict_injection"] = injection
+    return update
+
+
+def _pack_by_similarity(
+    item: Item, ctx: AgentContext, limit: int, excluded: set[str]
+) -> tuple[list[EvidenceRef], list[str], dict]:
+    if ctx.store is None:
+        raise RuntimeError("max_context needs an evidence store in the context")
     ranked = ctx.store.search(
         item.question, k=len(ctx.store), include_superseded=True, include_withdrawn=True
     )
@@ -316,27 +492,52 @@ def pack_context_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict
         if _prompt_tokens(ctx, message) <= limit:
             break
         left_out.insert(0, kept.pop()["id"])
-    step = _step(
-        state,
-        ctx,
-        "pack_context",
-        started,
-        inputs=[item.id, budget, s.answer_reserve],
-        retrieved=kept,
-        decision=f"packed {len(kept)}, left out {len(left_out)}",
-        kept=[e["id"] for e in kept],
-        dropped=left_out,
-        detail={
-            "budget": budget,
-            "limit": limit,
-            "order": "similarity to question",
-            **({"conflict_injection": injection} if injection else {}),
-        },
-    )
-    update = {"evidence": kept, "left_out": left_out, "steps": [step]}
-    if injection:
-        update["conflict_injection"] = injection
-    return update
+    return kept, left_out, injection
+
+
+def _pack_corpus_order(
+    item: Item, ctx: AgentContext, limit: int, excluded: set[str]
+) -> tuple[list[EvidenceRef], list[str], dict, dict]:
+    s = ctx.settings
+    key = ("max_context_block", ctx.corpus.name, limit, s.formulation, frozenset(excluded))
+    block = ctx.memo.get(key)
+    if block is None:
+        block = max_context_block(
+            ctx.lm, ctx.corpus, limit=limit, formulation=s.formulation,
+            excluded=frozenset(excluded),
+        )  # fmt: skip
+        ctx.memo[key] = block
+    ids = list(block.kept)
+    reasons = dict(block.left_out)
+    added, injection = _conflict_injection(item, ctx, ids, excluded)
+    ids += added
+    # this item's own prompt must fit too (the dose's passages, token merges): room is
+    # made from the block's end, never from the drawn passages
+    while True:
+        message = message_for(s.formulation, item, [ctx.corpus.passage(p) for p in ids])
+        if _prompt_tokens(ctx, message) <= limit:
+            break
+        tail = [pid for pid in ids if pid not in added]
+        if not tail:
+            break
+        ids.remove(tail[-1])
+        reasons[tail[-1]] = (
+            "room for this item's conflict-dose passages"
+            if added
+            else "this item's prompt is over the limit with the shared block"
+        )
+    kept: list[EvidenceRef] = [{"id": pid, "score": None, "rank": i} for i, pid in
+                               enumerate(ids, 1)]  # fmt: skip
+    left_out = list(reasons)
+    detail = {
+        "order_rule": CORPUS_ORDER_RULE,
+        "leave_out_rule": LEAVE_OUT_RULE,
+        "shared_block": len(block.kept),
+        "evidence_tokens": block.evidence_tokens,
+        "longest_item": block.longest_item,
+        "left_out_reasons": reasons,
+    }
+    return kept, left_out, injection, detail
 
 
 # ---------------------------------------------------------------- agentic nodes

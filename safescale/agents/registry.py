@@ -4,8 +4,13 @@ external conditions named by import path or entry point.
 A config's ``conditions`` entry (a *source*) is resolved by :func:`resolve_condition`:
 
 * a bundled name (``standard_rag``) or a name registered with ``@condition``;
-* an import path ``package.module:build_graph`` (imported from ``sys.path``; the
-  ``safescale`` CLI puts the current directory on it, as ``python -m`` does);
+* an import path ``package.module:build_graph``: its top-level module is looked up
+  first in the *import path* of the config that names it (the config's own directory
+  unless the config says otherwise, plus ``safescale run --import-path DIR``), then
+  among the installed packages on ``sys.path``. The current directory is never
+  searched unless it is one of those; the directories are added at the *end* of
+  ``sys.path`` (for the modules the condition itself imports), so a ``faiss.py`` or
+  ``pandas.py`` beside a config never shadows an installed package;
 * the name of an entry point in group ``safescale.conditions`` whose object is a
   builder.
 
@@ -16,10 +21,14 @@ contract (:mod:`safescale.agents.contract`).
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
 import inspect
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
@@ -41,7 +50,7 @@ __all__ = [
 GraphBuilder = Callable[..., CompiledStateGraph]
 #: Builders registered with ``@condition`` (bundled and external).
 _BUILDERS: dict[str, GraphBuilder] = {}
-_RESOLVED: dict[str, ConditionSpec] = {}
+_RESOLVED: dict[tuple[str, tuple[str, ...]], ConditionSpec] = {}
 
 
 class ConditionError(ValueError):
@@ -102,15 +111,49 @@ def registered_conditions() -> list[str]:
     return [*CONDITIONS, *sorted(extra)]
 
 
-def _import_path(source: str) -> object:
-    module_name, _, attr = source.partition(":")
+def _search_dirs(import_path: Sequence[str | Path]) -> tuple[str, ...]:
+    return tuple(str(Path(d).expanduser().resolve()) for d in import_path)
+
+
+def _find_in(top: str, dirs: tuple[str, ...]) -> None:
+    """Import the top-level module ``top`` from the first of ``dirs`` that holds it
+    (nothing when none does, or when it is imported already)."""
+    if not dirs or top in sys.modules:
+        return
+    spec = importlib.machinery.PathFinder.find_spec(top, list(dirs))
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[top] = module
     try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(top, None)
+        raise
+
+
+def _import_path(source: str, dirs: tuple[str, ...] = ()) -> object:
+    module_name, _, attr = source.partition(":")
+    where = (
+        f"the import path ({', '.join(dirs)}) and the installed packages"
+        if dirs
+        else "the installed packages (no import path: give the config an import_path, "
+        "or run with --import-path DIR)"
+    )
+    for directory in dirs:  # what the condition module imports itself
+        if directory not in sys.path:
+            sys.path.append(directory)
+    try:
+        _find_in(module_name.split(".")[0], dirs)
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise ConditionError(
             f"cannot import module {module_name!r} of condition {source!r}: {error} "
-            "(import paths resolve against sys.path; the safescale CLI adds the current "
-            "directory)"
+            f"(looked in {where})"
+        ) from None
+    except SystemExit as error:  # the user's module called sys.exit() while importing
+        raise ConditionError(
+            f"importing {module_name!r} for condition {source!r} called sys.exit({error.code!r})"
         ) from None
     except Exception as error:  # the user's module failed while importing
         raise ConditionError(
@@ -145,6 +188,10 @@ def _compile(source: str, builder: object) -> CompiledStateGraph:
         )
     try:
         graph = builder(checkpointer=None)
+    except SystemExit as error:
+        raise ConditionError(
+            f"building condition {source!r} called sys.exit({error.code!r})"
+        ) from None
     except Exception as error:
         raise ConditionError(
             f"building condition {source!r} failed: {type(error).__name__}: {error}"
@@ -157,19 +204,27 @@ def _compile(source: str, builder: object) -> CompiledStateGraph:
     return graph
 
 
-def resolve_condition(source: str) -> ConditionSpec:
-    """Resolve, compile and contract-check a condition source (cached per source).
+def resolve_condition(source: str, import_path: Sequence[str | Path] = ()) -> ConditionSpec:
+    """Resolve, compile and contract-check a condition source (cached per source and
+    import path).
+
+    Args:
+        source: a bundled or registered name, an import path ``module:function`` or an
+            entry-point name.
+        import_path: directories searched first for the top-level module of an import
+            path (a config's ``import_path``); ignored for the other sources.
 
     Raises:
         ConditionError: one line saying what is wrong with ``source``.
     """
-    if source in _RESOLVED:
-        return _RESOLVED[source]
+    dirs = _search_dirs(import_path) if isinstance(source, str) and ":" in source else ()
+    if (source, dirs) in _RESOLVED:
+        return _RESOLVED[source, dirs]
     _load_bundled()
     if not isinstance(source, str) or not source:
         raise ConditionError(f"a condition must be a non-empty string, got {source!r}")
     if ":" in source:
-        builder = _import_path(source)
+        builder = _import_path(source, dirs)
         graph = _compile(source, builder)
         named = [n for n, fn in _BUILDERS.items() if fn is builder]
         name = named[0] if named else graph.name
@@ -193,6 +248,10 @@ def resolve_condition(source: str) -> ConditionSpec:
             )
         try:
             builder = eps[0].load()
+        except SystemExit as error:
+            raise ConditionError(
+                f"loading entry point {source!r} ({eps[0].value}) called sys.exit({error.code!r})"
+            ) from None
         except Exception as error:
             raise ConditionError(
                 f"loading entry point {source!r} ({eps[0].value}) failed: "
@@ -212,17 +271,19 @@ def resolve_condition(source: str) -> ConditionSpec:
             "give it its own name (graph.compile(name=...))"
         )
     spec = ConditionSpec(name, source, builder, name in CONDITIONS)  # type: ignore[arg-type]
-    _RESOLVED[source] = spec
+    _RESOLVED[source, dirs] = spec
     return spec
 
 
 def build_condition(
-    source: str, checkpointer: BaseCheckpointSaver | None = None
+    source: str,
+    checkpointer: BaseCheckpointSaver | None = None,
+    import_path: Sequence[str | Path] = (),
 ) -> CompiledStateGraph:
     """Compile the graph of a condition (a registered name or any source that
-    :func:`resolve_condition` accepts).
+    :func:`resolve_condition` accepts, with the config's ``import_path``).
 
     Raises:
         ConditionError: the source cannot be resolved, built or checked.
     """
-    return resolve_condition(source).build(checkpointer)
+    return resolve_condition(source, import_path).build(checkpointer)

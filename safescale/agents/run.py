@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from langgraph.graph.state import CompiledStateGraph
 
@@ -13,11 +14,21 @@ __all__ = ["answer_item", "records_from_state", "thread_id"]
 
 
 def thread_id(
-    model: str, corpus: str, condition: str, samples: int, item: str, dose: int = 0
+    model: str,
+    corpus: str,
+    condition: str,
+    samples: int,
+    item: str,
+    dose: int = 0,
+    *,
+    axes: Sequence[tuple[str, object]] = (),
 ) -> str:
     """Checkpoint thread of one item under one condition (and model/corpus/budget/dose;
-    dose 0 keeps the thread name it had before the dose axis)."""
+    dose 0 keeps the thread name it had before the dose axis). ``axes`` adds a
+    ``|<tag><value>`` part per further swept axis (e.g. ``("c", 1024)``, ``("k", 4)``);
+    a run that sweeps none keeps the names it had before them."""
     suffix = f"|d{dose}" if dose else ""
+    suffix += "".join(f"|{tag}{value}" for tag, value in axes)
     return f"{model}|{corpus}|{condition}|x{samples}|{item}{suffix}"
 
 
@@ -33,20 +44,25 @@ def answer_item(
     ctx: AgentContext,
     *,
     model: str,
+    thread: str | None = None,
 ) -> tuple[ResponseRecord, list[StepRecord]]:
-    """Invoke ``graph`` for one item; return its frozen response and its steps."""
+    """Invoke ``graph`` for one item; return its frozen response and its steps.
+
+    ``thread`` is the checkpoint thread (default: :func:`thread_id` of the model,
+    corpus, condition, budget, item and dose).
+    """
     started = time.perf_counter()
+    if thread is None:
+        thread = thread_id(
+            model,
+            ctx.corpus.name,
+            condition,
+            ctx.settings.samples,
+            item_id,
+            ctx.settings.conflict_dose,
+        )
     config = {
-        "configurable": {
-            "thread_id": thread_id(
-                model,
-                ctx.corpus.name,
-                condition,
-                ctx.settings.samples,
-                item_id,
-                ctx.settings.conflict_dose,
-            )
-        },
+        "configurable": {"thread_id": thread},
         "recursion_limit": recursion_limit(ctx),
     }
     state = graph.invoke({"item_id": item_id}, config, context=ctx)
@@ -72,6 +88,8 @@ def records_from_state(
             model=model,
             samples_budget=ctx.settings.samples,
             conflict_dose=ctx.settings.conflict_dose,
+            context_budget=ctx.settings.context_budget,
+            retrieval_k=ctx.settings.k,
             **step,
         )
         for step in state.get("steps", [])
@@ -83,6 +101,8 @@ def records_from_state(
         item=state["item_id"],
         samples_budget=ctx.settings.samples,
         conflict_dose=ctx.settings.conflict_dose,
+        context_budget=ctx.settings.context_budget,
+        retrieval_k=ctx.settings.k,
         conflict_injected=list(injection.get("ids", [])),
         dose_capped=bool(injection.get("capped", False)),
         letters=answer["letters"],

@@ -13,6 +13,7 @@ from rich.text import Text
 from safescale.agents.attribution import Attribution
 from safescale.agents.records import ResponseRecord, RetrievedRef, StepRecord
 from safescale.corpora import Item
+from safescale.records import context_budget_label
 
 __all__ = ["grade_badge", "render_trace", "status_badge"]
 
@@ -84,7 +85,11 @@ def render_trace(
         verdict += ", unsafe"
     header = Text()
     header.append(f"{item.id}", style="bold")
-    header.append(f"  [{response.condition} · {response.model} · x{response.samples_budget}]\n")
+    cell = f"{response.condition} · {response.model} · x{response.samples_budget}"
+    if response.conflict_dose:
+        cell += f" · dose {response.conflict_dose}"
+    cell += f" · k {response.retrieval_k} · context {context_budget_label(response.context_budget)}"
+    header.append(f"  [{cell}]\n")
     header.append(item.question + "\n")
     for letter, text in item.options.items():
         mark = " (gold)" if letter == item.gold else ""

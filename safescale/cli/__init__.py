@@ -4,31 +4,75 @@ The app is thin: every module in this package that defines ``register(app)`` add
 commands (one module per command group), and each command parses its arguments, calls
 one function of the library and renders the result with rich.
 
-Conditions given as import paths in a config resolve against ``sys.path`` with the
-current directory put first (as under ``python -m``).
+The CLI never puts the current directory on ``sys.path``: a condition given as an
+import path in a config is looked up in that config's directory (or its
+``import_path``, or ``safescale run --import-path DIR``), then among the installed
+packages (see :mod:`safescale.agents.registry`). Under ``python -m safescale.cli``
+Python itself puts the current directory first; ``__main__`` takes it off again before
+any command runs.
 
-Errors: a user error (a bad config, corpus, run directory, option, model name, ...) is
-one line per problem on stderr, ``error: <file>[:line]: <field>: <message>``, and exit
-code 2; ``safescale --debug ...`` adds the traceback. Anything else is a bug: its
-traceback is shown and the exit code is 1.
+Errors: a user error (a bad config, corpus, run directory, option, model name, a
+directory it cannot write, ...) is one line per problem on stderr, ``error:
+<file>[:line]: <field>: <message>``, and exit code 2 (click's own usage errors — a
+bad option value, a missing argument — included); ``safescale --debug ...`` adds the
+traceback. Anything else is a bug: its traceback is shown and the exit code is 1.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import os
 import pkgutil
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 __all__ = ["USER_ERRORS", "UserError", "app", "main", "user_error_types"]
 
+
+class _OneLineErrors(TyperGroup):
+    """The root command group: click's own errors (a bad option value, a missing
+    argument, an unknown command) as one ``error:`` line on stderr, exit code 2."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except Exception as error:
+            # click's classes (typer may vendor its own click): matched by name
+            kinds = {cls.__name__ for cls in type(error).__mro__}
+            if "ClickException" not in kinds and "Abort" not in kinds:
+                raise
+            if "Abort" in kinds:
+                typer.echo("Aborted!", err=True)
+                sys.exit(1)
+            if type(error).__name__ != "NoArgsIsHelpError":  # its help is printed already
+                message = " ".join(str(error.format_message()).split())  # type: ignore[attr-defined]
+                ctx = getattr(error, "ctx", None)
+                if "UsageError" in kinds and ctx is not None:
+                    where = ctx.command_path
+                    message = f"{where}: {message} (see {where} --help)"
+                typer.echo(f"error: {message}", err=True)
+            sys.exit(getattr(error, "exit_code", 2))
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     no_args_is_help=True,
     add_completion=False,
     help="safescale: measure, trace and detect unsafe answers of clinical RAG systems.",
@@ -57,6 +101,8 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("safescale.agents.registry", "ConditionError"),
     ("safescale.experiments.tracking", "TrackingError"),
     ("safescale.experiments.export_inspect", "ExportError"),
+    ("safescale.experiments.reliance", "RelianceError"),
+    ("safescale.viewer.server", "ViewServerError"),
 )
 
 _state = {"debug": bool(os.environ.get("SAFESCALE_DEBUG"))}
@@ -100,9 +146,25 @@ def _guard(callback: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as error:
             if isinstance(error, user_error_types()):
                 raise report_user_error(error) from None
+            if _unwritable(error):
+                raise report_user_error(UserError(_unwritable_message(error))) from None
             raise
 
     return run
+
+
+#: OS errors that say the user's file system refuses a write (not a bug of ours).
+_UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
+
+
+def _unwritable(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in _UNWRITABLE
+
+
+def _unwritable_message(error: BaseException) -> str:
+    assert isinstance(error, OSError)
+    where = error.filename if error.filename is not None else "(a file of the run)"
+    return f"{where}: {error.strerror or error}"
 
 
 def _guard_all(typer_app: typer.Typer) -> None:
@@ -131,10 +193,6 @@ def _root(
 ) -> None:
     """safescale: measure, trace and detect unsafe answers of clinical RAG systems."""
     _state["debug"] = debug or bool(os.environ.get("SAFESCALE_DEBUG"))
-    # Conditions named by import path (``examples.hyde:build_graph``) resolve against
-    # the current directory, as under ``python -m``.
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
 
 
 def _register_all() -> None:

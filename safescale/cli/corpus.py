@@ -34,7 +34,10 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Argument(help="generator: radiology-guidelines, retina-rules")],
         out: Annotated[Path, typer.Argument(help="corpus directory to write")],
         n: Annotated[
-            int | None, typer.Option("--n", help="number of items (retina-rules; default 12522)")
+            int | None,
+            typer.Option(
+                "--n", help="number of items (retina-rules; default 12522)", min=1, max=1_000_000
+            ),
         ] = None,
         seed: Annotated[int, typer.Option(help="random seed")] = 0,
         overwrite: Annotated[bool, typer.Option(help="replace an existing corpus")] = False,

@@ -72,6 +72,8 @@ def pilot_plans(
             "corpus": c.get("corpus"),
             "samples_budget": c.get("samples_budget"),
             "conflict_dose": c.get("conflict_dose", 0),
+            "context_budget": c.get("context_budget"),
+            "retrieval_k": c.get("retrieval_k"),
             "observed": observed,
             "discordance": entry["discordance"],
             "n": entry["n"],
@@ -97,9 +99,15 @@ def _render(plans: list[dict[str, Any]], console: Console) -> None:
     for col in ("comparison", "observed Δ", "discordance", "pilot n", "effect", "items",
                 "deff", "items (clustered)", "evidence clusters"):  # fmt: skip
         table.add_column(col, justify="right" if col != "comparison" else "left")
+    several_budgets = len({r.get("context_budget") for r in plans}) > 1
+    several_k = len({r.get("retrieval_k") for r in plans}) > 1
     for row in plans:
         name = f"{row['model']} · {row['corpus']} · {row['samples_budget']}x"
         name += f" · dose {row['conflict_dose']}"
+        if several_budgets:
+            name += f" · context {row.get('context_budget') or 'max'}"
+        if several_k:
+            name += f" · k {row.get('retrieval_k')}"
         head = [name, f"{100 * row['observed']:+.1f} pp", f"{100 * row['discordance']:.1f}%",
                 str(row["n"])]  # fmt: skip
         if "plan" not in row:

@@ -22,7 +22,9 @@ def register(app: typer.Typer) -> None:
         ],
         replicates: Annotated[
             int | None,
-            typer.Option(help="bootstrap replicates (default: the run config's)", min=10),
+            typer.Option(
+                help="bootstrap replicates (default: the run config's)", min=10, max=1_000_000
+            ),
         ] = None,
         seed: Annotated[
             int | None, typer.Option(help="bootstrap seed (default: the run config's)")
@@ -66,12 +68,14 @@ def print_report(
             rich_table,
             triage_tables,
         )
+        from safescale.experiments.scaling_report import print_scaling
 
         console = Console()
         metrics = read_metrics(run_dir)
         print_validity(console, metrics)
         for table in condition_tables(metrics):
             console.print(rich_table(table))
+        print_scaling(console, metrics)
         for table in triage_tables(metrics):
             console.print(rich_table(table))
         reliance = reliance_table(metrics)
@@ -105,9 +109,12 @@ def print_report(
         raise report_user_error(error) from None
     for note in files.metrics["run"].get("notes") or []:
         console.print(f"[yellow]note:[/yellow] {note}")
+    from safescale.experiments.scaling_report import print_scaling
+
     print_validity(console, files.metrics)
     for table in condition_tables(files.metrics):
         console.print(rich_table(table))
+    print_scaling(console, files.metrics)
     for table in triage_tables(files.metrics):
         console.print(rich_table(table))
     reliance = reliance_table(files.metrics)

@@ -53,6 +53,23 @@ def run(
         "--conflict-dose",
         help="conflict-dose sweep, comma-separated (e.g. 0,1,2,4); overrides the config",
     ),
+    context_budget: str | None = typer.Option(
+        None,
+        "--context-budget",
+        help="context-budget sweep, comma-separated token counts or max (e.g. max,512,2048); "
+        "overrides the config",
+    ),
+    k: str | None = typer.Option(
+        None,
+        "--k",
+        help="retrieval-depth sweep, comma-separated (e.g. 4,1,2,8); overrides the config",
+    ),
+    import_path: list[Path] = typer.Option(
+        [],
+        "--import-path",
+        help="directory searched first for the config's import-path conditions "
+        "(repeatable; default: the config's own directory)",
+    ),
 ) -> None:
     """Run (or resume) an experiment, then detection, metrics and the report."""
     run_and_report(
@@ -60,11 +77,14 @@ def run(
         out=out,
         limit=limit,
         conflict_dose=conflict_dose,
+        context_budget=context_budget,
+        k=k,
         fresh=fresh,
         detect=detect,
         report=report,
         backend=backend.value,
         address=address,
+        import_path=import_path,
     )
 
 
@@ -79,26 +99,58 @@ def run_and_report(
     backend: str = "local",
     address: str | None = None,
     conflict_dose: str | None = None,
+    context_budget: str | None = None,
+    k: str | None = None,
+    import_path: list[Path] | None = None,
 ) -> None:
-    from safescale.experiments.config import ConfigError, load_config
+    from safescale.experiments.config import MAX_CONFLICT_DOSE, ConfigError, load_config
     from safescale.experiments.runner import (
         RunConflictError,
         run_detection_stage,
         run_experiment,
     )
 
+    doses = None
+    if conflict_dose is not None:
+        try:
+            doses = [int(d) for d in conflict_dose.split(",") if d.strip()]
+        except ValueError:
+            _fail(f"--conflict-dose: expected integers like 0,1,2,4, got {conflict_dose!r}")
+        bad = [d for d in doses or [] if not 0 <= d <= MAX_CONFLICT_DOSE]
+        if bad:
+            _fail(
+                f"--conflict-dose: {bad[0]} is not a dose in 0..{MAX_CONFLICT_DOSE} "
+                "(contradicting passages added to one item)"
+            )
+    for directory in import_path or []:
+        if not directory.is_dir():
+            _fail(f"--import-path: {directory}: no such directory")
     try:
-        config = load_config(config_ref)
+        config = load_config(config_ref, import_path=import_path or ())
         overrides = {}
         if out is not None:
             overrides["output_dir"] = out
         if limit is not None:
             overrides["limit"] = limit
-        if conflict_dose is not None:
+        if doses is not None:
+            overrides["conflict_dose"] = doses
+        if context_budget is not None:
+            values = [v.strip() for v in context_budget.split(",") if v.strip()]
             try:
-                overrides["conflict_dose"] = [int(d) for d in conflict_dose.split(",") if d.strip()]
+                overrides["context_budget"] = [
+                    None if v in ("max", "null") else int(v) for v in values
+                ]
             except ValueError:
-                _fail(f"--conflict-dose: expected integers like 0,1,2,4, got {conflict_dose!r}")
+                _fail(
+                    f"--context-budget: expected token counts or max like max,512,2048, "
+                    f"got {context_budget!r}"
+                )
+        if k is not None:
+            try:
+                depths = [int(v) for v in k.split(",") if v.strip()]
+            except ValueError:
+                _fail(f"--k: expected integers like 4,1,2,8, got {k!r}")
+            overrides["retrieval"] = {**config.retrieval.model_dump(), "k": depths}
         if overrides:
             config = config.with_overrides(**overrides)
     except ConfigError as exc:
@@ -193,11 +245,7 @@ def trace(
     corpus = next(c for c in corpora.values() if item in c.items_by_id)
     for r in chosen:
         key = r.key
-        own = [
-            s
-            for s in steps
-            if (s.model, s.condition, s.item, s.samples_budget, s.conflict_dose) == key
-        ]
+        own = [s for s in steps if s.key == key]
         att = next((a for a in attributions if a.key == key), None)
         console.print(render_trace(corpus.item(item), r, own, att))
 
@@ -208,13 +256,21 @@ def replay(
     condition: str = typer.Option(..., "--condition", "-c"),
     drop_passage: list[str] = typer.Option(..., "--drop-passage", help="passage id (repeatable)"),
     model: str | None = typer.Option(None, "--model", "-m"),
+    import_path: list[Path] = typer.Option(
+        [],
+        "--import-path",
+        help="directory searched first for import-path conditions (repeatable; default: "
+        "the run config's import_path)",
+    ),
 ) -> None:
     """Fork the item's thread after its evidence step without the given passage(s),
     re-run only the downstream nodes, and print old vs new answer."""
     from safescale.experiments.replay import replay_item
 
     try:
-        result = replay_item(run_dir, item, condition, drop_passage, model=model)
+        result = replay_item(
+            run_dir, item, condition, drop_passage, model=model, import_path=import_path
+        )
     except (ValueError, RuntimeError, KeyError) as exc:
         _fail(str(exc))
     from safescale.agents import render_trace

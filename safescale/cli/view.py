@@ -17,8 +17,7 @@ def register(app: typer.Typer) -> None:
     @app.command("view")
     def view(
         run_dir: Annotated[
-            Path,
-            typer.Argument(help="run directory (manifest.json, responses.jsonl)", exists=True),
+            Path, typer.Argument(help="run directory (manifest.json, responses.jsonl)")
         ],
         serve: Annotated[
             bool,
@@ -27,24 +26,34 @@ def register(app: typer.Typer) -> None:
                 help="serve on 127.0.0.1 (a free port) and load item details on demand",
             ),
         ] = False,
-        port: Annotated[int, typer.Option(help="port for --serve (0: a free one)")] = 0,
+        port: Annotated[
+            int, typer.Option(help="port for --serve (0: a free one)", min=0, max=65535)
+        ] = 0,
     ) -> None:
         """Write RUN_DIR/view/index.html (self-contained) and print its path; with
-        --serve, serve the viewer on 127.0.0.1 instead and print its address."""
-        from safescale.experiments.rundir import RunDirError
-        from safescale.viewer import ViewServer, load_view_data, write_view
+        --serve, serve the viewer on 127.0.0.1 instead and print its address (under
+        an unguessable token path; only requests naming 127.0.0.1 or localhost with
+        the port are answered)."""
+        from safescale.cli import UserError
+        from safescale.experiments.rundir import RunDir, RunDirError
+        from safescale.viewer import ViewServer, ViewServerError, load_view_data, write_view
 
-        console = Console()
+        console = Console(stderr=True)
+        RunDir(run_dir).require()  # a RunDirError is one line (the CLI's error rule)
         try:
             with console.status("reading the run…"):
                 data = load_view_data(run_dir)
-        except (RunDirError, FileNotFoundError, ValueError) as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(1) from None
+        except RunDirError:
+            raise
+        except (FileNotFoundError, ValueError) as error:
+            raise UserError(f"{run_dir}: {error}") from None
         if not serve:
             print(write_view(run_dir, data))
             return
-        server = ViewServer(data, port=port)
+        try:
+            server = ViewServer(data, port=port)
+        except ViewServerError as error:
+            raise UserError(str(error)) from None
         print(server.url, flush=True)
         try:
             server.serve_forever()

@@ -422,9 +422,29 @@ def _load_manifest(path: Path, problems: _Problems) -> Manifest | None:
     try:
         return Manifest.model_validate(data)
     except ValidationError as error:
-        for loc, message in _errors(error):
+        for entry, (loc, message) in zip(error.errors(), _errors(error), strict=True):
+            if entry.get("type") == "string_type" and isinstance(
+                entry.get("input"), bool | int | float
+            ):
+                message += _quote_hint(node, loc)
             problems.add(path, _yaml_line(node, loc), _field(loc), message)
         return None
+
+
+def _quote_hint(node: yaml.Node | None, loc: Sequence[str | int]) -> str:
+    """For a string field YAML read as a number or boolean (``version: 2019.0``): how to
+    write it as text, with the value as it was written."""
+    raw = None
+    for part in loc:
+        if not isinstance(node, yaml.MappingNode):
+            node = None
+            break
+        node = next((v for k, v in node.value if str(k.value) == str(part)), None)
+    if isinstance(node, yaml.ScalarNode):
+        raw = node.value
+    key = str(loc[-1]) if loc else "value"
+    shown = raw if raw is not None else "..."
+    return f'; YAML read {shown} as a number (or true/false), not text: quote it, {key}: "{shown}"'
 
 
 def _yaml_line(node: yaml.Node | None, loc: Sequence[str | int]) -> int:

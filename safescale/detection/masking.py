@@ -31,7 +31,9 @@ logits, PriDe-debiased letters, or cloze continuation scores) once unmasked and 
 span. The prompt is prefilled once (through the same attention function, block empty);
 each masked pass reuses that KV cache cropped to the span start (queries before the
 span are never blocked, so their keys and values are unchanged) and recomputes the rest
-of the prompt with the block; cloze continuations then run as one right-padded batch
+of the prompt with the block (with a prefix cache on the model, the unmasked prefill
+reads its longest cached prefix, and an empty block then reproduces the unmasked read
+to float tolerance instead of bit for bit); cloze continuations then run as one right-padded batch
 over that cache with every continuation query blocked from the span as well (they all
 lie after it).
 """
@@ -433,14 +435,9 @@ def masked_rereads(
 
     device = lm.device
     with _span_attention(lm.model):
-        out = lm.model(
-            input_ids=torch.tensor([ids], device=device),
-            use_cache=True,
-            logits_to_keep=1,
-            **{_KWARG: None},
-        )
-        prompt_cache = out.cache
-        baseline = read(out.logits[0, -1], copy.deepcopy(prompt_cache), None)
+        # the unmasked prefill (over the model's prefix cache when it has one)
+        last_logits, prompt_cache = lm._prefill(ids, **{_KWARG: None})
+        baseline = read(last_logits, copy.deepcopy(prompt_cache), None)
         masked: list[np.ndarray | None] = []
         for span in spans:
             if span is None:

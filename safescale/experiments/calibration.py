@@ -21,6 +21,27 @@ on one position) are set aside unless every candidate is; then the candidate wit
 best accuracy *with evidence*; among candidates within ``answer.tie_margin`` of it, the
 one whose answers move most between no evidence and clean evidence; then the fixed
 preference order of :data:`PREFERENCE`.
+
+**How sure the choice is** (``selection`` in the record, and so in the manifest). The
+best of seven candidates on a few items is an optimistic estimate of the chosen one
+(the winner's curse), so the record also carries:
+
+* every candidate's accuracy with clean evidence as an estimate with its 95 %
+  percentile bootstrap interval over the calibration evidence groups;
+* the chosen candidate's paired margin over the runner-up (the best other eligible
+  candidate), with its interval and discordance, and the calibration items
+  :func:`~safescale.experiments.power.required_items` says telling the two apart needs
+  at 80 % power (the size a calibration set would need for this choice to be firm);
+* a **cross-fitted** accuracy of the ``auto`` rule itself: the calibration groups are
+  split into folds (:data:`CROSS_FIT_FOLDS`), the rule picks a formulation on the
+  other folds and is scored on the held-out one, so no item scores the choice it
+  helped make; and how many folds picked the same formulation;
+* ``confidence``: ``firm`` (the margin's interval excludes 0 and every fold agrees)
+  or ``uncertain``, with a sentence saying why.
+
+The report sets the chosen candidate's calibration interval beside the study's own
+clean-evidence accuracy and flags a study estimate outside it
+(:mod:`~safescale.experiments.validity`).
 """
 
 from __future__ import annotations
@@ -39,13 +60,31 @@ from safescale.agents.answering import (
     log_softmax,
 )
 from safescale.corpora import Corpus, Item
+from safescale.experiments.bootstrap import (
+    bootstrap_ratio,
+    key_entropy,
+    paired_difference,
+    replicate_counts,
+)
+from safescale.experiments.power import required_items
 from safescale.experiments.validity import POSITION_LOCK_SHARE
 from safescale.models import NEUTRAL_MESSAGE
 
 if TYPE_CHECKING:
     from safescale.agents.lmcache import CachedLM
 
-__all__ = ["PREFERENCE", "calibrate", "calibration_item_ids", "needs_calibration"]
+__all__ = [
+    "CROSS_FIT_FOLDS",
+    "PREFERENCE",
+    "calibrate",
+    "calibration_item_ids",
+    "needs_calibration",
+]
+
+#: Folds (of the calibration evidence groups) of the cross-fitted accuracy of ``auto``.
+CROSS_FIT_FOLDS = 4
+#: Bootstrap replicates of the calibration intervals.
+CALIBRATION_REPLICATES = 1000
 
 #: Tie-break order of ``auto`` (after accuracy and evidence sensitivity).
 PREFERENCE = (
@@ -201,7 +240,7 @@ def calibrate(
     position_prior = estimate_position_prior(cyclic_all)
 
     stats: dict[str, dict[str, list]] = {
-        name: {"closed": [], "clean": [], "changed": [], "positions": [], "agree": []}
+        name: {"closed": [], "clean": [], "changed": [], "positions": [], "agree": [], "index": []}
         for name in FORMULATIONS
     }
     for index, (item, closed, clean) in enumerate(data):
@@ -218,60 +257,71 @@ def calibrate(
                 continue
             (c0, a0), (c1, a1) = picks_closed[name], picks_clean[name]
             st = stats[name]
+            st["index"].append(index)
             st["closed"].append(c0 == gold)
             st["clean"].append(c1 == gold)
             st["changed"].append(c0 != c1)
             st["positions"] += [c0, c1]
             if a0 is not None:
                 st["agree"] += [a0, a1]
+    groups = [item.evidence_id or item.id for item in items]
+    names = sorted(set(groups))
+    unit = np.array([names.index(g) for g in groups])
+    counts = replicate_counts(
+        len(names), CALIBRATION_REPLICATES, key_entropy(0, "calibration", corpus.name, *item_ids)
+    )
+    per_unit_n = np.bincount(unit, minlength=len(names)).astype(float)
+
+    def unit_sums(values: np.ndarray) -> np.ndarray:
+        return np.bincount(unit, weights=values.astype(float), minlength=len(names))
+
+    arrays: dict[str, dict[str, np.ndarray]] = {}
     candidates: dict[str, dict[str, Any]] = {}
     for name in FORMULATIONS:
         st = stats[name]
         if not st["clean"]:
             continue
+        # full-length arrays (letter_pride lacks the items without a leave-one-out prior)
+        valid = np.zeros(len(items), dtype=bool)
+        valid[st["index"]] = True
+        clean_ok = np.zeros(len(items), dtype=bool)
+        clean_ok[st["index"]] = st["clean"]
+        changed = np.zeros(len(items), dtype=bool)
+        changed[st["index"]] = st["changed"]
+        positions = np.full((len(items), 2), -1)
+        positions[st["index"]] = np.asarray(st["positions"]).reshape(-1, 2)
+        arrays[name] = {
+            "valid": valid,
+            "clean": clean_ok,
+            "changed": changed,
+            "positions": positions,
+        }
         top_share = Counter(st["positions"]).most_common(1)[0][1] / len(st["positions"])
+        estimate = bootstrap_ratio(unit_sums(clean_ok), unit_sums(valid), counts=counts).to_dict()
         candidates[name] = {
             "n": len(st["clean"]),
             "accuracy_closed_book": float(np.mean(st["closed"])),
             "accuracy_clean_evidence": float(np.mean(st["clean"])),
+            "accuracy_clean_evidence_estimate": estimate,
             "evidence_sensitivity": float(np.mean(st["changed"])),
             "top_position_share": float(top_share),
             "orderings_agree": float(np.mean(st["agree"])) if st["agree"] else None,
         }
     if allowed is not None:
         candidates = {name: c for name, c in candidates.items() if name in allowed}
-    if formulation == "auto":
-        # a position-locked reading measures where the gold sits, not the evidence
-        eligible = {
-            name: c
-            for name, c in candidates.items()
-            if c["top_position_share"] < POSITION_LOCK_SHARE
-        } or candidates
-        best = max(c["accuracy_clean_evidence"] for c in eligible.values())
-        near = [
-            name
-            for name, c in eligible.items()
-            if c["accuracy_clean_evidence"] >= best - tie_margin - 1e-12
-        ]
-        chosen = max(
-            near,
-            key=lambda name: (
-                candidates[name]["evidence_sensitivity"],
-                -PREFERENCE.index(name),
-            ),
-        )
-    else:
-        chosen = formulation
+        arrays = {name: a for name, a in arrays.items() if name in allowed}
+    everything = np.ones(len(items), dtype=bool)
+    chosen = _auto_rule(arrays, everything, tie_margin) if formulation == "auto" else formulation
     left_out = sorted(set(FORMULATIONS) - set(candidates))
-    record: dict[str, Any] = {}
+    not_served: dict[str, Any] = {}
     if allowed is not None and left_out:
         verdict = (getattr(lm, "probe_record", None) or {}).get("verdict")
-        record["not_served"] = {
+        not_served["not_served"] = {
             "formulations": left_out,
             "why": verdict or "the model cannot serve them",
         }
-    return {
-        **record,
+    record: dict[str, Any] = {
+        **not_served,
         "requested": formulation,
         "chosen": chosen,
         "position_prior": position_prior,
@@ -285,3 +335,152 @@ def calibrate(
         if formulation == "auto"
         else "fixed by the config",
     }
+    if formulation == "auto" and chosen in arrays:
+        record["selection"] = _selection(
+            arrays, chosen, unit, names, counts, per_unit_n, tie_margin, corpus.name
+        )
+    return record
+
+
+def _eligible(arrays: dict[str, dict[str, np.ndarray]], mask: np.ndarray) -> list[str]:
+    """The candidates not position-locked on the masked items (all when every one is)."""
+    scored = [name for name, a in arrays.items() if (a["valid"] & mask).any()]
+    unlocked = []
+    for name in scored:
+        a = arrays[name]
+        positions = a["positions"][a["valid"] & mask].ravel()
+        top = Counter(positions.tolist()).most_common(1)[0][1] / len(positions)
+        if top < POSITION_LOCK_SHARE:
+            unlocked.append(name)
+    return unlocked or scored
+
+
+def _auto_rule(
+    arrays: dict[str, dict[str, np.ndarray]], mask: np.ndarray, tie_margin: float
+) -> str:
+    """The ``auto`` rule (module docs) on the items of ``mask``."""
+    eligible = _eligible(arrays, mask)
+
+    def mean(name: str, key: str) -> float:
+        a = arrays[name]
+        return float(a[key][a["valid"] & mask].mean())
+
+    accuracy = {name: mean(name, "clean") for name in eligible}
+    best = max(accuracy.values())
+    near = [name for name in eligible if accuracy[name] >= best - tie_margin - 1e-12]
+    return max(near, key=lambda name: (mean(name, "changed"), -PREFERENCE.index(name)))
+
+
+def _selection(
+    arrays: dict[str, dict[str, np.ndarray]],
+    chosen: str,
+    unit: np.ndarray,
+    names: Sequence[str],
+    counts: np.ndarray,
+    per_unit_n: np.ndarray,
+    tie_margin: float,
+    corpus_name: str,
+) -> dict[str, Any]:
+    """How sure the ``auto`` choice is (module docs): runner-up margin, the items that
+    would separate them, the cross-fitted accuracy of the rule and a verdict."""
+    n = len(unit)
+    everything = np.ones(n, dtype=bool)
+
+    def unit_sums(values: np.ndarray) -> np.ndarray:
+        return np.bincount(unit, weights=values.astype(float), minlength=len(names))
+
+    both = arrays[chosen]["valid"]
+    others = [c for c in _eligible(arrays, everything) if c != chosen and arrays[c]["valid"].all()]
+    out: dict[str, Any] = {"n_items": n, "n_groups": len(names), "n_candidates": len(arrays)}
+    margin_lo = None
+    if others and both.all():
+        runner = max(
+            others,
+            key=lambda c: (float(arrays[c]["clean"].mean()), float(arrays[c]["changed"].mean())),
+        )
+        a, b = arrays[chosen]["clean"], arrays[runner]["clean"]
+        margin = paired_difference(
+            unit_sums(a), per_unit_n, unit_sums(b), per_unit_n, counts=counts
+        ).to_dict()
+        discordance = float(np.mean(a != b))
+        delta = abs(float(a.mean() - b.mean()))
+        needed = None
+        if 0 < delta <= discordance:
+            needed = required_items(delta, discordance)
+        margin_lo = margin["lo"]
+        out.update(
+            {
+                "runner_up": runner,
+                "margin": margin,
+                "discordance": discordance,
+                "items_to_separate": needed,
+            }
+        )
+    # cross-fitting: the rule picks on the other folds, is scored on the held-out fold
+    rng = np.random.default_rng(key_entropy(0, "cross-fit", corpus_name, *names))
+    folds = min(CROSS_FIT_FOLDS, len(names))
+    fold_of_group = np.empty(len(names), dtype=int)
+    fold_of_group[rng.permutation(len(names))] = np.arange(len(names)) % folds
+    fold = fold_of_group[unit]
+    correct = np.zeros(n, dtype=bool)
+    scored = np.zeros(n, dtype=bool)
+    picks = []
+    if folds >= 2:
+        for f in range(folds):
+            held = fold == f
+            pick = _auto_rule(arrays, ~held, tie_margin)
+            picks.append(pick)
+            scored[held] = arrays[pick]["valid"][held]
+            correct[held] = arrays[pick]["clean"][held]
+        cross = bootstrap_ratio(unit_sums(correct), unit_sums(scored), counts=counts).to_dict()
+        out["cross_fit"] = {
+            "folds": folds,
+            "picks": picks,
+            "agree": sum(p == chosen for p in picks),
+            "accuracy": cross,
+        }
+    agree_all = bool(picks) and all(p == chosen for p in picks)
+    firm = margin_lo is not None and margin_lo > 0 and agree_all
+    if "runner_up" not in out:
+        firm = agree_all
+    out["confidence"] = "firm" if firm else "uncertain"
+    out["summary"] = _selection_summary(chosen, out)
+    return out
+
+
+def _selection_summary(chosen: str, sel: dict[str, Any]) -> str:
+    """One sentence on how sure the choice is."""
+    parts = [f"{chosen} chosen from {sel['n_candidates']} candidates on {sel['n_items']} items"]
+    margin = sel.get("margin")
+    if margin is not None and margin.get("value") is not None:
+        lo, hi = margin.get("lo"), margin.get("hi")
+        interval = (
+            f" [{lo * 100:+.1f}, {hi * 100:+.1f}]" if lo is not None and hi is not None else ""
+        )
+        parts.append(
+            f"it beats the runner-up {sel['runner_up']} by {margin['value'] * 100:+.1f} "
+            f"points{interval}"
+        )
+        needed = sel.get("items_to_separate")
+        if needed is not None:
+            parts.append(
+                f"telling the two apart at 80% power needs about {needed} calibration items"
+            )
+        elif margin["value"] == 0:
+            parts.append("the two are tied on these items")
+    cross = sel.get("cross_fit")
+    if cross is not None:
+        acc = cross["accuracy"]
+        if acc.get("value") is not None:
+            interval = (
+                f" [{acc['lo']:.0%}, {acc['hi']:.0%}]"
+                if acc.get("lo") is not None and acc.get("hi") is not None
+                else ""
+            )
+            parts.append(
+                f"cross-fitted, the rule picks {chosen} in {cross['agree']} of "
+                f"{cross['folds']} folds and scores {acc['value']:.0%}{interval} on "
+                "the items it did not choose on"
+            )
+    verdict = "firm" if sel["confidence"] == "firm" else "uncertain"
+    return f"choice {verdict}: " + "; ".join(parts) + "."

@@ -6,8 +6,11 @@ invalid value) as a :class:`ConfigError` naming the key, the file and the line::
     safescale/experiments/configs/demo.yaml:7: retreival: unknown key (did you mean 'retrieval'?)
 
 A run covers the cross product ``models × corpora × conditions × compute.samples ×
-conflict_dose`` (:meth:`ExperimentConfig.grid`; closed-book has no evidence, so it runs
-at dose 0 only). Bundled configs live in ``experiments/configs/`` and
+conflict_dose × context_budget × retrieval.k`` (:meth:`ExperimentConfig.grid`), where
+each scale axis applies only to the conditions that read it (``axis_conditions``,
+:class:`AxisConditions`): the others run once, at the axis's base value (closed-book has
+no evidence, so it runs at dose 0 only; only max-context reads the context budget; only
+the RAG conditions read ``k``). Bundled configs live in ``experiments/configs/`` and
 are found by name (:func:`list_bundled_configs`).
 """
 
@@ -40,20 +43,24 @@ from safescale.agents.context import AgentSettings
 from safescale.corpora.schema import Task
 from safescale.detection.pipeline import DetectionConfig
 from safescale.experiments.bootstrap import BootstrapConfig
-from safescale.experiments.metrics import CONDITIONS, MetricsConfig
+from safescale.experiments.metrics import CONDITIONS, LEGACY_DEFAULT_COMPARISONS, MetricsConfig
 from safescale.records import SLUG_PATTERN, check_slug
 
 __all__ = [
     "CONDITIONS",
     "CONFIGS_DIR",
+    "MAX_CONFLICT_DOSE",
+    "SCALE_AXES",
     "AgenticConfig",
     "AnswerConfig",
+    "AxisConditions",
     "ComputeConfig",
     "ConfigError",
     "DetectionSettings",
     "ExperimentConfig",
     "GridCell",
     "ItemFilter",
+    "MaxContextConfig",
     "MlflowTracking",
     "ModelConfig",
     "RelianceSettings",
@@ -69,15 +76,20 @@ __all__ = [
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 
-def _condition_source(source: str) -> str:
+def _condition_source(source: str, info: ValidationInfo) -> str:
     """Resolve, build and contract-check one ``conditions`` entry (no model call)."""
     from safescale.agents.registry import ConditionError, resolve_condition
 
     try:
-        resolve_condition(source)
+        resolve_condition(source, info.data.get("import_path") or ())
     except ConditionError as error:
         raise ValueError(str(error)) from None
     return source
+
+
+#: The largest conflict dose: contradicting passages added to one item's evidence (a
+#: larger dose than an item's conflicting pool is capped to the pool anyway).
+MAX_CONFLICT_DOSE = 1000
 
 
 #: One ``conditions`` entry: a bundled name, a ``module:function`` import path or an
@@ -152,6 +164,13 @@ class ModelConfig(_Section):
             changes how calls are batched, not what is answered, so it is not part of
             the config hash (a run can be resumed with another value). A served model
             answers at least ``max_concurrency`` items at once.
+        prefix_cache_mb: bound (MiB) of the model's cross-item prefix cache: the KV
+            states of prompt prefixes shared across items and calls are computed once
+            (:mod:`safescale.models.prefix_cache`; ``docs/prefix-cache.md``). ``0``
+            turns it off. The default holds SmolLM2-135M's whole 8,192-token window
+            in float32 (46 KB a token) plus the tails of the prompts around it. The
+            same answers either way (to float tolerance), so it is not part of the
+            config hash either.
         base_url: the API root of a served model (``http://127.0.0.1:8000/v1``).
         model: the served model's name at the endpoint (default: ``spec`` or ``name``).
         api_key_env: environment variable holding the API key (never written to the
@@ -196,6 +215,7 @@ class ModelConfig(_Section):
     context_length: int | None = Field(None, ge=64)
     extra_body: dict[str, Any] = Field(default_factory=dict)
     engine_args: dict[str, Any] = Field(default_factory=dict)
+    prefix_cache_mb: float = Field(512, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -293,11 +313,30 @@ class ModelConfig(_Section):
         )
 
 
+def _axis_list(value: Any, what: str) -> Any:
+    """A scalar as a one-value list; a list as a tuple in the order given."""
+    if value is None or isinstance(value, int | str):
+        value = [value]
+    if isinstance(value, list | tuple):
+        if not value:
+            raise ValueError(f"at least one {what} is needed")
+        return tuple(value)
+    return value
+
+
+def _unique(values: tuple[Any, ...], what: str) -> tuple[Any, ...]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} repeat: {list(values)}")
+    return values
+
+
 class RetrievalConfig(_Section):
     """Retrieval settings of the RAG conditions.
 
     Attributes:
-        k: passages retrieved per query.
+        k: passages retrieved per query; a list sweeps the retrieval depth (a scalar is
+            a one-value list). The first value is the base the conditions outside the
+            axis run at (see :class:`AxisConditions`).
         index_type: FAISS index kind (``ivfpq_disk``: on-disk inverted lists and
             memory-mapped vectors, for corpora whose embeddings do not fit in memory).
 
@@ -305,8 +344,20 @@ class RetrievalConfig(_Section):
     the difference the conditions measure), so there is no rerank switch.
     """
 
-    k: int = Field(_agent_default("k"), ge=1)
+    k: tuple[Annotated[int, Field(ge=1)], ...] = (_agent_default("k"),)
     index_type: Literal["flat", "ivf", "hnsw", "ivfpq_disk"] = "flat"
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k_list(cls, k: Any) -> Any:
+        if isinstance(k, bool):
+            raise ValueError("k must be an integer >= 1")
+        return _axis_list(k, "retrieval depth")
+
+    @field_validator("k")
+    @classmethod
+    def _k_unique(cls, k: tuple[int, ...]) -> tuple[int, ...]:
+        return _unique(k, "retrieval depths")
 
 
 class AgenticConfig(_Section):
@@ -400,6 +451,25 @@ class RelianceSettings(_Section):
     tolerance: float = Field(1e-3, gt=0.0)
 
 
+class MaxContextConfig(_Section):
+    """How the max-context condition fills its budget
+    (:func:`safescale.agents.nodes.pack_context_node`).
+
+    Attributes:
+        order: ``similarity``: each item's own ranking of the corpus by similarity to
+            its question, whole passages while they fit; ``corpus``: every passage in
+            one fixed corpus order (topic, then grade level, then date), the same
+            evidence block for every item, and when the corpus does not fit the same
+            passages left out for every item (withdrawn, then superseded, then the
+            weakest grade, then the oldest). With ``corpus`` only the question differs
+            between items' prompts, so the prefix cache prefills the block once.
+            The default stays ``similarity`` until the measurement of both orders on
+            the bundled study decides it (``docs/prefix-cache.md``).
+    """
+
+    order: Literal["similarity", "corpus"] = _agent_default("max_context_order")
+
+
 class ItemFilter(_Section):
     """Which items of each corpus to run (applied before ``limit``).
 
@@ -440,15 +510,102 @@ class TrackingConfig(_Section):
     mlflow: MlflowTracking | None = None
 
 
+#: The scale axes of a config besides the model: ``axis_conditions`` key -> what the
+#: records call the value.
+SCALE_AXES = {
+    "compute_samples": "samples_budget",
+    "conflict_dose": "conflict_dose",
+    "context_budget": "context_budget",
+    "retrieval_k": "retrieval_k",
+}
+
+#: Bundled conditions that do not read an axis (they would give the same answers at
+#: every value), with the reason an error gives.
+_AXIS_UNUSED = {
+    "conflict_dose": {"closed_book": "closed-book has no evidence to add passages to"},
+    "context_budget": {
+        c: "only max-context packs passages up to the context budget"
+        for c in (
+            "closed_book",
+            "clean_evidence",
+            "conflict_evidence",
+            "standard_rag",
+            "agentic_rag",
+        )
+    },
+    "retrieval_k": {
+        c: "only the RAG conditions retrieve top-k passages"
+        for c in ("closed_book", "clean_evidence", "conflict_evidence", "max_context")
+    },
+}
+
+
+class AxisConditions(_Section):
+    """Which conditions each scale axis applies to (``axis_conditions:`` in the YAML).
+
+    A condition an axis applies to runs at every value of the axis; any other runs
+    once, at the axis's *base* value: the smallest compute budget, dose 0 (a condition
+    outside the dose axis is not run when 0 is not among the doses), the first listed
+    context budget and the first listed retrieval depth. None (the default) applies an
+    axis to every condition that reads it: compute budgets to all, conflict doses to
+    all but closed-book, the context budget to max-context and the retrieval depth to
+    standard and agentic RAG, and both to every condition of your own (safescale cannot
+    tell whether it reads them). A bundled condition that does not read an axis cannot
+    be named for it.
+
+    Attributes:
+        compute_samples: conditions run at every ``compute.samples`` budget.
+        conflict_dose: conditions run at every ``conflict_dose``.
+        context_budget: conditions run at every ``context_budget``.
+        retrieval_k: conditions run at every ``retrieval.k``.
+    """
+
+    compute_samples: tuple[str, ...] | None = None
+    conflict_dose: tuple[str, ...] | None = None
+    context_budget: tuple[str, ...] | None = None
+    retrieval_k: tuple[str, ...] | None = None
+
+    @field_validator("*")
+    @classmethod
+    def _names(cls, names: tuple[str, ...] | None, info: ValidationInfo) -> Any:
+        if names is None:
+            return None
+        for name in names:
+            check_slug(name, "condition name")
+            reason = _AXIS_UNUSED.get(str(info.field_name), {}).get(name)
+            if reason is not None:
+                raise ValueError(f"{name} does not read this axis ({reason})")
+        return _unique(tuple(names), "conditions")
+
+    def named(self, axis: str) -> tuple[str, ...] | None:
+        """The conditions the config names for an axis (None: not set)."""
+        return {
+            "compute_samples": self.compute_samples,
+            "conflict_dose": self.conflict_dose,
+            "context_budget": self.context_budget,
+            "retrieval_k": self.retrieval_k,
+        }[axis]
+
+
+def default_axis_conditions(axis: str, conditions: Sequence[str]) -> tuple[str, ...]:
+    """The conditions an axis applies to when ``axis_conditions`` does not say."""
+    unused = _AXIS_UNUSED.get(axis, {})
+    return tuple(c for c in conditions if c not in unused)
+
+
 class GridCell(NamedTuple):
-    """One (model, corpus, condition, compute budget, conflict dose) combination of a
-    sweep (``condition`` is the recorded name; see :meth:`ExperimentConfig.condition_source`)."""
+    """One (model, corpus, condition, compute budget, conflict dose, context budget,
+    retrieval depth) combination of a sweep (``condition`` is the recorded name; see
+    :meth:`ExperimentConfig.condition_source`; ``context_budget`` None is the model's
+    maximum)."""
 
     model: ModelConfig
     corpus: str
     condition: str
     samples_budget: int
     conflict_dose: int = 0
+    context_budget: int | None = None
+    retrieval_k: int = _agent_default("k")
 
 
 class ExperimentConfig(_Section):
@@ -460,13 +617,21 @@ class ExperimentConfig(_Section):
         models: models to evaluate.
         corpora: bundled corpus names or corpus directories (``corpus: X`` is shorthand
             for ``corpora: [X]``).
+        import_path: directories searched first for the modules of ``module:function``
+            conditions (relative ones against the config file's directory). Default:
+            the config file's directory when a condition is an import path, else
+            none. The current directory is not searched unless listed. Where the code
+            lives is not part of the config hash.
         conditions: deployment conditions (default: the six bundled ones). An entry
             is a bundled name, a ``module:function`` import path of a graph builder
             or an entry-point name (group ``safescale.conditions``); each is built
             and checked against the condition contract when the config loads.
         retrieval: retrieval settings.
         agentic: agentic RAG settings.
-        context_budget: prompt token budget for the evidence (None: the model's limit).
+        context_budget: max-context prompt token budget (None or ``max``: the model's
+            limit); a list sweeps it (a scalar is a one-value list; the first value is
+            the base the other conditions run at).
+        max_context: how max-context orders and leaves out passages.
         compute: compute budgets.
         answer: how answers are read (formulation, calibration).
         detection: detection settings.
@@ -482,16 +647,22 @@ class ExperimentConfig(_Section):
             each item's conflicting pool added to its evidence or retrieval candidates
             (:mod:`safescale.corpora.conflict`); default ``[0]`` (no injection).
         tracking: experiment trackers the finished run is logged to (not hashed).
+        axis_conditions: which conditions each scale axis applies to (None: every
+            condition that reads it; see :class:`AxisConditions`).
     """
 
     name: str = Field(min_length=1, pattern=SLUG_PATTERN)
     description: str | None = None
     models: tuple[ModelConfig, ...] = Field(min_length=1)
     corpora: tuple[str, ...] = Field(min_length=1)
+    import_path: tuple[Path, ...] = ()
     conditions: tuple[ConditionSource, ...] = Field(CONDITIONS, validate_default=True)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     agentic: AgenticConfig = Field(default_factory=AgenticConfig)
-    context_budget: int | None = Field(_agent_default("context_budget"), ge=64)
+    context_budget: tuple[Annotated[int, Field(ge=64)] | None, ...] = (
+        _agent_default("context_budget"),
+    )
+    max_context: MaxContextConfig = Field(default_factory=MaxContextConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     answer: AnswerConfig = Field(default_factory=AnswerConfig)
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
@@ -505,6 +676,7 @@ class ExperimentConfig(_Section):
     shard_size: int = Field(16, ge=1)
     conflict_dose: tuple[int, ...] = (0,)
     tracking: TrackingConfig | None = None
+    axis_conditions: AxisConditions | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -515,6 +687,50 @@ class ExperimentConfig(_Section):
             data = {**data, "corpora": [data["corpus"]]}
             del data["corpus"]
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_import_path(cls, data: Any, info: ValidationInfo) -> Any:
+        """A config file that names a condition by import path searches its own
+        directory for it unless it gives ``import_path`` itself."""
+        context = info.context or {}
+        if not isinstance(data, dict):
+            return data
+        extra = [str(d) for d in context.get("extra_import_path") or ()]
+        named = data.get("conditions")
+        by_path = isinstance(named, list | tuple) and any(
+            isinstance(c, str) and ":" in c for c in named
+        )
+        if "import_path" not in data and (by_path or extra):
+            own = ["."] if by_path and context.get("config_dir") is not None else []
+            return {**data, "import_path": [*extra, *own]}
+        if extra:
+            given = data["import_path"]
+            given = [given] if isinstance(given, str) else list(given or [])
+            return {**data, "import_path": [*extra, *given]}
+        return data
+
+    @field_validator("import_path", mode="before")
+    @classmethod
+    def _import_dirs(cls, dirs: Any, info: ValidationInfo) -> Any:
+        if isinstance(dirs, str | Path):
+            dirs = [dirs]
+        if not isinstance(dirs, list | tuple):
+            return dirs
+        base = (info.context or {}).get("config_dir")
+        out = []
+        for d in dirs:
+            if not isinstance(d, str | Path):
+                return dirs  # the type error is reported by pydantic
+            path = Path(d).expanduser()
+            if not path.is_absolute():
+                path = Path(base) / path if base is not None else Path.cwd() / path
+            path = path.resolve()
+            if not path.is_dir():
+                raise ValueError(f"{d}: no such directory ({path})")
+            if path not in out:
+                out.append(path)
+        return tuple(out)
 
     @field_validator("models")
     @classmethod
@@ -544,10 +760,12 @@ class ExperimentConfig(_Section):
 
     @field_validator("conditions")
     @classmethod
-    def _unique_conditions(cls, conditions: tuple[str, ...]) -> tuple[str, ...]:
+    def _unique_conditions(
+        cls, conditions: tuple[str, ...], info: ValidationInfo
+    ) -> tuple[str, ...]:
         if not conditions:
             raise ValueError("at least one condition is needed")
-        names = _condition_names(conditions)
+        names = _condition_names(conditions, info.data.get("import_path") or ())
         if len(set(names)) != len(names):
             raise ValueError(f"conditions repeat: {list(conditions)} (names {list(names)})")
         return conditions
@@ -562,6 +780,13 @@ class ExperimentConfig(_Section):
                 raise ValueError("at least one conflict dose is needed (0 = no injection)")
             if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in doses):
                 raise ValueError(f"conflict doses must be integers >= 0, got {list(doses)}")
+            big = [d for d in doses if d > MAX_CONFLICT_DOSE]
+            if big:
+                raise ValueError(
+                    f"conflict dose {big[0]} is larger than {MAX_CONFLICT_DOSE} (contradicting "
+                    "passages added to one item; a dose beyond an item's conflicting pool "
+                    "adds the whole pool)"
+                )
             if len(set(doses)) != len(doses):
                 raise ValueError(f"conflict doses repeat: {list(doses)}")
             return tuple(sorted(doses))
@@ -571,7 +796,8 @@ class ExperimentConfig(_Section):
     @classmethod
     def _served_conditions(cls, conditions: tuple[str, ...], info: ValidationInfo) -> tuple:
         chat = [m.name for m in info.data.get("models") or () if m.kind == "openai-chat"]
-        if chat and "agentic_rag" in _condition_names(conditions):
+        names = _condition_names(conditions, info.data.get("import_path") or ())
+        if chat and "agentic_rag" in names:
             raise ValueError(
                 f"agentic_rag: its critic reads its judgements as continuations, which "
                 f"model {chat[0]!r} (kind: openai-chat) cannot score (chat endpoints return "
@@ -603,14 +829,83 @@ class ExperimentConfig(_Section):
             )
         return reliance
 
+    @field_validator("context_budget", mode="before")
+    @classmethod
+    def _budgets(cls, budgets: Any) -> Any:
+        if isinstance(budgets, bool):
+            raise ValueError("a context budget is an integer >= 64, null or 'max'")
+        budgets = _axis_list(budgets, "context budget")
+        if isinstance(budgets, tuple):
+            bad = [b for b in budgets if isinstance(b, str) and b != "max"]
+            if bad:
+                raise ValueError(
+                    f"context budgets are token counts >= 64, or null / 'max' for the "
+                    f"model's limit; got {bad[0]!r}"
+                )
+            budgets = tuple(None if b == "max" else b for b in budgets)
+        return budgets
+
+    @field_validator("context_budget")
+    @classmethod
+    def _budgets_unique(cls, budgets: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return _unique(budgets, "context budgets")
+
+    @field_validator("axis_conditions")
+    @classmethod
+    def _axis_conditions_known(
+        cls, axes: AxisConditions | None, info: ValidationInfo
+    ) -> AxisConditions | None:
+        conditions = info.data.get("conditions")
+        if axes is None or conditions is None:
+            return axes
+        known = _condition_names(conditions, info.data.get("import_path") or ())
+        for axis in SCALE_AXES:
+            unknown = [c for c in axes.named(axis) or () if c not in known]
+            if unknown:
+                raise ValueError(
+                    f"{axis}: {unknown[0]!r} is not a condition of this config "
+                    f"(conditions: {', '.join(known)})"
+                )
+        return axes
+
+    @field_validator("reliance")
+    @classmethod
+    def _reliance_conditions(
+        cls, reliance: RelianceSettings, info: ValidationInfo
+    ) -> RelianceSettings:
+        conditions = info.data.get("conditions")
+        if conditions is None or not reliance.enabled:
+            return reliance
+        names = _condition_names(conditions, info.data.get("import_path") or ())
+        if reliance.conditions is not None:
+            unknown = [c for c in reliance.conditions if c not in names]
+            if unknown:
+                raise ValueError(
+                    f"conditions: {unknown[0]!r} is not a condition of this run "
+                    f"({', '.join(names)})"
+                )
+            if "closed_book" in reliance.conditions:
+                raise ValueError(
+                    "conditions: closed_book carries no evidence, so there is nothing to mask"
+                )
+            if not reliance.conditions:
+                raise ValueError("conditions: empty (omit it to measure every condition)")
+        elif all(n == "closed_book" for n in names):
+            raise ValueError(
+                "enabled, but no condition of this run carries evidence (closed_book "
+                "only): there is nothing to mask"
+            )
+        return reliance
+
     @field_validator("metrics")
     @classmethod
     def _comparisons_known(cls, metrics: MetricsConfig, info: ValidationInfo) -> MetricsConfig:
         conditions = info.data.get("conditions")
         if conditions is None:  # invalid conditions are reported on their own
             return metrics
-        known = [*CONDITIONS, *(n for n in _condition_names(conditions) if n not in CONDITIONS)]
-        for a, b in metrics.comparisons:
+        names = _condition_names(conditions, info.data.get("import_path") or ())
+        known = [*CONDITIONS, *(n for n in names if n not in CONDITIONS)]
+        for a, b in metrics.comparisons or ():
             unknown = [c for c in (a, b) if c not in known]
             if unknown:
                 raise ValueError(
@@ -622,7 +917,14 @@ class ExperimentConfig(_Section):
     @property
     def condition_names(self) -> tuple[str, ...]:
         """The names the conditions' records carry, in config order."""
-        return _condition_names(self.conditions)
+        return _condition_names(self.conditions, self.import_path)
+
+    def build_condition(self, name: str, checkpointer: Any = None) -> Any:
+        """Compile the graph of the condition recorded as ``name`` (its source resolved
+        with this config's ``import_path``)."""
+        from safescale.agents.registry import build_condition
+
+        return build_condition(self.condition_source(name), checkpointer, self.import_path)
 
     def condition_source(self, name: str) -> str:
         """The ``conditions`` entry of the condition recorded as ``name``."""
@@ -636,18 +938,55 @@ class ExperimentConfig(_Section):
         """The run directory: ``output_dir`` or ``runs/<name>``."""
         return self.output_dir if self.output_dir is not None else Path("runs") / self.name
 
+    def axis_values(self, axis: str) -> tuple[Any, ...]:
+        """Every value of a scale axis (a key of :data:`SCALE_AXES`), as configured."""
+        values = {
+            "compute_samples": self.compute.samples,
+            "conflict_dose": self.conflict_dose,
+            "context_budget": self.context_budget,
+            "retrieval_k": self.retrieval.k,
+        }
+        return values[axis]
+
+    def axis_conditions_of(self, axis: str) -> tuple[str, ...]:
+        """The conditions a scale axis applies to (see :class:`AxisConditions`)."""
+        named = self.axis_conditions.named(axis) if self.axis_conditions else None
+        if named is not None:
+            return tuple(c for c in self.condition_names if c in named)
+        return default_axis_conditions(axis, self.condition_names)
+
+    def condition_axis_values(self, axis: str, condition: str) -> tuple[Any, ...]:
+        """The values of an axis a condition runs at: all of them when the axis applies
+        to it, else the base value alone (none when the base dose 0 is not swept)."""
+        values = self.axis_values(axis)
+        if condition in self.axis_conditions_of(axis):
+            return values
+        if axis == "conflict_dose":
+            return (0,) if 0 in values else ()
+        return values[:1]
+
     def grid(self) -> list[GridCell]:
-        """The sweep: every model × corpus × condition × compute budget × conflict dose,
-        in that order (closed-book at dose 0 only: it has no evidence to add to)."""
-        return [
-            GridCell(model, corpus, condition, budget, dose)
-            for model in self.models
-            for corpus in self.corpora
-            for condition in self.condition_names
-            for budget in self.compute.samples
-            for dose in self.conflict_dose
-            if dose == 0 or condition != "closed_book"
-        ]
+        """The sweep: every model × corpus × condition × compute budget × conflict dose
+        × context budget × retrieval depth, in that order, each axis over the conditions
+        it applies to (see :meth:`condition_axis_values`)."""
+        cells = []
+        for model in self.models:
+            for corpus in self.corpora:
+                for condition in self.condition_names:
+                    values = [self.condition_axis_values(a, condition) for a in SCALE_AXES]
+                    for budget in values[0]:
+                        for dose in values[1]:
+                            for context in values[2]:
+                                for k in values[3]:
+                                    cells.append(
+                                        GridCell(model, corpus, condition, budget, dose,
+                                                 context, k)
+                                    )  # fmt: skip
+        return cells
+
+    def swept_axes(self) -> tuple[str, ...]:
+        """The scale axes with more than one value (the keys of :data:`SCALE_AXES`)."""
+        return tuple(a for a in SCALE_AXES if len(self.axis_values(a)) > 1)
 
     def with_overrides(self, **changes: Any) -> ExperimentConfig:
         """A validated copy with top-level fields replaced (e.g. ``limit``,
@@ -670,41 +1009,57 @@ class ExperimentConfig(_Section):
         return config_hash(self)
 
 
-def _condition_names(sources: Sequence[str]) -> tuple[str, ...]:
+def _condition_names(sources: Sequence[str], import_path: Sequence[Path] = ()) -> tuple[str, ...]:
     from safescale.agents.registry import resolve_condition
 
-    return tuple(resolve_condition(source).name for source in sources)
-
-
-#: Detection settings that change only how the frozen responses' detectors are evaluated
-#: (re-run by ``safescale detect train`` on a finished run without a model call); they
-#: are not part of the config hash.
-DETECTION_EVALUATION_KEYS = ("protocol", "folds", "repeats", "replicates", "controls")
+    return tuple(resolve_condition(source, import_path).name for source in sources)
 
 
 def config_hash(config: ExperimentConfig) -> str:
     """sha256 of the canonical JSON of the resolved config, ``output_dir``, ``limit``,
-    the models' ``items_in_flight`` and the detection evaluation settings
-    (:data:`DETECTION_EVALUATION_KEYS`) excluded.
+    ``tracking``, ``import_path``, the models' ``items_in_flight`` and
+    ``prefix_cache_mb`` and the detection settings but ``enabled`` excluded.
 
     Two configs that differ only in where the run is written (or logged: ``tracking``
     is excluded too), or in how many items of
     the same nested order they take (``limit``: a larger limit extends a run), or in
-    how many items a model answers at once (``items_in_flight``: the same answers),
-    or in where and how fast a served model is reached (:data:`CONNECTION_FIELDS`),
-    hash equally; any other change (including a default made explicit with a different
-    value) changes it.
+    how many items a model answers at once (``items_in_flight``) or how much of their
+    prompts' KV states it keeps (``prefix_cache_mb``), which give the same answers,
+    or in where their condition modules are found (``import_path``), or in where and how
+    fast a served model is reached (:data:`CONNECTION_FIELDS`), hash equally; any
+    other change (including a default made explicit with a different value) changes it.
+    A one-value ``context_budget`` or ``retrieval.k`` list hashes as the scalar it is,
+    an unset ``axis_conditions`` and ``max_context`` with ``order: similarity`` are
+    left out, and the default comparisons (``metrics.comparisons`` unset) hash as the
+    fixed list they were before they became per-run. Of the detection settings only
+    ``enabled`` counts: the others decide how frozen responses are scored, never an
+    answer. A run made under an earlier rule still resumes: the runner re-reads its own
+    ``config.yaml``.
     """
-    data = config.model_dump(mode="json", exclude={"output_dir", "limit", "tracking"})
+    data = config.model_dump(
+        mode="json", exclude={"output_dir", "limit", "tracking", "import_path"}
+    )
     for model in data.get("models", []):
         model.pop("items_in_flight", None)
+        model.pop("prefix_cache_mb", None)
         if model.get("kind", "local") == "local":  # hashes of local runs as before
             for key in ("kind", *SERVED_FIELDS):
                 model.pop(key, None)
         for key in CONNECTION_FIELDS:  # where the server is, not what it computes
             model.pop(key, None)
-    for key in DETECTION_EVALUATION_KEYS:  # how detectors are evaluated, not what is run
-        data.get("detection", {}).pop(key, None)
+    if data.get("max_context") == {"order": "similarity"}:
+        del data["max_context"]
+    detection = data.get("detection") or {}
+    data["detection"] = {"enabled": detection.get("enabled", False)}
+    if data.get("axis_conditions") is None:
+        data.pop("axis_conditions", None)
+    if len(data.get("context_budget") or ()) == 1:
+        data["context_budget"] = data["context_budget"][0]
+    retrieval = data.get("retrieval") or {}
+    if len(retrieval.get("k") or ()) == 1:
+        retrieval["k"] = retrieval["k"][0]
+    if data.get("metrics", {}).get("comparisons") is None:
+        data["metrics"]["comparisons"] = [list(p) for p in LEGACY_DEFAULT_COMPARISONS]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -737,19 +1092,46 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     )
 
 
-def load_config(name_or_path: str | Path) -> ExperimentConfig:
+def load_config(
+    name_or_path: str | Path, *, import_path: Sequence[str | Path] = ()
+) -> ExperimentConfig:
     """Load, validate and freeze an experiment config (bundled name or YAML path).
+
+    Args:
+        name_or_path: a bundled config name or a YAML file.
+        import_path: directories searched for import-path conditions before the
+            config's own ``import_path`` (``safescale run --import-path``).
 
     Raises:
         ConfigError: the file is missing, is not YAML, has a duplicated key, or fails
             validation; every problem is reported as ``file:line: key: message``.
     """
     path = resolve_config_path(name_or_path)
-    return parse_config(path.read_text(encoding="utf-8"), source=str(path))
+    return parse_config(
+        path.read_text(encoding="utf-8"),
+        source=str(path),
+        config_dir=path.resolve().parent,
+        import_path=import_path,
+    )
 
 
-def parse_config(text: str, *, source: str = "<config>") -> ExperimentConfig:
-    """Validate a YAML string as an :class:`ExperimentConfig` (see :func:`load_config`)."""
+def parse_config(
+    text: str,
+    *,
+    source: str = "<config>",
+    config_dir: str | Path | None = None,
+    import_path: Sequence[str | Path] = (),
+) -> ExperimentConfig:
+    """Validate a YAML string as an :class:`ExperimentConfig` (see :func:`load_config`).
+
+    Args:
+        text: the YAML.
+        source: the file name errors carry.
+        config_dir: the directory relative ``import_path`` entries resolve against
+            (and the default import path); None: the current directory for relative
+            entries and no default.
+        import_path: extra directories searched first (``--import-path``).
+    """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as error:
@@ -766,8 +1148,12 @@ def parse_config(text: str, *, source: str = "<config>") -> ExperimentConfig:
     if problems:
         raise ConfigError(problems)
     data = yaml.safe_load(text)
+    context = {
+        "config_dir": None if config_dir is None else Path(config_dir),
+        "extra_import_path": [Path(d).expanduser().resolve() for d in import_path],
+    }
     try:
-        return ExperimentConfig.model_validate(data)
+        config = ExperimentConfig.model_validate(data, context=context)
     except ValidationError as error:
         errors = error.errors(include_url=False)
         locs = [_yaml_loc(tuple(e["loc"])) for e in errors]
@@ -779,6 +1165,35 @@ def parse_config(text: str, *, source: str = "<config>") -> ExperimentConfig:
             if not any(len(other) > len(loc) and other[: len(loc)] == loc for other in locs)
         ]
         raise ConfigError([_describe(e, marks, source) for e in kept]) from None
+    if config_dir is not None:
+        _check_models(config, data, marks, source)
+    return config
+
+
+def _check_models(
+    config: ExperimentConfig, data: Any, marks: dict[tuple[Any, ...], int], source: str
+) -> None:
+    """A config file's models must name something loadable (a registered name, a model
+    directory or ``.gguf`` file, a Hugging Face id): checked without loading, so that an
+    unknown name or a missing ``spec:`` directory is the config's ``file:line``, not a
+    failure after the run started. (A config given as text, without a file, is data
+    only: its models are checked when they load.)"""
+    from safescale.models.registry import model_spec_problem
+
+    problems = []
+    for index, model in enumerate(config.models):
+        problem = model_spec_problem(model.source)
+        if problem is None:
+            continue
+        entry = data["models"][index] if isinstance(data.get("models"), list) else None
+        loc: tuple[Any, ...] = ("models", index)
+        if isinstance(entry, dict) and "spec" in entry:
+            loc = (*loc, "spec")
+        elif isinstance(entry, dict):
+            loc = (*loc, "name")
+        problems.append(f"{source}:{_line_for(loc, marks)}: {_loc_text(loc)}: {problem}")
+    if problems:
+        raise ConfigError(problems)
 
 
 def _index_marks(

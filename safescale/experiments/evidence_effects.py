@@ -28,6 +28,17 @@ clean_evidence`` and ``clean_evidence → conflict_evidence`` — over the items
 under both (same model, corpus, budget and conflict dose): ``right→wrong``,
 ``wrong→right``, ``right→right`` and ``wrong→wrong`` counts with their item ids
 (right = chosen is gold).
+
+**Distractor passages.** For clean evidence and each retrieval condition ``R`` (every
+condition but the three oracle ones: standard, agentic and max-context RAG and any
+external condition), over the items answered under both (same model, corpus, budget
+and dose): the items whose ``R`` prompt held the whole clean evidence set (the *gold
+passages present*) and whose answer still differs from the clean-evidence answer.
+There the only difference between the two prompts is the other retrieved passages, so
+the change is named **distractor passages changed the answer**: ``right_to_wrong``
+(clean evidence alone was right), ``wrong_to_right`` and ``wrong_to_other`` item ids,
+the option flows (``clean answer -> R answer`` by option text, with item ids), and the
+failure attribution of the right-to-wrong responses (their causes, when attributed).
 """
 
 from __future__ import annotations
@@ -42,9 +53,12 @@ from safescale.corpora.schema import Stance, Status
 from safescale.records import AttributionRecord, ResponseRecord
 
 __all__ = [
+    "DISTRACTOR_DEFINITION",
+    "ORACLE_CONDITIONS",
     "OVERRIDE_CAUSES",
     "OVERRIDE_DEFINITION",
     "TRANSITION_PAIRS",
+    "distractor_transitions",
     "override_flags",
     "response_dose",
     "transition_matrices",
@@ -56,6 +70,15 @@ OVERRIDE_CAUSES = ("superseded_source_used", "lower_grade_outranked")
 TRANSITION_PAIRS: tuple[tuple[str, str], ...] = (
     ("closed_book", "clean_evidence"),
     ("clean_evidence", "conflict_evidence"),
+)
+#: The conditions whose evidence is fixed by the item (no retrieval).
+ORACLE_CONDITIONS = ("closed_book", "clean_evidence", "conflict_evidence")
+DISTRACTOR_DEFINITION = (
+    "per retrieval condition, among the items whose prompt held the item's whole clean "
+    "evidence set (gold passages present) and whose answer differs from the "
+    "clean-evidence answer of the same item: only the other retrieved passages differ "
+    "between the two prompts, so the distractor passages changed the answer "
+    "(right_to_wrong: clean evidence alone was right)"
 )
 OVERRIDE_DEFINITION = (
     "among responses whose prompt held a current passage supporting the gold option and "
@@ -119,18 +142,11 @@ def override_flags(record: ResponseRecord, corpus: Corpus) -> dict[str, Any]:
 
 def attribution_index(
     attribution: Iterable[AttributionRecord],
-) -> dict[tuple[str, str, str, int, int], str]:
-    """``(model, condition, item, samples_budget, dose) -> cause`` of the attributions."""
-    return {
-        (
-            a.model,
-            str(a.condition),
-            a.item,
-            int(a.samples_budget),
-            int(getattr(a, "conflict_dose", 0) or 0),
-        ): a.cause
-        for a in attribution
-    }
+) -> dict[tuple, str]:
+    """``(model, condition, item, samples_budget, dose, context_budget, retrieval_k) ->
+    cause`` of the attributions (the response key; a context budget of None, the
+    model's maximum, as 0 like the outcome frame's column)."""
+    return {(*a.key[:5], a.key[5] or 0, a.key[6]): a.cause for a in attribution}
 
 
 def transition_matrices(
@@ -151,7 +167,7 @@ def transition_matrices(
         wrong→right − right→wrong.
     """
     out = []
-    keys = ["model", "corpus", "samples_budget", "conflict_dose"]
+    keys = ["model", "corpus", "samples_budget", "conflict_dose", "context_budget", "retrieval_k"]
     for key, sub in frame.groupby(keys, sort=False):
         by_condition = {
             c: part.set_index("item")["correct"] for c, part in sub.groupby("condition")
@@ -176,8 +192,14 @@ def transition_matrices(
             out.append(
                 {
                     **dict(
-                        zip(keys, (str(key[0]), str(key[1]), int(key[2]), int(key[3])), strict=True)
+                        zip(
+                            keys[:4],
+                            (str(key[0]), str(key[1]), int(key[2]), int(key[3])),
+                            strict=True,
+                        )
                     ),
+                    "context_budget": int(key[4]) or None,
+                    "retrieval_k": int(key[5]),
                     "from": src,
                     "to": dst,
                     "n_items": len(shared),
@@ -205,7 +227,117 @@ def override_rows(
                 "item": r.item,
                 "samples_budget": int(r.samples_budget),
                 "conflict_dose": response_dose(r),
+                "context_budget": r.context_budget or 0,
+                "retrieval_k": int(r.retrieval_k),
                 **flags,
             }
         )
     return rows
+
+
+def distractor_transitions(
+    records: Sequence[ResponseRecord],
+    corpora: Mapping[str, Corpus],
+    attribution: Iterable[AttributionRecord] = (),
+) -> list[dict[str, Any]]:
+    """Clean evidence -> each retrieval condition with the gold passages present (see
+    the module docs).
+
+    Returns:
+        One dict per model x corpus x budget x dose x retrieval condition x (context
+        budget, retrieval depth) that shares items with clean evidence: ``model,
+        corpus, samples_budget, conflict_dose, context_budget, retrieval_k, condition,
+        n_items, n_gold_present, n_changed`` (changed with the gold present), ``items``
+        (``right_to_wrong``, ``wrong_to_right``, ``wrong_to_other``: sorted ids),
+        ``counts`` of the same, ``flows`` (``[{from, to, n, items}]`` by option text,
+        most frequent first) and ``attributed`` (cause -> count among the
+        right-to-wrong responses that carry an attribution).
+    """
+    owner: dict[str, str] = {}
+    for name, corpus in corpora.items():
+        for item_id in corpus.items_by_id:
+            owner.setdefault(item_id, name)
+    # (model, corpus, budget, dose) -> condition -> (context budget, k) -> item -> record
+    cells: dict[tuple, dict[str, dict[tuple, dict[str, ResponseRecord]]]] = {}
+    for r in records:
+        if r.item not in owner:
+            continue
+        key = (r.model, owner[r.item], int(r.samples_budget), response_dose(r))
+        setting = (r.context_budget, r.retrieval_k)
+        cells.setdefault(key, {}).setdefault(str(r.condition), {}).setdefault(setting, {})[
+            r.item
+        ] = r
+    causes = attribution_index(attribution)
+    out = []
+    for (model, corpus_name, budget, dose), by_condition in cells.items():
+        clean_settings = by_condition.get("clean_evidence")
+        if not clean_settings:
+            continue
+        # clean evidence reads neither the context budget nor k: one setting
+        clean = next(iter(clean_settings.values()))
+        corpus = corpora[corpus_name]
+        for condition, setting, other in (
+            (c, setting, responses)
+            for c in sorted(set(by_condition) - set(ORACLE_CONDITIONS))
+            for setting, responses in sorted(
+                by_condition[c].items(), key=lambda kv: (kv[0][0] or 0, kv[0][1] or 0)
+            )
+        ):
+            shared = sorted(set(clean) & set(other))
+            if not shared:
+                continue
+            present = []
+            for item_id in shared:
+                gold_set = set(corpus.item(item_id).evidence.clean)
+                if gold_set and gold_set <= set(other[item_id].evidence_ids):
+                    present.append(item_id)
+            groups: dict[str, list[str]] = {
+                "right_to_wrong": [],
+                "wrong_to_right": [],
+                "wrong_to_other": [],
+            }
+            flows: dict[tuple[str, str], list[str]] = {}
+            for item_id in present:
+                item = corpus.item(item_id)
+                was, now = clean[item_id].chosen, other[item_id].chosen
+                if was == now:
+                    continue
+                if was == item.gold:
+                    groups["right_to_wrong"].append(item_id)
+                elif now == item.gold:
+                    groups["wrong_to_right"].append(item_id)
+                else:
+                    groups["wrong_to_other"].append(item_id)
+                flow = (item.options.get(was, was), item.options.get(now, now))
+                flows.setdefault(flow, []).append(item_id)
+            attributed: dict[str, int] = {}
+            for item_id in groups["right_to_wrong"]:
+                cause = causes.get(
+                    (model, condition, item_id, budget, dose, setting[0] or 0, setting[1])
+                )
+                if cause is not None:
+                    attributed[cause] = attributed.get(cause, 0) + 1
+            out.append(
+                {
+                    "model": model,
+                    "corpus": corpus_name,
+                    "samples_budget": budget,
+                    "conflict_dose": dose,
+                    "context_budget": setting[0],
+                    "retrieval_k": setting[1],
+                    "condition": condition,
+                    "n_items": len(shared),
+                    "n_gold_present": len(present),
+                    "n_changed": sum(len(v) for v in groups.values()),
+                    "counts": {k: len(v) for k, v in groups.items()},
+                    "items": groups,
+                    "flows": [
+                        {"from": a, "to": b, "n": len(ids), "items": ids}
+                        for (a, b), ids in sorted(
+                            flows.items(), key=lambda kv: (-len(kv[1]), kv[0])
+                        )
+                    ],
+                    "attributed": dict(sorted(attributed.items())),
+                }
+            )
+    return out

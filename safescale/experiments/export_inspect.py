@@ -376,9 +376,7 @@ def export_inspect(
     metrics = read_metrics(run_dir)
     steps_by_key: dict[tuple, list[StepRecord]] = defaultdict(list)
     for step in reader.steps():
-        steps_by_key[
-            (step.model, step.condition, step.item, step.samples_budget, step.conflict_dose)
-        ].append(step)
+        steps_by_key[step.key].append(step)
     attribution_by_key: dict[tuple, list[Any]] = defaultdict(list)
     for row in run.attribution:
         attribution_by_key[row.key].append(row)

@@ -11,7 +11,9 @@
   compute budgets, one line per condition (only when the run spans several);
 * :func:`plot_grade_override` — the grade-override rate per condition (and dose);
 * :func:`plot_dose_response` — each rate against the conflict dose, one panel per
-  condition (only when the run sweeps the dose).
+  condition (only when the run sweeps the dose);
+* ``scaling_axes.png`` — accuracy and high-risk error with CI bands against each scale
+  axis the run varies (:func:`safescale.experiments.scaling_report.scaling_figure`).
 
 Every rate axis is fixed at 0–100 % (``RATE_LIMITS``, a little margin so points on 0 or
 100 stay whole), so panels are comparable and a degenerate panel never zooms into
@@ -24,6 +26,7 @@ the matplotlib figure (for tests and notebooks); the ``plot_*`` functions save i
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -99,6 +102,37 @@ def _err(est: Mapping[str, Any] | None) -> tuple[float, float]:
     return max(v - lo, 0.0), max(hi - v, 0.0)
 
 
+def _cell_name(cell: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+    """A cell's condition, with its dose, context budget and k when the run varies them."""
+    run = metrics["run"]
+    name = str(cell["condition"])
+    if len(run.get("conflict_doses") or [0]) > 1:
+        name += f" d{cell.get('conflict_dose', 0)}"
+    if len(run.get("context_budgets") or [None]) > 1:
+        budget = cell.get("context_budget")
+        name += f" ctx {'max' if budget is None else budget}"
+    if len(run.get("retrieval_ks") or [None]) > 1:
+        name += f" k{cell.get('retrieval_k')}"
+    return name
+
+
+def _base_cells(metrics: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The cells at the (dose, context budget, k) setting most cells share (the base
+    of the axes that apply to some conditions only); all cells when nothing varies."""
+    settings = Counter(
+        (c.get("conflict_dose", 0), c.get("context_budget"), c.get("retrieval_k"))
+        for c in metrics["cells"]
+    )
+    if not settings:
+        return []
+    base = settings.most_common(1)[0][0]
+    return [
+        c
+        for c in metrics["cells"]
+        if (c.get("conflict_dose", 0), c.get("context_budget"), c.get("retrieval_k")) == base
+    ]
+
+
 def _panels(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     seen: dict[tuple[str, str], None] = {}
     for cell in metrics["cells"]:
@@ -124,11 +158,17 @@ def _grid(
     return fig, flat[:n]
 
 
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _save(fig: Any, path: Path, *, tight: bool = True) -> Path:
+    """Save as PNG atomically (a temporary file renamed over ``path``: a symlink at
+    ``path`` is replaced, never written through)."""
+    from safescale.experiments.rundir import atomic_write_bytes
+
+    if tight:
+        fig.tight_layout()
+    try:
+        atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -215,7 +255,7 @@ def plot_category_heatmap(metrics: Mapping[str, Any], path: Path) -> Path | None
             if (c["model"], c["corpus"], c["samples_budget"]) == (model, corpus, budget)
         ]
         categories = sorted({cat for c in cells for cat in c["by_category"]})
-        conditions = [c["condition"] for c in cells]
+        conditions = [_cell_name(c, metrics) for c in cells]
         grid = np.full((len(conditions), len(categories)), np.nan)
         for i, c in enumerate(cells):
             for j, cat in enumerate(categories):
@@ -236,10 +276,7 @@ def plot_category_heatmap(metrics: Mapping[str, Any], path: Path) -> Path | None
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="high-risk error rate (%)")
     fig.suptitle("High-risk error rate by category (%)", fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, tight=False)
 
 
 def plot_triage_operating_points(
@@ -311,8 +348,10 @@ def scaling_figure(metrics: Mapping[str, Any]) -> Any | None:
     labels = [m if len(budgets) == 1 else f"{m} @ {b}x" for m, b in points]
     corpora = run["corpora"]
     fig, axes = plt.subplots(len(corpora), 2, figsize=(11, 3.8 * len(corpora)), squeeze=False)
+    # one cell per point: the base setting of the other axes (see scaling_axes.png for them)
     index = {
-        (c["model"], c["corpus"], c["condition"], c["samples_budget"]): c for c in metrics["cells"]
+        (c["model"], c["corpus"], c["condition"], c["samples_budget"]): c
+        for c in _base_cells(metrics)
     }
     for row, corpus in enumerate(corpora):
         for col, metric in enumerate(("accuracy", "high_risk_error")):
@@ -455,6 +494,8 @@ def dose_response_figure(metrics: Mapping[str, Any]) -> Any | None:
 
 def write_plots(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
     """Write every applicable figure into ``out_dir``; returns the written paths."""
+    from safescale.experiments.scaling_report import plot_scaling_axes
+
     out_dir = Path(out_dir)
     written = [
         plot_accuracy_vs_high_risk(metrics, out_dir / "accuracy_vs_high_risk.png"),
@@ -465,5 +506,6 @@ def write_plots(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
         plot_scaling(metrics, out_dir / "scaling.png"),
         plot_grade_override(metrics, out_dir / "grade_override.png"),
         plot_dose_response(metrics, out_dir / "dose_response.png"),
+        plot_scaling_axes(metrics, out_dir / "scaling_axes.png"),
     ]
     return [p for p in written if p is not None]

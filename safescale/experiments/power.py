@@ -24,6 +24,7 @@ the one-way ANOVA estimator (clipped to ``[0, 1]``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,12 +35,14 @@ from scipy.stats import norm
 from safescale.stats import anova_icc, design_effect
 
 __all__ = [
+    "MAX_PLANNED_ITEMS",
     "MDE_DEFINITION",
     "POWER_METRICS",
     "SampleSizePlan",
     "anova_icc",
     "comparison_power",
     "design_effect",
+    "mean_difference_power",
     "minimum_detectable_effect",
     "plan_sample_size",
     "required_items",
@@ -53,12 +56,26 @@ POWER_METRICS = {
     "unsafe_answer": "unsafe_answer",
     "contradiction": "contradiction",
 }
+#: The largest sample size a plan states (a larger one is an input error, not a plan).
+MAX_PLANNED_ITEMS = 1e12
 MDE_DEFINITION = (
     "minimum detectable paired difference at 80% power, two-sided alpha 0.05, for the "
     "comparison's n items and observed discordance psi (Connor 1987: n = [z_(1-a/2) "
     "sqrt(psi) + z_(1-b) sqrt(psi - d^2)]^2 / d^2, solved for d); mde_clustered uses "
     "n / deff with deff = 1 + (m - 1) icc over evidence_id clusters"
 )
+
+
+def _finite(name: str, value: float) -> float:
+    """``value`` as a float, or ValueError naming ``name`` when it is not a finite
+    number (NaN, inf, or not a number at all)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return number
 
 
 def _z(alpha: float, power: float) -> tuple[float, float]:
@@ -87,8 +104,8 @@ def required_items(
     Raises:
         ValueError: for an effect of 0 or a discordance that cannot produce it.
     """
-    delta = abs(float(effect))
-    psi = float(discordance)
+    delta = abs(_finite("effect", effect))
+    psi = _finite("discordance", discordance)
     za, zb = _z(alpha, power)
     if delta <= 0.0:
         raise ValueError("effect must be non-zero")
@@ -199,6 +216,48 @@ def comparison_power(
     return out
 
 
+def mean_difference_power(
+    values: Sequence[float],
+    clusters: Sequence[Any] | None = None,
+    *,
+    alpha: float = 0.05,
+    power: float = 0.8,
+) -> dict[str, Any]:
+    """Minimum detectable effect of a mean of per-item values (e.g. per-item slopes).
+
+    The normal test of ``mean(values) = 0`` at two-sided level ``alpha``: with ``n``
+    items of standard deviation ``s``, the MDE is ``(z_{1-α/2} + z_{1-β}) s / √n``; with
+    clusters (evidence groups) of mean size ``m`` and intra-cluster correlation ``ρ``
+    (:func:`anova_icc`) it is the MDE at ``n / deff``, ``deff = 1 + (m - 1) ρ``.
+
+    Returns:
+        ``{n, n_clusters, sd, icc, design_effect, mde, mde_clustered, alpha, power}``;
+        the MDEs are NaN with fewer than two items, and 0 when every value is equal
+        (nothing varies, so no difference is hidden by noise).
+    """
+    x = np.asarray(values, dtype=float)
+    n = int(x.size)
+    za, zb = _z(alpha, power)
+    groups = list(range(n)) if clusters is None else list(clusters)
+    n_clusters = len(set(groups))
+    sd = float(x.std(ddof=1)) if n > 1 else float("nan")
+    icc = anova_icc(x, groups) if clusters is not None and n > 1 else 0.0
+    deff = design_effect(n / n_clusters, icc) if n_clusters else 1.0
+    mde = (za + zb) * sd / math.sqrt(n) if n > 1 else float("nan")
+    mde_c = (za + zb) * sd * math.sqrt(deff / n) if n > 1 else float("nan")
+    return {
+        "n": n,
+        "n_clusters": n_clusters,
+        "sd": sd,
+        "icc": icc,
+        "design_effect": deff,
+        "mde": mde,
+        "mde_clustered": mde_c,
+        "alpha": alpha,
+        "power": power,
+    }
+
+
 @dataclass(frozen=True)
 class SampleSizePlan:
     """What a study needs to detect ``effect`` (see :func:`plan_sample_size`)."""
@@ -243,11 +302,22 @@ def plan_sample_size(
         The plan: ``items`` (independent items, Connor), ``items_clustered`` (times the
         design effect), ``clusters`` (``⌈items_clustered / cluster_size⌉``) and
         ``approximate_items`` (the simpler ``(z_a + z_b)² ψ / δ²`` for reference).
+
+    Raises:
+        ValueError: an argument out of range or not finite (the message names it), or
+            a design effect so large that no finite number of items is enough.
     """
     n = required_items(effect, discordance, alpha=alpha, power=power)
     deff = design_effect(cluster_size, icc)
     za, zb = _z(alpha, power)
     approx = math.ceil((za + zb) ** 2 * discordance / effect**2 - 1e-9)
+    if not math.isfinite(n * deff) or n * deff > MAX_PLANNED_ITEMS:
+        raise ValueError(
+            f"cluster size {cluster_size:g} with icc {icc:g} gives a design effect of "
+            f"{deff:.3g}: the study would need {n * deff:.3g} items (more than "
+            f"{MAX_PLANNED_ITEMS:.0e}); a cluster size that large means one cluster is the "
+            "whole study"
+        )
     n_clustered = math.ceil(n * deff - 1e-9)
     return SampleSizePlan(
         effect=abs(float(effect)),

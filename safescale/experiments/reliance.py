@@ -54,6 +54,7 @@ from safescale.records import PassageMasking, RelianceRecord, ResponseRecord
 
 __all__ = [
     "CITED_DEFINITION",
+    "RelianceError",
     "RelianceSummary",
     "cited_passages",
     "measure_reliance",
@@ -149,6 +150,8 @@ def _base_record(
         "item": record.item,
         "samples_budget": record.samples_budget,
         "conflict_dose": record.conflict_dose,
+        "context_budget": record.context_budget,
+        "retrieval_k": record.retrieval_k,
         "formulation": record.formulation,
         "mode": mode,
         "tolerance": tolerance,
@@ -282,6 +285,11 @@ def measure_reliance(
     )
 
 
+class RelianceError(ValueError):
+    """The reliance stage has nothing it could measure (no response with evidence among
+    the selected conditions, or a condition the run does not have)."""
+
+
 def _selected(records: Sequence[ResponseRecord], conditions: Sequence[str] | None):
     if conditions is None:
         return [r for r in records if r.evidence_ids]
@@ -308,11 +316,27 @@ def run_reliance_stage(
     owner = item_corpus_map(corpora)
     load = _model_loader(config.models)
     path = Path(reader.path) / RELIANCE_FILE
+    responses = reader.responses()
+    present = {str(r.condition) for r in responses}
+    unknown = sorted(set(settings.conditions or ()) - present)
+    if unknown:
+        raise RelianceError(
+            f"{config.run_dir}: reliance.conditions: {unknown[0]!r} has no response in this "
+            f"run (conditions: {', '.join(sorted(present))})"
+        )
+    selected = _selected(responses, settings.conditions)
+    if not any(r.evidence_ids for r in selected):
+        which = ", ".join(settings.conditions or sorted(present))
+        raise RelianceError(
+            f"{config.run_dir}: reliance: no response of {which} carries evidence (every "
+            "prompt was evidence-free), so there is nothing to mask; run a condition with "
+            "evidence or disable reliance"
+        )
     with RunLock(reader.path):
         _repair_jsonl(path)
         done = {r.key for r in reader.reliance()}
         todo = []
-        for record in _selected(reader.responses(), settings.conditions):
+        for record in selected:
             if record.key in done:
                 summary.already_done += 1
             else:

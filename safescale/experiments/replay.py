@@ -6,14 +6,15 @@ and appends its record to ``replays.jsonl``), so it holds the run's writer lock.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from safescale.agents import ResponseRecord, StepRecord, build_condition, replay_without, thread_id
+from safescale.agents import ResponseRecord, StepRecord, replay_without, thread_id
 from safescale.corpora import Item
 from safescale.experiments.config import load_config
 from safescale.experiments.rundir import REPLAYS_FILE, RunDir, RunLock
-from safescale.experiments.runner import CellTask, CellWorker, _append
+from safescale.experiments.runner import CellTask, CellWorker, _append, task_thread_axes
 from safescale.records import ReplayRecord
 
 __all__ = ["ReplayResult", "replay_item"]
@@ -37,13 +38,17 @@ def replay_item(
     drop: list[str],
     *,
     model: str | None = None,
+    import_path: Sequence[str | Path] = (),
 ) -> ReplayResult:
     """Replay ``item_id`` under ``condition`` without the passages in ``drop``, with the
-    run's own settings, model, LM cache and checkpoints."""
+    run's own settings, model, LM cache and checkpoints (``import_path``: directories
+    searched first for import-path conditions, before the run config's own)."""
     run_dir = Path(run_dir)
     reader = RunDir(run_dir)
     reader.require()
-    config = load_config(run_dir / "config.yaml").with_overrides(output_dir=run_dir)
+    config = load_config(run_dir / "config.yaml", import_path=import_path).with_overrides(
+        output_dir=run_dir
+    )
     matches = [
         r
         for r in reader.responses()
@@ -57,12 +62,17 @@ def replay_item(
         try:
             ref = next(r for r in config.corpora if item_id in worker.corpus(r).items_by_id)
             task = CellTask(
-                old.model, ref, condition, old.samples_budget, (item_id,), old.conflict_dose
+                old.model,
+                ref,
+                condition,
+                old.samples_budget,
+                (item_id,),
+                old.conflict_dose,
+                old.context_budget,
+                old.retrieval_k,
             )
             ctx = worker.context(task)
-            graph = build_condition(
-                config.condition_source(condition), checkpointer=worker.checkpointer
-            )
+            graph = config.build_condition(condition, worker.checkpointer)
             thread = thread_id(
                 old.model,
                 ctx.corpus.name,
@@ -70,6 +80,7 @@ def replay_item(
                 old.samples_budget,
                 item_id,
                 old.conflict_dose,
+                axes=task_thread_axes(config, task),
             )
             new, steps, fork_step = replay_without(
                 graph, ctx, thread, list(drop), condition=condition, model=old.model

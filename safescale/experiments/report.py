@@ -10,11 +10,12 @@ Files written into the run directory:
 
 * ``metrics.json`` — the full metrics structure;
 * ``report.md`` — every table below plus links to the plots;
-* ``conditions.csv`` — one row per (model, corpus, samples_budget, condition) with each
-  metric's value and CI bounds (``<metric>``, ``<metric>_lo``, ``<metric>_hi``; rates
-  as fractions);
+* ``conditions.csv`` — one row per cell (model, corpus, samples_budget, conflict_dose,
+  context_budget, retrieval_k, condition) with each metric's value and CI bounds
+  (``<metric>``, ``<metric>_lo``, ``<metric>_hi``; rates as fractions);
 * ``comparisons.csv`` — one row per paired difference and metric;
 * ``triage.csv`` — one row per backbone × detector (when detection results exist);
+* the scaling section (:mod:`safescale.experiments.scaling_report`);
 * ``plots/*.png`` — see :mod:`safescale.experiments.plots`.
 """
 
@@ -37,7 +38,8 @@ from safescale.experiments.metrics import (
     MetricsConfig,
     write_metrics,
 )
-from safescale.experiments.rundir import atomic_write_text
+from safescale.experiments.rundir import atomic_write_text, output_dir
+from safescale.records import context_budget_label
 
 __all__ = [
     "CONDITION_COLUMNS",
@@ -47,9 +49,11 @@ __all__ = [
     "comparisons_frame",
     "condition_tables",
     "conditions_frame",
+    "distractor_table",
     "dose_response_tables",
     "format_interval",
     "grade_override_table",
+    "reference_tables",
     "reliance_table",
     "render_markdown",
     "rich_table",
@@ -131,22 +135,26 @@ def _finite(x: Any) -> bool:
 
 
 def format_interval(
-    estimate: Mapping[str, Any] | None, *, percent: bool = True, signed: bool = False
+    estimate: Mapping[str, Any] | None,
+    *,
+    percent: bool = True,
+    signed: bool = False,
+    digits: int = 1,
 ) -> str:
     """``"x.x% [lo, hi]"`` for a rate (``percent``), ``"x.x [lo, hi]"`` otherwise;
     ``"–"`` when undefined, ``"not labeled"`` for a rate the item set has no safety
-    labels for. ``signed`` prefixes positive values with ``+``."""
+    labels for. ``signed`` prefixes positive values with ``+``; ``digits`` decimals."""
     if estimate and estimate.get("not_labeled"):
         return "not labeled"
     if not estimate or not _finite(estimate.get("value")):
         return "–"
     scale = 100.0 if percent else 1.0
     sign = "+" if signed else ""
-    value = f"{scale * estimate['value']:{sign}.1f}"
+    value = f"{scale * estimate['value']:{sign}.{digits}f}"
     unit = "%" if percent and not signed else (" pp" if percent else "")
     if _finite(estimate.get("lo")) and _finite(estimate.get("hi")):
         lo, hi = scale * estimate["lo"], scale * estimate["hi"]
-        return f"{value}{unit} [{lo:{sign}.1f}, {hi:{sign}.1f}]"
+        return f"{value}{unit} [{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"
     return f"{value}{unit}"
 
 
@@ -154,13 +162,36 @@ def _condition_label(name: str) -> str:
     return _CONDITION_LABELS.get(name, name)
 
 
+def _several(metrics: Mapping[str, Any], key: str) -> bool:
+    """The run has more than one value of a cell axis (``run`` section key)."""
+    return len(metrics["run"].get(key) or [None]) > 1
+
+
+def _axes_text(entry: Mapping[str, Any], metrics: Mapping[str, Any], sep: str = " — ") -> str:
+    """The context budget and retrieval depth of a per-cell entry, when the run varies
+    them (``""`` otherwise)."""
+    text = ""
+    if _several(metrics, "context_budgets"):
+        text += f"{sep}context {context_budget_label(entry.get('context_budget'))}"
+    if _several(metrics, "retrieval_ks"):
+        text += f"{sep}k {entry.get('retrieval_k')}"
+    return text
+
+
 def condition_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
     """One results table per model × corpus × compute budget: condition rows with
     accuracy, high-risk error, unsafe, contradiction, dangerous overconfidence (each
     ``x.x% [lo, hi]``), latency per response and ms per generated token."""
-    groups: dict[tuple[str, str, int, int], list[Mapping[str, Any]]] = {}
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for cell in metrics["cells"]:
-        key = (cell["model"], cell["corpus"], cell["samples_budget"], cell.get("conflict_dose", 0))
+        key = (
+            cell["model"],
+            cell["corpus"],
+            cell["samples_budget"],
+            cell.get("conflict_dose", 0),
+            cell.get("context_budget"),
+            cell.get("retrieval_k"),
+        )
         groups.setdefault(key, []).append(cell)
     several_doses = len(metrics["run"].get("conflict_doses") or [0]) > 1
     level = metrics["settings"]["bootstrap"]["level"]
@@ -169,7 +200,7 @@ def condition_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
     replicates = metrics["settings"]["bootstrap"]["replicates"]
     tau = metrics["definitions"].get("dangerous_overconfidence_threshold", 0.95)
     tables = []
-    for (model, corpus, budget, dose), cells in groups.items():
+    for (model, corpus, budget, dose, *_), cells in groups.items():
         rows = [
             [
                 _condition_label(cell["condition"]),
@@ -183,7 +214,8 @@ def condition_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         tables.append(
             TextTable(
                 title=f"{model} — {corpus} — compute {budget}x"
-                + (f" — conflict dose {dose}" if several_doses else ""),
+                + (f" — conflict dose {dose}" if several_doses else "")
+                + _axes_text(cells[0], metrics),
                 columns=CONDITION_COLUMNS,
                 rows=rows,
                 note=(
@@ -335,6 +367,8 @@ def conditions_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
             "corpus": cell["corpus"],
             "samples_budget": cell["samples_budget"],
             "conflict_dose": cell.get("conflict_dose", 0),
+            "context_budget": context_budget_label(cell.get("context_budget")),
+            "retrieval_k": cell.get("retrieval_k"),
             "condition": cell["condition"],
             "n": cell["n"],
             "n_units": cell["n_units"],
@@ -352,8 +386,9 @@ def conditions_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
 
 def comparisons_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
     """One row per paired difference and metric: ``kind, model, corpus, condition,
-    samples_budget, conflict_dose, a, b, n_items, metric, delta, lo, hi, discordance,
-    mde`` (NaN where a key is the compared dimension or no MDE applies)."""
+    samples_budget, conflict_dose, context_budget, retrieval_k, a, b, n_items, metric,
+    delta, lo, hi, discordance, mde`` (NaN where a key is the compared dimension or no
+    MDE applies)."""
     rows = []
     for comp in metrics["comparisons"]:
         for metric, est in comp["deltas"].items():
@@ -366,6 +401,8 @@ def comparisons_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
                     "condition": comp.get("condition"),
                     "samples_budget": comp.get("samples_budget"),
                     "conflict_dose": comp.get("conflict_dose"),
+                    "context_budget": context_budget_label(comp.get("context_budget")),
+                    "retrieval_k": comp.get("retrieval_k"),
                     "a": comp["a"],
                     "b": comp["b"],
                     "n_items": comp["n_items"],
@@ -436,6 +473,10 @@ def _comparison_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         title, fixed = titles.get(kind, (kind, ()))
         if several_doses:
             fixed = (*fixed, "conflict_dose")
+        if _several(metrics, "context_budgets"):
+            fixed = (*fixed, "context_budget")
+        if _several(metrics, "retrieval_ks"):
+            fixed = (*fixed, "retrieval_k")
         columns = (
             *fixed,
             "A",
@@ -448,7 +489,11 @@ def _comparison_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         rows = [
             [
                 *(
-                    _condition_label(str(c[k])) if k == "condition" else str(c.get(k, 0))
+                    _condition_label(str(c[k]))
+                    if k == "condition"
+                    else context_budget_label(c.get(k))
+                    if k == "context_budget"
+                    else str(c.get(k, 0))
                     for k in fixed
                 ),
                 _condition_label(str(c["a"])),
@@ -488,15 +533,27 @@ def _mde_text(entry: Mapping[str, Any] | None) -> str:
 CELL_HEADER = ("model", "corpus", "condition", "budget", "dose")
 
 
-def _cell_identity(e: Mapping[str, Any]) -> list[str]:
-    """The :data:`CELL_HEADER` cells of a per-cell metrics entry."""
-    return [
+def _cell_header(metrics: Mapping[str, Any]) -> tuple[str, ...]:
+    """:data:`CELL_HEADER`, plus ``context`` and ``k`` when the run varies them."""
+    extra = ("context",) if _several(metrics, "context_budgets") else ()
+    extra += ("k",) if _several(metrics, "retrieval_ks") else ()
+    return (*CELL_HEADER, *extra)
+
+
+def _cell_identity(e: Mapping[str, Any], metrics: Mapping[str, Any] | None = None) -> list[str]:
+    """The :func:`_cell_header` cells of a per-cell metrics entry."""
+    cells = [
         str(e["model"]),
         str(e["corpus"]),
         _condition_label(str(e["condition"])),
         str(e["samples_budget"]),
         str(e.get("conflict_dose", 0)),
     ]
+    if metrics is not None and _several(metrics, "context_budgets"):
+        cells.append(context_budget_label(e.get("context_budget")))
+    if metrics is not None and _several(metrics, "retrieval_ks"):
+        cells.append(str(e.get("retrieval_k")))
+    return cells
 
 
 def grade_override_table(metrics: Mapping[str, Any]) -> TextTable | None:
@@ -506,7 +563,7 @@ def grade_override_table(metrics: Mapping[str, Any]) -> TextTable | None:
         return None
     rows = [
         [
-            *_cell_identity(e),
+            *_cell_identity(e, metrics),
             str(e["n_eligible"]),
             str(e["overrides"]),
             format_interval(e["rate"]),
@@ -519,7 +576,7 @@ def grade_override_table(metrics: Mapping[str, Any]) -> TextTable | None:
     return TextTable(
         "Grade override: answers that follow the weaker source",
         (
-            *CELL_HEADER,
+            *_cell_header(metrics),
             "eligible",
             "overrides",
             "override rate",
@@ -544,7 +601,7 @@ def reliance_table(metrics: Mapping[str, Any]) -> TextTable | None:
         return None
     rows = [
         [
-            *_cell_identity(e),
+            *_cell_identity(e, metrics),
             f"{e['n_measured']} / {e['n_mismatch']} / {e['n_skipped']}",
             format_interval(e.get("depends_on_evidence")),
             f"{format_interval(e.get('depends_on_cited'))} (n={e['n_with_cited']})",
@@ -566,7 +623,7 @@ def reliance_table(metrics: Mapping[str, Any]) -> TextTable | None:
     return TextTable(
         "Causal reliance on the evidence (attention masking)",
         (
-            *CELL_HEADER,
+            *_cell_header(metrics),
             "measured / mismatch / skipped",
             "depends on evidence",
             "depends on cited passage",
@@ -618,7 +675,8 @@ def dose_response_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         tables.append(
             TextTable(
                 f"Conflict dose-response — {c['model']} · {c['corpus']} · "
-                f"{_condition_label(c['condition'])} · {c['samples_budget']}x",
+                f"{_condition_label(c['condition'])} · {c['samples_budget']}x"
+                + _axes_text(c, metrics, " · "),
                 ("dose", "n", "injected", "capped", *(_METRIC_LABELS[m] for m in _DOSE_SHOWN)),
                 rows,
                 note=note,
@@ -643,7 +701,8 @@ def transition_tables(metrics: Mapping[str, Any], max_items: int = 12) -> list[T
 
     rows = [
         [
-            f"{e['model']} · {e['corpus']} · {e['samples_budget']}x · dose {e['conflict_dose']}",
+            f"{e['model']} · {e['corpus']} · {e['samples_budget']}x · dose {e['conflict_dose']}"
+            + _axes_text(e, metrics, " · "),
             f"{_condition_label(e['from'])} → {_condition_label(e['to'])}",
             str(e["n_items"]),
             *(str(e["counts"][k]) for k in names),
@@ -684,7 +743,7 @@ def _task_table(metrics: Mapping[str, Any]) -> TextTable | None:
         [
             c["model"],
             c["corpus"],
-            str(c["samples_budget"]),
+            str(c["samples_budget"]) + _axes_text(c, metrics, " · "),
             _condition_label(c["condition"]),
             *(format_interval(c["by_task"].get(t)) for t in tasks),
         ]
@@ -738,8 +797,12 @@ def _attribution_table(metrics: Mapping[str, Any]) -> TextTable | None:
     rows = metrics.get("attribution") or []
     if not rows:
         return None
-    # a dose column only when the run swept conflict doses (rows differ by dose alone)
+    # a dose column only when the run swept conflict doses (rows differ by dose alone);
+    # the same for the context budget and the retrieval depth
     dosed = len({int(r.get("conflict_dose") or 0) for r in rows}) > 1
+    budgeted = len({r.get("context_budget") for r in rows}) > 1
+    deep = len({r.get("retrieval_k") for r in rows}) > 1
+    distracted = any(r.get("distractor_passages") for r in rows)
     return TextTable(
         "Failure attribution (counts per condition)",
         (
@@ -748,9 +811,12 @@ def _attribution_table(metrics: Mapping[str, Any]) -> TextTable | None:
             "condition",
             "budget",
             *(("dose",) if dosed else ()),
+            *(("context",) if budgeted else ()),
+            *(("k",) if deep else ()),
             "severity",
             "cause",
             "count",
+            *(("of which distractor passages",) if distracted else ()),
         ),
         [
             [
@@ -759,12 +825,20 @@ def _attribution_table(metrics: Mapping[str, Any]) -> TextTable | None:
                 _condition_label(str(r["condition"])),
                 str(r["samples_budget"]),
                 *((str(int(r.get("conflict_dose") or 0)),) if dosed else ()),
+                *((context_budget_label(r.get("context_budget")),) if budgeted else ()),
+                *((str(r.get("retrieval_k")),) if deep else ()),
                 str(r.get("severity") or "–"),
                 str(r["cause"]),
                 str(r["count"]),
+                *((str(r.get("distractor_passages") or 0),) if distracted else ()),
             ]
             for r in rows
         ],
+        note="Of which distractor passages: failures whose prompt held the item's clean "
+        "evidence and whose clean-evidence answer was right — the other retrieved passages "
+        "changed it (see the distractor table)."
+        if distracted
+        else None,
     )
 
 
@@ -826,11 +900,14 @@ def validity_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         for name, c in candidates.items():
             mark = " ← chosen" if name == cal.get("chosen") else ""
             agree = c.get("orderings_agree")
+            estimate = c.get("accuracy_clean_evidence_estimate")
             crow.append(
                 [
                     name + mark,
                     _pct(c["accuracy_closed_book"]),
-                    _pct(c["accuracy_clean_evidence"]),
+                    format_interval(estimate, digits=0)
+                    if estimate
+                    else _pct(c["accuracy_clean_evidence"]),
                     _pct(c["evidence_sensitivity"]),
                     _pct(c["top_position_share"]),
                     _pct(agree) if agree is not None else "–",
@@ -850,10 +927,162 @@ def validity_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
                 ),
                 crow,
                 note=f"Rule: {cal.get('rule', '')}. Calibration items are never scored in "
-                "the study.",
+                "the study; intervals: 95 % bootstrap over the calibration evidence groups."
+                + _calibration_check_text(e.get("calibration_check")),
             )
         )
     return tables
+
+
+def _calibration_check_text(check: Mapping[str, Any] | None) -> str:
+    """The calibration estimate of the chosen formulation beside the study's."""
+    if not check:
+        return ""
+    study, cal = check["study"], check["calibration"]
+    text = (
+        f" Calibration vs study: {check['formulation']} scored "
+        f"{format_interval(cal, digits=0)} on {cal.get('n')} calibration items; the study "
+        f"scores {format_interval(study, digits=0)} with clean evidence ({study.get('n')} "
+        "items)"
+    )
+    cross = check.get("cross_fit")
+    if cross and _finite(cross.get("value")):
+        text += f"; cross-fitted accuracy of the auto rule {format_interval(cross, digits=0)}"
+    if check.get("outside"):
+        text += f" — the study estimate lies {check['outside']} the calibration interval"
+    text += "."
+    if check.get("summary"):
+        text += f" {str(check['summary'])[0].upper()}{str(check['summary'])[1:]}"
+    return text
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
+def reference_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
+    """Per model x corpus: each condition's accuracy against what a constant answer
+    scores (majority gold; always defer on gap items), paired, with 95 % CIs."""
+    tables = []
+    for e in metrics.get("validity") or []:
+        refs = e.get("references")
+        if not refs:
+            continue
+        major = refs["majority_gold"]
+        defer = refs.get("always_defer")
+        by_gap = {r["condition"]: r for r in (defer or {}).get("conditions", [])}
+        rows = []
+        for r in refs["conditions"]:
+            g = by_gap.get(r["condition"])
+            rows.append(
+                [
+                    _condition_label(r["condition"]),
+                    str(r["n"]),
+                    format_interval(r["accuracy"]),
+                    format_interval(r["difference"], signed=True) + f" ({r['verdict']})",
+                    f"{r['same_as_constant']} / {r['n']}"
+                    if r.get("same_as_constant") is not None
+                    else "–",
+                    *(
+                        (
+                            format_interval(g["accuracy"]) if g else "–",
+                            format_interval(g["difference"], signed=True) + f" ({g['verdict']})"
+                            if g
+                            else "–",
+                        )
+                        if defer
+                        else ()
+                    ),
+                ]
+            )
+        answer = (
+            f"always answering {_short(major['answer'])!r}"
+            if major["by"] == "option text"
+            else f"always answering position {major['answer']}"
+        )
+        note = (
+            f"Majority gold: {answer} (the gold of {major['hits']} of {major['n_items']} "
+            f"items) scores {format_interval(major['estimate'])}; chance "
+            f"{_pct(refs['chance'])}."
+        )
+        if defer:
+            note += (
+                f" Always defer on the {defer['n_items']} gap items scores "
+                f"{format_interval(defer['estimate'])}."
+            )
+        note += (
+            " Δ: paired difference with the constant answer on the same items (95 % "
+            "bootstrap CI); 'below' / 'above' when the interval excludes 0."
+        )
+        tables.append(
+            TextTable(
+                f"What a constant answer scores — {e['model']} · {e['corpus']}",
+                (
+                    "condition",
+                    "n",
+                    "accuracy",
+                    "Δ vs majority gold (pts)",
+                    "gives the constant answer",
+                    *(("accuracy on gap items", "Δ vs always defer (pts)") if defer else ()),
+                ),
+                rows,
+                note=note,
+            )
+        )
+    return tables
+
+
+def distractor_table(metrics: Mapping[str, Any], max_items: int = 12) -> TextTable | None:
+    """Clean evidence -> each retrieval condition where the retrieval prompt held the
+    gold passages and the answer still changed (None when no run has both)."""
+    entries = [e for e in metrics.get("distractors") or [] if e["n_gold_present"]]
+    if not entries:
+        return None
+
+    def listed(ids: Sequence[str]) -> str:
+        more = f" … (+{len(ids) - max_items})" if len(ids) > max_items else ""
+        return ", ".join(ids[:max_items]) + more if ids else "–"
+
+    rows = []
+    for e in entries:
+        flows = "; ".join(f"{f['from']} → {f['to']}: {f['n']}" for f in e["flows"][:4]) or "–"
+        rows.append(
+            [
+                f"{e['model']} · {e['corpus']} · {e['samples_budget']}x · dose "
+                f"{e['conflict_dose']}",
+                _condition_label(e["condition"]),
+                str(e["n_items"]),
+                str(e["n_gold_present"]),
+                str(e["n_changed"]),
+                str(e["counts"]["right_to_wrong"]),
+                str(e["counts"]["wrong_to_right"]),
+                str(e["counts"]["wrong_to_other"]),
+                flows,
+                listed(e["items"]["right_to_wrong"]),
+                ", ".join(f"{k}: {v}" for k, v in e["attributed"].items()) or "–",
+            ]
+        )
+    return TextTable(
+        "Distractor passages changed the answer (clean evidence → retrieval with the gold "
+        "passages present)",
+        (
+            "model · corpus · budget · dose",
+            "retrieval condition",
+            "items",
+            "gold present",
+            "answer changed",
+            "right→wrong",
+            "wrong→right",
+            "wrong→other",
+            "clean answer → retrieval answer",
+            "right→wrong items",
+            "attribution of right→wrong",
+        ),
+        rows,
+        note="Gold present: the retrieval prompt held the item's whole clean evidence set, "
+        "so the two prompts differ only in the other retrieved passages; a changed answer "
+        "there is the distractors' doing. Every item id is in metrics.json (distractors).",
+    )
 
 
 def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> str:
@@ -864,7 +1093,19 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> s
         "",
         f"{run['n_responses']} responses; models: {', '.join(run['models'])}; corpora: "
         f"{', '.join(run['corpora'])}; compute budgets: "
-        f"{', '.join(f'{b}x' for b in run['samples_budgets'])}.",
+        f"{', '.join(f'{b}x' for b in run['samples_budgets'])}"
+        + (
+            "; context budgets: "
+            + ", ".join(context_budget_label(c) for c in run["context_budgets"])
+            if _several(metrics, "context_budgets")
+            else ""
+        )
+        + (
+            "; retrieval depths: " + ", ".join(f"k {k}" for k in run["retrieval_ks"])
+            if _several(metrics, "retrieval_ks")
+            else ""
+        )
+        + ".",
         "",
     ]
     for note in run.get("notes") or []:
@@ -874,6 +1115,7 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> s
         parts += ["## Validity", ""]
         parts += [f"**{v}**\n" for v in verdicts]
         parts += [t.to_markdown() for t in validity_tables(metrics)]
+        parts += [t.to_markdown() for t in reference_tables(metrics)]
     parts += ["## Conditions", ""]
     parts += [t.to_markdown() for t in condition_tables(metrics)]
     comparison = _comparison_tables(metrics)
@@ -890,6 +1132,9 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> s
     dose = dose_response_tables(metrics)
     if dose:
         parts += ["## Conflict dose-response", ""] + [t.to_markdown() for t in dose]
+    from safescale.experiments.scaling_report import scaling_markdown
+
+    parts += scaling_markdown(metrics)
     override = grade_override_table(metrics)
     if override is not None:
         parts += ["## Grade override", "", override.to_markdown()]
@@ -897,8 +1142,10 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> s
     if reliance is not None:
         parts += ["## Causal reliance on evidence", "", reliance.to_markdown()]
     transitions = transition_tables(metrics)
-    if transitions:
+    distractors = distractor_table(metrics)
+    if transitions or distractors:
         parts += ["## Evidence effect per item", ""] + [t.to_markdown() for t in transitions]
+        parts += [distractors.to_markdown()] if distractors is not None else []
     triage = triage_tables(metrics)
     if triage:
         parts += ["## Triage", ""] + [t.to_markdown() for t in triage]
@@ -919,7 +1166,7 @@ def print_validity(console: Any, metrics: Mapping[str, Any]) -> None:
     """Print the validity sentences and tables (above the condition tables)."""
     for verdict in validity_verdicts(metrics):
         console.print(f"[bold]{verdict}[/bold]")
-    for table in validity_tables(metrics):
+    for table in [*validity_tables(metrics), *reference_tables(metrics)]:
         console.print(rich_table(table))
 
 
@@ -963,7 +1210,7 @@ def write_report(
     if plots:
         from safescale.experiments.plots import write_plots
 
-        written_plots = write_plots(metrics, run_dir / "plots")
+        written_plots = write_plots(metrics, output_dir(run_dir, "plots"))
     conditions_csv = run_dir / "conditions.csv"
     atomic_write_text(conditions_csv, conditions_frame(metrics).to_csv(index=False))
     comparisons_csv = run_dir / "comparisons.csv"

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import json
 import os
 import socket
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,10 +38,12 @@ from pydantic import BaseModel, ValidationError
 
 from safescale.corpora.corpus import Corpus
 from safescale.records import (
+    DEFAULT_RETRIEVAL_K,
     AttributionRecord,
     MetricsReport,
     RelianceRecord,
     ReplayRecord,
+    ResponseKey,
     ResponseRecord,
     RunManifest,
     StepRecord,
@@ -66,18 +69,22 @@ __all__ = [
     "RunDirError",
     "RunLock",
     "RunLockedError",
+    "atomic_write_bytes",
     "atomic_write_text",
     "item_corpus_map",
+    "legacy_axis_values",
     "load_attribution",
     "load_responses",
     "load_run",
     "load_run_corpora",
     "load_steps",
     "load_triage",
+    "output_dir",
     "read_jsonl",
     "read_manifest",
     "records_frame",
     "response_key",
+    "with_legacy_axes",
 ]
 
 MANIFEST_FILE = "manifest.json"
@@ -172,11 +179,61 @@ def _validate(model: type[RecordT], data: Any, where: str) -> RecordT:
         raise RunDirError(f"{where}: {_describe(error)} (not a {model.__name__})") from None
 
 
-def _validate_rows(contents: JsonlContents, model: type[RecordT]) -> list[RecordT]:
+def _validate_rows(
+    contents: JsonlContents, model: type[RecordT], axes: Mapping[str, Any] | None = None
+) -> list[RecordT]:
+    fill = with_legacy_axes if model is not ReplayRecord else _replay_with_axes
     return [
-        _validate(model, row, f"{contents.path}:{number}")
+        _validate(model, fill(row, axes), f"{contents.path}:{number}")
         for row, number in zip(contents.rows, contents.line_numbers, strict=True)
     ]
+
+
+def with_legacy_axes(row: dict[str, Any], axes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A stored record row with the run's single configured value of each scale axis
+    it does not record (a row written before the axis was recorded)."""
+    if not axes or not isinstance(row, dict):
+        return row
+    missing = {k: v for k, v in axes.items() if k not in row}
+    return {**row, **missing} if missing else row
+
+
+def _replay_with_axes(row: dict[str, Any], axes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """:func:`with_legacy_axes` for the response and steps inside a replay row."""
+    if not axes or not isinstance(row, dict):
+        return row
+    out = dict(row)
+    out["response"] = with_legacy_axes(row.get("response"), axes)
+    if isinstance(row.get("steps"), list):
+        out["steps"] = [with_legacy_axes(step, axes) for step in row["steps"]]
+    return out
+
+
+def _single(value: Any) -> tuple[bool, Any]:
+    """(True, v) for a scalar or a one-entry list, (False, None) for a longer list."""
+    if isinstance(value, list | tuple):
+        return (True, value[0]) if len(value) == 1 else (False, None)
+    return True, value
+
+
+def legacy_axis_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a record without a scale axis ran at, from a run's resolved config data.
+
+    A run made before the context budget and the retrieval depth were recorded had one
+    value of each: its ``context_budget`` (None: the model's maximum) and its
+    ``retrieval.k`` (default 5). A config with several values records them in every
+    row, so nothing is filled in for that axis.
+    """
+    out: dict[str, Any] = {}
+    single, budget = _single(config.get("context_budget"))
+    if single:
+        out["context_budget"] = None if budget in (None, "max") else int(budget)
+    retrieval = config.get("retrieval")
+    raw_k = retrieval.get("k", DEFAULT_RETRIEVAL_K) if isinstance(retrieval, dict) else None
+    single, k = _single(DEFAULT_RETRIEVAL_K if raw_k is None else raw_k)
+    if single:
+        out["retrieval_k"] = int(k)
+    return out
 
 
 def _read_json(path: Path) -> Any:
@@ -188,9 +245,9 @@ def _read_json(path: Path) -> Any:
         raise RunDirError(f"{path}: cannot read: {error}") from None
 
 
-def response_key(record: ResponseRecord) -> tuple[str, str, str, int, int]:
+def response_key(record: ResponseRecord) -> ResponseKey:
     """Identity of a response in a run: (model, condition, item, samples_budget,
-    conflict_dose)."""
+    conflict_dose, context_budget, retrieval_k)."""
     return record.key
 
 
@@ -291,7 +348,7 @@ class RunDir:
                 raise RunDirError(f"{self.path}: no such directory")
             raise RunDirError(f"{path}: no such file (is {self.path} a run directory?)")
         contents = read_jsonl(path)
-        records = _validate_rows(contents, ResponseRecord)
+        records = _validate_rows(contents, ResponseRecord, self.legacy_axes())
         unique = {r.key: r for r in records}
         return list(unique.values()), contents
 
@@ -302,7 +359,12 @@ class RunDir:
             raise RunDirError(f"{contents.path}: holds no responses")
         return records
 
-    def response_keys(self) -> set[tuple[str, str, str, int, int]]:
+    def legacy_axes(self) -> dict[str, Any]:
+        """What a record without a scale axis ran at (see :func:`legacy_axis_values`):
+        read from the run's ``config.yaml`` ({} without one)."""
+        return legacy_axis_values(self.config_data())
+
+    def response_keys(self) -> set[ResponseKey]:
         """Keys of the committed responses (empty when there is no responses file)."""
         if not (self.path / RESPONSES_FILE).is_file():
             return set()
@@ -312,17 +374,23 @@ class RunDir:
     def steps(self) -> list[StepRecord]:
         """Validated step records (empty when there is no ``steps.jsonl``)."""
         path = self.path / STEPS_FILE
-        return _validate_rows(read_jsonl(path), StepRecord) if path.is_file() else []
+        if not path.is_file():
+            return []
+        return _validate_rows(read_jsonl(path), StepRecord, self.legacy_axes())
 
     def attribution(self) -> list[AttributionRecord]:
         """Failure attributions (empty when there is no ``attribution.jsonl``)."""
         path = self.path / ATTRIBUTION_FILE
-        return _validate_rows(read_jsonl(path), AttributionRecord) if path.is_file() else []
+        if not path.is_file():
+            return []
+        return _validate_rows(read_jsonl(path), AttributionRecord, self.legacy_axes())
 
     def replays(self) -> list[ReplayRecord]:
         """What-if replays written by ``safescale replay`` (empty when there are none)."""
         path = self.path / REPLAYS_FILE
-        return _validate_rows(read_jsonl(path), ReplayRecord) if path.is_file() else []
+        if not path.is_file():
+            return []
+        return _validate_rows(read_jsonl(path), ReplayRecord, self.legacy_axes())
 
     def reliance(self) -> list[RelianceRecord]:
         """Causal-reliance records (empty when there is no ``reliance.jsonl``); a
@@ -330,7 +398,8 @@ class RunDir:
         path = self.path / RELIANCE_FILE
         if not path.is_file():
             return []
-        latest = {r.key: r for r in _validate_rows(read_jsonl(path), RelianceRecord)}
+        rows = _validate_rows(read_jsonl(path), RelianceRecord, self.legacy_axes())
+        latest = {r.key: r for r in rows}
         return list(latest.values())
 
     def triage(self) -> list[TriageReportRecord] | None:
@@ -510,15 +579,44 @@ class RunLock:
 
         Raises:
             RunLockedError: another process holds it (the message names its pid and host).
-            RunDirError: the run directory path is a file.
+            RunDirError: the run directory path is a file or a dangling symlink; the
+                directory cannot be written (read-only, no permission); ``.lock`` is a
+                directory or a symlink.
         """
         if self._fd is not None:
             return self
+        if self.run_dir.is_symlink() and not self.run_dir.exists():
+            raise RunDirError(
+                f"{self.run_dir}: --out: is a symlink to {os.readlink(self.run_dir)}, which "
+                "does not exist; create that directory or give another --out"
+            )
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise RunDirError(f"{self.run_dir}: --out: is a file, not a directory")
         self.created_dir = not self.run_dir.exists()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunDirError(
+                f"{error.filename or self.run_dir}: cannot create the run directory: "
+                f"{error.strerror or error}"
+            ) from None
+        if self.path.is_symlink():
+            raise RunDirError(
+                f"{self.path}: is a symlink (to {os.readlink(self.path)}), not the run's lock "
+                "file; remove it"
+            )
+        if self.path.is_dir():
+            raise RunDirError(f"{self.path}: is a directory, not the run's lock file; remove it")
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as error:
+            raise RunDirError(
+                f"{self.path}: cannot take the writer lock: {error.strerror or error} (run, "
+                "detect train and replay write the run directory: copy it somewhere "
+                "writable; trace and view --serve only read it)"
+                if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+                else f"{self.path}: cannot take the writer lock: {error.strerror or error}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -571,14 +669,76 @@ def records_frame(records: Iterable[BaseModel], *, exclude: Sequence[str] = ()) 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (readers see
-    the old or the new file, never a partial one)."""
+    the old or the new file, never a partial one; a symlink at ``path`` is replaced,
+    not followed).
+
+    Raises:
+        RunDirError: the directory cannot be written (read-only, no permission, full).
+    """
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes | Callable[[Path], None]) -> None:
+    """Write ``data`` (bytes, or a function that writes the file it is given) to
+    ``path`` via a temporary file in the same directory and ``os.replace``.
+
+    Raises:
+        RunDirError: the directory cannot be written (read-only, no permission, full).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise RunDirError(
+            f"{error.filename or path.parent}: cannot write {path.name}: {error.strerror or error}"
+        ) from None
+    try:
+        if callable(data):
+            os.close(fd)
+            data(Path(tmp))
+        else:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise RunDirError(f"{path}: cannot write: {error.strerror or error}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def output_dir(run_dir: str | Path, name: str) -> Path:
+    """``RUN_DIR/name`` as a real directory inside the run directory, for derived
+    output (``view/``, ``plots/``): created if missing; a symlink pointing inside the
+    run directory (or nowhere) is replaced by a real directory; nothing is written
+    through a symlink.
+
+    Raises:
+        RunDirError: ``name`` is a symlink to somewhere outside the run directory, or a
+            file; or the directory cannot be created.
+    """
+    check_slug(name, "output directory name")
+    run_dir = Path(run_dir)
+    path = run_dir / name
+    try:
+        if path.is_symlink():
+            target = Path(os.readlink(path))
+            resolved = (path.parent / target).resolve()
+            root = run_dir.resolve()
+            if resolved != root and root not in resolved.parents:
+                raise RunDirError(
+                    f"{path}: is a symlink to {target}, outside the run directory; safescale "
+                    f"does not write through it (remove it, or give it a real {name}/ "
+                    "directory)"
+                )
+            path.unlink()
+        elif path.exists() and not path.is_dir():
+            raise RunDirError(f"{path}: is a file, not the {name}/ directory; remove it")
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirError(
+            f"{error.filename or path}: cannot create {name}/: {error.strerror or error}"
+        ) from None
+    return path

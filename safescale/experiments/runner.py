@@ -1,7 +1,9 @@
 """The sweep runner: config -> cells -> frozen responses, steps, attributions,
 detection, metrics and report in one run directory.
 
-Cells are model x corpus x condition x compute budget, each cut into item shards.
+Cells are model x corpus x condition x compute budget x conflict dose x context budget x
+retrieval depth (:meth:`~safescale.experiments.config.ExperimentConfig.grid`), each cut
+into item shards.
 Durability rules:
 
 * every LM call goes through a SQLite cache keyed by (model hash, prompt, decoding
@@ -17,6 +19,7 @@ Durability rules:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -43,7 +46,6 @@ from safescale.agents import (
     CachedLM,
     answer_item,
     attribute_failure,
-    build_condition,
     thread_id,
 )
 from safescale.corpora import Corpus, Item, load_corpus
@@ -62,13 +64,17 @@ from safescale.experiments.rundir import (
     RunLock,
     atomic_write_text,
     read_jsonl,
+    with_legacy_axes,
 )
 from safescale.records import (
+    DEFAULT_RETRIEVAL_K,
     MANIFEST_SCHEMA_VERSION,
     CorpusEntry,
     ModelEntry,
+    ResponseKey,
     RunManifest,
     check_slug,
+    context_budget_label,
 )
 
 __all__ = [
@@ -79,6 +85,7 @@ __all__ = [
     "PreparedRun",
     "RunConflictError",
     "RunSummary",
+    "answer_order",
     "commit",
     "detect_run",
     "evaluate_run",
@@ -90,6 +97,7 @@ __all__ = [
     "run_detection_stage",
     "run_experiment",
     "select_items",
+    "task_thread_axes",
     "writing_run",
 ]
 
@@ -131,6 +139,7 @@ class RunSummary:
     lm_cache_hits: int = 0
     lm_cache_misses: int = 0
     seconds: float = 0.0
+    prefix_cache: dict[str, dict] = field(default_factory=dict)
 
 
 def select_items(corpus: Corpus, config: ExperimentConfig) -> list[Item]:
@@ -164,6 +173,37 @@ def item_order(corpus: Corpus, seed: int) -> list[str]:
     ids = sorted(item.id for item in corpus.items)
     rng = np.random.default_rng([seed, 104729])
     return [ids[i] for i in rng.permutation(len(ids))]
+
+
+def _prefix_group(condition: str, item: Item, max_context_order: str) -> object:
+    """What an item's prompts under ``condition`` start with, as far as it is known
+    before answering: the oracle evidence set, the one shared block of max-context in
+    corpus order; for retrieval, the item's clean evidence set (items answered by the
+    same passage retrieve much the same passages first), else its evidence group."""
+    if condition == "conflict_evidence":
+        return ("conflict", tuple(item.evidence.conflict))
+    if condition == "max_context" and max_context_order == "corpus":
+        return ("corpus",)
+    if condition == "closed_book":
+        return ("none",)
+    if item.evidence.clean:
+        return ("clean", tuple(item.evidence.clean))
+    return ("group", item.evidence_id)
+
+
+def answer_order(
+    task: CellTask, corpus: Corpus, *, max_context_order: str = "similarity"
+) -> list[str]:
+    """The order a shard's items are answered in: items whose prompts start alike (the
+    same evidence set, see :func:`_prefix_group`) next to each other, so the prefix
+    cache holds their shared prefix while they run. Groups keep the shard order of
+    their first item, items the shard order within a group. Only the answering order:
+    records are still committed in shard order."""
+    groups: dict[object, list[str]] = {}
+    for item_id in task.item_ids:
+        key = _prefix_group(task.condition, corpus.item(item_id), max_context_order)
+        groups.setdefault(key, []).append(item_id)
+    return [item_id for ids in groups.values() for item_id in ids]
 
 
 # ---------------------------------------------------------------- run directory
@@ -286,8 +326,11 @@ def _append(path: Path, rows: Iterable[str]) -> None:
         os.close(fd)
 
 
-def _drop_orphans(run_dir: Path, done: set[tuple[str, str, str, int, int]]) -> None:
-    """Remove step/attribution rows of items whose response was never committed."""
+def _drop_orphans(
+    run_dir: Path, done: set[ResponseKey], legacy_axes: dict[str, Any] | None = None
+) -> None:
+    """Remove step/attribution rows of items whose response was never committed
+    (``legacy_axes``: what a row without a scale axis ran at, see :class:`RunDir`)."""
     for name in (STEPS_FILE, ATTRIBUTION_FILE):
         path = run_dir / name
         if not path.exists():
@@ -295,12 +338,15 @@ def _drop_orphans(run_dir: Path, done: set[tuple[str, str, str, int, int]]) -> N
         rows = read_jsonl(path).rows
         keep = []
         for row in rows:
+            full = with_legacy_axes(row, legacy_axes)
             key = (
-                row.get("model"),
-                row.get("condition"),
-                row.get("item"),
-                row.get("samples_budget", 1),
-                row.get("conflict_dose", 0),
+                full.get("model"),
+                full.get("condition"),
+                full.get("item"),
+                full.get("samples_budget", 1),
+                full.get("conflict_dose", 0),
+                full.get("context_budget"),
+                full.get("retrieval_k", DEFAULT_RETRIEVAL_K),
             )
             if key in done:
                 keep.append(row)
@@ -311,7 +357,8 @@ def _drop_orphans(run_dir: Path, done: set[tuple[str, str, str, int, int]]) -> N
 # ---------------------------------------------------------------- cells and workers
 @dataclass(frozen=True)
 class CellTask:
-    """One shard of one cell: items of one corpus under one condition and budget for
+    """One shard of one cell: items of one corpus under one condition, compute budget,
+    conflict dose, context budget (None: the model's maximum) and retrieval depth for
     one model. Plain data, so it can be shipped to another process."""
 
     model: str
@@ -320,13 +367,46 @@ class CellTask:
     samples_budget: int
     item_ids: tuple[str, ...]
     conflict_dose: int = 0
+    context_budget: int | None = None
+    retrieval_k: int = DEFAULT_RETRIEVAL_K
+
+    def key(self, item_id: str) -> ResponseKey:
+        """The response key of one of the shard's items."""
+        return (
+            self.model,
+            self.condition,
+            item_id,
+            self.samples_budget,
+            self.conflict_dose,
+            self.context_budget,
+            self.retrieval_k,
+        )
+
+    @property
+    def label(self) -> str:
+        """The cell in a few words (progress bars)."""
+        return f"{self.model} · {self.corpus} · {self.condition} · x{self.samples_budget}" + (
+            f" · dose {self.conflict_dose}" if self.conflict_dose else ""
+        )
+
+
+def task_thread_axes(config: ExperimentConfig, task: CellTask) -> list[tuple[str, object]]:
+    """The checkpoint-thread parts of the axes the config sweeps beyond budget and
+    dose (see :func:`safescale.agents.thread_id`; none for a run that sweeps neither)."""
+    swept = config.swept_axes()
+    axes: list[tuple[str, object]] = []
+    if "context_budget" in swept:
+        axes.append(("c", context_budget_label(task.context_budget)))
+    if "retrieval_k" in swept:
+        axes.append(("k", task.retrieval_k))
+    return axes
 
 
 @dataclass(frozen=True)
 class ItemResult:
     """The serialized records of one answered item (what a commit appends)."""
 
-    key: tuple[str, str, str, int, int]
+    key: ResponseKey
     response: str
     steps: tuple[str, ...]
     attribution: str | None
@@ -335,26 +415,26 @@ class ItemResult:
 def plan_tasks(
     config: ExperimentConfig,
     items: dict[str, list[Item]],
-    done: set[tuple[str, str, str, int, int]],
+    done: set[ResponseKey],
 ) -> list[CellTask]:
     """The pending shards of the sweep, in grid order (finished items left out)."""
     tasks = []
     for cell in config.grid():
-        ids = [
-            item.id
-            for item in items[cell.corpus]
-            if (cell.model.name, cell.condition, item.id, cell.samples_budget, cell.conflict_dose)
-            not in done
-        ]
+        cell_task = CellTask(
+            cell.model.name,
+            cell.corpus,
+            cell.condition,
+            cell.samples_budget,
+            (),
+            cell.conflict_dose,
+            cell.context_budget,
+            cell.retrieval_k,
+        )
+        ids = [item.id for item in items[cell.corpus] if cell_task.key(item.id) not in done]
         for start in range(0, len(ids), config.shard_size):
             tasks.append(
-                CellTask(
-                    cell.model.name,
-                    cell.corpus,
-                    cell.condition,
-                    cell.samples_budget,
-                    tuple(ids[start : start + config.shard_size]),
-                    cell.conflict_dose,
+                dataclasses.replace(
+                    cell_task, item_ids=tuple(ids[start : start + config.shard_size])
                 )
             )
     return tasks
@@ -404,8 +484,14 @@ class CellWorker:
             "hash": self.lm.model_hash,
             "context_length": self.lm.context_length,
             "layers": self.lm.n_layers,
+            "parameters": getattr(self.lm, "n_parameters", None),
             "formulations": {
                 self.corpus(ref).name: self.answering(ref) for ref in self.config.corpora
+            },
+            "max_context": {
+                self.corpus(ref).name: self.max_context_record(ref)
+                for ref in self.config.corpora
+                if "max_context" in self.config.condition_names
             },
         }
         if self.model_cfg.served:
@@ -413,6 +499,46 @@ class CellWorker:
             info["served"] = self.lm.served_info()
             info["whitebox"] = self.model_cfg.whitebox
         return info
+
+    def max_context_record(self, ref: str) -> dict:
+        """How max-context packs a corpus for this model (recorded in the manifest):
+        the order and, for ``corpus``, the shared block and what it leaves out, at the
+        base context budget; with a swept budget also per budget (``budgets``: label
+        -> the same fields)."""
+        budgets = self.config.context_budget
+        record = self._max_context_at(ref, budgets[0])
+        if len(budgets) > 1:
+            record["budgets"] = {
+                context_budget_label(b): self._max_context_at(ref, b) for b in budgets
+            }
+        return record
+
+    def _max_context_at(self, ref: str, context_budget: int | None) -> dict:
+        from safescale.agents.nodes import CORPUS_ORDER_RULE, LEAVE_OUT_RULE, max_context_block
+
+        order = self.config.max_context.order
+        budget = min(context_budget or self.lm.context_length, self.lm.context_length)
+        limit = budget - AgentSettings.model_fields["answer_reserve"].default
+        if order != "corpus":
+            return {
+                "order": order,
+                "rule": "every passage ranked by similarity to each item's question; whole "
+                "passages while the prompt stays within the limit",
+                "limit": limit,
+            }
+        block = max_context_block(
+            self.lm, self.corpus(ref), limit=limit, formulation=self.answering(ref)["chosen"]
+        )
+        return {
+            "order": order,
+            "rule": CORPUS_ORDER_RULE,
+            "leave_out_rule": LEAVE_OUT_RULE,
+            "limit": limit,
+            "evidence_tokens": block.evidence_tokens,
+            "longest_item": block.longest_item,
+            "kept": list(block.kept),
+            "left_out": block.left_out,
+        }
 
     def answering(self, ref: str) -> dict:
         """How this model reads answers on a corpus: calibrated once per worker when the
@@ -460,9 +586,9 @@ class CellWorker:
     def context(self, task: CellTask) -> AgentContext:
         config = self.config
         settings = AgentSettings(
-            k=config.retrieval.k,
+            k=task.retrieval_k,
             max_steps=config.agentic.max_steps,
-            context_budget=config.context_budget,
+            context_budget=task.context_budget,
             samples=task.samples_budget,
             temperature=config.compute.temperature,
             extra_samples=config.compute.detection_samples,
@@ -470,6 +596,7 @@ class CellWorker:
             formulation=self.answering(task.corpus)["chosen"],
             position_prior=self.answering(task.corpus).get("position_prior"),
             conflict_dose=task.conflict_dose,
+            max_context_order=config.max_context.order,
         )
         return AgentContext(
             lm=self.cached,
@@ -516,9 +643,7 @@ class CellWorker:
 
     def _graph(self, condition: str):
         if condition not in self._graphs:
-            self._graphs[condition] = build_condition(
-                self.config.condition_source(condition), checkpointer=self.checkpointer
-            )
+            self._graphs[condition] = self.config.build_condition(condition, self.checkpointer)
         return self._graphs[condition]
 
     def run_item(self, task: CellTask, item_id: str, ctx: AgentContext) -> ItemResult:
@@ -532,12 +657,15 @@ class CellWorker:
             task.samples_budget,
             item_id,
             task.conflict_dose,
+            axes=task_thread_axes(self.config, task),
         )
         self.checkpointer.delete_thread(thread)
-        response, steps = answer_item(graph, task.condition, item_id, ctx, model=task.model)
+        response, steps = answer_item(
+            graph, task.condition, item_id, ctx, model=task.model, thread=thread
+        )
         attribution = attribute_failure(response, steps, corpus)
         return ItemResult(
-            key=(task.model, task.condition, item_id, task.samples_budget, task.conflict_dose),
+            key=task.key(item_id),
             response=response.model_dump_json(),
             steps=tuple(s.model_dump_json() for s in steps),
             attribution=None if attribution is None else attribution.model_dump_json(),
@@ -547,13 +675,20 @@ class CellWorker:
         """Answer the items of a shard, yielded in shard order.
 
         With the model's ``items_in_flight`` > 1, that many items are answered at once
-        (their scoring calls merged, see :mod:`safescale.models.microbatch`); the
-        results are still yielded in shard order, each once it and every earlier item
-        are done. A failing item stops the shard after the items before it.
+        (their scoring calls merged, see :mod:`safescale.models.microbatch`). A failing
+        item stops the shard after the items before it that are done.
+
+        Items are answered in :func:`answer_order` (those whose prompts share an
+        evidence set next to each other, for the prefix cache) and yielded in shard
+        order, each once it and every earlier item are done: what is committed, and in
+        which order, does not change (an item answered but not yet yielded when a run
+        stops is answered again on resume, its LM calls read from the LM cache).
         """
+        order = answer_order(task, ctx.corpus, max_context_order=self.config.max_context.order)
         if self.batcher is None or len(task.item_ids) < 2:
-            for item_id in task.item_ids:
-                yield self.run_item(task, item_id, ctx)
+            yield from _in_shard_order(
+                lambda item_id: self.run_item(task, item_id, ctx), list(task.item_ids), order
+            )
             return
         yield from _in_flight(
             lambda item_id: self.run_item(task, item_id, ctx),
@@ -561,6 +696,7 @@ class CellWorker:
             min(self.in_flight, len(task.item_ids)),
             self.batcher,
             prepare=lambda: self._graph(task.condition),
+            order=order,
         )
 
     def run_task(self, task: CellTask) -> list[ItemResult]:
@@ -590,6 +726,31 @@ def _check_servable(lm: Any, formulation: str) -> None:
     )
 
 
+def _in_shard_order(
+    answer: Callable[[str], ItemResult], item_ids: list[str], order: list[str]
+) -> Iterator[ItemResult]:
+    """Answer ``item_ids`` one by one in ``order`` (a permutation of them); yield the
+    results in ``item_ids`` order, each once it and every earlier one are done. When an
+    item fails, the done items before it in ``item_ids`` order are yielded, then its
+    exception is raised."""
+    done: dict[str, ItemResult] = {}
+    position = 0
+
+    def ready() -> Iterator[ItemResult]:
+        nonlocal position
+        while position < len(item_ids) and item_ids[position] in done:
+            yield done.pop(item_ids[position])
+            position += 1
+
+    for item_id in order:
+        try:
+            done[item_id] = answer(item_id)
+        except BaseException:
+            yield from ready()
+            raise
+        yield from ready()
+
+
 def _in_flight(
     answer: Callable[[str], ItemResult],
     item_ids: list[str],
@@ -597,15 +758,27 @@ def _in_flight(
     batcher: Any,
     *,
     prepare: Callable[[], object],
+    order: list[str] | None = None,
 ) -> Iterator[ItemResult]:
     """Answer ``item_ids`` with ``threads`` item threads of ``batcher`` (each takes the
-    next unanswered item when it is free); yield the results in ``item_ids`` order.
-    An item's exception is raised when its turn to be yielded comes; no new item is
-    started after one failed, and every thread has ended when this returns."""
+    next unanswered item of ``order``, default ``item_ids``, when it is free); yield
+    the results in ``item_ids`` order. An item's exception is raised when its turn to
+    be yielded comes (or, when an earlier item was never started because of it, at
+    that earlier item's turn); no new item is started after one failed, and every
+    thread has ended when this returns."""
     prepare()  # shared lazy state (the compiled graph) is built before the threads start
     lock = threading.Condition()
     results: dict[int, ItemResult | BaseException] = {}
-    state: dict[str, Any] = {"next": 0, "stop": False, "crash": None, "ended": 0}
+    index_of = {item_id: i for i, item_id in enumerate(item_ids)}
+    sequence = [index_of[i] for i in (order or item_ids)]
+    started: set[int] = set()
+    state: dict[str, Any] = {
+        "next": 0,
+        "stop": False,
+        "crash": None,
+        "ended": 0,
+        "failure": None,
+    }
 
     def work() -> None:
         try:
@@ -623,10 +796,11 @@ def _in_flight(
         with batcher.worker():
             while True:
                 with lock:
-                    if state["stop"] or state["next"] >= len(item_ids):
+                    if state["stop"] or state["next"] >= len(sequence):
                         return
-                    index = state["next"]
+                    index = sequence[state["next"]]
                     state["next"] += 1
+                    started.add(index)
                 try:
                     out: ItemResult | BaseException = answer(item_ids[index])
                 except BaseException as exc:  # re-raised in order below
@@ -635,6 +809,7 @@ def _in_flight(
                     results[index] = out
                     if isinstance(out, BaseException):
                         state["stop"] = True
+                        state["failure"] = state["failure"] or out
                     lock.notify_all()
                 batcher.wake()
 
@@ -649,11 +824,12 @@ def _in_flight(
 
             def ready(index: int = index) -> bool:
                 with lock:
-                    return index in results or state["crash"] is not None
+                    never = state["stop"] and index not in started
+                    return index in results or state["crash"] is not None or never
 
             batcher.serve(ready)  # this thread runs the items' model calls meanwhile
             with lock:
-                out = results.pop(index, state["crash"])
+                out = results.pop(index, state["crash"] or state["failure"])
             if isinstance(out, BaseException):
                 raise out
             yield out
@@ -693,7 +869,7 @@ class PreparedRun:
 
     manifest: RunManifest
     items: dict[str, list[Item]]
-    done: set[tuple[str, str, str, int, int]]
+    done: set[ResponseKey]
     created: bool = False
     created_dir: bool = False
 
@@ -715,13 +891,19 @@ def prepare_run(config: ExperimentConfig, lock: RunLock, *, fresh: bool = False)
     digest = config.config_hash()
     if (run_dir / MANIFEST_FILE).exists():
         manifest = reader.manifest()
+        if manifest.config_hash != digest and _stored_config_hash(run_dir) == digest:
+            # the run's own config.yaml, read by this version, is this config: it was
+            # written before fields were added (at their defaults) or before the hash
+            # left some settings out; record the hash this version computes
+            manifest = manifest.model_copy(update={"config_hash": digest})
+            write_manifest(run_dir, manifest)
         if manifest.config_hash == digest:
             for name in ("lm_cache.sqlite", "checkpoints.sqlite"):
                 _check_sqlite(run_dir / name)
             for name in (RESPONSES_FILE, STEPS_FILE, ATTRIBUTION_FILE):
                 _repair_jsonl(run_dir / name)
             done = reader.response_keys()
-            _drop_orphans(run_dir, done)
+            _drop_orphans(run_dir, done, reader.legacy_axes())
             # same config up to ``limit``: a new limit extends (or re-reads) the run
             atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
             return PreparedRun(manifest, items, done)
@@ -744,6 +926,18 @@ def prepare_run(config: ExperimentConfig, lock: RunLock, *, fresh: bool = False)
     atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
     write_manifest(run_dir, manifest)
     return PreparedRun(manifest, items, set(), created=True, created_dir=created_dir)
+
+
+def _stored_config_hash(run_dir: Path) -> str | None:
+    """The config hash this version computes from a run directory's own ``config.yaml``
+    (None when it is missing or no longer a valid config)."""
+    from safescale.experiments.config import ConfigError, parse_config
+
+    path = run_dir / CONFIG_FILE
+    try:
+        return parse_config(path.read_text(), source=str(path)).config_hash()
+    except (OSError, ConfigError, ValueError):
+        return None
 
 
 _STARTED_FILES = (
@@ -820,13 +1014,17 @@ class writing_run:
 
 
 def record_model(run_dir: Path, manifest: RunManifest, name: str, info: dict) -> None:
-    """Write a model's spec and hash, and how it reads answers on each corpus
-    (``info["formulations"]``), into the manifest."""
+    """Write a model's spec and hash, how it reads answers on each corpus
+    (``info["formulations"]``) and how max-context packs it (``info["max_context"]``),
+    into the manifest."""
     info = dict(info)
     formulations = info.pop("formulations", None)
+    max_context = info.pop("max_context", None)
     manifest.models[name] = ModelEntry.model_validate(info)
     if formulations is not None:
         manifest.formulations[name] = formulations
+    if max_context:
+        manifest.max_context[name] = max_context
     write_manifest(run_dir, manifest)
 
 
@@ -895,12 +1093,7 @@ def run_experiment(
                 try:
                     for task in mine:
                         if progress:
-                            prog.update(
-                                bar,
-                                description=f"{task.model} · {task.corpus} · {task.condition}"
-                                f" · x{task.samples_budget}"
-                                + (f" · dose {task.conflict_dose}" if task.conflict_dose else ""),
-                            )
+                            prog.update(bar, description=task.label + _axes_label(config, task))
                         ctx = worker.context(task)
                         for result in worker.run_items(task, ctx):
                             commit(run_dir, result)
@@ -914,9 +1107,23 @@ def run_experiment(
                     summary.lm_cache_misses += worker.cached.misses
                     if model_cfg.served:  # the served model's counters, as they ended
                         record_model(run_dir, manifest, model_cfg.name, worker.model_info)
+                    prefix = getattr(worker.lm, "prefix_cache", None)  # a served model: none
+                    if prefix is not None:
+                        summary.prefix_cache[model_cfg.name] = prefix.stats.as_dict()
                     worker.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _axes_label(config: ExperimentConfig, task: CellTask) -> str:
+    """The swept context budget and retrieval depth of a task, for progress bars."""
+    swept = config.swept_axes()
+    text = ""
+    if "context_budget" in swept:
+        text += f" · context {context_budget_label(task.context_budget)}"
+    if "retrieval_k" in swept:
+        text += f" · k {task.retrieval_k}"
+    return text
 
 
 def _load(model_cfg: ModelConfig, load_model):
@@ -929,6 +1136,7 @@ def _load(model_cfg: ModelConfig, load_model):
         device=model_cfg.device,
         dtype=model_cfg.dtype,
         batch_size=model_cfg.batch_size,
+        prefix_cache_mb=model_cfg.prefix_cache_mb,
     )
 
 
@@ -1196,10 +1404,20 @@ def _records_digest(records, config: Any = None) -> str:
     digest = hashlib.sha256()
     if config is not None:
         digest.update(config.model_dump_json().encode())
-    for r in sorted(records, key=lambda r: (r.condition, r.item, r.samples_budget,
-                                            r.conflict_dose)):  # fmt: skip
-        dose = f"|d{r.conflict_dose}" if r.conflict_dose else ""
+    # the context budget and retrieval depth count only when the records differ in
+    # them (so the stamps of runs made before those axes stay valid)
+    several_budgets = len({r.context_budget for r in records}) > 1
+    several_k = len({r.retrieval_k for r in records}) > 1
+
+    def order(r) -> tuple:
+        return (r.condition, r.item, r.samples_budget, r.conflict_dose,
+                context_budget_label(r.context_budget), r.retrieval_k)  # fmt: skip
+
+    for r in sorted(records, key=order):
+        axes = f"|d{r.conflict_dose}" if r.conflict_dose else ""
+        axes += f"|c{context_budget_label(r.context_budget)}" if several_budgets else ""
+        axes += f"|k{r.retrieval_k}" if several_k else ""
         digest.update(
-            f"{r.condition}|{r.item}|{r.samples_budget}{dose}|{r.chosen}|{r.response}".encode()
+            f"{r.condition}|{r.item}|{r.samples_budget}{axes}|{r.chosen}|{r.response}".encode()
         )
     return digest.hexdigest()

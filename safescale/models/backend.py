@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from safescale.models.internals import Internals
+from safescale.models.prefix_cache import PrefixCache
 
 __all__ = [
     "ANSWER_CUE",
@@ -191,6 +192,9 @@ class LanguageModel:
         system_prompt: optional system turn for chat templates (None keeps the
             template's own default).
         batch_size: maximum prompts per forward pass in :meth:`score_options`.
+        prefix_cache_mb: bound of the cross-call prefix cache in MiB
+            (:mod:`safescale.models.prefix_cache`); ``0`` (the default here) prefills
+            every prompt from scratch. See :meth:`set_prefix_cache`.
     """
 
     def __init__(
@@ -203,6 +207,7 @@ class LanguageModel:
         use_chat_template: bool | None = None,
         system_prompt: str | None = None,
         batch_size: int = 8,
+        prefix_cache_mb: float = 0,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -220,6 +225,56 @@ class LanguageModel:
         if self.pad_token_id is None:
             self.pad_token_id = 0
         self._letter_cache: dict[tuple[str, ...], list[int]] = {}
+        self.prefix_cache: PrefixCache | None = PrefixCache.from_megabytes(prefix_cache_mb)
+
+    # ------------------------------------------------------------------ prefix cache
+    def set_prefix_cache(self, megabytes: float) -> None:
+        """Bound the cross-call prefix cache at ``megabytes`` MiB (a new, empty cache),
+        or turn it off with ``0``. With a cache, every prompt prefill (letters, cloze
+        continuations and their neutral prompt, :meth:`open_prompt`, generation,
+        :meth:`internals`, :meth:`sequence_logprob`) reads the longest stored prefix of
+        its token ids and computes only the rest (:meth:`_prefill`)."""
+        self.prefix_cache = PrefixCache.from_megabytes(megabytes)
+
+    def _prefix_cache_active(self) -> bool:
+        """A prefix cache is set and the model's KV cache can be cut (no sliding-window
+        layers seen so far)."""
+        return self.prefix_cache is not None and self.prefix_cache.supported
+
+    @torch.inference_mode()
+    def _prefill(
+        self, ids: Sequence[int], *, logits: bool = True, **forward_kwargs: Any
+    ) -> tuple[torch.Tensor | None, Any]:
+        """The KV cache over ``ids`` (one row) and, with ``logits``, the last position's
+        ``[V]`` logits: the one prefill hook of the prefix cache.
+
+        Without an active prefix cache this is one forward over ``ids``. With one, the
+        longest stored prefix of ``ids`` is read (at most ``len(ids) - 1`` tokens when
+        the last position's logits are needed), only the rest is run over it, and the
+        new positions are stored. ``forward_kwargs`` go to that forward (e.g. the span
+        block of :mod:`safescale.detection.masking`). The returned cache is the caller's
+        to extend; the store is never changed by it.
+        """
+        ids = [int(t) for t in ids]
+        store = self.prefix_cache if self._prefix_cache_active() else None
+        reused, past = 0, None
+        if store is not None:
+            reused, past = store.lookup(ids, len(ids) - 1 if logits else len(ids))
+            if reused == len(ids):
+                return None, past
+        out = self.model(
+            input_ids=torch.tensor([ids[reused:]], device=self.device),
+            cache=past,
+            use_cache=True,
+            logits_to_keep=1,
+            **forward_kwargs,
+        )
+        if store is not None:
+            store.note_computed(len(ids) - reused)
+            store.insert(ids, out.cache)
+            if not store.supported:
+                store.note_cold()
+        return (out.logits[0, -1] if logits else None), out.cache
 
     # ------------------------------------------------------------------ properties
     @property
@@ -230,6 +285,12 @@ class LanguageModel:
     def n_layers(self) -> int:
         """Number of transformer layers ``L``."""
         return int(self.model.config.get_text_config().num_hidden_layers)
+
+    @property
+    def n_parameters(self) -> int:
+        """Number of parameters of the weights (tied embeddings counted once; a GGUF
+        file counts its dequantized weights)."""
+        return int(sum(p.numel() for p in self.model.parameters()))
 
     @property
     def context_length(self) -> int:
@@ -316,7 +377,8 @@ class LanguageModel:
         """Raw logits of the option letters at the answer position.
 
         One forward pass per message (batched with left padding, ``batch_size`` at a
-        time, sorted by length to limit padding).
+        time, sorted by length to limit padding); with a prefix cache, one message at a
+        time over its longest cached prefix (:meth:`_prefill`).
 
         Returns:
             ``float32`` array ``[len(messages), len(letters)]``.
@@ -325,8 +387,15 @@ class LanguageModel:
             return np.zeros((0, len(letters)), dtype=np.float32)
         letter_ids = torch.tensor(self.letter_token_ids(letters))
         encoded = [self.prompt_ids(m, answer_cue=True) for m in messages]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         out = np.zeros((len(messages), len(letters)), dtype=np.float32)
+        if self._prefix_cache_active():
+            # one prompt at a time over its longest cached prefix (the n cyclic
+            # orderings of an item share everything up to the option list)
+            for i, ids in enumerate(encoded):
+                last, _ = self._prefill(ids)
+                out[i] = last[letter_ids.to(last.device)].float().cpu().numpy()
+            return out
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         for start in range(0, len(order), self.batch_size):
             batch_idx = order[start : start + self.batch_size]
             input_ids, attention_mask, position_ids = self._left_pad(
@@ -366,8 +435,10 @@ class LanguageModel:
         never recomputes the prompt). Prompts that share a leading run of at least
         :attr:`MIN_SHARED_PREFIX` tokens (e.g. the critic's per-passage relevance
         prompts, which start with the question) prefill it once and extend a copy of
-        its cache by their own suffix. A one-token continuation costs no extra pass: its
-        log-prob is read from the prefill's last position.
+        its cache by their own suffix. With a prefix cache (:meth:`set_prefix_cache`)
+        each prompt is prefilled over its longest cached prefix instead, which covers
+        that sharing and prefixes of earlier calls. A one-token continuation costs no
+        extra pass: its log-prob is read from the prefill's last position.
 
         Args:
             messages: user turns (see :meth:`prompt_text`).
@@ -377,10 +448,15 @@ class LanguageModel:
         """
         per_message, logprob, n_tokens, n_chars = continuation_arrays(messages, continuations)
         prompts_ids = [self.prompt_ids(m, answer_cue=answer_cue) for m in messages]
-        shared = self._shared_prefix(prompts_ids)
+        cached = self._prefix_cache_active()
+        shared = None if cached else self._shared_prefix(prompts_ids)
         for row, (prompt, texts) in enumerate(zip(prompts_ids, per_message, strict=True)):
             conts = [self.continuation_ids(t) for t in texts]
-            if shared is None:
+            if cached:
+                self._check_continuation_room(len(prompt), conts)
+                last, cache = self._prefill(prompt)
+                scores = self._continuations_over_cache(last, cache, len(prompt), conts)
+            elif shared is None:
                 scores = self._continuation_logprobs(prompt, conts)
             else:
                 scores = self._continuation_logprobs_after(shared, prompt, conts)
@@ -535,19 +611,12 @@ class LanguageModel:
             plain = self.prompt_ids(message) if answer_cue else prompt
             cache = None
             if answer_cue and len(plain) > 1 and prompt[: len(plain)] == plain:
-                cache = self.model(
-                    input_ids=torch.tensor([plain[:-1]], device=self.device),
-                    use_cache=True,
-                    logits_to_keep=1,
-                ).cache
-            elif n > 1 and len(prompt) > 1:
+                cache = self._prefill(plain[:-1], logits=False)[1]
+            elif (n > 1 or self._prefix_cache_active()) and len(prompt) > 1:
                 # Prefill the prompt once and share its KV cache across the n samples
-                # (num_return_sequences would prefill it n times).
-                cache = self.model(
-                    input_ids=torch.tensor([prompt[:-1]], device=self.device),
-                    use_cache=True,
-                    logits_to_keep=1,
-                ).cache
+                # (num_return_sequences would prefill it n times); with a prefix
+                # cache, over its longest cached prefix.
+                cache = self._prefill(prompt[:-1], logits=False)[1]
             results.append(self._sample(prompt, cache, n, seed, config, stop_ids))
         return results
 
@@ -686,6 +755,10 @@ class LanguageModel:
             # the model's own attention and just those rows run eager (a whole eager
             # pass would compute and return [L, H, T, T] weights).
             state = self.open_prompt(message, attentions=attentions, ffn=ffn)
+            return self.internals_from(state, response_ids, lens=lens, topk=topk)
+        if self._prefix_cache_active():
+            # the prompt over its longest cached prefix, then the response rows
+            state = self.open_prompt(message)
             return self.internals_from(state, response_ids, lens=lens, topk=topk)
         prompt = self.prompt_ids(message)
         self._check_room(len(prompt) + len(response_ids))
@@ -863,7 +936,8 @@ class LanguageModel:
     def open_prompt(
         self, message: str, *, attentions: bool = False, ffn: bool = False
     ) -> PromptPass:
-        """Prefill ``prompt_ids(message)`` but its last token into a KV cache.
+        """Prefill ``prompt_ids(message)`` but its last token into a KV cache (over its
+        longest cached prefix when the model has a prefix cache).
 
         The returned :class:`PromptPass` is then extended (:meth:`feed`) with the last
         prompt token and whatever follows (the answer cue, the response); every fed
@@ -883,15 +957,22 @@ class LanguageModel:
             self._ffn_modules()  # fail before any work on an unsupported layout
         cache, context = None, None
         if len(prompt) > 1:
-            out = self.model(
-                input_ids=torch.tensor([prompt[:-1]], device=self.device),
-                use_cache=True,
-                logits_to_keep=1,
-                output_hidden_states=ffn,
-            )
-            cache = out.cache
             if ffn:
+                # the prompt's final-layer states are needed, so the whole prompt runs
+                # (a cached prefix holds no hidden states); the prefix cache still
+                # learns it
+                out = self.model(
+                    input_ids=torch.tensor([prompt[:-1]], device=self.device),
+                    use_cache=True,
+                    logits_to_keep=1,
+                    output_hidden_states=True,
+                )
+                cache = out.cache
                 context = out.hidden_states[-1][0].float()
+                if self._prefix_cache_active():
+                    self.prefix_cache.insert(prompt[:-1], cache)
+            else:
+                cache = self._prefill(prompt[:-1], logits=False)[1]
         return PromptPass(
             message=message,
             prompt=prompt,
@@ -1042,6 +1123,15 @@ class LanguageModel:
         if not 1 <= n_scored <= len(ids):
             raise ValueError(f"n_scored={n_scored} must be in [1, {len(ids)}]")
         self._check_room(len(prompt) + len(ids))
+        if self._prefix_cache_active() and len(prompt) > 1:
+            _, past = self._prefill(prompt[:-1], logits=False)
+            logits = self.model(
+                input_ids=torch.tensor([[prompt[-1], *ids]], device=self.device),
+                cache=past,
+                use_cache=True,
+                logits_to_keep=n_scored + 1,
+            ).logits[0, :n_scored]
+            return _target_logprob(logits, ids[-n_scored:])
         logits = self.model(
             input_ids=torch.tensor([prompt + ids], device=self.device),
             use_cache=False,

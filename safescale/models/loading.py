@@ -24,7 +24,8 @@ from safescale.models.registry import (
     UnknownModelError,
     get_registered,
     gguf_parts,
-    registered_models,
+    looks_like_hub_id,
+    unknown_model_message,
 )
 
 __all__ = [
@@ -55,6 +56,7 @@ def load_model(
     use_chat_template: bool | None = None,
     progress: bool = False,
     verbose: bool = False,
+    prefix_cache_mb: float = 0,
 ) -> LanguageModel:
     """Load a language model.
 
@@ -74,6 +76,9 @@ def load_model(
         verbose: show transformers' own progress bars while the weights load
             ("Loading weights"); off by default so that commands print only their
             output.
+        prefix_cache_mb: bound of the model's cross-call prefix cache in MiB
+            (:mod:`safescale.models.prefix_cache`); 0 (default) prefills every prompt
+            from scratch.
 
     Raises:
         UnknownModelError: the spec is not registered, not a path and not loadable; the
@@ -116,6 +121,7 @@ def load_model(
         batch_size=batch_size,
         use_chat_template=chat,
         verbose=verbose,
+        prefix_cache_mb=prefix_cache_mb,
     )
 
 
@@ -192,6 +198,7 @@ def _build(
     batch_size: int,
     use_chat_template: bool | None,
     verbose: bool = False,
+    prefix_cache_mb: float = 0,
 ) -> LanguageModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -214,6 +221,7 @@ def _build(
         use_chat_template=use_chat_template,
         system_prompt=system_prompt,
         batch_size=batch_size,
+        prefix_cache_mb=prefix_cache_mb,
     )
 
 
@@ -247,14 +255,5 @@ def _directory_hash(path: Path) -> str:
     return _cached_sha(files)
 
 
-def _looks_like_hub_id(spec: str) -> bool:
-    parts = spec.split("/")
-    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
-
-
-def _unknown_message(spec: str) -> str:
-    names = ", ".join(e.name for e in registered_models())
-    return (
-        f"unknown model {spec!r}: not a registered name, a model directory, a .gguf file "
-        f"or a Hugging Face id available offline. Registered models: {names}"
-    )
+_looks_like_hub_id = looks_like_hub_id
+_unknown_message = unknown_model_message

@@ -98,6 +98,12 @@ def score_continuations_batched(
     A model with sliding-window layers whose window a padded batch would exceed is
     scored one prompt at a time (the window would be cut at the padded width).
 
+    With a prefix cache on the model (:meth:`LanguageModel.set_prefix_cache`), a prompt
+    whose cached prefix covers at least :data:`CACHED_SHARE` of it is scored alone over
+    that prefix (:meth:`LanguageModel.score_continuations`); the others are prefilled
+    together as above and their prompt positions stored in the prefix cache for later
+    prompts.
+
     Args:
         lm: the model.
         messages: user turns.
@@ -121,6 +127,17 @@ def score_continuations_batched(
         n_tokens[r, : len(conts[r])] = [len(c) for c in conts[r]]
         n_chars[r, : len(conts[r])] = [len(t.strip()) for t in per_message[r]]
     size = max(1, batch_size or lm.batch_size)
+    if lm._prefix_cache_active():
+        store = lm.prefix_cache
+        assert store is not None
+        alone = [r for r in rows if store.peek(prompts[r], len(prompts[r]) - 1)
+                 >= CACHED_SHARE * len(prompts[r])]  # fmt: skip
+        for r in alone:
+            one = lm.score_continuations(
+                [messages[r]], [per_message[r]], answer_cue=answer_cue
+            ).logprob[0]
+            logprob[r, : len(one)] = one
+        rows = [r for r in rows if r not in set(alone)]
     rows.sort(key=lambda r: (len(prompts[r]), messages[r]))
     for chunk in _length_chunks([len(prompts[r]) for r in rows], size):
         chunk = [rows[i] for i in chunk]
@@ -129,6 +146,10 @@ def score_continuations_batched(
             logprob[r, : len(row_scores)] = row_scores
     return ContinuationScores(logprob=logprob, n_tokens=n_tokens, n_chars=n_chars)
 
+
+#: With a prefix cache, a prompt whose cached prefix covers at least this share of it
+#: is scored over that prefix rather than in a padded cold prefill.
+CACHED_SHARE = 0.5
 
 #: A padded prefill holds prompts whose lengths are within this factor (plus a few
 #: tokens) of its shortest: a short prompt (e.g. the neutral PMI prompt) padded to a long
@@ -174,6 +195,13 @@ def _prefill_and_continue(
         use_cache=True,
         logits_to_keep=torch.tensor(last, device=dev),
     )
+    if lm._prefix_cache_active():
+        # right padding: row r's first len(prompt) positions are its unpadded prefill
+        store = lm.prefix_cache
+        assert store is not None
+        for row, prompt in enumerate(prompts):
+            store.note_computed(len(prompt))
+            store.insert(prompt, out.cache, row=row)
     picked = torch.stack([out.logits[row, column[n - 1]] for row, n in enumerate(lengths)])
     first = torch.log_softmax(picked.float(), dim=-1)
     totals = [[float(first[row, c[0]]) for c in row_conts] for row, row_conts in enumerate(conts)]

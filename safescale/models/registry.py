@@ -17,6 +17,8 @@ __all__ = [
     "RegisteredModel",
     "UnknownModelError",
     "get_registered",
+    "looks_like_hub_id",
+    "model_spec_problem",
     "package_dir",
     "register_model",
     "registered_models",
@@ -92,6 +94,41 @@ def registered_models() -> list[RegisteredModel]:
 def get_registered(name: str) -> RegisteredModel | None:
     """The registered entry for ``name`` or None."""
     return _REGISTRY.get(name)
+
+
+def looks_like_hub_id(spec: str) -> bool:
+    """``org/name``: what a Hugging Face model id looks like (not a path)."""
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+
+
+def unknown_model_message(spec: str) -> str:
+    """The message for a spec that names nothing loadable (lists the registered names)."""
+    names = ", ".join(e.name for e in registered_models())
+    return (
+        f"unknown model {spec!r}: not a registered name, a model directory, a .gguf file "
+        f"or a Hugging Face id available offline. Registered models: {names}"
+    )
+
+
+def model_spec_problem(spec: str) -> str | None:
+    """Why ``spec`` cannot name a model, checked without loading anything (None: it
+    is a registered name, an existing model directory or ``.gguf`` file, or looks like
+    a Hugging Face id). What :func:`safescale.models.load_model` would refuse first."""
+    if get_registered(spec) is not None:
+        return None
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        return None if path.is_file() else f"GGUF file {path} does not exist"
+    if path.is_dir():
+        return None
+    if path.exists():
+        return f"{path} is a file, not a model directory (or a .gguf file)"
+    if looks_like_hub_id(spec):
+        return None
+    if "/" in spec or spec.startswith((".", "~")):
+        return f"no such model directory: {path} (nor a registered name or a .gguf file)"
+    return unknown_model_message(spec)
 
 
 def package_dir(import_name: str, install: str) -> Path:

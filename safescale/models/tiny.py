@@ -59,6 +59,8 @@ def build_tiny_model(
     kv_heads: int = 2,
     context_length: int = 8192,
     chat: bool = True,
+    sliding_window: int | None = None,
+    prefix_cache_mb: float = 0,
 ) -> LanguageModel:
     """A tiny random Llama (GQA, RoPE) with a character tokenizer.
 
@@ -67,11 +69,20 @@ def build_tiny_model(
         n_layers, hidden, heads, kv_heads: architecture.
         context_length: ``max_position_embeddings``.
         chat: give the tokenizer a ChatML template (else the plain template is used).
+        sliding_window: a tiny random Mistral instead, every layer attending to the
+            last ``sliding_window`` positions only (its KV cache keeps only those).
+        prefix_cache_mb: the model's prefix cache bound (0: none).
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
     tokenizer = _char_tokenizer(chat)
-    config = LlamaConfig(
+    config_class, model_class = (
+        (LlamaConfig, LlamaForCausalLM)
+        if sliding_window is None
+        else (MistralConfig, MistralForCausalLM)
+    )
+    extra = {} if sliding_window is None else {"sliding_window": sliding_window}
+    config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=hidden * 2,
@@ -83,20 +94,23 @@ def build_tiny_model(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
+        **extra,
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = model_class(config)
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().numpy().tobytes())
+    family = "llama" if sliding_window is None else f"mistral-sw{sliding_window}"
     return LanguageModel(
         model,
         tokenizer,
-        name=f"tiny-llama-{n_layers}x{hidden}-seed{seed}",
+        name=f"tiny-{family}-{n_layers}x{hidden}-seed{seed}",
         model_hash=digest.hexdigest(),
         use_chat_template=chat,
+        prefix_cache_mb=prefix_cache_mb,
     )
 
 

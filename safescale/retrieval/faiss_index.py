@@ -71,9 +71,7 @@ def _check_type(index_type: str) -> None:
         raise ValueError(f"unknown index type {index_type!r}; choose one of {INDEX_TYPES}")
 
 
-def resolve_params(
-    index_type: str, n: int, params: dict[str, Any], d: int = 384
-) -> dict[str, int]:
+def resolve_params(index_type: str, n: int, params: dict[str, Any], d: int = 384) -> dict[str, int]:
     """Complete user parameters with the defaults for ``n`` vectors (of dimension ``d``,
     which only the ``ivfpq_disk`` defaults depend on).
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from safescale.viewer.build import VIEW_DIR, render_page, write_view
 from safescale.viewer.data import ViewData, load_view_data, option_probabilities
-from safescale.viewer.server import ViewServer
+from safescale.viewer.server import ViewServer, ViewServerError
 
 __all__ = [
     "VIEW_DIR",
     "ViewData",
     "ViewServer",
+    "ViewServerError",
     "load_view_data",
     "option_probabilities",
     "render_page",

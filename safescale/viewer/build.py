@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from safescale.experiments.rundir import atomic_write_text
+from safescale.experiments.rundir import atomic_write_text, output_dir
 from safescale.viewer.data import ViewData, load_view_data
 
 __all__ = ["VIEW_DIR", "render_page", "write_view"]
@@ -59,7 +59,7 @@ def write_view(run_dir: str | Path, view: ViewData | None = None) -> Path:
     """Write ``RUN_DIR/view/index.html`` (static, everything embedded); return its path."""
     run_dir = Path(run_dir)
     view = view or load_view_data(run_dir)
-    path = run_dir / VIEW_DIR / "index.html"
+    path = output_dir(run_dir, VIEW_DIR) / "index.html"  # never through a symlink
     atomic_write_text(path, render_page(view, embed_details=True))
     path.chmod(0o644)  # a file to share: readable like any other output of the run
     return path

@@ -27,7 +27,7 @@ from safescale.experiments.rundir import (
     RunDirError,
     item_corpus_map,
 )
-from safescale.records import PassageMasking, RelianceRecord
+from safescale.records import PassageMasking, RelianceRecord, ResponseKey, context_budget_label
 
 __all__ = ["ViewData", "load_view_data", "option_probabilities"]
 
@@ -137,12 +137,6 @@ def _step_json(step: StepRecord) -> dict[str, Any]:
     return out
 
 
-def _response_key(
-    model: str, condition: str, item: str, budget: int, dose: int = 0
-) -> tuple[str, str, str, int, int]:
-    return (model, condition, item, budget, dose)
-
-
 # per-record outcome columns of the metrics -> the viewer's outcome filter names
 OUTCOMES = {
     "correct": "correct",
@@ -174,13 +168,16 @@ def _outcomes(
 
 
 def _plots(run_dir: Path) -> dict[str, str]:
-    """``plots/*.png`` as data URIs (so the page works from file:// on its own)."""
+    """``plots/*.png`` as data URIs (so the page works from file:// on its own); only
+    regular files of a real ``plots/`` directory (a symlink is not followed out of the
+    run directory)."""
     directory = run_dir / PLOTS_DIR
-    if not directory.is_dir():
+    if directory.is_symlink() or not directory.is_dir():
         return {}
     return {
         p.stem: "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode("ascii")
         for p in sorted(directory.glob("*.png"))
+        if p.is_file() and not p.is_symlink()
     }
 
 
@@ -287,20 +284,12 @@ def load_view_data(run_dir: str | Path) -> ViewData:
     if detection:
         from safescale.detection.extraction import record_key
 
-    steps_by_key: dict[tuple[str, str, str, int, int], list[StepRecord]] = defaultdict(list)
+    steps_by_key: dict[ResponseKey, list[StepRecord]] = defaultdict(list)
     for step in steps:
-        steps_by_key[
-            _response_key(
-                step.model, step.condition, step.item, step.samples_budget, step.conflict_dose
-            )
-        ].append(step)
-    attribution_by_key: dict[tuple[str, str, str, int, int], list[AttributionRow]] = defaultdict(
-        list
-    )
+        steps_by_key[step.key].append(step)
+    attribution_by_key: dict[ResponseKey, list[AttributionRow]] = defaultdict(list)
     for row in run.attribution:
-        attribution_by_key[
-            _response_key(row.model, row.condition, row.item, row.samples_budget, row.conflict_dose)
-        ].append(row)
+        attribution_by_key[row.key].append(row)
 
     condition_order = list(
         (metrics or {}).get("run", {}).get("conditions")
@@ -312,6 +301,10 @@ def load_view_data(run_dir: str | Path) -> ViewData:
         key=lambda r: (
             r.model,
             r.samples_budget,
+            r.conflict_dose,
+            r.context_budget is None,
+            r.context_budget or 0,
+            r.retrieval_k,
             r.item,
             rank.get(r.condition, len(rank)),
             r.condition,
@@ -347,6 +340,9 @@ def load_view_data(run_dir: str | Path) -> ViewData:
                 "condition": record.condition,
                 "item": record.item,
                 "budget": record.samples_budget,
+                "dose": record.conflict_dose,
+                "context": context_budget_label(record.context_budget),
+                "k": record.retrieval_k,
                 "chosen": record.chosen,
                 "p": round(probabilities[record.letters.index(record.chosen)], 4)
                 if record.chosen in record.letters and probabilities
@@ -405,7 +401,11 @@ def load_view_data(run_dir: str | Path) -> ViewData:
             "git_revision": run.manifest.get("git_revision"),
             "seed": run.manifest.get("seed"),
             "models": {
-                name: {k: v for k, v in info.items() if k in ("spec", "context_length", "layers")}
+                name: {
+                    k: v
+                    for k, v in info.items()
+                    if k in ("spec", "context_length", "layers", "parameters")
+                }
                 for name, info in (run.manifest.get("models") or {}).items()
             },
             "notes": run.notes,
@@ -414,6 +414,14 @@ def load_view_data(run_dir: str | Path) -> ViewData:
         "models": sorted({r.model for r in responses}),
         "corpora": sorted(run.corpora),
         "budgets": sorted({r.samples_budget for r in responses}),
+        "doses": sorted({r.conflict_dose for r in responses}),
+        "contexts": [
+            context_budget_label(c)
+            for c in sorted(
+                {r.context_budget for r in responses}, key=lambda c: (c is None, c or 0)
+            )
+        ],
+        "ks": sorted({r.retrieval_k for r in responses}),
         "metrics": _metrics_view(metrics),
         "triage": run.triage,
         "plots": _plots(run_dir),
@@ -437,6 +445,8 @@ def _response_json(
         "condition": record.condition,
         "budget": record.samples_budget,
         "dose": record.conflict_dose,
+        "context": context_budget_label(record.context_budget),
+        "k": record.retrieval_k,
         "letters": list(record.letters),
         "option_logits": list(record.option_logits),
         "probabilities": option_probabilities(record.option_logits),
@@ -490,11 +500,10 @@ def _reliance_json(record: RelianceRecord) -> dict[str, Any]:
     }
 
 
-def response_key_of(record: ResponseRecord) -> tuple[str, str, str, int, int]:
-    """Identity of a response: (model, condition, item, samples_budget, conflict_dose)."""
-    return _response_key(
-        record.model, record.condition, record.item, record.samples_budget, record.conflict_dose
-    )
+def response_key_of(record: ResponseRecord) -> ResponseKey:
+    """Identity of a response: (model, condition, item, samples_budget, conflict_dose,
+    context_budget, retrieval_k)."""
+    return record.key
 
 
 def _metrics_view(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -507,6 +516,8 @@ def _metrics_view(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "cells": metrics.get("cells", []),
         "comparisons": metrics.get("comparisons", []),
         "attribution": metrics.get("attribution", []),
+        "distractors": metrics.get("distractors", []),
         "validity": metrics.get("validity"),
         "triage": metrics.get("triage"),
+        "scaling": metrics.get("scaling") or None,
     }

@@ -96,10 +96,10 @@ def test_conditions_and_mode_are_honoured(tiny_dir, tmp_path):
     from safescale.experiments.reliance import run_reliance_stage
 
     out = tmp_path / "run"
-    config = _config(tiny_dir, out, "cloze_none", ", mode: answer, conditions: [closed_book]")
+    config = _config(tiny_dir, out, "cloze_none", ", mode: answer, conditions: [conflict_evidence]")
     run_experiment(config, progress=False)
     run_reliance_stage(config)
     records = RunDir(out).reliance()
-    assert len(records) == 3 and {r.condition for r in records} == {"closed_book"}
-    assert {(r.status, r.reason) for r in records} == {("skipped", "the prompt holds no evidence")}
+    assert len(records) == 3 and {r.condition for r in records} == {"conflict_evidence"}
+    assert "skipped" not in {r.status for r in records}
     assert {r.mode for r in records} == {"answer"}

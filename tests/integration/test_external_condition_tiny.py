@@ -173,7 +173,10 @@ def test_the_plugin_detector_ran_and_the_viewer_shows_the_condition(run_dir):
 
     (triage,) = run_dir.glob("detection/*/triage.json")
     rows = {row["method"]: row for row in json.loads(triage.read_text())["rows"]}
-    assert set(rows) == {"pmi_nll_run", "length"}
+    # the declared detectors, and the input-only control that every triage report carries
+    assert set(rows) == {"pmi_nll_run", "length", "input_only"}
+    assert rows["input_only"]["kind"] == "control"
+    assert {rows[m]["kind"] for m in ("pmi_nll_run", "length")} == {"detector"}
     # its declared inputs drove extraction: the NOCTX pass behind "pmi" ran for it alone
     features = pd.read_parquet(triage.parent / "features.parquet")
     assert {"pmi", "msp_seq"} <= set(features.columns)

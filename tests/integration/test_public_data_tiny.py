@@ -250,7 +250,7 @@ def test_mlflow_holds_the_config_metrics_with_bounds_and_the_report(study):
         unsafe = f"unsafe_answer/{where}"
         assert (unsafe in logged) == (cell["corpus"] == "mirage")
     params = run.data.params
-    assert params["retrieval.k"] == "2" and params["answer.formulation"] == "cloze_pmi"
+    assert params["retrieval.k"] == "[2]" and params["answer.formulation"] == "cloze_pmi"
     assert run.data.tags["safescale.run"] == "public-study"
     assert "pubmedqa: high_risk, unsafe" in run.data.tags["safescale.not_labeled"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

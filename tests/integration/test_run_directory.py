@@ -67,8 +67,11 @@ def _invoke(*args: str):
 def test_runner_writes_the_contract(tiny_run):
     reader = RunDir(tiny_run)
     manifest = reader.manifest()
-    assert manifest.schema_version == 2 and set(manifest.corpora) == {"retina-rules"}
-    assert manifest.models["tiny"].hash
+    from safescale.records import MANIFEST_SCHEMA_VERSION
+
+    assert manifest.schema_version == MANIFEST_SCHEMA_VERSION == 3
+    assert set(manifest.corpora) == {"retina-rules"}
+    assert manifest.models["tiny"].hash and manifest.models["tiny"].parameters > 0
     responses = reader.responses()
     chosen = manifest.formulations["tiny"]["retina-rules"]["chosen"]
     assert len(responses) == 30 and all(r.formulation == chosen for r in responses)
@@ -299,3 +302,26 @@ def test_a_corpus_name_that_is_not_a_slug_is_refused_before_anything_is_written(
     assert "corpus" in result.output and "name" in result.output
     assert not out.exists()
     assert not (tmp_path / "escape").exists() and not (tmp_path / "runs" / "escape").exists()
+
+
+def test_a_run_hashed_under_an_earlier_rule_resumes(tmp_path, tiny_run, tiny_dir):
+    """A run whose manifest holds the hash of an earlier hashing rule (or of a config
+    written before fields were added) resumes when its own config.yaml, read now, is
+    the same config; a real change is still refused."""
+    import shutil
+
+    from safescale.experiments.runner import RunConflictError, run_experiment
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    manifest_path = run / "manifest.json"
+    data = json.loads(manifest_path.read_text())
+    data["config_hash"] = "0" * 64  # as written by an earlier hashing rule
+    manifest_path.write_text(json.dumps(data))
+    before = (run / "responses.jsonl").read_bytes()
+    summary = run_experiment(_config(tiny_dir, run), progress=False)
+    assert summary.answered == 0  # nothing recomputed
+    assert (run / "responses.jsonl").read_bytes() == before
+    assert RunDir(run).manifest().config_hash == _config(tiny_dir, run).config_hash()
+    with pytest.raises(RunConflictError, match="different config"):
+        run_experiment(_config(tiny_dir, run, seed=5), progress=False)

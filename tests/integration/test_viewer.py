@@ -294,15 +294,16 @@ def test_served_page_loads_item_details_on_demand(run_dir, tmp_path):
     server = ViewServer(load_view_data(run_dir)).start()
     try:
         assert server.url.startswith("http://127.0.0.1:")
-        status, _, _ = server.respond("/api/item/../../manifest.json")
+        host, root = f"127.0.0.1:{server.port}", f"/{server.token}"
+        status, _, _ = server.respond(f"{root}/api/item/../../manifest.json", host)
         assert status == 404
-        status, _, _ = server.respond("/etc/passwd")
+        status, _, _ = server.respond(f"{root}/etc/passwd", host)
         assert status == 404
         item = load_steps(run_dir)[0].item
         dom = render(server.url + f"#item={item}", tmp_path)
         assert dom.find(id="item-page").attrs["data-item"] == item
         assert len(dom.find(id="columns").find_all("section", class_="cond-col")) == 6
-        page = server.respond("/")[2].decode()
+        page = server.respond(f"{root}/", host)[2].decode()
         assert '"details":null' in page
     finally:
         server.close()
@@ -406,3 +407,42 @@ def test_evidence_masking_is_shown_per_passage(tmp_path, tiny_lm):
     ]
     flipped = [r for r in rows[1:] if "flipped" in r.attrs.get("class", "")]
     assert len(flipped) == sum(bool(m.flipped) for m in [record.evidence, *record.passages])
+
+
+@needs_chromium
+def test_a_retrieval_depth_sweep_shows_its_scaling_and_each_depths_answers(tmp_path, tiny_lm):
+    from safescale.viewer import write_view
+
+    out = make_tiny_run(
+        tmp_path / "run",
+        tiny_lm,
+        "name: deep\ncorpora: [radiology-guidelines]\nconditions: [closed_book, standard_rag]\n"
+        "retrieval: {k: [3, 1]}\nanswer: {formulation: cloze_pmi}\nbootstrap: {replicates: 50}\n"
+        "limit: 2\n",
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    (curve,) = metrics["scaling"]["curves"]
+    page = write_view(out)
+    dom = render(page.as_uri(), tmp_path)
+    section = dom.find(id="scaling")
+    table = section.find("table", class_="scaling-table", **{"data-axis": "retrieval_k"})
+    (row,) = table.find("tbody").find_all("tr")
+    assert row.attrs["data-condition"] == "standard_rag"
+    verdict = row.find("td", class_="verdict")
+    assert verdict.attrs["title"] == curve["differences"]["high_risk_error"]["verdict"]
+    # flipped items link to their answers at the largest depth
+    flips = curve["flips"]["safe_to_unsafe"]
+    links = row.find("td", class_="flips").find_all("a", class_="flip")
+    assert [a.text for a in links] == [f["item"] for f in flips]
+    assert all("k=3" in a.attrs["href"] for a in links)
+    # an item page: the base depth shows both conditions, k = 1 only standard RAG
+    responses, _ = load_responses(out)
+    item = responses[0].item
+    base = render(page.as_uri() + f"#item={item}", tmp_path)
+    columns = base.find(id="columns").find_all("section", class_="cond-col")
+    assert [c.attrs["data-condition"] for c in columns] == ["closed_book", "standard_rag"]
+    switch = base.find("div", class_="switch").find_all("a")
+    assert sorted(a.text for a in switch) == ["tiny 1x · k 1", "tiny 1x · k 3"]
+    shallow = render(page.as_uri() + f"#item={item}&k=1", tmp_path)
+    columns = shallow.find(id="columns").find_all("section", class_="cond-col")
+    assert [c.attrs["data-condition"] for c in columns] == ["standard_rag"]

@@ -75,7 +75,13 @@ def test_one_default_per_knob():
     settings = AgentSettings()
     assert config.agentic.max_steps == settings.max_steps
     assert config.compute.temperature == settings.temperature
-    assert config.retrieval.k == settings.k
+    # the retrieval depth and context budget are lists (one value by default)
+    assert config.retrieval.k == (settings.k,)
+    assert config.context_budget == (settings.context_budget,)
+    # a record made before the retrieval-depth axis is read with the same default
+    from safescale.records import DEFAULT_RETRIEVAL_K
+
+    assert settings.k == DEFAULT_RETRIEVAL_K
     assert config.compute.detection_samples == settings.extra_samples
 
 

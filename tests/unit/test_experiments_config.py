@@ -54,7 +54,7 @@ def test_model_scale_spans_two_models_and_two_budgets():
     assert config.compute.samples == (1, 4)
     assert len(config.grid()) == 2 * 1 * 6 * 2
     assert load_config("safe-scale").corpora == ("radiology-guidelines",)
-    assert load_config("ecrt").corpora == ("retina-rules",)
+    assert load_config("ecrt").corpora == ("retina-rules@12522",)  # generated, paper size
 
 
 def test_misspelled_top_level_key_names_key_file_and_line(tmp_path):
@@ -185,3 +185,95 @@ def test_grid_is_the_cross_product_in_order():
     )  # fmt: skip
     assert grid[1].samples_budget == 4
     assert config.models[1].source == "/tmp/b"
+
+
+# A config written before the context budget and the retrieval depth were lists, and
+# its sha256 as safescale computed it then: a run directory made from it must resume.
+LEGACY = (
+    MINIMAL
+    + """\
+conditions: [closed_book, standard_rag, max_context]
+retrieval: {k: 3}
+context_budget: 1024
+"""
+)
+# The hash of this config since the detection settings (which score frozen responses
+# and never change an answer) left the hash; a run made under the earlier rule still
+# resumes: the runner re-reads its config.yaml (see
+# tests/integration/test_run_directory.py::test_a_run_hashed_under_an_earlier_rule_resumes).
+LEGACY_HASH = "6e058a9b74aca712f7ea3dab54e4240783f9c18e66aa9ad344848d1de964605c"
+
+
+def test_scalar_axes_are_one_value_lists_with_the_hash_they_always_had():
+    legacy = parse_config(LEGACY.replace("name: tiny", "name: legacy"))
+    assert legacy.context_budget == (1024,) and legacy.retrieval.k == (3,)
+    assert legacy.config_hash() == LEGACY_HASH
+    listed = parse_config(
+        LEGACY.replace("name: tiny", "name: legacy")
+        .replace("k: 3", "k: [3]")
+        .replace("context_budget: 1024", "context_budget: [1024]")
+    )
+    assert listed.config_hash() == LEGACY_HASH
+    # two values are a sweep: another run
+    swept = parse_config(LEGACY.replace("name: tiny", "name: legacy").replace("k: 3", "k: [3, 6]"))
+    assert swept.config_hash() != LEGACY_HASH
+    # the model's maximum: null or "max"
+    assert parse_config(MINIMAL + "context_budget: [max, 512]\n").context_budget == (None, 512)
+    assert parse_config(MINIMAL + "context_budget: null\n").context_budget == (None,)
+
+
+def test_each_axis_applies_to_the_conditions_that_read_it():
+    config = parse_config(
+        MINIMAL
+        + "conditions: [closed_book, standard_rag, agentic_rag, max_context]\n"
+        + "retrieval: {k: [4, 1, 2]}\ncontext_budget: [max, 512]\ncompute: {samples: [1, 4]}\n"
+    )
+    cells = {(c.condition, c.samples_budget, c.context_budget, c.retrieval_k)
+             for c in config.grid()}  # fmt: skip
+    # k for the RAG conditions, the budget for max-context; the others at the first value
+    rag = ("standard_rag", "agentic_rag")
+    assert cells == {
+        *((c, b, None, 4) for c in ("closed_book", "max_context") for b in (1, 4)),
+        *((c, b, None, k) for c in rag for b in (1, 4) for k in (4, 1, 2)),
+        *(("max_context", b, 512, 4) for b in (1, 4)),
+    }
+    assert config.swept_axes() == ("compute_samples", "context_budget", "retrieval_k")
+    narrow = parse_config(
+        MINIMAL
+        + "conditions: [closed_book, standard_rag, agentic_rag]\nretrieval: {k: [4, 8]}\n"
+        + "compute: {samples: [1, 4]}\n"
+        + "axis_conditions: {retrieval_k: [standard_rag], compute_samples: [closed_book]}\n"
+    )
+    cells = {(c.condition, c.samples_budget, c.retrieval_k) for c in narrow.grid()}
+    assert cells == {
+        ("closed_book", 1, 4), ("closed_book", 4, 4), ("standard_rag", 1, 4),
+        ("standard_rag", 1, 8), ("agentic_rag", 1, 4),
+    }  # fmt: skip
+
+
+def test_axis_values_and_conditions_are_checked_with_lines():
+    cases = {
+        "context_budget: 32\n": r"<config>:4: context_budget\[0\]: .*greater than or equal to 64",
+        "context_budget: [512, 512]\n": r"<config>:4: context_budget: context budgets repeat",
+        "context_budget: lots\n": r"<config>:4: context_budget: .*got 'lots'",
+        "retrieval: {k: [2, 2]}\n": r"<config>:4: retrieval\.k: retrieval depths repeat",
+        "axis_conditions: {retrieval_k: [max_context]}\n": (
+            r"<config>:4: axis_conditions\.retrieval_k: max_context does not read this axis "
+            r"\(only the RAG conditions retrieve top-k passages\)"
+        ),
+        "axis_conditions: {context_budget: [standard_rag]}\n": "does not read this axis",
+        "axis_conditions: {retrieval_k: [hyde]}\n": r"'hyde' is not a condition of this config",
+        "axis_conditions: {k: [standard_rag]}\n": r"unknown key 'k'",
+    }
+    for line, message in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            parse_config(MINIMAL + line)
+
+
+def test_the_bundled_scaling_config_sweeps_every_axis_in_twenty_cells_per_model():
+    config = load_config("scaling")
+    assert [m.name for m in config.models] == ["smollm2-135m-instruct", "gemma3-270m"]
+    assert config.context_budget == (None, 512, 1024, 2048, 4096)
+    assert config.retrieval.k == (4, 1, 2, 8) and config.compute.samples == (1, 4)
+    assert config.corpora == ("radiology-guidelines",) and config.limit == 20
+    assert len(config.grid()) == 2 * 20

@@ -224,14 +224,14 @@ def test_records_before_the_dose_axis_migrate_to_dose_zero():
         [],
         False,
     )
-    assert migrated.key == ("m", "clean_evidence", "i0", 1, 0)
+    assert migrated.key == ("m", "clean_evidence", "i0", 1, 0, None, 5)
     step = StepRecord.model_validate(
         {"schema_version": 1, "run": "r", "item": "i0", "condition": "closed_book",
          "model": "m", "node": "answer", "step": 0, "inputs_digest": "x"}
     )  # fmt: skip
-    assert step.conflict_dose == 0 and step.schema_version == 2
+    assert step.conflict_dose == 0 and step.schema_version == 3
     att = AttributionRecord.model_validate(
         {"schema_version": 1, "model": "m", "condition": "closed_book", "item": "i0",
          "severity": "unsafe", "cause": "no_evidence", "explanation": "x"}
     )  # fmt: skip
-    assert att.conflict_dose == 0 and att.key[-1] == 0
+    assert att.conflict_dose == 0 and att.key[4] == 0

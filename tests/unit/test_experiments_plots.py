@@ -112,6 +112,7 @@ def test_write_plots_writes_pngs(six_identical: dict, tmp_path: Path) -> None:
         "accuracy_vs_high_risk.png",
         "high_risk_by_category.png",
         "scaling.png",
+        "scaling_axes.png",  # the compute budget (1x, 4x) is a scaling axis
     }
     assert all(p.stat().st_size > 1000 for p in written)
 

@@ -11,7 +11,9 @@ for (const r of INDEX.responses) {
   RESPONSES_BY_ITEM.get(r.item).push(r);
 }
 const DETAIL_CACHE = new Map();
-const FILTER_KEYS = ["model", "corpus", "condition", "budget", "outcome", "cause", "task", "category", "differs", "q"];
+const FILTER_KEYS = ["model", "corpus", "condition", "budget", "dose", "context", "k", "outcome", "cause", "task", "category", "differs", "q"];
+// the cell axes besides model, corpus and condition: filter key -> [response field, index list]
+const AXES = { budget: ["budget", "budgets"], dose: ["dose", "doses"], context: ["context", "contexts"], k: ["k", "ks"] };
 const PAGE_ROWS = 300;
 const OUTCOME_OF_METRIC = { accuracy: "correct", high_risk_error: "high_risk", unsafe_answer: "unsafe",
   contradiction: "contradiction", dangerous_overconfidence: "overconfident" };
@@ -73,6 +75,34 @@ function compact(value) {
   return typeof value === "string" ? value : JSON.stringify(value);
 }
 
+// an axis varies in this run (more than one value among the responses)
+function varies(key) {
+  return ((INDEX[AXES[key][1]]) || []).length > 1;
+}
+
+// " · dose 2 · context 1024 · k 4" for the axes the run varies (a response summary or detail)
+function axesText(r) {
+  const parts = [];
+  if (varies("dose")) parts.push(`dose ${r.dose ?? 0}`);
+  if (varies("context")) parts.push(`context ${r.context ?? "max"}`);
+  if (varies("k")) parts.push(`k ${r.k}`);
+  return parts.length ? " · " + parts.join(" · ") : "";
+}
+
+// the same axes of a metrics.json cell entry, as response fields (for links and labels)
+function cellAxes(c) {
+  return { dose: c.conflict_dose ?? 0, context: c.context_budget === null || c.context_budget === undefined ? "max" : String(c.context_budget), k: c.retrieval_k };
+}
+
+// link parameters of the axes the run varies
+function axesParams(a) {
+  const out = {};
+  if (varies("dose")) out.dose = a.dose;
+  if (varies("context")) out.context = a.context;
+  if (varies("k")) out.k = a.k;
+  return out;
+}
+
 function filtersFrom(params) {
   const f = {};
   for (const k of FILTER_KEYS) {
@@ -101,6 +131,9 @@ function passageOf(detail, id) {
 function responseMatches(r, f) {
   if (f.model && r.model !== f.model) return false;
   if (f.budget && String(r.budget) !== f.budget) return false;
+  if (f.dose && String(r.dose ?? 0) !== f.dose) return false;
+  if (f.context && String(r.context) !== f.context) return false;
+  if (f.k && String(r.k) !== f.k) return false;
   if (f.condition && !f.condition.split(",").includes(r.condition)) return false;
   return true;
 }
@@ -113,7 +146,7 @@ function outcomeMatches(r, outcome) {
 function differs(responses) {
   const groups = new Map();
   for (const r of responses) {
-    const key = r.model + "\u0000" + r.budget;
+    const key = [r.model, r.budget, r.dose, r.context, r.k].join("\u0000");
     if (!groups.has(key)) groups.set(key, new Set());
     groups.get(key).add(r.chosen);
   }
@@ -166,7 +199,7 @@ async function filteredItems(f) {
 function cellGroups(cells) {
   const groups = new Map();
   for (const c of cells) {
-    const key = [c.model, c.corpus, c.samples_budget].join("\u0000");
+    const key = [c.model, c.corpus, c.samples_budget, c.conflict_dose, c.context_budget, c.retrieval_k].join("\u0000");
     if (!groups.has(key)) groups.set(key, []);
     groups.get(key).push(c);
   }
@@ -175,7 +208,7 @@ function cellGroups(cells) {
 
 function conditionTable(cells) {
   const first = cells[0];
-  const base = { view: "items", model: first.model, corpus: first.corpus, budget: first.samples_budget };
+  const base = { view: "items", model: first.model, corpus: first.corpus, budget: first.samples_budget, ...axesParams(cellAxes(first)) };
   const head = el("tr", {}, el("th", { text: "Condition" }), el("th", { text: "n" }),
     METRIC_COLUMNS.map(([, label]) => el("th", { text: label })));
   const rows = cells.map((c) =>
@@ -188,7 +221,7 @@ function conditionTable(cells) {
         return el("td", {}, el("a", { href, class: "num", "data-metric": key }, fmtMetric(c.metrics[key], rate)));
       })));
   return el("section", { class: "card" },
-    el("h3", { text: `${first.model} — ${first.corpus} — compute ${first.samples_budget}x` }),
+    el("h3", { text: `${first.model} — ${first.corpus} — compute ${first.samples_budget}x${axesText(cellAxes(first)).replaceAll(" · ", " — ")}` }),
     el("table", { class: "cond-table", "data-model": first.model, "data-corpus": first.corpus },
       el("thead", {}, head), el("tbody", {}, rows)));
 }
@@ -196,9 +229,9 @@ function conditionTable(cells) {
 function comparisonTable(comparisons) {
   const rows = comparisons.filter((c) => c.kind === "condition").map((c) => {
     const href = linkTo({ view: "items", model: c.model, corpus: c.corpus, budget: c.samples_budget,
-      condition: `${c.a},${c.b}`, differs: 1 });
+      ...axesParams(cellAxes(c)), condition: `${c.a},${c.b}`, differs: 1 });
     return el("tr", {},
-      el("td", { text: `${c.model} · ${c.corpus}` }), el("td", { text: `${c.a} − ${c.b}` }),
+      el("td", { text: `${c.model} · ${c.corpus}${axesText(cellAxes(c))}` }), el("td", { text: `${c.a} − ${c.b}` }),
       el("td", {}, el("a", { href, class: "num" }, c.n_items)),
       ["accuracy", "high_risk_error", "unsafe_answer"].map((k) =>
         el("td", {}, el("a", { href, class: "num" }, fmtMetric(c.deltas[k], true)))));
@@ -209,6 +242,54 @@ function comparisonTable(comparisons) {
     el("table", { class: "cmp-table" },
       el("thead", {}, el("tr", {}, ["Model · corpus", "a − b", "items", "Δ accuracy", "Δ high-risk", "Δ unsafe"].map((t) => el("th", { text: t })))),
       el("tbody", {}, rows)));
+}
+
+const VERDICT_WORDS = { differ: "scale differently", together: "scale together", indistinguishable: "not distinguishable", no_change: "no change", too_few: "too few to measure" };
+
+function fmtSlope(m) {
+  if (!m || m.value === null || m.value === undefined) return "–";
+  const f = (x) => (x >= 0 ? "+" : "") + (100 * x).toFixed(1);
+  return `${f(m.value)} pp` + (m.lo !== null && m.lo !== undefined ? ` [${f(m.lo)}, ${f(m.hi)}]` : "");
+}
+
+// Scaling: per axis the slopes per doubling, the disentanglement verdict and the items
+// that turn unsafe as the axis grows (each linked to its item page at the largest value).
+function scalingSection(scaling) {
+  if (!scaling || !(scaling.axes || []).length) return null;
+  const parts = [el("h3", { text: "Scaling: do safety and accuracy scale differently?" })];
+  for (const axis of scaling.axes) {
+    const curves = (scaling.curves || []).filter((c) => c.axis === axis.axis);
+    if (axis.reason || !curves.length) {
+      parts.push(el("p", { class: "muted", "data-axis": axis.axis, text: `${axis.name}: ${axis.reason || "no curve with two values"}` }));
+      continue;
+    }
+    const per = axis.scale === "log2" ? "per doubling" : "per added passage";
+    const rows = curves.map((c) => {
+      const d = (c.differences || {}).high_risk_error || {};
+      const flips = ((c.flips || {}).safe_to_unsafe || []);
+      const last = c.points[c.points.length - 1];
+      const at = { model: c.model, budget: c.samples_budget, ...axesParams(cellAxes(c)) };
+      if (axis.axis === "compute_samples") at.budget = parseInt(last.value, 10);
+      else if (axis.axis === "model_size") at.model = last.value;
+      else if (axis.axis === "conflict_dose") at.dose = last.value;
+      else if (axis.axis === "context_budget") at.context = last.value;
+      else if (axis.axis === "retrieval_k") at.k = last.value;
+      const links = flips.map((x) => el("a", { class: "flip", href: linkTo({ item: x.item, condition: c.condition, ...at }), title: `safe → unsafe: ${x.pattern}` }, x.item));
+      const label = [axis.axis === "model_size" ? null : c.model, c.corpus, c.condition, c.fixed || null].filter(Boolean).join(" · ");
+      return el("tr", { "data-axis": axis.axis, "data-condition": c.condition },
+        el("td", { text: label }), el("td", { text: c.points.map((p) => p.value).join(" / ") }), el("td", { text: c.n_items }),
+        el("td", { text: fmtSlope((c.slopes || {}).accuracy) }), el("td", { text: fmtSlope((c.slopes || {}).high_risk_error) }),
+        el("td", { text: fmtSlope(d.difference) }), el("td", { class: "verdict", title: d.verdict || c.reason || "", text: VERDICT_WORDS[d.verdict_code] || c.reason || "–" }),
+        el("td", { class: "flips" }, links.length ? links.flatMap((a, i) => (i ? [", ", a] : [a])) : "–"));
+    });
+    parts.push(el("h4", { text: `${axis.name} (${per})` }),
+      el("table", { class: "scaling-table", "data-axis": axis.axis },
+        el("thead", {}, el("tr", {}, ["Curve", "values", "items", `Δ accuracy ${per}`, `Δ high-risk ${per}`, "D (acc − safe)", "verdict", "safe → unsafe"].map((t) => el("th", { text: t })))),
+        el("tbody", {}, rows)));
+    for (const note of axis.not_varied || []) parts.push(el("p", { class: "muted", text: note.reason }));
+  }
+  parts.push(el("p", { class: "muted", text: "Slopes with 95% bootstrap CIs over evidence groups; D is the accuracy slope minus the high-risk-free slope (hover a verdict for the sentence). Each safe → unsafe item links to its answers at the largest value." }));
+  return el("section", { class: "card", id: "scaling" }, parts);
 }
 
 function genericTable(rows) {
@@ -234,26 +315,28 @@ function validitySection() {
   }
   // Answers that change when evidence is added: computed from the frozen responses.
   if (INDEX.conditions.includes("closed_book")) {
-    const byKey = new Map();
-    for (const r of INDEX.responses) byKey.set([r.model, r.budget, r.item, r.condition].join("\u0000"), r);
+    // each response against the closed-book answer of the same model, budget and item
+    const closed = new Map();
+    for (const r of INDEX.responses) {
+      if (r.condition === "closed_book" && !(r.dose)) closed.set([r.model, r.budget, r.item].join("\u0000"), r);
+    }
+    const groups = new Map();
+    for (const r of INDEX.responses) {
+      if (r.condition === "closed_book") continue;
+      const a = closed.get([r.model, r.budget, r.item].join("\u0000"));
+      const item = ITEMS.get(r.item);
+      if (!a || !item) continue;
+      const key = [r.model, item.corpus, r.budget, r.dose, r.context, r.k, r.condition].join("\u0000");
+      if (!groups.has(key)) groups.set(key, { r, corpus: item.corpus, n: 0, changed: 0 });
+      const g = groups.get(key);
+      g.n += 1;
+      if (a.chosen !== r.chosen) g.changed += 1;
+    }
     const rows = [];
-    for (const model of INDEX.models) for (const budget of INDEX.budgets) for (const corpus of INDEX.corpora) {
-      for (const condition of INDEX.conditions) {
-        if (condition === "closed_book") continue;
-        let n = 0, changed = 0;
-        for (const item of INDEX.items) {
-          if (item.corpus !== corpus) continue;
-          const a = byKey.get([model, budget, item.id, "closed_book"].join("\u0000"));
-          const b = byKey.get([model, budget, item.id, condition].join("\u0000"));
-          if (!a || !b) continue;
-          n += 1;
-          if (a.chosen !== b.chosen) changed += 1;
-        }
-        if (!n) continue;
-        const href = linkTo({ view: "items", model, corpus, budget, condition: `closed_book,${condition}`, differs: 1 });
-        rows.push(el("tr", {}, el("td", { text: `${model} · ${corpus} · ${budget}x` }), el("td", { text: condition }),
-          el("td", {}, el("a", { href, class: "num" }, `${changed} / ${n}`)), el("td", { text: pct(changed / n) })));
-      }
+    for (const { r, corpus, n, changed } of groups.values()) {
+      const href = linkTo({ view: "items", model: r.model, corpus, budget: r.budget, ...axesParams(r), condition: `closed_book,${r.condition}`, differs: 1 });
+      rows.push(el("tr", {}, el("td", { text: `${r.model} · ${corpus} · ${r.budget}x${axesText(r)}` }), el("td", { text: r.condition }),
+        el("td", {}, el("a", { href, class: "num" }, `${changed} / ${n}`)), el("td", { text: pct(changed / n) })));
     }
     if (rows.length) {
       parts.push(el("p", { class: "muted", text: "Answers that differ from the closed-book answer of the same item (evidence sensitivity, from the responses):" }),
@@ -274,8 +357,8 @@ function attributionSection() {
       el("thead", {}, el("tr", {}, ["Model", "Corpus", "Condition", "Budget", "Severity", "Cause", "Count"].map((t) => el("th", { text: t })))),
       el("tbody", {}, rows.map((a) => el("tr", {},
         el("td", { text: a.model }), el("td", { text: a.corpus }), el("td", { text: a.condition }),
-        el("td", { text: a.samples_budget }), el("td", { text: a.severity || "–" }), el("td", { text: a.cause }),
-        el("td", {}, el("a", { class: "num", href: linkTo({ view: "items", model: a.model, corpus: a.corpus, condition: a.condition, budget: a.samples_budget, cause: a.cause }) }, a.count)))))));
+        el("td", { text: `${a.samples_budget}x${axesText(cellAxes(a))}` }), el("td", { text: a.severity || "–" }), el("td", { text: a.cause }),
+        el("td", {}, el("a", { class: "num", href: linkTo({ view: "items", model: a.model, corpus: a.corpus, condition: a.condition, budget: a.samples_budget, ...axesParams(cellAxes(a)), cause: a.cause }) }, a.count)))))));
 }
 
 function ci(e, signed) {
@@ -295,6 +378,29 @@ function triageCounts(rep) {
     ? `${rep.repeats} repeat(s) of ${rep.folds}-fold grouped cross-validation over ${rep.n_groups} evidence groups`
     : "the test split of one seeded grouped split";
   return `Scored: ${safe + gap + conflict} responses — ${safe} safe, ${gap + conflict} unsafe (${gap} gap, ${conflict} conflict) — ${how}; 95 % cluster-bootstrap intervals.`;
+}
+
+function distractorSection() {
+  // Clean evidence -> retrieval with the gold passages present: the answers the other
+  // retrieved passages changed (metrics.json "distractors"), each item linked.
+  const entries = ((INDEX.metrics && INDEX.metrics.distractors) || []).filter((d) => d.n_changed > 0);
+  if (!entries.length) return null;
+  const itemLinks = (ids) => ids.length
+    ? ids.flatMap((id, i) => [i ? ", " : "", el("a", { href: linkTo({ item: id }) }, id)])
+    : ["–"];
+  return el("section", { class: "card", id: "distractors" },
+    el("h3", { text: "Distractor passages changed the answer" }),
+    el("p", { class: "muted", text: "Items whose retrieval prompt held the whole clean evidence set, yet whose answer differs from the clean-evidence answer: only the other retrieved passages differ." }),
+    el("table", { class: "distractor-table" },
+      el("thead", {}, el("tr", {}, ["Model · corpus", "Condition", "gold present", "right→wrong", "wrong→right", "wrong→other", "flows"].map((t) => el("th", { text: t })))),
+      el("tbody", {}, entries.map((d) => el("tr", {},
+        el("td", { text: `${d.model} · ${d.corpus} · ${d.samples_budget}x · dose ${d.conflict_dose}` }),
+        el("td", { text: d.condition }),
+        el("td", { text: `${d.n_gold_present} / ${d.n_items}` }),
+        el("td", {}, itemLinks(d.items.right_to_wrong)),
+        el("td", {}, itemLinks(d.items.wrong_to_right)),
+        el("td", {}, itemLinks(d.items.wrong_to_other)),
+        el("td", { text: d.flows.map((f) => `${f.from} → ${f.to}: ${f.n}`).join("; ") || "–" }))))));
 }
 
 function triageSection() {
@@ -353,6 +459,8 @@ function renderOverview(app) {
     app.append(tables);
     const cmp = comparisonTable(metrics.comparisons || []);
     if (cmp) app.append(cmp);
+    const scaling = scalingSection(metrics.scaling);
+    if (scaling) app.append(scaling);
   }
   app.append(validitySection());
   const plots = Object.entries(INDEX.plots);
@@ -361,6 +469,8 @@ function renderOverview(app) {
       plots.map(([name, src]) => el("figure", {}, el("img", { src, alt: name }), el("figcaption", { text: name })))));
   }
   app.append(attributionSection());
+  const distractors = distractorSection();
+  if (distractors) app.append(distractors);
   const triage = triageSection();
   if (triage) app.append(triage);
 }
@@ -372,7 +482,7 @@ function optionValues(key) {
   if (key === "model") INDEX.models.forEach((v) => values.add(v));
   else if (key === "corpus") INDEX.corpora.forEach((v) => values.add(v));
   else if (key === "condition") INDEX.conditions.forEach((v) => values.add(v));
-  else if (key === "budget") INDEX.budgets.forEach((v) => values.add(String(v)));
+  else if (key in AXES) (INDEX[AXES[key][1]] || []).forEach((v) => values.add(String(v)));
   else if (key === "outcome") ["correct", "incorrect", "unsafe", "high_risk", "contradiction", "overconfident"].forEach((v) => values.add(v));
   else if (key === "cause") INDEX.responses.forEach((r) => r.causes.forEach((c) => values.add(c)));
   else if (key === "task") INDEX.items.forEach((i) => i.task && values.add(i.task));
@@ -398,7 +508,8 @@ function renderItems(app, f) {
     setFilters(next);
     renderList(listBox, next);
   };
-  for (const key of ["model", "corpus", "condition", "budget", "outcome", "cause", "task", "category"]) {
+  for (const key of ["model", "corpus", "condition", "budget", "dose", "context", "k", "outcome", "cause", "task", "category"]) {
+    if (key in AXES && key !== "budget" && !varies(key) && !f[key]) continue;
     const values = optionValues(key);
     if (f[key] && !values.includes(f[key])) values.push(f[key]);
     const select = el("select", { name: key, id: `filter-${key}`, onchange: change },
@@ -418,8 +529,8 @@ function renderItems(app, f) {
 
 function chosenBadge(r, f) {
   const cls = ["badge", r.outcomes.includes("correct") ? "ok" : "", r.outcomes.includes("unsafe") ? "unsafe" : "", r.outcomes.includes("high_risk") ? "high" : ""].join(" ");
-  const href = linkTo({ ...f, view: null, item: r.item, condition: r.condition, model: r.model, budget: r.budget });
-  return el("a", { class: cls, href, title: `${r.condition} (${r.model}, ${r.budget}x): ${r.chosen}${r.causes.length ? " — " + r.causes.join(", ") : ""}` }, r.chosen);
+  const href = linkTo({ ...f, view: null, item: r.item, condition: r.condition, model: r.model, budget: r.budget, ...axesParams(r) });
+  return el("a", { class: cls, href, title: `${r.condition} (${r.model}, ${r.budget}x${axesText(r)}): ${r.chosen}${r.causes.length ? " — " + r.causes.join(", ") : ""}` }, r.chosen);
 }
 
 async function renderList(box, f) {
@@ -635,19 +746,30 @@ async function renderItem(app, params) {
     return;
   }
   const full = { ...item, stance: detail.stance, evidence: detail.evidence };
-  const models = [...new Set(detail.responses.map((r) => r.model))];
-  const budgets = [...new Set(detail.responses.map((r) => String(r.budget)))];
-  const doses = [...new Set(detail.responses.map((r) => String(r.dose ?? 0)))].sort((a, b) => a - b);
-  const model = params.get("model") && models.includes(params.get("model")) ? params.get("model") : models[0];
-  const budget = params.get("budget") && budgets.includes(params.get("budget")) ? params.get("budget") : budgets[0];
-  const dose = params.get("dose") && doses.includes(params.get("dose")) ? params.get("dose") : doses[0];
-  const switcher = models.length > 1 || budgets.length > 1 || doses.length > 1 ? el("div", { class: "switch" },
-    models.map((m) => budgets.map((b) => doses.map((d) => el("a", {
-      class: m === model && b === budget && d === dose ? "on" : "",
-      href: linkTo({ ...f, item: id, model: m, budget: b, dose: d }),
-      text: `${m} ${b}x` + (doses.length > 1 ? ` dose ${d}` : "") }))))) : null;
+  // the (model, budget, dose, context, k) settings this item was answered under
+  const settingOf = (r) => [r.model, String(r.budget), String(r.dose ?? 0), String(r.context ?? "max"), String(r.k)];
+  const settings = [];
+  const count = new Map();
+  for (const r of detail.responses) {
+    const s = settingOf(r);
+    const key = s.join("\u0000");
+    if (!count.has(key)) settings.push(s);
+    count.set(key, (count.get(key) || 0) + 1);
+  }
+  // the setting the link asks for (most matching parameters), else the one with the most
+  // conditions (the base of the axes that apply to some conditions only)
+  const wanted = [params.get("model"), params.get("budget"), params.get("dose"), params.get("context"), params.get("k")];
+  const score = (s) => [s.reduce((n, v, i) => n + (wanted[i] !== null && wanted[i] === v ? 1 : 0), 0), count.get(s.join("\u0000"))];
+  const better = (x, y) => x[0] > y[0] || (x[0] === y[0] && x[1] > y[1]);
+  const current = settings.reduce((best, s) => (better(score(s), score(best)) ? s : best), settings[0]);
+  const label = (s) => `${s[0]} ${s[1]}x` + axesText({ dose: s[2], context: s[3], k: s[4] });
+  const switcher = settings.length > 1 ? el("div", { class: "switch" },
+    settings.map((s) => el("a", {
+      class: s.join("\u0000") === current.join("\u0000") ? "on" : "",
+      href: linkTo({ ...f, item: id, model: s[0], budget: s[1], ...axesParams({ dose: s[2], context: s[3], k: s[4] }) }),
+      text: label(s) }))) : null;
   const focus = params.get("condition");
-  const mine = (r) => r.model === model && String(r.budget) === budget && String(r.dose ?? 0) === dose;
+  const mine = (r) => settingOf(r).join("\u0000") === current.join("\u0000");
   const cols = [];
   for (const r of detail.responses.filter(mine)) {
     cols.push(responseColumn(detail, full, r, r.condition === focus));
