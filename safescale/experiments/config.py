@@ -1182,11 +1182,21 @@ def _check_models(
 
     problems = []
     for index, model in enumerate(config.models):
+        entry = data["models"][index] if isinstance(data.get("models"), list) else None
+        loc: tuple[Any, ...] = ("models", index)
+        if model.served:  # the weights are the server's; what loads here is named apart
+            for field in ("tokenizer", "whitebox"):
+                spec = getattr(model, field)
+                problem = model_spec_problem(spec) if spec else None
+                if problem is not None:
+                    where = (*loc, field)
+                    problems.append(
+                        f"{source}:{_line_for(where, marks)}: {_loc_text(where)}: {problem}"
+                    )
+            continue
         problem = model_spec_problem(model.source)
         if problem is None:
             continue
-        entry = data["models"][index] if isinstance(data.get("models"), list) else None
-        loc: tuple[Any, ...] = ("models", index)
         if isinstance(entry, dict) and "spec" in entry:
             loc = (*loc, "spec")
         elif isinstance(entry, dict):

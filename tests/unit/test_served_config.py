@@ -93,3 +93,17 @@ def test_a_local_entry_hashes_without_the_served_fields():
     )
     explicit = parse_config(_text({"name": "smollm2-135m-instruct", "kind": "local"}))
     assert explicit.config_hash() == config.config_hash()
+
+
+def test_a_served_file_checks_its_local_tokenizer_not_its_served_name(tmp_path):
+    from safescale.experiments.config import load_config
+
+    path = tmp_path / "served.yaml"
+    path.write_text(_text(SERVED))  # the served name is the server's, not a local model
+    assert load_config(path).models[0].served
+    path.write_text(_text({**SERVED, "tokenizer": "no-such-tokenizer"}))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    (line,) = err.value.problems
+    assert line.startswith(f"{path}:") and "models[0].tokenizer" in line
+    assert "no-such-tokenizer" in line

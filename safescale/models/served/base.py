@@ -103,6 +103,19 @@ class ServedModel:
         self._stats_lock = threading.Lock()
         self.stats: dict[str, int] = {}
 
+    def first_choice(self, route: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST ``payload`` (the model name, temperature 0 and the config's
+        ``extra_body`` under it) to ``route``; returns the answer's first choice."""
+        body = {"model": self.settings.model, "temperature": 0.0, **self.settings.extra_body}
+        answer = self.client.post(route, {**body, **payload})
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        if not choices:
+            raise ServedModelError(
+                f"{self.client.url(route)}: model {self.settings.model!r}: "
+                "the answer has no choices"
+            )
+        return choices[0]
+
     # ---------------------------------------------------------------- identity
     @property
     def model_hash(self) -> str:

@@ -59,21 +59,9 @@ class OpenAIChatModel(ServedModel):
 
     def chat(self, message: str, **params: Any) -> dict[str, Any]:
         """One chat request; returns its first choice."""
-        payload = {
-            "model": self.settings.model,
-            "messages": self._messages(message),
-            "temperature": 0.0,
-            **self.settings.extra_body,
-            **params,
-        }
-        answer = self.client.post("/chat/completions", payload)
-        choices = answer.get("choices") if isinstance(answer, dict) else None
-        if not choices:
-            raise ServedModelError(
-                f"{self.client.url('/chat/completions')}: model {self.settings.model!r}: "
-                "the answer has no choices"
-            )
-        return choices[0]
+        return self.first_choice(
+            "/chat/completions", {"messages": self._messages(message), **params}
+        )
 
     def first_token_alternatives(self, message: str) -> dict[str, float]:
         """``token -> log-prob`` of the first generated token's alternatives."""

@@ -109,24 +109,24 @@ class OpenAICompletionsModel(ServedModel):
     # ---------------------------------------------------------------- requests
     def complete(self, prompt: str, **params: Any) -> dict[str, Any]:
         """One ``/completions`` request; returns its first choice."""
-        payload = {
-            "model": self.settings.model,
-            "prompt": prompt,
-            "temperature": 0.0,
-            **self.settings.extra_body,
-            **params,
-        }
-        answer = self.client.post("/completions", payload)
-        choices = answer.get("choices") if isinstance(answer, dict) else None
-        if not choices:
-            raise ServedModelError(
-                f"{self.client.url('/completions')}: model {self.settings.model!r}: "
-                "the answer has no choices"
-            )
-        return choices[0]
+        return self.first_choice("/completions", {"prompt": prompt, **params})
+
+    def _one_step(self, prompt: str, k: int) -> dict[str, Any]:
+        """The first generated token after ``prompt`` with ``k`` alternatives. When the
+        greedy token ends the sequence, llama-cpp-python reports no token and no
+        alternatives at all (``finish_reason: stop``, empty log-probs); the step is then
+        asked again with ``min_tokens: 1`` (a vLLM and llama-cpp-python extension), which
+        bars end-of-sequence from being *generated* while the reported alternatives stay
+        the raw distribution's (end-of-sequence among them, as ``""``)."""
+        choice = self.complete(prompt, max_tokens=1, logprobs=k)
+        top = _logprobs(choice, self).get("top_logprobs") or [None]
+        if not top[0] and choice.get("finish_reason") == "stop":
+            self.count("end_of_sequence_retries")
+            choice = self.complete(prompt, max_tokens=1, logprobs=k, min_tokens=1)
+        return choice
 
     def _first_token_alternatives(self, prompt: str) -> dict[str, float]:
-        choice = self.complete(prompt, max_tokens=1, logprobs=self.settings.top_logprobs)
+        choice = self._one_step(prompt, self.settings.top_logprobs)
         top = _logprobs(choice, self).get("top_logprobs") or [None]
         if not isinstance(top[0], dict) or not top[0]:
             raise ServedModelError(
@@ -288,7 +288,7 @@ class OpenAICompletionsModel(ServedModel):
         k = max(1, top)
 
         def step(prompt: str) -> dict[str, float]:
-            choice = self.complete(prompt, max_tokens=1, logprobs=k)
+            choice = self._one_step(prompt, k)
             row = (_logprobs(choice, self).get("top_logprobs") or [None])[0]
             return {str(a): float(b) for a, b in (row or {}).items()}
 
