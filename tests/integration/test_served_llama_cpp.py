@@ -21,8 +21,8 @@ from safescale.models.served import LETTER_FORMULATIONS, ServedSettings, load_se
 pytestmark = pytest.mark.slow
 
 #: Largest |served - transformers| letter log-softmax over the 40 parity prompts
-#: (measured 0.148, 40 of 40 choices equal; the engines compute the Q4_1 weights differently: llama.cpp
-#: multiplies quantized blocks, transformers dequantized float32).
+#: (measured 0.148, 40 of 40 choices equal; the engines compute the Q4_1 weights
+#: differently: llama.cpp multiplies quantized blocks, transformers dequantized float32).
 LETTER_TOLERANCE = 0.25
 
 
