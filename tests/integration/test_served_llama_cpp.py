@@ -121,3 +121,25 @@ def test_identity_does_not_depend_on_the_address(llama_server, served):
         assert "127.0.0.1" not in other.model_hash and other.model_hash.startswith("served:")
     finally:
         other.close()
+
+
+def test_chat_route_serves_letters_only(llama_server):
+    from safescale.models.backend import PromptError
+
+    chat = load_served(_settings(llama_server, kind="openai-chat", name="smollm2-chat"))
+    try:
+        record = chat.probe_record
+        assert record["endpoint"] == "/chat/completions"
+        assert record["generation_logprobs"] == "ok" and chat.continuations is None
+        assert chat.formulations == LETTER_FORMULATIONS
+        corpus = load_corpus("radiology-guidelines")
+        items = [corpus.items_by_id[i] for i in item_order(corpus, 0)[:4]]
+        for item in items:
+            clean = [corpus.passage(pid) for pid in item.evidence.clean]
+            scores = chat.score_options([prompts.answer_message(item, clean)], list(item.letters))
+            assert scores.shape == (1, len(item.letters)) and np.isfinite(scores).all()
+        assert chat.stats["letter_prompts"] == len(items)
+        with pytest.raises(PromptError, match="continuations"):
+            chat.score_continuations(["Is it safe?"], [["yes", "no"]])
+    finally:
+        chat.close()
