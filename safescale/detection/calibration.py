@@ -25,6 +25,7 @@ Metrics (:func:`calibration_report`), each before (plain softmax) and after:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -143,6 +144,38 @@ class CalibrationReport(BaseModel):
     level_counts: dict[str, int]
     before: CalibrationMetrics
     after: CalibrationMetrics
+    #: ``{"before"|"after": {metric: {estimate, lo, hi}}}``: 95 % cluster-bootstrap
+    #: intervals (evidence groups resampled); empty in reports made before them.
+    intervals: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
+    #: ``{metric: {estimate, lo, hi}}``: the paired change after − before.
+    change: dict[str, dict[str, float]] = Field(default_factory=dict)
+    n_groups: int | None = None
+    replicates: int | None = None
+
+    def verdicts(self) -> list[str]:
+        """The change each metric shows after calibration, in words."""
+        out = []
+        for name, label in METRIC_LABELS.items():
+            d = self.change.get(name)
+            if not d or not math.isfinite(d["lo"]):
+                continue
+            span = f"{d['estimate']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+            if d["lo"] <= 0 <= d["hi"]:
+                words = f"no measurable change at n = {self.n} ({self.n_groups} groups)"
+            else:
+                words = "higher" if d["estimate"] > 0 else "lower"
+                words += " after calibration"
+            out.append(f"{label} after − before {span}: {words}.")
+        return out
+
+
+#: The calibration metrics, in the order reports show them.
+METRIC_LABELS = {
+    "ece": "ECE",
+    "brier": "Brier",
+    "dangerous_overconfidence": "dangerous overconfidence",
+    "mean_confidence": "mean confidence",
+}
 
 
 def _metrics(
@@ -165,11 +198,15 @@ def calibration_report(
     weights: GradeWeights | None = None,
     *,
     n_bins: int = 10,
+    replicates: int = 1000,
+    seed: int = 0,
 ) -> CalibrationReport:
     """Calibration of the records' option logits before and after evidence calibration.
 
     Pure: reads only the frozen records and the corpus (no model). Records whose item
-    is unknown to the corpus are an error.
+    is unknown to the corpus are an error. Every metric, and its paired change after −
+    before, gets a 95 % cluster-bootstrap interval over evidence groups (``replicates``
+    draws; 0: none).
     """
     weights = weights or GradeWeights()
     if not records:
@@ -203,6 +240,28 @@ def calibration_report(
     # rows are grouped by option count; metrics are permutation invariant
     before = _metrics_ragged(before_p, chosen, gold, high_risk, n_bins)
     after = _metrics_ragged(after_p, chosen, gold, high_risk, n_bins)
+    groups_in_order = [corpus.item(records[i].item).evidence_id or records[i].item for i in order]
+    intervals, change = {}, {}
+    if replicates > 0:
+        from safescale.detection.evaluation import cluster_weights
+
+        W = cluster_weights(groups_in_order, replicates, seed)
+        rows = {
+            "before": _row_terms(before_p, chosen, gold, high_risk),
+            "after": _row_terms(after_p, chosen, gold, high_risk),
+        }
+        boot = {k: _weighted_metrics(v, W, n_bins) for k, v in rows.items()}
+        points = {"before": before.model_dump(), "after": after.model_dump()}
+        for phase in ("before", "after"):
+            intervals[phase] = {
+                m: _interval(points[phase][m], boot[phase][m]) for m in METRIC_LABELS
+            }
+        change = {
+            m: _interval(
+                points["after"][m] - points["before"][m], boot["after"][m] - boot["before"][m]
+            )
+            for m in METRIC_LABELS
+        }
     return CalibrationReport(
         n=len(records),
         n_bins=n_bins,
@@ -211,7 +270,60 @@ def calibration_report(
         level_counts=dict(sorted(level_counts.items())),
         before=before,
         after=after,
+        intervals=intervals,
+        change=change,
+        n_groups=len(set(groups_in_order)),
+        replicates=replicates or None,
     )
+
+
+def _row_terms(
+    probs: list[np.ndarray], chosen: np.ndarray, gold: np.ndarray, high_risk: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per-response terms of the metrics (confidence, correct, Brier term, danger)."""
+    confidence = np.asarray([p[c] for p, c in zip(probs, chosen, strict=True)])
+    brier = np.asarray(
+        [((p - np.eye(len(p))[g]) ** 2).sum() for p, g in zip(probs, gold, strict=True)]
+    )
+    return {
+        "confidence": confidence,
+        "correct": (chosen == gold).astype(np.float64),
+        "brier": brier,
+        "danger": ((confidence > OVERCONFIDENCE_THRESHOLD) & high_risk).astype(np.float64),
+    }
+
+
+def _weighted_metrics(
+    terms: dict[str, np.ndarray], W: np.ndarray, n_bins: int
+) -> dict[str, np.ndarray]:
+    """The metrics under each ``[B, n]`` bootstrap weight row (binned ECE as
+    :func:`expected_calibration_error`)."""
+    total = W.sum(axis=1)
+    conf, correct = terms["confidence"], terms["correct"]
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    ece = np.zeros(len(W))
+    for b in range(n_bins):
+        mask = bins == b
+        if not mask.any():
+            continue
+        w = W[:, mask].sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gap = np.abs(W[:, mask] @ correct[mask] - W[:, mask] @ conf[mask]) / w
+        ece += np.where(w > 0, w / total * np.nan_to_num(gap), 0.0)
+    return {
+        "ece": ece,
+        "brier": W @ terms["brier"] / total,
+        "dangerous_overconfidence": W @ terms["danger"] / total,
+        "mean_confidence": W @ conf / total,
+    }
+
+
+def _interval(point: float, replicates: np.ndarray) -> dict[str, float]:
+    finite = replicates[np.isfinite(replicates)]
+    if finite.size < 10:
+        return {"estimate": float(point), "lo": math.nan, "hi": math.nan}
+    lo, hi = np.percentile(finite, [2.5, 97.5])
+    return {"estimate": float(point), "lo": float(lo), "hi": float(hi)}
 
 
 def _metrics_ragged(

@@ -283,7 +283,9 @@ def run_detection(
     )
     train_detectors(frame, config, out_dir / "models")
     write_out_of_fold(frame, config, out_dir)
-    calibration = calibration_report(records, corpus, config.grade_weights)
+    calibration = calibration_report(
+        records, corpus, config.grade_weights, replicates=config.replicates, seed=config.seed
+    )
     _atomic_write(out_dir / "calibration.json", calibration.model_dump_json(indent=2))
     return evaluate_detection(out_dir)
 

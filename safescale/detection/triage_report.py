@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from safescale.detection.calibration import CalibrationReport
+from safescale.detection.calibration import METRIC_LABELS, CalibrationReport
 from safescale.detection.evaluation import MIN_MINORITY, Estimate, Stage1Intervals, Stage2Intervals
 from safescale.detection.metrics import Stage1Metrics, Stage2Metrics
 from safescale.detection.transfer import TransferCell
@@ -136,18 +136,38 @@ class TriageReport(TriageReportRecord):
         if self.transfer:
             text += "\n" + transfer_markdown(self.transfer)
         if self.calibration is not None:
-            c = self.calibration
-            text += (
-                "\nEvidence-calibrated softmax "
-                f"(n = {c.n}, accuracy {c.accuracy:.3f}, {c.n_bins} ECE bins):\n\n"
-                "| | ECE | Brier | dangerous overconfidence | mean confidence |\n"
-                "|---|---|---|---|---|\n"
-                f"| before | {c.before.ece:.4f} | {c.before.brier:.4f} | "
-                f"{c.before.dangerous_overconfidence:.4f} | {c.before.mean_confidence:.4f} |\n"
-                f"| after | {c.after.ece:.4f} | {c.after.brier:.4f} | "
-                f"{c.after.dangerous_overconfidence:.4f} | {c.after.mean_confidence:.4f} |\n"
-            )
+            text += calibration_markdown(self.calibration)
         return text
+
+
+def calibration_markdown(c: CalibrationReport) -> str:
+    """The evidence-calibrated softmax table: each metric before and after with its
+    interval (when the report has them), and the paired change in words."""
+    n_groups = f", {c.n_groups} evidence groups" if c.n_groups else ""
+    head = (
+        "\nEvidence-calibrated softmax "
+        f"(n = {c.n}{n_groups}, accuracy {c.accuracy:.3f}, {c.n_bins} ECE bins"
+        + (", 95 % cluster-bootstrap intervals" if c.intervals else "")
+        + "):\n\n| | "
+        + " | ".join(METRIC_LABELS.values())
+        + " |\n|---|---|---|---|---|\n"
+    )
+    rows = []
+    for phase in ("before", "after"):
+        point = getattr(c, phase).model_dump()
+        cells = []
+        for m in METRIC_LABELS:
+            ci = c.intervals.get(phase, {}).get(m)
+            if ci and math.isfinite(ci["lo"]):
+                cells.append(f"{ci['estimate']:.3f} [{ci['lo']:.3f}, {ci['hi']:.3f}]")
+            else:
+                cells.append(f"{point[m]:.3f}")
+        rows.append(f"| {phase} | " + " | ".join(cells) + " |")
+    text = head + "\n".join(rows) + "\n"
+    verdicts = c.verdicts()
+    if verdicts:
+        text += "\n" + "\n".join(f"- {v}" for v in verdicts) + "\n"
+    return text
 
 
 def _chance(e: Estimate) -> str:

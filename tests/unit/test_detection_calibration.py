@@ -181,3 +181,47 @@ def test_config_rejects_unknown_keys_and_detectors():
         DetectionConfig(detectors=("ecrt", "nope"))
     with pytest.raises(ValueError, match="target_recal"):
         DetectionConfig.model_validate({"target_recal": 0.9})
+
+
+def test_calibration_intervals_bootstrap_evidence_groups():
+    rng = np.random.default_rng(3)
+    ps = [passage("p1", 1), passage("p3", 3)]
+    items = [item(i, "align", evidence_id=f"ev{i // 4}") for i in range(80)]  # 20 groups
+    c = corpus(items, ps)
+    recs = []
+    for it in items:
+        logits = rng.normal(0, 3, size=3).tolist()
+        chosen = "ABC"[int(np.argmax(logits))]
+        recs.append(record(it, chosen, logits, ["p3"] if rng.random() < 0.5 else ["p1"]))
+    rep = calibration_report(recs, c, replicates=400, seed=1)
+    assert rep.n_groups == 20 and rep.replicates == 400
+    for phase in ("before", "after"):
+        point = getattr(rep, phase).model_dump()
+        for m, ci in rep.intervals[phase].items():
+            assert ci["estimate"] == pytest.approx(point[m])
+            assert ci["lo"] <= ci["estimate"] <= ci["hi"]
+        assert rep.intervals[phase]["ece"]["hi"] > rep.intervals[phase]["ece"]["lo"]
+    delta = rep.change["mean_confidence"]
+    assert delta["estimate"] == pytest.approx(
+        rep.after.mean_confidence - rep.before.mean_confidence
+    )
+    # grade weights below 1 on half the responses flatten them: confidence falls
+    assert delta["hi"] < 0
+    assert any("mean confidence after − before" in v and "lower" in v for v in rep.verdicts())
+    # unweighted replicates give the point estimate: the bootstrap reproduces ECE exactly
+    from safescale.detection.calibration import _row_terms, _weighted_metrics
+
+    before_p = [
+        np.exp(np.asarray(r.option_logits) - np.logaddexp.reduce(r.option_logits)) for r in recs
+    ]
+    terms = _row_terms(
+        before_p,
+        np.asarray(["ABC".index(r.chosen) for r in recs]),
+        np.zeros(len(recs), dtype=int),
+        np.asarray([r.chosen == "B" for r in recs]),
+    )
+    ones = _weighted_metrics(terms, np.ones((1, len(recs))), rep.n_bins)
+    assert ones["ece"][0] == pytest.approx(rep.before.ece)
+    assert ones["brier"][0] == pytest.approx(rep.before.brier)
+    none = calibration_report(recs, c, replicates=0)
+    assert none.intervals == {} and none.change == {}
