@@ -88,6 +88,7 @@ def main() -> None:
         SharedPassRecorder,
         extract_features,
         teacher_forced_pair,
+        token_idf,
     )
     from safescale.detection.pipeline import DEFAULT_DETECTORS
     from safescale.models import load_model
@@ -98,6 +99,7 @@ def main() -> None:
     items = [i for i in corpus.items if i.evidence.clean][: args.items]
     full_plan = ExtractionPlan.for_detectors(DEFAULT_DETECTORS)
     ecrt_plan = ExtractionPlan()
+    idf = token_idf(lm, [corpus])  # Focus's IDF table: once per corpus, as the runner does
     rows: dict[str, list[float]] = {}
 
     def add(name: str, value: float) -> None:
@@ -194,7 +196,7 @@ def main() -> None:
             store = DetectionInputStore(Path(tmp))
             t_features = _time(
                 lambda: extract_features(
-                    [rec], lm, full_plan, stored=store, model_hash=lm.model_hash
+                    [rec], lm, full_plan, stored=store, model_hash=lm.model_hash, idf=idf
                 )
             )
         add("ecrt study per response (shared)", t_answer_all + t_features)
@@ -202,7 +204,7 @@ def main() -> None:
             start = time.perf_counter()
             rec, _ = graph_run("clean_evidence", item, settings_s, None, tmp)
             t_old_answer = time.perf_counter() - start
-        t_old_features = _time(lambda: extract_features([rec], lm, full_plan))
+        t_old_features = _time(lambda: extract_features([rec], lm, full_plan, idf=idf))
         add("ecrt study per response (separate detection stage)", t_old_answer + t_old_features)
         for condition in conditions:
             for state in ("off", "on"):

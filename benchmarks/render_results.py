@@ -12,8 +12,8 @@ script makes from the committed files, so a figure retyped into the page fails.
 Run::
 
     .venv/bin/python benchmarks/bench_models.py --json benchmarks/results/bench_models.json
-    .venv/bin/python benchmarks/render_results.py            # rewrites docs/results.md
-    .venv/bin/python benchmarks/render_results.py --check    # exit 1 if it is stale
+    .venv/bin/python benchmarks/render_results.py   # rewrites docs/results.md (make results)
+    .venv/bin/python benchmarks/render_results.py --check   # exit 1 if it is stale
 
 A result file, format 1 (one JSON object)::
 
@@ -79,7 +79,7 @@ def figure(what: str, measured: str, goal: str = "", **values: float | int | str
 def _revision() -> str:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+            ["git", "describe", "--always", "--dirty"],
             cwd=ROOT, capture_output=True, text=True, check=True, timeout=10,
         )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
