@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench results clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check safescale tests benchmarks examples
+
+# docs/results.md from the committed result files (benchmarks/results/*.json, studies.md).
+results: install
+	$(PY) benchmarks/render_results.py
 
 clean:
 	rm -rf $(VENV)

@@ -7,7 +7,9 @@ default, ``--formulation``), and inside evidence-store searches. Overhead =
 (wall - LM - retrieval) / LM (goal <= 10%). The LM call cache starts empty (in memory),
 so every call really runs; its bookkeeping counts as overhead.
 
-Run: ``.venv/bin/python benchmarks/bench_agents.py [--items 6] [--corpus radiology-guidelines]``
+Run: ``.venv/bin/python benchmarks/bench_agents.py [--items 6] [--corpus radiology-guidelines]
+[--json benchmarks/results/bench_agents.json]`` (``--json``: also write the figures as a
+result file, rendered into docs/results.md by ``benchmarks/render_results.py``)
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 from langgraph.checkpoint.memory import InMemorySaver
+from render_results import figure, write_result
 
 
 class Timed:
@@ -50,6 +54,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=6)
     parser.add_argument("--corpus", default="radiology-guidelines")
     parser.add_argument("--formulation", default="cloze_pmi")
+    parser.add_argument("--json", type=Path, default=None, help="also write a result file")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from safescale.agents import (
@@ -72,6 +77,7 @@ def main() -> None:
     items = corpus.items[: args.items]
     print(f"model smollm2-135m-instruct, corpus {corpus.name}, {len(items)} items per condition")
     print(f"{'condition':<18}{'wall s':>9}{'LM s':>9}{'search s':>10}{'overhead':>10}")
+    rows = []
     for condition in CONDITIONS:
         cached = CachedLM(lm)  # empty cache: every LM call runs
         ctx = AgentContext(
@@ -91,6 +97,19 @@ def main() -> None:
             f"{condition:<18}{wall:9.2f}{lm.seconds:9.2f}{store.seconds:10.2f}"
             f"{overhead:9.1%}  (goal <= 10%)"
         )
+        rows.append(
+            figure(
+                f"{condition}: orchestration + logging vs LM calls ({args.formulation}, "
+                f"{len(items)} {corpus.name} items)",
+                f"{overhead:.1%}",
+                "<= 10 %",
+                wall_s=wall,
+                lm_s=lm.seconds,
+                search_s=store.seconds,
+            )
+        )
+    if args.json is not None:
+        write_result(args.json, "bench_agents", "Condition graphs: orchestration overhead", rows)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ The ratios (N vs 1, > 1 = batching is slower) are the figures to read; absolute 
 depend on the machine's load. On a CPU the merged forward does the same arithmetic on
 padded rows, so expect ratios near 1 at best; batching pays off on accelerators.
 
-Run: ``.venv/bin/python benchmarks/bench_batching.py [--items 8] [--in-flight 1,2,4]``
+Run: ``.venv/bin/python benchmarks/bench_batching.py [--items 8] [--in-flight 1,2,4]
+[--json benchmarks/results/bench_batching.json]`` (``--json``: also write the figures as a
+result file, rendered into docs/results.md by ``benchmarks/render_results.py``)
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+
+from render_results import figure, write_result
 
 
 def _time(fn) -> float:
@@ -60,6 +64,7 @@ def main() -> None:
     parser.add_argument("--in-flight", default="1,2,4")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--skip-primitive", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also write a result file")
     args = parser.parse_args()
     settings = [int(x) for x in args.in_flight.split(",")]
     if 1 not in settings:
@@ -75,6 +80,7 @@ def main() -> None:
     items = sorted(corpus.items, key=lambda i: i.id)[: args.items + 1]
     warmup, timed = items[0], items[1:]
     print(f"model {args.model} · corpus {corpus.name} · {len(timed)} items")
+    rows = []
 
     if not args.skip_primitive:
         lm = load_model(args.model, batch_size=args.batch_size)
@@ -103,6 +109,16 @@ def main() -> None:
             print(
                 f"  {n} prompts per call    {merged / len(timed):7.3f} s/item"
                 f"   ratio vs one: {merged / alone:5.2f}x"
+            )
+            rows.append(
+                figure(
+                    f"scoring primitive: {n} cloze prompts per call vs one "
+                    f"({len(timed)} {corpus.name} items)",
+                    f"{merged / alone:.2f}x",
+                    "<= 1.0x",
+                    seconds_per_item=merged / len(timed),
+                    alone_seconds_per_item=alone / len(timed),
+                )
             )
 
     print(f"\n[runner] {args.condition} · {args.formulation} · one shard")
@@ -133,6 +149,21 @@ def main() -> None:
         print(
             f"  items_in_flight {n}   {seconds[n] / len(timed):7.3f} s/item"
             f"   ratio vs 1: {ratio:5.2f}x{merged}"
+        )
+        if n != 1:
+            rows.append(
+                figure(
+                    f"runner, {args.condition} ({args.formulation}): `items_in_flight` {n} "
+                    f"vs 1, seconds per item ({len(timed)} {corpus.name} items)",
+                    f"{ratio:.2f}x",
+                    "<= 1.0x (else keep 1 on CPU)",
+                    seconds_per_item=seconds[n] / len(timed),
+                    one_seconds_per_item=seconds[1] / len(timed),
+                )
+            )
+    if args.json is not None:
+        write_result(
+            args.json, "bench_batching", "Several items in flight (cross-item batching)", rows
         )
 
 

@@ -9,7 +9,8 @@ For each retina-rules item (clean evidence), with the bundled SmolLM2 on CPU:
   followed by :func:`safescale.detection.ecrt_features`.
 
 Prints per-item medians and the ratio (goal <= 2.2x). Run:
-``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_detection.py --items 12``
+``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_detection.py --items 12
+[--json benchmarks/results/bench_detection.json]``
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
+from render_results import figure, write_result
 
 from safescale.agents.records import ResponseRecord
 from safescale.detection import ecrt_features, teacher_forced_pair
@@ -80,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="also write a result file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lm = load_model()
@@ -106,6 +110,18 @@ def main() -> None:
         f"ratio ECRT / raw: median {statistics.median(ratios):.2f}x, "
         f"total {sum(ecrt) / sum(raw):.2f}x (goal <= 2.2x)"
     )
+    if args.json is not None:
+        rows = [
+            figure(
+                f"ECRT extraction (2 teacher-forced passes + features) vs one raw CTX forward "
+                f"({len(records)} retina items, {n_prompt:.0f}-token prompts)",
+                f"{statistics.median(ratios):.2f}x (median; total {sum(ecrt) / sum(raw):.2f}x)",
+                "<= 2.2x",
+                raw_ms=1000 * statistics.median(raw),
+                ecrt_ms=ecrt_ms,
+            )
+        ]
+        write_result(args.json, "bench_detection", "ECRT feature extraction", rows)
 
 
 if __name__ == "__main__":

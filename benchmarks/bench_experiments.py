@@ -4,7 +4,8 @@
    process tree; goal <= 10 min and < 4 GB), as `make demo` runs it.
 2. The same command again on the finished run directory (goal: <= 5% of the first).
 
-Run: ``.venv/bin/python benchmarks/bench_experiments.py [--config demo]``
+Run: ``.venv/bin/python benchmarks/bench_experiments.py [--config demo]
+[--json benchmarks/results/bench_experiments.json]``
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from render_results import figure, write_result
 
 
 def _run(config: str, out: Path) -> tuple[float, float]:
@@ -35,6 +38,7 @@ def _run(config: str, out: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="demo")
+    parser.add_argument("--json", type=Path, default=None, help="also write a result file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
@@ -47,6 +51,24 @@ def main() -> None:
     print(
         f"re-run of the finished run: {again:.1f} s = {again / first:.1%} of the first (goal <= 5%)"
     )
+    if args.json is not None:
+        minutes, seconds = divmod(round(first), 60)
+        rows = [
+            figure(
+                f"`safescale run {args.config}` wall time / peak memory",
+                f"{minutes} min {seconds} s / {peak / 1024:.1f} GB",
+                "<= 10 min, < 4 GB",
+                first_s=first,
+                peak_rss_mb=peak,
+            ),
+            figure(
+                "re-run of a finished run vs first run",
+                f"{again:.1f} s (about {again / first:.0%})",
+                "<= 5 %",
+                again_s=again,
+            ),
+        ]
+        write_result(args.json, "bench_experiments", "A whole study: wall time, memory", rows)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Run alone on an idle machine (the numbers are wrong under load)::
 
     python benchmarks/bench_index_ondisk.py                     # 1M and 5M, ~1-2 h, ~9 GB disk
     python benchmarks/bench_index_ondisk.py --sizes 50000       # a check that it runs (~1 min)
+    python benchmarks/bench_index_ondisk.py --json benchmarks/results/bench_index_ondisk.json
 
 For each size ``n`` it prints, each phase in a fresh process so that its peak resident
 memory (``ru_maxrss``) is its own:
@@ -47,6 +48,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+from render_results import figure, write_result
 
 DIMENSION = 384
 K = 10
@@ -239,6 +241,35 @@ def _print(rows: list[dict]) -> None:
     )
 
 
+def _figures(rows: list[dict]) -> list[dict]:
+    """One result-file figure per size and ``nprobe``, as :func:`_print` tabulates them."""
+    out = []
+    for row in rows:
+        for search in row["searches"]:
+            default = " (default)" if search["nprobe"] == row["default_nprobe"] else ""
+            out.append(
+                figure(
+                    f"{row['n']:,} vectors, nlist {row['nlist']}, nprobe {search['nprobe']}"
+                    f"{default}",
+                    f"recall@{K} {search['recall']:.3f}, p50 {search['p50_ms']:.2f} ms, "
+                    f"build RSS {row['build_rss_mb']:.0f} MB, search RSS "
+                    f"{search['search_rss_mb']:.0f} MB",
+                    "at 5M: peak RSS < 4 GB, recall@10 >= 0.9",
+                    n=row["n"],
+                    nlist=row["nlist"],
+                    nprobe=search["nprobe"],
+                    recall=search["recall"],
+                    p50_ms=search["p50_ms"],
+                    p99_ms=search["p99_ms"],
+                    build_s=row["build_s"],
+                    build_rss_mb=row["build_rss_mb"],
+                    search_rss_mb=search["search_rss_mb"],
+                    disk_bytes=row["disk_bytes"],
+                )
+            )
+    return out
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--phase":
         phase, rest = sys.argv[2], sys.argv[3:]
@@ -255,14 +286,19 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--workdir", type=Path, default=None, help="scratch (default: tmp)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--json", type=Path, default=None, help="also write a result file")
     args = parser.parse_args()
     root = args.workdir or Path(tempfile.mkdtemp(prefix="bench-ondisk-"))
     started = time.perf_counter()
     rows = [bench(int(n), args.queries, root, args.seed) for n in args.sizes.split(",") if n]
     _print(rows)
     if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=2))
+        write_result(
+            args.json,
+            "bench_index_ondisk",
+            "On-disk index (`ivfpq_disk`): memory, latency, recall",
+            _figures(rows),
+        )
     print(f"total {time.perf_counter() - started:.0f}s", file=sys.stderr)
     if args.workdir is None:
         shutil.rmtree(root, ignore_errors=True)

@@ -13,7 +13,9 @@ Prints:
   calibration fraction with n cyclic passes each, then one pass per item (goal <=
   1.2x); computed from the measured per-pass costs and the pass counts of a study.
 
-Run: ``.venv/bin/python benchmarks/bench_models.py [--model smollm2-135m-instruct]``
+Run: ``.venv/bin/python benchmarks/bench_models.py [--model smollm2-135m-instruct]
+[--json benchmarks/results/bench_models.json]`` (``--json``: also write the figures as a
+result file, rendered into docs/results.md by ``benchmarks/render_results.py``)
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+from render_results import figure, write_result
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -41,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--json", type=Path, default=None, help="also write a result file")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from safescale.models import load_model
@@ -147,6 +152,51 @@ def main() -> None:
         f"load: first (GGUF conversion) {first:.1f} s, cached {cached:.2f} s "
         f"-> {first / cached:.0f}x faster (goal >= 10x)"
     )
+
+    if args.json is not None:
+        n_rec = len(rec.response_ids)
+        rows = [
+            figure(
+                "`score_options` (8 prompts) vs raw `model(**inputs)`",
+                f"{t_score / t_raw:.2f}x",
+                "<= 1.10x",
+                score_ms=t_score * 1e3,
+                raw_ms=t_raw * 1e3,
+            ),
+            figure(
+                f"`internals` with all hidden states (lens off, {n_rec} response tokens) "
+                "vs raw forward",
+                f"{t_int_nolens / t_raw1:.2f}x (full {lm.n_layers + 1}-layer logit lens: "
+                f"{t_int / t_raw1:.1f}x)",
+                "<= 1.3x",
+                internals_ms=t_int_nolens * 1e3,
+                internals_lens_ms=t_int * 1e3,
+                raw_ms=t_raw1 * 1e3,
+            ),
+            figure(
+                f"4-option cloze after a {cloze_ids.shape[1]}-token prompt vs one raw "
+                "forward of it",
+                f"{t_cloze / t_raw_prompt:.2f}x",
+                "<= 1.5x",
+                cloze_ms=t_cloze * 1e3,
+                raw_ms=t_raw_prompt * 1e3,
+            ),
+            figure(
+                f"PriDe debiasing ({n_calibration} calibration items x {n_options} orderings, "
+                "then 1 pass per item) vs letters over a study",
+                "; ".join(f"{p / s:.2f}x on {n:,} items" for n, (p, s) in pride.items()),
+                "<= 1.2x",
+                **{f"ratio_{n}": p / s for n, (p, s) in pride.items()},
+            ),
+            figure(
+                "cached load vs first GGUF load",
+                f"{cached:.2f} s vs {first:.1f} s ({first / cached:.0f}x)",
+                ">= 10x",
+                cached_s=cached,
+                first_s=first,
+            ),
+        ]
+        write_result(args.json, "bench_models", "Model backend vs raw transformers", rows)
 
 
 if __name__ == "__main__":

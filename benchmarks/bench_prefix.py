@@ -30,7 +30,8 @@ Printed:
 Absolute times depend on the machine's load: run it alone. Ratios are the figures to
 read. A quick check of the script itself: ``--limit 2 --formulation cloze_token``.
 
-Run: ``.venv/bin/python benchmarks/bench_prefix.py [--config safe-scale] [--limit N]``
+Run: ``.venv/bin/python benchmarks/bench_prefix.py [--config safe-scale] [--limit N]
+[--json benchmarks/results/bench_prefix.json]``
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ import os
 import statistics
 import tempfile
 from pathlib import Path
+
+from render_results import figure, write_result
 
 RUNS = {
     "A": ("cold, similarity", 0, "similarity"),
@@ -162,6 +165,7 @@ def main() -> None:
     parser.add_argument("--prefix-cache-mb", type=float, default=None,
                         help="the cache bound of runs B and C (default: the config's)")  # fmt: skip
     parser.add_argument("--keep", default=None, help="write the run directories here")
+    parser.add_argument("--json", type=Path, default=None, help="also write a result file")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -239,26 +243,54 @@ def main() -> None:
             f"{results[n]['seconds'] / results['A']['seconds']:.2f}x" for n in names if n != "A"
         )
     print(f"| **study wall time (s)** | {walls} | {ratios} |")
+    json_rows = [
+        figure(
+            f"{condition}: seconds per item, "
+            + ", ".join(f"{n} {results[n]['label']}" for n in names),
+            " / ".join(
+                f"{results[n]['per_condition'][condition]:.3f}"
+                if condition in results[n]["per_condition"]
+                else "—"
+                for n in names
+            ),
+            "",
+        )
+        for condition in conditions
+    ]
     if "A" in results and "C" in results:
         ratio = results["C"]["seconds"] / results["A"]["seconds"]
         print(f"\ncache + corpus order vs cold similarity: {ratio:.2f}x wall time "
               f"(target <= 0.4x: {'met' if ratio <= 0.4 else 'not met'})")  # fmt: skip
+        json_rows.append(
+            figure("study wall time, C (cache + corpus order) vs A (cold, similarity)",
+                f"{ratio:.2f}x", "<= 0.4x", ratio=ratio)
+        )  # fmt: skip
     if "C" in results:
         per = results["C"]["per_condition"]
         if "max_context" in per and "clean_evidence" in per:
             ratio = per["max_context"] / per["clean_evidence"]
             print(f"max-context vs clean evidence per item in run C: {ratio:.2f}x "
                   f"(target <= 2x: {'met' if ratio <= 2 else 'not met'})")  # fmt: skip
+            json_rows.append(
+                figure("max-context vs clean evidence per item in run C", f"{ratio:.2f}x",
+                    "<= 2x", ratio=ratio)
+            )  # fmt: skip
     for a, b in (("B", "A"), ("C", "D")):
         if a in results and b in results:
-            print(f"answers {a} vs {b}: "
-                  f"{_compare(results[a]['responses'], results[b]['responses'])}")  # fmt: skip
+            compared = _compare(results[a]["responses"], results[b]["responses"])
+            print(f"answers {a} vs {b}: {compared}")
+            json_rows.append(figure(f"answers of run {a} vs run {b}", compared, "same answers"))
     for name in names:
         for model, stats in results[name]["prefix"].items():
             print(f"prefix cache of run {name} ({model}): {stats}")
     if "A" in results and "D" in results:
         _order_comparison(results["A"]["dir"], results["D"]["dir"], base)
     print(f"\nrun directories: {root}")
+    if args.json is not None:
+        write_result(
+            args.json, "bench_prefix", "The prefix cache and max-context's order on a study",
+            json_rows,
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

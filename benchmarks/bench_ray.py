@@ -9,7 +9,8 @@ time), and the per-shard scheduling overhead of the Ray run, measured two ways:
   start and model load, queueing, transfer, commits), per shard; with parallel
   workers this is the figure that says what the scheduling costs.
 
-Run: ``.venv/bin/python benchmarks/bench_ray.py [--limit 4] [--shard-size 2] [--workers 2]``
+Run: ``.venv/bin/python benchmarks/bench_ray.py [--limit 4] [--shard-size 2] [--workers 2]
+[--json benchmarks/results/bench_ray.json]``
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
+
+from render_results import figure, write_result
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -40,6 +43,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=4, help="items of the corpus")
     parser.add_argument("--shard-size", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="Ray workers (= local CPUs)")
+    parser.add_argument("--json", type=Path, default=None, help="also write a result file")
     args = parser.parse_args()
 
     import ray
@@ -93,6 +97,22 @@ def main() -> None:
         f"(workers x wall - compute) / shards = "
         f"{(args.workers * on_ray.seconds - on_ray.compute_seconds) / shards:.2f} s"
     )
+    if args.json is not None:
+        per_shard = (on_ray.seconds - on_ray.compute_seconds) / shards
+        rows = [
+            figure(
+                f"same sweep on local Ray ({args.workers} workers) vs in-process "
+                f"({local.answered} items, {shards} shards)",
+                f"{on_ray.seconds / local.seconds:.2f}x wall time; {per_shard:.1f} s "
+                "scheduling overhead per shard",
+                "",
+                ray_s=on_ray.seconds,
+                local_s=local.seconds,
+                ray_start_s=ray_start,
+                compute_s=on_ray.compute_seconds,
+            )
+        ]
+        write_result(args.json, "bench_ray", "The same sweep on Ray", rows)
 
 
 if __name__ == "__main__":

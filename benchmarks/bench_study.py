@@ -30,7 +30,8 @@ that recomputed them would not be a study's per-item cost. Their one-off cost is
 
 Ratios are the figures to read; absolute times depend on the machine's load.
 
-Run: ``.venv/bin/python benchmarks/bench_study.py [--items 6]``
+Run: ``.venv/bin/python benchmarks/bench_study.py [--items 6]
+[--json benchmarks/results/bench_study.json]``
 """
 
 # The timed lambdas are called at once, inside the loop iteration that defines them.
@@ -45,6 +46,7 @@ import time
 from pathlib import Path
 
 import torch
+from render_results import figure, write_result
 
 ALL_CONDITIONS = (
     "closed_book",
@@ -73,6 +75,7 @@ def main() -> None:
     parser.add_argument("--prefix-cache-mb", type=float, default=512)
     parser.add_argument("--max-context-order", choices=["similarity", "corpus"],
                         default="similarity")  # fmt: skip
+    parser.add_argument("--json", type=Path, default=None, help="also write a result file")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from safescale.agents import AgentContext, AgentSettings, build_condition
@@ -85,6 +88,7 @@ def main() -> None:
         SharedPassRecorder,
         extract_features,
         teacher_forced_pair,
+        token_idf,
     )
     from safescale.detection.pipeline import DEFAULT_DETECTORS
     from safescale.models import load_model
@@ -95,6 +99,7 @@ def main() -> None:
     items = [i for i in corpus.items if i.evidence.clean][: args.items]
     full_plan = ExtractionPlan.for_detectors(DEFAULT_DETECTORS)
     ecrt_plan = ExtractionPlan()
+    idf = token_idf(lm, [corpus])  # Focus's IDF table: once per corpus, as the runner does
     rows: dict[str, list[float]] = {}
 
     def add(name: str, value: float) -> None:
@@ -191,7 +196,7 @@ def main() -> None:
             store = DetectionInputStore(Path(tmp))
             t_features = _time(
                 lambda: extract_features(
-                    [rec], lm, full_plan, stored=store, model_hash=lm.model_hash
+                    [rec], lm, full_plan, stored=store, model_hash=lm.model_hash, idf=idf
                 )
             )
         add("ecrt study per response (shared)", t_answer_all + t_features)
@@ -199,7 +204,7 @@ def main() -> None:
             start = time.perf_counter()
             rec, _ = graph_run("clean_evidence", item, settings_s, None, tmp)
             t_old_answer = time.perf_counter() - start
-        t_old_features = _time(lambda: extract_features([rec], lm, full_plan))
+        t_old_features = _time(lambda: extract_features([rec], lm, full_plan, idf=idf))
         add("ecrt study per response (separate detection stage)", t_old_answer + t_old_features)
         for condition in conditions:
             for state in ("off", "on"):
@@ -226,21 +231,46 @@ def main() -> None:
         f"model, then cached): {t_neutral:.1f} s"
     )
     print("| piece | seconds | x floor |\n|---|---|---|")
+    json_rows = []
     for name, value in med.items():
         if name.startswith("condition "):
             continue  # their own table below
         if name.startswith(("floor", "work")):
             print(f"| {name} | {value:.3f} | |")
+            json_rows.append(figure(f"{name}, seconds per item", f"{value:.3f} s", "", s=value))
         elif name.startswith("answer + ECRT"):
             print(
                 f"| {name} | {value:.3f} | {value / floor_ecrt:.2f}x (target <= 1.3x); "
                 f"{value / floor_work:.2f}x of the floor + option continuations + lens |"
+            )
+            json_rows.append(
+                figure(
+                    f"{name} vs answer-prompt + NOCTX forwards",
+                    f"{value / floor_ecrt:.2f}x; {value / floor_work:.2f}x of the floor plus the "
+                    "option continuations and the logit lens",
+                    "<= 1.3x",
+                    s=value,
+                    floor_s=floor_ecrt,
+                    floor_work_s=floor_work,
+                )
             )
         elif name.startswith("ecrt study"):
             hours = value * args.study_items / 3600
             print(
                 f"| {name} | {value:.3f} | {value / floor_study:.2f}x (target <= 2x); "
                 f"{args.study_items} items: {hours:.1f} h per condition (target <= 9 h) |"
+            )
+            json_rows.append(
+                figure(
+                    f"{name}, all {len(DEFAULT_DETECTORS)} detectors, {args.samples} samples, "
+                    "vs its floor",
+                    f"{value / floor_study:.2f}x; {args.study_items:,} items ≈ {hours:.1f} h "
+                    "per condition",
+                    "<= 2x, <= 9 h",
+                    s=value,
+                    floor_s=floor_study,
+                    hours=hours,
+                )
             )
         else:
             print(
@@ -260,6 +290,15 @@ def main() -> None:
                 f"| {condition} | {off:.3f} | {on:.3f} | {on / off:.2f}x | "
                 f"{off / med['floor: answer-prompt forward']:.2f}x |"
             )
+            json_rows.append(
+                figure(
+                    f"{condition} graph (no detection), seconds per item, prefix cache off / on",
+                    f"{off:.2f} / {on:.2f} s",
+                    "",
+                    off_s=off,
+                    on_s=on,
+                )
+            )
         for condition in conditions:
             cache = prefix_caches[condition]
             if cache is not None:
@@ -267,6 +306,16 @@ def main() -> None:
     spreads = [statistics.pstdev(v) / statistics.mean(v) for v in rows.values() if len(v) > 1]
     if spreads:
         print(f"largest relative spread across items: {max(spreads):.0%} (machine load adds noise)")
+    if args.json is not None:
+        notes = [
+            f"{args.corpus} clean-evidence prompts, `cloze_pmi`, medians of {len(items)} items; "
+            f"the neutral-prompt PMI scores of the corpus's option texts took {t_neutral:.1f} s "
+            "once per corpus and are then read from the run's cache."
+        ]
+        write_result(
+            args.json, "bench_study", "Per-item cost of a study against its floor", json_rows,
+            notes=notes,
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@
 
 The runs are kept under ``--work`` and resumed, so a second invocation only measures.
 
-Run: ``.venv/bin/python benchmarks/bench_viewer.py [--items 600] [--large 12522]``
+Run: ``.venv/bin/python benchmarks/bench_viewer.py [--items 600] [--large 12522]
+[--json benchmarks/results/bench_viewer.json]``
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from render_results import figure, write_result
 
 ECRT_CONDITIONS = ["clean_evidence", "conflict_evidence", "standard_rag"]
 
@@ -129,6 +132,7 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=12522)
     parser.add_argument("--large-conditions", default="clean_evidence")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None, help="also write a result file")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -144,6 +148,7 @@ def main() -> None:
     size_mb = page.stat().st_size / 1e6
     overview_ms, wall = _open_times(page.as_uri(), args.repeats)
     list_ms, _ = _open_times(page.as_uri() + "#view=items&outcome=unsafe", args.repeats)
+    list_ms_static = list_ms
     data = load_view_data(run)
     item = data.index["items"][len(data.index["items"]) // 2]["id"]
     item_ms, _ = _open_times(page.as_uri() + f"#item={item}", args.repeats)
@@ -185,6 +190,43 @@ def main() -> None:
         f"  /api/item/<id>: median {statistics.median(latencies):.1f} ms, "
         f"max {max(latencies):.1f} ms over {len(latencies)} items ({len(body)} bytes last)"
     )
+    if args.json is not None:
+        n_conditions = len(ECRT_CONDITIONS)
+        rows = [
+            figure(
+                f"static page, {args.items} items x {n_conditions} conditions: size",
+                f"{size_mb:.1f} MB",
+                "< 25 MB",
+                size_mb=size_mb,
+            ),
+            figure(
+                "static page: overview / filtered item list / item page rendered",
+                f"{overview_ms / 1e3:.2f} s / {list_ms_static / 1e3:.2f} s / {item_ms / 1e3:.2f} s",
+                "< 2 s",
+                overview_ms=overview_ms,
+                list_ms=list_ms_static,
+                item_ms=item_ms,
+            ),
+            figure(
+                f"`--serve`, {args.large:,} items: page size / item list rendered",
+                f"{len(html) / 1e6:.1f} MB / {list_ms / 1e3:.2f} s",
+                "",
+                size_mb=len(html) / 1e6,
+                list_ms=list_ms,
+                item_page_ms=page_ms,
+            ),
+            figure(
+                "`--serve`: an item's details (`api/item/<id>`)",
+                f"{statistics.median(latencies):.1f} ms (median; max {max(latencies):.1f} ms)",
+                "",
+                median_ms=statistics.median(latencies),
+                max_ms=max(latencies),
+            ),
+        ]
+        write_result(
+            args.json, "bench_viewer", "Run viewer: page size and time to render", rows,
+            notes=["Headless Chromium; times from navigation start."],
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import re
 import textwrap
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+#: The page that documents writing a condition or a detector of your own.
+EXTENDING = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 
 
 def install_distribution(root: Path, name: str, module: str, source: str, entry_points: str):
@@ -37,13 +38,13 @@ CONDITION_PLUGIN = """\
 """
 
 
-def readme_block(heading: str, index: int = 0) -> str:
-    """The ``index``-th fenced Python block under a ``## heading`` of the README."""
-    text = README.read_text(encoding="utf-8")
+def extending_block(heading: str, index: int = 0) -> str:
+    """The ``index``-th fenced Python block under a ``## heading`` of docs/extending.md."""
+    text = EXTENDING.read_text(encoding="utf-8")
     section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
     return blocks[index]
 
 
-#: The README's detector example, installed as a plugin by the tests.
-DETECTOR_PLUGIN = readme_block("Write your own detector")
+#: The documented detector example, installed as a plugin by the tests.
+DETECTOR_PLUGIN = extending_block("Your own detector")

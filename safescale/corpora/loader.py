@@ -659,7 +659,7 @@ def _check_items(
     manifest: Manifest | None,
     problems: _Problems,
 ) -> None:
-    """Item-level rules; the semantic ones are listed in the README (Bring your own corpus)."""
+    """Item-level rules; the semantic ones are listed in docs/extending.md (Your own corpus)."""
     by_id = {p.id: p for _, p in passages}
     categories = set(manifest.categories) if manifest is not None else set()
     for line, item in items:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from plugin_fixtures import CONDITION_PLUGIN, DETECTOR_PLUGIN, install_distribution, readme_block
+from plugin_fixtures import CONDITION_PLUGIN, DETECTOR_PLUGIN, extending_block, install_distribution
 from typer.testing import CliRunner
 
 from safescale.agents import CONDITIONS, check_condition, resolve_condition
@@ -219,7 +219,7 @@ def test_an_unknown_condition_lists_installed_entry_points():
 def test_the_readme_condition_example_satisfies_the_contract(tmp_path, monkeypatch):
     package = tmp_path / "mypkg"
     package.mkdir()
-    (package / "hyde.py").write_text(readme_block("Write your own condition"))
+    (package / "hyde.py").write_text(extending_block("Your own condition"))
     monkeypatch.syspath_prepend(str(tmp_path))
     config = parse_config(
         _config(
