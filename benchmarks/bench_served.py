@@ -24,7 +24,9 @@ Absolute times depend on the machine's load: run it alone. The server and this p
 share the machine's cores: on a 2-core machine the ratios say what the HTTP path costs,
 not what a GPU server gives. A quick check of the script: ``--limit 2 --concurrency 1``.
 
-Run: ``.venv/bin/python benchmarks/bench_served.py [--limit N] [--concurrency 1,4,8]``
+Run: ``.venv/bin/python benchmarks/bench_served.py [--limit N] [--concurrency 1,4,8]
+[--json benchmarks/results/bench_served.json]`` (``--json``: also write the figures as a
+result file, rendered into docs/results.md by ``benchmarks/render_results.py``)
 """
 
 from __future__ import annotations
@@ -58,12 +60,15 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=40, help="items of the cell")
     parser.add_argument("--corpus", default="radiology-guidelines")
     parser.add_argument("--concurrency", default="1,4,8", help="comma list")
+    parser.add_argument("--json", type=Path, default=None, help="also write a result file")
     parser.add_argument("--threads", type=int, default=None,
                         help="server threads (default: OMP_NUM_THREADS or 2)")  # fmt: skip
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from render_results import figure, write_result
     from served_fixtures import SERVED_NAME, LlamaServer, have_llama_server
 
     from safescale.experiments import run_experiment
@@ -106,11 +111,33 @@ def main() -> None:
     print("| backend | wall s | s/item | vs local | same choice as local |")
     print("|---|---|---|---|---|")
     chosen = {r.item: r.chosen for r in base_rows}
+    figures = []
     for label, (seconds, rows) in runs.items():
         n = max(1, len(rows))
         same = sum(chosen.get(r.item) == r.chosen for r in rows)
         print(f"| {label} | {seconds:.1f} | {seconds / n:.2f} | {seconds / base_s:.2f}x | "
               f"{same}/{len(rows)} |")  # fmt: skip
+        figures.append(
+            figure(
+                f"{label}: clean evidence, {len(rows)} {args.corpus} items, letter formulation",
+                f"{seconds / n:.2f} s/item, {seconds / base_s:.2f}x in-process; "
+                f"{same}/{len(rows)} choices as in-process",
+                wall_s=seconds,
+                items=len(rows),
+                same_choice=same,
+            )
+        )
+    if args.json is not None:
+        write_result(
+            args.json,
+            "bench_served",
+            "Served model (llama-cpp-python server on loopback) vs in-process",
+            figures,
+            notes=[
+                "The server and the client share this machine's cores: the ratios say "
+                "what the HTTP path costs here, not what a GPU server gives."
+            ],
+        )
 
 
 if __name__ == "__main__":
