@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from safescale.agents.records import ResponseRecord
 from safescale.detection import ecrt_features, teacher_forced_pair
 from safescale.models import load_model
+from safescale.rundir import ResponseRecord
 
 
 def retina_items(n: int):

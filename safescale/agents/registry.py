@@ -34,7 +34,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 
 from safescale.agents.contract import ENTRY_POINT_GROUP, contract_problems
-from safescale.records import CONDITIONS, check_slug
+from safescale.rundir import CONDITIONS, check_slug
 
 __all__ = [
     "CONDITIONS",

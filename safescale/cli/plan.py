@@ -159,7 +159,7 @@ def _plan_triage(
                         cluster_size), ("--icc", icc)):  # fmt: skip
         _finite(name, value)
     if run_dir is not None:
-        from safescale.experiments.rundir import RunDir
+        from safescale.rundir import RunDir
 
         reports = RunDir(run_dir).triage()
         if not reports:

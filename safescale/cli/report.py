@@ -92,7 +92,7 @@ def print_report(
         triage_tables,
         write_report,
     )
-    from safescale.experiments.rundir import RunDirError
+    from safescale.rundir import RunDirError
 
     console = Console()
     try:

@@ -30,6 +30,7 @@ entry point.
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -40,7 +41,10 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from safescale.rundir import atomic_write_text
+
 __all__ = [
+    "BUNDLED_DETECTORS",
     "CONFLICT",
     "ENTRY_POINT_GROUP",
     "GAP",
@@ -119,7 +123,9 @@ class Detector(BaseEstimator):
             "params": self.get_params(),
             "state": self._get_state(directory),
         }
-        (directory / "detector.json").write_text(json.dumps(payload, indent=2, sort_keys=True))
+        atomic_write_text(
+            directory / "detector.json", json.dumps(payload, indent=2, sort_keys=True)
+        )
 
     @classmethod
     def load(cls, directory: Path) -> Detector:
@@ -173,6 +179,30 @@ ENTRY_POINT_GROUP = "safescale.detectors"
 
 _REGISTRY: dict[str, type[Detector]] = {}
 D = TypeVar("D", bound=type[Detector])
+
+#: The bundled detectors by name -> the module that registers them, imported on first
+#: use (so naming or re-evaluating detectors never imports torch).
+BUNDLED_DETECTORS: dict[str, str] = {
+    "ecrt": "safescale.detection.ecrt",
+    "ecrt_1stage": "safescale.detection.ecrt",
+    "eigenscore": "safescale.detection.baselines.eigenscore",
+    "focus": "safescale.detection.baselines.focus",
+    "hidden_probe": "safescale.detection.baselines.probe",
+    "input_only": "safescale.detection.baselines.input_only",
+    "length": "safescale.detection.baselines.length",
+    "ln_entropy": "safescale.detection.baselines.ln_entropy",
+    "lookback_lens": "safescale.detection.baselines.lookback",
+    "msp_seq": "safescale.detection.baselines.msp",
+    "msp_step": "safescale.detection.baselines.msp",
+    "mte": "safescale.detection.baselines.entropy",
+    "perplexity": "safescale.detection.baselines.perplexity",
+    "pmi": "safescale.detection.baselines.pmi",
+    "ptrue": "safescale.detection.baselines.ptrue",
+    "redeep": "safescale.detection.baselines.redeep",
+    "refchecker": "safescale.detection.baselines.refchecker",
+    "selfcheck": "safescale.detection.baselines.selfcheck",
+    "uq_heads": "safescale.detection.baselines.uq_heads",
+}
 
 
 def detector(name: str) -> Callable[[D], D]:
@@ -234,6 +264,9 @@ def get_detector(name: str) -> type[Detector]:
     first use). KeyError listing the names otherwise."""
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if name in BUNDLED_DETECTORS:
+        importlib.import_module(BUNDLED_DETECTORS[name])
+        return _REGISTRY[name]
     cls = _load_entry_point(name)
     if cls is None:
         raise KeyError(f"unknown detector {name!r}; available: {available_detectors()}")
@@ -241,5 +274,5 @@ def get_detector(name: str) -> type[Detector]:
 
 
 def available_detectors() -> list[str]:
-    """Registered detector names and installed entry-point names, sorted."""
-    return sorted(set(_REGISTRY) | set(_entry_points()))
+    """Registered and bundled detector names and installed entry-point names, sorted."""
+    return sorted(set(_REGISTRY) | set(BUNDLED_DETECTORS) | set(_entry_points()))

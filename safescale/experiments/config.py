@@ -44,7 +44,7 @@ from safescale.corpora.schema import Task
 from safescale.detection.pipeline import DetectionConfig
 from safescale.experiments.bootstrap import BootstrapConfig
 from safescale.experiments.metrics import CONDITIONS, LEGACY_DEFAULT_COMPARISONS, MetricsConfig
-from safescale.records import SLUG_PATTERN, check_slug
+from safescale.rundir import SLUG_PATTERN, check_slug
 
 __all__ = [
     "CONDITIONS",

@@ -49,8 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from safescale.experiments.metrics import METRICS_FILE, outcome_frame, read_metrics
-from safescale.experiments.rundir import RunDir, RunDirError, item_corpus_map
-from safescale.records import ResponseRecord, StepRecord
+from safescale.rundir import ResponseRecord, RunDir, RunDirError, StepRecord, item_corpus_map
 
 __all__ = ["ExportError", "InspectExport", "detector_outputs", "export_inspect"]
 

@@ -77,16 +77,19 @@ from safescale.experiments.evidence_effects import (
     transition_matrices,
 )
 from safescale.experiments.power import MDE_DEFINITION, comparison_power
-from safescale.experiments.rundir import (
-    AttributionRow,
+from safescale.experiments.scaling import SCALING_DEFINITION, scaling_section
+from safescale.experiments.validity import validity_section
+from safescale.rundir import (
+    CONDITIONS,
+    AttributionRecord,
+    RelianceRecord,
+    ResponseRecord,
     RunData,
     atomic_write_text,
+    check_slug,
     item_corpus_map,
     load_run,
 )
-from safescale.experiments.scaling import SCALING_DEFINITION, scaling_section
-from safescale.experiments.validity import validity_section
-from safescale.records import CONDITIONS, RelianceRecord, ResponseRecord, check_slug
 
 __all__ = [
     "CONDITIONS",
@@ -872,7 +875,7 @@ def metrics_from_records(
     *,
     bootstrap: BootstrapConfig | None = None,
     metrics: MetricsConfig | None = None,
-    attribution: Sequence[AttributionRow] = (),
+    attribution: Sequence[AttributionRecord] = (),
     triage: list[dict[str, Any]] | None = None,
     model_order: Sequence[str] | None = None,
     run_info: Mapping[str, Any] | None = None,

@@ -38,8 +38,7 @@ from safescale.experiments.metrics import (
     MetricsConfig,
     write_metrics,
 )
-from safescale.experiments.rundir import atomic_write_text, output_dir
-from safescale.records import context_budget_label
+from safescale.rundir import atomic_write_text, context_budget_label, output_dir
 
 __all__ = [
     "CONDITION_COLUMNS",

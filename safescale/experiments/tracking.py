@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from safescale.experiments.metrics import RATE_METRICS, read_metrics
-from safescale.experiments.rundir import RunDirError
+from safescale.rundir import RunDirError
 
 __all__ = ["TrackingError", "flatten_params", "log_to_mlflow", "metric_entries", "track_run"]
 

@@ -44,7 +44,6 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chisquare
 
-from safescale.agents.records import ResponseRecord
 from safescale.corpora.corpus import Corpus
 from safescale.corpora.schema import SafetyLabels
 from safescale.experiments.bootstrap import (
@@ -54,7 +53,7 @@ from safescale.experiments.bootstrap import (
     paired_difference,
     replicate_counts,
 )
-from safescale.records import CONDITIONS
+from safescale.rundir import CONDITIONS, ResponseRecord
 
 __all__ = ["POSITION_LOCK_SHARE", "validity_section"]
 

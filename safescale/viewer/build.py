@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from safescale.experiments.rundir import atomic_write_text, output_dir
+from safescale.rundir import atomic_write_text, output_dir
 from safescale.viewer.data import ViewData, load_view_data
 
 __all__ = ["VIEW_DIR", "render_page", "write_view"]

@@ -1,7 +1,7 @@
 """Everything the run viewer shows, read from a run directory in one place.
 
 :func:`load_view_data` is the only function of the viewer that reads a run directory;
-it goes through the run-record readers of :mod:`safescale.experiments.rundir` (and
+it goes through the run-record readers of :mod:`safescale.rundir` (and
 ``metrics.json`` / ``plots/*.png``) and never loads a model. The result is split into
 an *index* (overview, item list, per-response summaries: small enough for 12,522 items)
 and per-item *details* (step timelines, prompts, raw outputs), so that the server can
@@ -19,15 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safescale.agents.records import ResponseRecord, StepRecord
 from safescale.corpora.schema import Item, Passage
-from safescale.experiments.rundir import (
-    AttributionRow,
+from safescale.rundir import (
+    AttributionRecord,
+    PassageMasking,
+    RelianceRecord,
+    ResponseKey,
+    ResponseRecord,
     RunDir,
     RunDirError,
+    StepRecord,
+    context_budget_label,
     item_corpus_map,
 )
-from safescale.records import PassageMasking, RelianceRecord, ResponseKey, context_budget_label
 
 __all__ = ["ViewData", "load_view_data", "option_probabilities"]
 
@@ -287,7 +291,7 @@ def load_view_data(run_dir: str | Path) -> ViewData:
     steps_by_key: dict[ResponseKey, list[StepRecord]] = defaultdict(list)
     for step in steps:
         steps_by_key[step.key].append(step)
-    attribution_by_key: dict[ResponseKey, list[AttributionRow]] = defaultdict(list)
+    attribution_by_key: dict[ResponseKey, list[AttributionRecord]] = defaultdict(list)
     for row in run.attribution:
         attribution_by_key[row.key].append(row)
 

@@ -13,8 +13,8 @@ import yaml
 from conftest import SERVED_KEY_ENV
 
 from safescale.experiments.config import CONDITIONS, parse_config
-from safescale.experiments.rundir import RunDir
 from safescale.experiments.runner import run_detection_stage, run_experiment
+from safescale.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 

@@ -79,7 +79,7 @@ def test_one_default_per_knob():
     assert config.retrieval.k == (settings.k,)
     assert config.context_budget == (settings.context_budget,)
     # a record made before the retrieval-depth axis is read with the same default
-    from safescale.records import DEFAULT_RETRIEVAL_K
+    from safescale.rundir import DEFAULT_RETRIEVAL_K
 
     assert settings.k == DEFAULT_RETRIEVAL_K
     assert config.compute.detection_samples == settings.extra_samples

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from safescale.agents.records import SampleRecord
 from safescale.detection.baselines._base import ScalarScoreDetector
 from safescale.detection.registry import detector
+from safescale.rundir import SampleRecord
 
 if TYPE_CHECKING:
     from safescale.models.backend import LanguageModel

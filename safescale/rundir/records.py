@@ -7,7 +7,7 @@ reading a finished run never loads torch.
 Each persisted model carries a ``schema_version``. A stored object of an older version
 is upgraded on validation by the model's explicit migrations (``version n -> n + 1``
 functions); an object of a newer version than this code knows is refused. The run
-directory itself is read through :class:`RunDir` (in :mod:`safescale.experiments.rundir`).
+directory itself is read through :class:`RunDir` (in :mod:`safescale.rundir.reader`).
 
 Names that become file or directory names (run, model, corpus, detector names) must be
 slugs (:data:`SLUG_PATTERN`); so must condition names (:data:`ConditionName`): the six
@@ -185,7 +185,7 @@ def _add_conflict_dose(data: dict[str, Any]) -> dict[str, Any]:
 
 #: The retrieval depth of the agents' settings when a config names none (the value a
 #: record made before the retrieval-depth axis is read with, unless the run directory's
-#: own config says otherwise; see :class:`~safescale.experiments.rundir.RunDir`).
+#: own config says otherwise; see :class:`~safescale.rundir.reader.RunDir`).
 DEFAULT_RETRIEVAL_K = 5
 
 

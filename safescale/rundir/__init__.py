@@ -1,0 +1,177 @@
+"""The run directory: one home for its contract, its reader and its writers.
+
+A run directory is what a study leaves on disk (see DESIGN.md, "Experiments"). This
+package owns all of it, at the bottom layer (it imports pydantic and, to load a run's
+corpora, :mod:`safescale.corpora`; never torch or langgraph):
+
+- :mod:`~safescale.rundir.records`: every persisted record, typed and versioned
+  (responses, steps, attributions, replays, reliance, the manifest, triage reports and
+  ``metrics.json``), with their migrations;
+- :mod:`~safescale.rundir.layout`: the file names and the errors;
+- :mod:`~safescale.rundir.io`: JSONL reading, appends, repair of a torn last line,
+  atomic writes, derived-output directories;
+- :mod:`~safescale.rundir.reader`: :class:`RunDir`, the one reader every command uses;
+- :mod:`~safescale.rundir.writer`: the manifest, committing an item, dropping the
+  records of uncommitted items on resume;
+- :mod:`~safescale.rundir.lock`: :class:`RunLock`, the one-writer lock.
+"""
+
+from __future__ import annotations
+
+from safescale.rundir.io import (
+    JsonlContents,
+    append_lines,
+    atomic_write_bytes,
+    atomic_write_text,
+    output_dir,
+    read_json,
+    read_jsonl,
+    repair_jsonl,
+)
+from safescale.rundir.layout import (
+    ATTRIBUTION_FILE,
+    CONFIG_FILE,
+    DETECTION_DIR,
+    LOCK_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    RELIANCE_FILE,
+    REPLAYS_FILE,
+    RESPONSES_FILE,
+    STEPS_FILE,
+    TRIAGE_FILE,
+    RunDirError,
+    RunLockedError,
+)
+from safescale.rundir.lock import (
+    RunLock,
+)
+from safescale.rundir.reader import (
+    RunData,
+    RunDir,
+    item_corpus_map,
+    legacy_axis_values,
+    load_attribution,
+    load_responses,
+    load_run,
+    load_run_corpora,
+    load_steps,
+    load_triage,
+    read_manifest,
+    records_frame,
+    response_key,
+    with_legacy_axes,
+)
+from safescale.rundir.records import (
+    ATTRIBUTION_SCHEMA_VERSION,
+    CONDITIONS,
+    DEFAULT_RETRIEVAL_K,
+    MANIFEST_SCHEMA_VERSION,
+    METRICS_SCHEMA_VERSION,
+    RECORD_SCHEMA_VERSION,
+    RELIANCE_SCHEMA_VERSION,
+    REPLAY_SCHEMA_VERSION,
+    RESPONSE_SCHEMA_VERSION,
+    SLUG_PATTERN,
+    STEP_SCHEMA_VERSION,
+    TRIAGE_SCHEMA_VERSION,
+    AttributionRecord,
+    Condition,
+    ConditionName,
+    CorpusEntry,
+    MetricsReport,
+    ModelEntry,
+    PassageMasking,
+    RelianceRecord,
+    ReplayRecord,
+    ResponseKey,
+    ResponseRecord,
+    RetrievedRef,
+    RunManifest,
+    SampleRecord,
+    SchemaVersionError,
+    StepRecord,
+    TriageReportRecord,
+    check_slug,
+    context_budget_label,
+)
+from safescale.rundir.writer import (
+    commit_item,
+    drop_orphans,
+    repair_run_files,
+    write_manifest,
+)
+
+__all__ = [
+    "ATTRIBUTION_FILE",
+    "ATTRIBUTION_SCHEMA_VERSION",
+    "CONDITIONS",
+    "CONFIG_FILE",
+    "DEFAULT_RETRIEVAL_K",
+    "DETECTION_DIR",
+    "LOCK_FILE",
+    "MANIFEST_FILE",
+    "MANIFEST_SCHEMA_VERSION",
+    "METRICS_FILE",
+    "METRICS_SCHEMA_VERSION",
+    "RECORD_SCHEMA_VERSION",
+    "RELIANCE_FILE",
+    "RELIANCE_SCHEMA_VERSION",
+    "REPLAYS_FILE",
+    "REPLAY_SCHEMA_VERSION",
+    "RESPONSES_FILE",
+    "RESPONSE_SCHEMA_VERSION",
+    "SLUG_PATTERN",
+    "STEPS_FILE",
+    "STEP_SCHEMA_VERSION",
+    "TRIAGE_FILE",
+    "TRIAGE_SCHEMA_VERSION",
+    "AttributionRecord",
+    "Condition",
+    "ConditionName",
+    "CorpusEntry",
+    "JsonlContents",
+    "MetricsReport",
+    "ModelEntry",
+    "PassageMasking",
+    "RelianceRecord",
+    "ReplayRecord",
+    "ResponseKey",
+    "ResponseRecord",
+    "RetrievedRef",
+    "RunData",
+    "RunDir",
+    "RunDirError",
+    "RunLock",
+    "RunLockedError",
+    "RunManifest",
+    "SampleRecord",
+    "SchemaVersionError",
+    "StepRecord",
+    "TriageReportRecord",
+    "append_lines",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_slug",
+    "commit_item",
+    "context_budget_label",
+    "drop_orphans",
+    "item_corpus_map",
+    "legacy_axis_values",
+    "load_attribution",
+    "load_responses",
+    "load_run",
+    "load_run_corpora",
+    "load_steps",
+    "load_triage",
+    "output_dir",
+    "read_json",
+    "read_jsonl",
+    "read_manifest",
+    "records_frame",
+    "repair_jsonl",
+    "repair_run_files",
+    "response_key",
+    "with_legacy_axes",
+    "write_manifest",
+]
