@@ -40,8 +40,9 @@ def pilot_plans(
             not one with a power analysis.
     """
     from safescale.cli import UserError
-    from safescale.experiments.metrics import METRICS_FILE, read_metrics, write_metrics
+    from safescale.experiments.metrics import read_metrics, write_metrics
     from safescale.experiments.power import POWER_METRICS, plan_sample_size
+    from safescale.rundir import METRICS_FILE
 
     if metric not in POWER_METRICS:
         raise UserError(f"--metric: {metric!r} is not one of {sorted(POWER_METRICS)}")

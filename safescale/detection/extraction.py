@@ -58,6 +58,8 @@ from safescale.detection.ecrt_features import ecrt_features
 from safescale.detection.registry import get_detector
 from safescale.models.internals import Internals
 from safescale.rundir import ResponseRecord, atomic_write_text
+from safescale.rundir import content_key as response_key
+from safescale.rundir import record_content_key as record_key
 
 if TYPE_CHECKING:
     from safescale.corpora.corpus import Corpus
@@ -144,37 +146,6 @@ def token_idf(lm: LanguageModel, corpora: Iterable[Corpus]) -> np.ndarray:
 def _digest(payload: object) -> str:
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def record_key(record: ResponseRecord) -> str:
-    """Content digest of a record (what its features depend on besides the model)."""
-    return response_key(
-        message=record.message,
-        message_noctx=record.message_noctx,
-        response=record.response,
-        chosen=record.chosen,
-        samples=[
-            {"token_ids": s.token_ids, "token_logprobs": s.token_logprobs, "letter": s.letter}
-            for s in record.samples
-        ],
-    )
-
-
-def response_key(
-    *, message: str, message_noctx: str, response: str, chosen: str, samples: Sequence[dict]
-) -> str:
-    """:func:`record_key` from the fields of a response before its record exists."""
-    return _digest(
-        {
-            "message": message,
-            "message_noctx": message_noctx,
-            "response": response,
-            "chosen": chosen,
-            "samples": [
-                [list(s["token_ids"]), list(s["token_logprobs"]), s["letter"]] for s in samples
-            ],
-        }
-    )[:32]
 
 
 class FeatureCache:

@@ -273,9 +273,7 @@ def run_detection(
         idf=idf,
     )
     frame = pd.concat([meta, features.drop(columns=["item"])], axis=1)
-    atomic_write_bytes(
-        out_dir / "features.parquet", lambda tmp: frame.to_parquet(tmp, index=False)
-    )
+    atomic_write_bytes(out_dir / "features.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
     atomic_write_text(
         out_dir / "detection.json",
         json.dumps(
@@ -288,7 +286,7 @@ def run_detection(
                 "cache": {"hits": cache.hits, "misses": cache.misses},
             },
             indent=2,
-        )
+        ),
     )
     train_detectors(frame, config, out_dir / "models")
     write_out_of_fold(frame, config, out_dir)
@@ -473,7 +471,7 @@ def train_detectors(frame: pd.DataFrame, config: DetectionConfig, models_dir: Pa
                     "val_flag_rate": float(flagged.mean()),
                 },
                 indent=2,
-            )
+            ),
         )
 
 

@@ -14,7 +14,7 @@ from safescale.agents import ResponseRecord, StepRecord, replay_without, thread_
 from safescale.corpora import Item
 from safescale.experiments.config import load_config
 from safescale.experiments.runner import CellTask, CellWorker, task_thread_axes
-from safescale.rundir import REPLAYS_FILE, ReplayRecord, RunDir, RunLock, append_lines
+from safescale.rundir import CONFIG_FILE, REPLAYS_FILE, ReplayRecord, RunDir, RunLock, append_lines
 
 __all__ = ["ReplayResult", "replay_item"]
 
@@ -45,7 +45,7 @@ def replay_item(
     run_dir = Path(run_dir)
     reader = RunDir(run_dir)
     reader.require()
-    config = load_config(run_dir / "config.yaml", import_path=import_path).with_overrides(
+    config = load_config(run_dir / CONFIG_FILE, import_path=import_path).with_overrides(
         output_dir=run_dir
     )
     matches = [

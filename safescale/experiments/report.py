@@ -33,12 +33,11 @@ from rich.table import Table
 from safescale.experiments.bootstrap import BootstrapConfig
 from safescale.experiments.metrics import (
     METRICS,
-    METRICS_FILE,
     RATE_METRICS,
     MetricsConfig,
     write_metrics,
 )
-from safescale.rundir import atomic_write_text, context_budget_label, output_dir
+from safescale.rundir import METRICS_FILE, atomic_write_text, context_budget_label, output_dir
 
 __all__ = [
     "CONDITION_COLUMNS",

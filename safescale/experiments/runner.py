@@ -12,7 +12,8 @@ Durability rules:
   last, each as one ``write`` + ``fsync``: the response line is the commit mark. On
   resume, a torn last line is cut off, step/attribution rows of items without a
   response are dropped, and only items without a response are run again (their
-  partial checkpoint thread is deleted first);
+  partial checkpoint thread is deleted first) — the writing and repair helpers are
+  :mod:`safescale.rundir.writer`'s;
 * a run directory belongs to one resolved config (by hash): running a different config
   into it is refused unless ``fresh=True``, which moves the old directory aside.
 """
@@ -61,6 +62,7 @@ from safescale.rundir import (
     MANIFEST_SCHEMA_VERSION,
     RESPONSES_FILE,
     STEPS_FILE,
+    TRIAGE_FILE,
     CorpusEntry,
     ModelEntry,
     ResponseKey,
@@ -1222,7 +1224,7 @@ def detect_run(
         root = reader.file(DETECTION_DIR)
         if trained and write_transfer(dirs, config):
             reports = [evaluate_detection(d) for d in dirs]  # now with their transfer cells
-        if reports and (trained or not (root / "triage.json").exists()):
+        if reports and (trained or not reader.file(TRIAGE_FILE).exists()):
             write_combined(root, reports)
         if trained or notes:
             atomic_write_text(root / "notes.json", json.dumps(notes, indent=2))

@@ -93,7 +93,9 @@ from safescale.rundir.records import (
     StepRecord,
     TriageReportRecord,
     check_slug,
+    content_key,
     context_budget_label,
+    record_content_key,
 )
 from safescale.rundir.writer import (
     commit_item,
@@ -154,6 +156,7 @@ __all__ = [
     "atomic_write_text",
     "check_slug",
     "commit_item",
+    "content_key",
     "context_budget_label",
     "drop_orphans",
     "item_corpus_map",
@@ -168,6 +171,7 @@ __all__ = [
     "read_json",
     "read_jsonl",
     "read_manifest",
+    "record_content_key",
     "records_frame",
     "repair_jsonl",
     "repair_run_files",

@@ -38,6 +38,7 @@ LOCK_FILE = ".lock"
 DETECTION_DIR = "detection"
 TRIAGE_FILE = Path(DETECTION_DIR) / "triage.json"
 
+
 class RunDirError(ValueError):
     """A run directory is missing a file or holds a corrupt record (message names it
     as ``file[:line]: field: message``)."""
@@ -45,4 +46,3 @@ class RunDirError(ValueError):
 
 class RunLockedError(RunDirError):
     """Another process is writing the run directory."""
-

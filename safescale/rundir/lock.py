@@ -128,4 +128,3 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-

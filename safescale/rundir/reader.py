@@ -71,8 +71,6 @@ __all__ = [
 RecordT = TypeVar("RecordT", bound=BaseModel)
 
 
-
-
 def _describe(error: ValidationError | ValueError) -> str:
     if isinstance(error, ValidationError):
         first = error.errors()[0]
@@ -145,7 +143,6 @@ def legacy_axis_values(config: Mapping[str, Any]) -> dict[str, Any]:
     if single:
         out["retrieval_k"] = int(k)
     return out
-
 
 
 def response_key(record: ResponseRecord) -> ResponseKey:
@@ -324,6 +321,21 @@ class RunDir:
             raise RunDirError(f"{path}: no such file (run `safescale report {self.path}`)")
         return _validate(MetricsReport, read_json(path), str(path))
 
+    def metrics_data(self) -> dict[str, Any]:
+        """``metrics.json`` as stored (plain data, what the report and the viewer read),
+        checked against :class:`MetricsReport` first.
+
+        Raises:
+            RunDirError: absent, not JSON, not a metrics report or of a newer schema
+                version than this code reads.
+        """
+        path = self.path / METRICS_FILE
+        if not path.is_file():
+            raise RunDirError(f"{path}: no such file (run `safescale report {self.path}`)")
+        data = read_json(path)
+        _validate(MetricsReport, data, str(path))
+        return data
+
     def config_data(self) -> dict[str, Any]:
         """The resolved config (``config.yaml``) as plain data ({} when absent)."""
         import yaml
@@ -458,4 +470,3 @@ def records_frame(records: Iterable[BaseModel], *, exclude: Sequence[str] = ()) 
 
     rows = [r.model_dump(exclude=set(exclude)) for r in records]
     return pd.DataFrame(rows)
-

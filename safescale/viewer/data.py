@@ -21,6 +21,7 @@ from typing import Any
 
 from safescale.corpora.schema import Item, Passage
 from safescale.rundir import (
+    METRICS_FILE,
     AttributionRecord,
     PassageMasking,
     RelianceRecord,
@@ -35,7 +36,6 @@ from safescale.rundir import (
 
 __all__ = ["ViewData", "load_view_data", "option_probabilities"]
 
-METRICS_FILE = "metrics.json"
 PLOTS_DIR = "plots"
 
 
@@ -186,13 +186,9 @@ def _plots(run_dir: Path) -> dict[str, str]:
 
 
 def _metrics(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
+    if not (run_dir / METRICS_FILE).is_file():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise RunDirError(f"{path}: not JSON: {error}") from None
+    return RunDir(run_dir).metrics_data()
 
 
 def _passage_ids_of(item: Item, responses: list[dict[str, Any]]) -> list[str]:
@@ -286,7 +282,7 @@ def load_view_data(run_dir: str | Path) -> ViewData:
     owner = item_corpus_map(run.corpora)
     detection = _detection_scores(run_dir)
     if detection:
-        from safescale.detection.extraction import record_key
+        from safescale.rundir import record_content_key as record_key
 
     steps_by_key: dict[ResponseKey, list[StepRecord]] = defaultdict(list)
     for step in steps:

@@ -102,7 +102,19 @@ def test_detect_train_and_eval_on_a_runner_directory(trained_run):
 
 
 READ_A_RUN = """
-import json, sys
+import json, sys, traceback
+
+first = {}
+
+
+class Watch:  # records who imports torch or langgraph first (for the failure message)
+    def find_spec(self, name, path, target=None):
+        if name in ("torch", "langgraph") and name not in first:
+            first[name] = [f"{f.filename}:{f.lineno}" for f in traceback.extract_stack()]
+        return None
+
+
+sys.meta_path.insert(0, Watch())
 from typer.testing import CliRunner
 from safescale.cli import app
 
@@ -110,6 +122,7 @@ run = sys.argv[1]
 for args in (["report", run], ["view", run], ["detect", "eval", run]):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, (args, result.output)
+print(first, file=sys.stderr)
 print(json.dumps(sorted(m for m in ("torch", "langgraph") if m in sys.modules)))
 """
 
@@ -126,7 +139,7 @@ def test_report_view_and_detect_eval_of_a_run_never_import_torch(trained_run):
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [], out.stderr[-4000:]
     assert metrics.is_file() and (trained_run / "report.md").is_file()
     assert (trained_run / "view" / "index.html").is_file()
     assert RunDir(trained_run).metrics().cells

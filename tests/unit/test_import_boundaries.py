@@ -73,7 +73,10 @@ import safescale.cli.detect
 from safescale.detection.pipeline import evaluate_run_dir
 from safescale.detection.registry import available_detectors, get_detector
 from safescale.experiments import load_run, write_report
+from safescale.detection.registry import BUNDLED_DETECTORS
 assert "ecrt" in available_detectors() and "perplexity" in available_detectors()
+for name in BUNDLED_DETECTORS:  # the viewer loads saved detectors to score responses
+    assert get_detector(name).name == name
 heavy = sorted(m for m in ("torch", "langgraph", "transformers") if m in sys.modules)
 root = sys.argv[1]
 elsewhere = sorted(
@@ -86,8 +89,9 @@ print(json.dumps([heavy, elsewhere]))
 
 
 def test_reading_a_run_imports_neither_torch_nor_langgraph():
-    """The report, metrics, the viewer and ``detect eval`` import without torch (the
-    integration test in test_run_directory.py runs them on a real run)."""
+    """The report, metrics, the viewer, ``detect eval`` and every bundled detector class
+    (the viewer loads saved detectors) import without torch (the integration test in
+    test_run_directory.py runs them on a real run)."""
     out = subprocess.run(
         [sys.executable, "-c", READERS, str(ROOT / "safescale")],
         capture_output=True,
