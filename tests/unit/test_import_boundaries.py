@@ -112,13 +112,13 @@ def test_the_bundled_detector_table_names_every_registered_detector():
     import pkgutil
 
     import safescale.detection as detection
-    from safescale.detection.registry import _REGISTRY, BUNDLED_DETECTORS, get_detector
+    from safescale.detection.registry import BUNDLED_DETECTORS, DETECTORS, get_detector
 
     for info in pkgutil.walk_packages(detection.__path__, "safescale.detection."):
         importlib.import_module(info.name)
     bundled = {
         name: cls.__module__
-        for name, cls in _REGISTRY.items()
+        for name, cls in DETECTORS.registered().items()
         if cls.__module__.startswith("safescale.detection.")
     }
     assert bundled == BUNDLED_DETECTORS
