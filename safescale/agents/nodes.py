@@ -37,6 +37,7 @@ __all__ = [
     "default_critic",
     "item_of",
     "judge",
+    "leave_out_sequence",
     "make_critique_node",
     "max_context_block",
     "oracle_evidence_node",
@@ -310,7 +311,7 @@ def corpus_order(passages: list[Passage]) -> list[Passage]:
     return sorted(passages, key=key)
 
 
-def _leave_out_sequence(ordered: list[Passage]) -> list[Passage]:
+def leave_out_sequence(ordered: list[Passage]) -> list[Passage]:
     """``ordered`` (corpus order) in the order ``corpus`` packing leaves passages out
     (:data:`LEAVE_OUT_RULE`)."""
     position = {p.id: i for i, p in enumerate(ordered)}
@@ -378,7 +379,7 @@ def max_context_block(
     used = bases[longest_id] + lm.count_tokens("Evidence:\n\n") + sum(costs.values())
     kept = {p.id for p in ordered}
     left_out: dict[str, str] = {}
-    sequence = iter(_leave_out_sequence(ordered))
+    sequence = iter(leave_out_sequence(ordered))
     reason = (
         f"the corpus does not fit: the block is shared by every item and may take "
         f"{limit - bases[longest_id]} tokens (the limit {limit} minus the longest item's "

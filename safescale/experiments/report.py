@@ -41,6 +41,7 @@ from safescale.rundir import METRICS_FILE, atomic_write_text, context_budget_lab
 
 __all__ = [
     "CONDITION_COLUMNS",
+    "CONDITION_LABELS",
     "TRIAGE_COLUMNS",
     "ReportFiles",
     "TextTable",
@@ -84,7 +85,7 @@ TRIAGE_COLUMNS = (
     "S2 BA",
     "Verdict",
 )
-_CONDITION_LABELS = {
+CONDITION_LABELS = {
     "closed_book": "Closed-book",
     "clean_evidence": "Clean evidence",
     "conflict_evidence": "Conflict evidence",
@@ -157,7 +158,7 @@ def format_interval(
 
 
 def _condition_label(name: str) -> str:
-    return _CONDITION_LABELS.get(name, name)
+    return CONDITION_LABELS.get(name, name)
 
 
 def _several(metrics: Mapping[str, Any], key: str) -> bool:

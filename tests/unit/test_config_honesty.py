@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 import safescale
-from safescale.experiments.config import ExperimentConfig, _unwrap, parse_config
+from safescale.experiments.config import ExperimentConfig, parse_config, unwrap_annotation
 
 #: Keys that are data for people, not knobs (nothing is supposed to act on them).
 FREE_TEXT = {("ExperimentConfig", "description")}
@@ -27,7 +27,7 @@ def _sections(model: type[BaseModel], seen: set) -> list[tuple[type[BaseModel], 
         seen.add(cls)
     for name, info in model.model_fields.items():
         fields.append((model, name))
-        inner = _unwrap(info.annotation)
+        inner = unwrap_annotation(info.annotation)
         if isinstance(inner, type) and issubclass(inner, BaseModel) and inner not in seen:
             seen.add(inner)
             fields.extend(_sections(inner, seen))
