@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from render_results import figure, write_result
 
-from safescale.agents.records import ResponseRecord
 from safescale.detection import ecrt_features, teacher_forced_pair
 from safescale.models import load_model
+from safescale.rundir import ResponseRecord
 
 
 def retina_items(n: int):

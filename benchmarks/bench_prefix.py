@@ -107,7 +107,7 @@ def _interval(est: dict) -> str:
 def _order_comparison(run_a: Path, run_d: Path, config) -> None:
     """Max-context under similarity (run A) vs corpus (run D), paired over items."""
     from safescale.experiments.metrics import MetricsConfig, metrics_from_records
-    from safescale.experiments.rundir import RunDir
+    from safescale.rundir import RunDir
 
     similarity = [r for r in RunDir(run_a).responses() if r.condition == "max_context"]
     corpus = [
@@ -173,7 +173,7 @@ def main() -> None:
 
     from safescale.experiments import run_experiment
     from safescale.experiments.config import load_config
-    from safescale.experiments.rundir import RunDir
+    from safescale.rundir import RunDir
 
     base = load_config(args.config)
     wanted = [r.strip() for r in args.runs.split(",") if r.strip()]

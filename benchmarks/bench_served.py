@@ -73,7 +73,7 @@ def main() -> None:
 
     from safescale.experiments import run_experiment
     from safescale.experiments.config import parse_config
-    from safescale.experiments.rundir import RunDir
+    from safescale.rundir import RunDir
 
     if not have_llama_server():
         raise SystemExit("error: llama-cpp-python's server is not installed "

@@ -39,7 +39,7 @@ def _run(model: dict, formulation: str, args, out: Path):
 
     from safescale.experiments import run_experiment
     from safescale.experiments.config import parse_config
-    from safescale.experiments.rundir import RunDir
+    from safescale.rundir import RunDir
 
     config = parse_config(
         yaml.safe_dump(

@@ -8,13 +8,6 @@ from safescale.agents.attribution import CAUSES, Attribution, attribute_failure
 from safescale.agents.context import AgentContext, AgentSettings, Critic, Critique
 from safescale.agents.contract import ConditionContractError, check_condition
 from safescale.agents.lmcache import CachedLM
-from safescale.agents.records import (
-    RECORD_SCHEMA_VERSION,
-    ResponseRecord,
-    RetrievedRef,
-    SampleRecord,
-    StepRecord,
-)
 from safescale.agents.registry import (
     CONDITIONS,
     ConditionError,
@@ -28,6 +21,13 @@ from safescale.agents.replay import ReplayError, replay_without
 from safescale.agents.run import answer_item, records_from_state, thread_id
 from safescale.agents.state import AgentState
 from safescale.agents.trace import render_trace
+from safescale.rundir import (
+    RECORD_SCHEMA_VERSION,
+    ResponseRecord,
+    RetrievedRef,
+    SampleRecord,
+    StepRecord,
+)
 
 __all__ = [
     "CAUSES",

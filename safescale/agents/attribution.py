@@ -33,9 +33,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from safescale.agents.records import ResponseRecord, StepRecord
 from safescale.corpora import Corpus, Stance, Status
-from safescale.records import AttributionRecord
+from safescale.rundir import AttributionRecord, ResponseRecord, StepRecord
 
 __all__ = ["CAUSES", "Attribution", "attribute_failure"]
 

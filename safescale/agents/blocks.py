@@ -46,23 +46,23 @@ from langgraph.runtime import Runtime
 from safescale.agents.context import AgentContext, AgentSettings, Critic, Critique
 from safescale.agents.nodes import (
     Node,
-    _item,
-    _passages,
-    _step,
     answer_node,
     critique_node,
     default_critic,
+    item_of,
     judge,
     make_critique_node,
     oracle_evidence_node,
     pack_context_node,
+    passages_of,
     requery_node,
     retrieve_node,
+    step_record,
     synthesize_node,
 )
 from safescale.agents.prompts import Prompt
 from safescale.agents.state import AgentState, EvidenceRef
-from safescale.corpora import Item, Passage, Status
+from safescale.corpora import Status
 
 __all__ = [
     "END",
@@ -91,19 +91,6 @@ __all__ = [
     "step_record",
     "synthesize_node",
 ]
-
-
-def item_of(state: AgentState, ctx: AgentContext) -> Item:
-    """The item being answered."""
-    return _item(state, ctx)
-
-
-def passages_of(ctx: AgentContext, evidence: list[EvidenceRef]) -> list[Passage]:
-    """The corpus passages of evidence refs, in order."""
-    return _passages(ctx, evidence)
-
-
-step_record = _step  # the public name of the step-record builder (documented there)
 
 
 def filter_node(

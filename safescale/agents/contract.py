@@ -79,7 +79,7 @@ from langgraph.graph import END
 from langgraph.graph.state import CompiledStateGraph
 
 from safescale.agents.context import AgentContext
-from safescale.records import check_slug
+from safescale.rundir import check_slug
 
 __all__ = [
     "ACCUMULATING_KEYS",

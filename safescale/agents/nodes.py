@@ -22,10 +22,10 @@ from safescale.agents import prompts
 from safescale.agents.answering import OptionScores, answer_prompt, message_for, read_options
 from safescale.agents.context import AgentContext, Critic, Critique
 from safescale.agents.lmcache import CachedLM
-from safescale.agents.records import RetrievedRef
 from safescale.agents.state import AgentState, EvidenceRef
 from safescale.corpora import Item, Passage, Status
 from safescale.models import ANSWER_CUE, NEUTRAL_MESSAGE, LanguageModel, PromptPass
+from safescale.rundir import RetrievedRef
 
 __all__ = [
     "CORPUS_ORDER_RULE",
@@ -35,14 +35,18 @@ __all__ = [
     "corpus_order",
     "critique_node",
     "default_critic",
+    "item_of",
     "judge",
+    "leave_out_sequence",
     "make_critique_node",
     "max_context_block",
     "oracle_evidence_node",
     "pack_context_node",
     "parse_letter",
+    "passages_of",
     "requery_node",
     "retrieve_node",
+    "step_record",
     "synthesize_node",
 ]
 
@@ -70,7 +74,7 @@ def _refs(ctx: AgentContext, evidence: list[EvidenceRef]) -> list[dict]:
     return out
 
 
-def _step(
+def step_record(
     state: AgentState,
     ctx: AgentContext,
     node: str,
@@ -132,11 +136,13 @@ def _step(
     }
 
 
-def _passages(ctx: AgentContext, evidence: list[EvidenceRef]) -> list[Passage]:
+def passages_of(ctx: AgentContext, evidence: list[EvidenceRef]) -> list[Passage]:
+    """The corpus passages of evidence refs, in order."""
     return [ctx.corpus.passage(ref["id"]) for ref in evidence]
 
 
-def _item(state: AgentState, ctx: AgentContext) -> Item:
+def item_of(state: AgentState, ctx: AgentContext) -> Item:
+    """The item being answered."""
     return ctx.corpus.item(state["item_id"])
 
 
@@ -177,7 +183,7 @@ def oracle_evidence_node(which: str) -> Node:
     def gather(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
         started = time.perf_counter()
         ctx = runtime.context
-        item = _item(state, ctx)
+        item = item_of(state, ctx)
         excluded = set(state.get("excluded", []))
         ids = [pid for pid in getattr(item.evidence, which) if pid not in excluded]
         added, injection = _conflict_injection(item, ctx, ids, excluded)
@@ -188,7 +194,7 @@ def oracle_evidence_node(which: str) -> Node:
         decision = f"oracle {which} set ({len(ids) - len(added)} passages)"
         if injection:
             decision += f" + {len(added)} contradicting (dose {injection['dose']})"
-        step = _step(
+        step = step_record(
             state,
             ctx,
             f"{which}_evidence",
@@ -223,7 +229,7 @@ def retrieve_node(*, agentic: bool) -> Node:
         ctx = runtime.context
         if ctx.store is None:
             raise RuntimeError("this condition needs an evidence store in the context")
-        item = _item(state, ctx)
+        item = item_of(state, ctx)
         query = state.get("query") or item.question
         s = ctx.settings
         filters = None
@@ -252,7 +258,7 @@ def retrieve_node(*, agentic: bool) -> Node:
             "candidates": evidence,
             "evidence": evidence,
             "steps": [
-                _step(
+                step_record(
                     state,
                     ctx,
                     "retrieve",
@@ -305,7 +311,7 @@ def corpus_order(passages: list[Passage]) -> list[Passage]:
     return sorted(passages, key=key)
 
 
-def _leave_out_sequence(ordered: list[Passage]) -> list[Passage]:
+def leave_out_sequence(ordered: list[Passage]) -> list[Passage]:
     """``ordered`` (corpus order) in the order ``corpus`` packing leaves passages out
     (:data:`LEAVE_OUT_RULE`)."""
     position = {p.id: i for i, p in enumerate(ordered)}
@@ -373,7 +379,7 @@ def max_context_block(
     used = bases[longest_id] + lm.count_tokens("Evidence:\n\n") + sum(costs.values())
     kept = {p.id for p in ordered}
     left_out: dict[str, str] = {}
-    sequence = iter(_leave_out_sequence(ordered))
+    sequence = iter(leave_out_sequence(ordered))
     reason = (
         f"the corpus does not fit: the block is shared by every item and may take "
         f"{limit - bases[longest_id]} tokens (the limit {limit} minus the longest item's "
@@ -428,7 +434,7 @@ def pack_context_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict
     """
     started = time.perf_counter()
     ctx = runtime.context
-    item = _item(state, ctx)
+    item = item_of(state, ctx)
     s = ctx.settings
     budget = min(s.context_budget or ctx.lm.context_length, ctx.lm.context_length)
     limit = budget - s.answer_reserve
@@ -438,7 +444,7 @@ def pack_context_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict
     else:
         kept, left_out, injection = _pack_by_similarity(item, ctx, limit, excluded)
         detail = {"order_rule": "every passage ranked by similarity to the question"}
-    step = _step(
+    step = step_record(
         state,
         ctx,
         "pack_context",
@@ -488,7 +494,7 @@ def _pack_by_similarity(
             left_out.append(h.passage.id)
     # exact check on the real prompt (token merges at boundaries can differ slightly)
     while kept:
-        message = prompts.answer_message(item, _passages(ctx, kept))
+        message = prompts.answer_message(item, passages_of(ctx, kept))
         if _prompt_tokens(ctx, message) <= limit:
             break
         left_out.insert(0, kept.pop()["id"])
@@ -694,14 +700,14 @@ def make_critique_node(critic: Critic | None = None) -> Node:
     def critique(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
         started = time.perf_counter()
         ctx = runtime.context
-        item = _item(state, ctx)
+        item = item_of(state, ctx)
         ids = [e["id"] for e in state.get("evidence", [])]
         judge_evidence = critic or ctx.critic or default_critic
         verdict = judge_evidence(item, ids, ctx)
         by_id = {e["id"]: e for e in state.get("evidence", [])}
         kept = [by_id[pid] for pid in verdict.keep if pid in by_id]
         rounds = state.get("round", 0) + 1
-        step = _step(
+        step = step_record(
             state,
             ctx,
             "critique",
@@ -740,14 +746,14 @@ def requery_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
     """Reformulate the query with the LM (greedy) for the next retrieval round."""
     started = time.perf_counter()
     ctx = runtime.context
-    item = _item(state, ctx)
+    item = item_of(state, ctx)
     message = prompts.REFORMULATE.render(question=item.question)
     (gen,) = ctx.lm.generate([message], max_new_tokens=ctx.settings.query_tokens)[0]
     query = " ".join(gen.text.split()) or item.question
     if query in state.get("queries", []):
         # the LM repeated itself: widen the query with the option texts instead
         query = f"{item.question} {' '.join(item.options.values())}"
-    step = _step(
+    step = step_record(
         state,
         ctx,
         "requery",
@@ -767,7 +773,7 @@ def synthesize_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
     """Summarize the kept evidence, citing ``[P#]``; records why gathering stopped."""
     started = time.perf_counter()
     ctx = runtime.context
-    item = _item(state, ctx)
+    item = item_of(state, ctx)
     evidence = state.get("evidence", [])
     critique = state.get("critique", {})
     if not evidence:
@@ -779,7 +785,7 @@ def synthesize_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
     if state.get("conflict_surfaced") and evidence:
         reason += "; unresolved conflict surfaced"
     if not evidence:
-        step = _step(
+        step = step_record(
             state,
             ctx,
             "synthesize",
@@ -789,7 +795,7 @@ def synthesize_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
             output="",
         )
         return {"synthesis": "", "cited_ids": [], "stop_reason": reason, "steps": [step]}
-    passages = _passages(ctx, evidence)
+    passages = passages_of(ctx, evidence)
     note = (
         " The sources conflict: say so and state which is current and higher grade."
         if state.get("conflict_surfaced")
@@ -801,7 +807,7 @@ def synthesize_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
     (gen,) = ctx.lm.generate([message], max_new_tokens=ctx.settings.synthesis_tokens)[0]
     text = " ".join(gen.text.split())
     cited = prompts.parse_citations(text, [p.id for p in passages])
-    step = _step(
+    step = step_record(
         state,
         ctx,
         "synthesize",
@@ -893,9 +899,9 @@ def answer_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
     started = time.perf_counter()
     ctx = runtime.context
     s = ctx.settings
-    item = _item(state, ctx)
+    item = item_of(state, ctx)
     letters = item.letters
-    passages = _passages(ctx, state.get("evidence", []))
+    passages = passages_of(ctx, state.get("evidence", []))
     summary = state.get("synthesis") or None
     prior = {k: list(v) for k, v in (s.position_prior or {}).items()}
     handle = None
@@ -970,7 +976,7 @@ def answer_node(state: AgentState, runtime: Runtime[AgentContext]) -> dict:
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
     }
-    step = _step(
+    step = step_record(
         state,
         ctx,
         "answer",

@@ -27,17 +27,18 @@ import inspect
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 
 from safescale.agents.contract import ENTRY_POINT_GROUP, contract_problems
-from safescale.records import CONDITIONS, check_slug
+from safescale.registry import AmbiguousEntryPointError, EntryPointLoadError, Registry
+from safescale.rundir import CONDITIONS, check_slug
 
 __all__ = [
     "CONDITIONS",
+    "CONDITION_REGISTRY",
     "ENTRY_POINT_GROUP",
     "ConditionError",
     "ConditionSpec",
@@ -48,8 +49,13 @@ __all__ = [
 ]
 
 GraphBuilder = Callable[..., CompiledStateGraph]
-#: Builders registered with ``@condition`` (bundled and external).
-_BUILDERS: dict[str, GraphBuilder] = {}
+#: Builders registered with ``@condition`` (bundled and external); the six bundled
+#: conditions load on first use, entry points in :data:`ENTRY_POINT_GROUP` when named.
+CONDITION_REGISTRY: Registry[GraphBuilder] = Registry(
+    "condition",
+    group=ENTRY_POINT_GROUP,
+    bundled={name: f"safescale.agents.conditions.{name}" for name in CONDITIONS},
+)
 _RESOLVED: dict[tuple[str, tuple[str, ...]], ConditionSpec] = {}
 
 
@@ -83,31 +89,24 @@ def condition(name: str) -> Callable[[GraphBuilder], GraphBuilder]:
     check_slug(name, "condition name")
 
     def wrap(fn: GraphBuilder) -> GraphBuilder:
-        if name in _BUILDERS and _BUILDERS[name] is not fn:
+        held = CONDITION_REGISTRY.registered().get(name)
+        if held is not None and held is not fn:
             raise ValueError(f"condition {name!r} is already registered")
-        _BUILDERS[name] = fn
-        return fn
+        return CONDITION_REGISTRY.register(name, fn)
 
     return wrap
 
 
 def _load_bundled() -> None:
     for name in CONDITIONS:
-        importlib.import_module(f"safescale.agents.conditions.{name}")
-
-
-def _entry_points() -> dict[str, list[metadata.EntryPoint]]:
-    found: dict[str, list[metadata.EntryPoint]] = {}
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(ep.name, []).append(ep)
-    return found
+        CONDITION_REGISTRY.load_bundled(name)
 
 
 def registered_conditions() -> list[str]:
     """Names of the bundled conditions (paper order), then the other registered ones and
     the installed entry points (sorted)."""
     _load_bundled()
-    extra = (set(_BUILDERS) | set(_entry_points())) - set(CONDITIONS)
+    extra = set(CONDITION_REGISTRY.names()) - set(CONDITIONS)
     return [*CONDITIONS, *sorted(extra)]
 
 
@@ -204,6 +203,43 @@ def _compile(source: str, builder: object) -> CompiledStateGraph:
     return graph
 
 
+def _load_entry_point(source: str) -> GraphBuilder:
+    """The builder the installed entry point ``source`` declares.
+
+    Raises:
+        ConditionError: no such entry point, several, or loading it failed.
+    """
+    try:
+        builder = CONDITION_REGISTRY.load_entry_point(source)
+    except AmbiguousEntryPointError as error:
+        raise ConditionError(
+            f"condition {source!r} is registered by {len(error.values)} entry points "
+            f"({', '.join(error.values)}); uninstall all but one"
+        ) from None
+    except EntryPointLoadError as error:
+        cause = error.cause
+        if isinstance(cause, SystemExit):
+            raise ConditionError(
+                f"loading entry point {source!r} ({error.values[0]}) called "
+                f"sys.exit({cause.code!r})"
+            ) from None
+        if not isinstance(cause, Exception):
+            raise cause from None
+        raise ConditionError(
+            f"loading entry point {source!r} ({error.values[0]}) failed: "
+            f"{type(cause).__name__}: {cause}"
+        ) from None
+    if builder is None:
+        installed = sorted(CONDITION_REGISTRY.entry_points())
+        raise ConditionError(
+            f"unknown condition {source!r}: not a bundled condition "
+            f"({', '.join(CONDITIONS)}), not an entry point in group "
+            f"{ENTRY_POINT_GROUP!r} ({', '.join(installed) or 'none installed'}), "
+            "and not an import path 'module:function'"
+        )
+    return builder  # type: ignore[return-value]
+
+
 def resolve_condition(source: str, import_path: Sequence[str | Path] = ()) -> ConditionSpec:
     """Resolve, compile and contract-check a condition source (cached per source and
     import path).
@@ -226,37 +262,12 @@ def resolve_condition(source: str, import_path: Sequence[str | Path] = ()) -> Co
     if ":" in source:
         builder = _import_path(source, dirs)
         graph = _compile(source, builder)
-        named = [n for n, fn in _BUILDERS.items() if fn is builder]
-        name = named[0] if named else graph.name
-    elif source in _BUILDERS:
-        builder, name = _BUILDERS[source], source
+        name = CONDITION_REGISTRY.name_of(builder) or graph.name
+    elif source in CONDITION_REGISTRY.registered():
+        builder, name = CONDITION_REGISTRY.registered()[source], source
         _compile(source, builder)
     else:
-        eps = _entry_points().get(source, [])
-        if not eps:
-            installed = sorted(set(_entry_points()))
-            raise ConditionError(
-                f"unknown condition {source!r}: not a bundled condition "
-                f"({', '.join(CONDITIONS)}), not an entry point in group "
-                f"{ENTRY_POINT_GROUP!r} ({', '.join(installed) or 'none installed'}), "
-                "and not an import path 'module:function'"
-            )
-        if len(eps) > 1:
-            raise ConditionError(
-                f"condition {source!r} is registered by {len(eps)} entry points "
-                f"({', '.join(ep.value for ep in eps)}); uninstall all but one"
-            )
-        try:
-            builder = eps[0].load()
-        except SystemExit as error:
-            raise ConditionError(
-                f"loading entry point {source!r} ({eps[0].value}) called sys.exit({error.code!r})"
-            ) from None
-        except Exception as error:
-            raise ConditionError(
-                f"loading entry point {source!r} ({eps[0].value}) failed: "
-                f"{type(error).__name__}: {error}"
-            ) from None
+        builder = _load_entry_point(source)
         name = source
         _compile(source, builder)
     try:
@@ -265,7 +276,7 @@ def resolve_condition(source: str, import_path: Sequence[str | Path] = ()) -> Co
         raise ConditionError(f"condition {source!r}: {error}") from None
     # Names need only be unique within one config (its own check); a bundled name
     # always means the bundled condition.
-    if name in CONDITIONS and _BUILDERS[name] is not builder:
+    if name in CONDITIONS and CONDITION_REGISTRY.registered()[name] is not builder:
         raise ConditionError(
             f"condition {source!r} is named {name!r}, the name of a bundled condition; "
             "give it its own name (graph.compile(name=...))"

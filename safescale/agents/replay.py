@@ -14,8 +14,8 @@ import time
 from langgraph.graph.state import CompiledStateGraph
 
 from safescale.agents.context import AgentContext
-from safescale.agents.records import ResponseRecord, StepRecord
 from safescale.agents.run import records_from_state, recursion_limit
+from safescale.rundir import ResponseRecord, StepRecord
 
 __all__ = ["EVIDENCE_NODES", "ReplayError", "replay_without"]
 

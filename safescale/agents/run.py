@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from langgraph.graph.state import CompiledStateGraph
 
 from safescale.agents.context import AgentContext
-from safescale.agents.records import ResponseRecord, SampleRecord, StepRecord
+from safescale.rundir import ResponseRecord, SampleRecord, StepRecord
 
 __all__ = ["answer_item", "records_from_state", "thread_id"]
 

@@ -11,9 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from safescale.agents.attribution import Attribution
-from safescale.agents.records import ResponseRecord, RetrievedRef, StepRecord
 from safescale.corpora import Item
-from safescale.records import context_budget_label
+from safescale.rundir import ResponseRecord, RetrievedRef, StepRecord, context_budget_label
 
 __all__ = ["grade_badge", "render_trace", "status_badge"]
 

@@ -89,7 +89,7 @@ class UserError(Exception):
 USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("safescale.cli", "UserError"),
     ("safescale.experiments.config", "ConfigError"),
-    ("safescale.experiments.rundir", "RunDirError"),
+    ("safescale.rundir", "RunDirError"),
     ("safescale.experiments.runner", "RunConflictError"),
     ("safescale.corpora.errors", "CorpusError"),
     ("safescale.models.registry", "UnknownModelError"),

@@ -52,7 +52,7 @@ def _sets(spec: str, model: str | None):
     run with detection features, or only ``model``)."""
     from safescale.cli import UserError
     from safescale.detection.pipeline import transfer_sets
-    from safescale.experiments.rundir import DETECTION_DIR
+    from safescale.rundir import DETECTION_DIR
 
     path, _, condition = spec.partition(":")
     root = Path(path) / DETECTION_DIR
@@ -151,7 +151,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Extract features (teacher-forced, never generated), train, evaluate out of fold."""
         from safescale.cli import UserError
-        from safescale.experiments.rundir import RunDir
+        from safescale.rundir import RunDir
 
         config = detection_config(
             detectors, target_recall, label_source, seed, protocol, folds, repeats
@@ -225,9 +225,9 @@ def register(app: typer.Typer) -> None:
             return
         if run_dir is None:
             raise UserError("detect eval: give RUN_DIR (or --train-on and --test-on)")
-        from safescale.experiments.runner import evaluate_run
+        from safescale.detection.pipeline import evaluate_run_dir
 
-        _render(evaluate_run(run_dir))
+        _render(evaluate_run_dir(run_dir))
         typer.echo(f"wrote {run_dir / 'detection' / 'triage.md'}")
 
     app.add_typer(detect_app, name="detect")

@@ -40,8 +40,9 @@ def pilot_plans(
             not one with a power analysis.
     """
     from safescale.cli import UserError
-    from safescale.experiments.metrics import METRICS_FILE, read_metrics, write_metrics
+    from safescale.experiments.metrics import read_metrics, write_metrics
     from safescale.experiments.power import POWER_METRICS, plan_sample_size
+    from safescale.rundir import METRICS_FILE
 
     if metric not in POWER_METRICS:
         raise UserError(f"--metric: {metric!r} is not one of {sorted(POWER_METRICS)}")
@@ -159,7 +160,7 @@ def _plan_triage(
                         cluster_size), ("--icc", icc)):  # fmt: skip
         _finite(name, value)
     if run_dir is not None:
-        from safescale.experiments.rundir import RunDir
+        from safescale.rundir import RunDir
 
         reports = RunDir(run_dir).triage()
         if not reports:

@@ -38,12 +38,20 @@ def register(app: typer.Typer) -> None:
 
 def _up_to_date(run_dir: Path) -> bool:
     """metrics.json and report.md are newer than every input they are computed from."""
-    outputs = [run_dir / "metrics.json", run_dir / "report.md"]
+    from safescale.rundir import (
+        ATTRIBUTION_FILE,
+        CONFIG_FILE,
+        METRICS_FILE,
+        RELIANCE_FILE,
+        RESPONSES_FILE,
+        TRIAGE_FILE,
+    )
+
+    outputs = [run_dir / METRICS_FILE, run_dir / "report.md"]
     if not all(p.is_file() for p in outputs):
         return False
-    names = ("responses.jsonl", "attribution.jsonl", "reliance.jsonl", "config.yaml")
+    names = (RESPONSES_FILE, ATTRIBUTION_FILE, RELIANCE_FILE, CONFIG_FILE, TRIAGE_FILE)
     inputs = [run_dir / n for n in names]
-    inputs.append(run_dir / "detection" / "triage.json")
     newest_input = max((p.stat().st_mtime for p in inputs if p.is_file()), default=0.0)
     return min(p.stat().st_mtime for p in outputs) >= newest_input
 
@@ -92,7 +100,7 @@ def print_report(
         triage_tables,
         write_report,
     )
-    from safescale.experiments.rundir import RunDirError
+    from safescale.rundir import RunDirError
 
     console = Console()
     try:

@@ -219,7 +219,7 @@ def trace(
 ) -> None:
     """Print the step timeline of an item (every matching condition), with the
     attributed failure step highlighted."""
-    from safescale.experiments.rundir import RunDir
+    from safescale.rundir import RunDir
 
     reader = RunDir(run_dir)
     manifest = reader.manifest()

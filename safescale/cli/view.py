@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         an unguessable token path; only requests naming 127.0.0.1 or localhost with
         the port are answered)."""
         from safescale.cli import UserError
-        from safescale.experiments.rundir import RunDir, RunDirError
+        from safescale.rundir import RunDir, RunDirError
         from safescale.viewer import ViewServer, ViewServerError, load_view_data, write_view
 
         console = Console(stderr=True)

@@ -31,9 +31,9 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from safescale.agents.records import ResponseRecord
 from safescale.corpora.corpus import Corpus
 from safescale.corpora.schema import Stance
+from safescale.rundir import ResponseRecord
 
 __all__ = [
     "CalibrationMetrics",

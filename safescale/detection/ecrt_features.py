@@ -44,9 +44,13 @@ discrepancy and deviation feature except ``disc_top1_agree`` (= 1).
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from safescale.models.internals import Internals
+if TYPE_CHECKING:
+    import torch
+
+    from safescale.models.internals import Internals
+
 
 __all__ = [
     "deviation_features",
@@ -67,11 +71,15 @@ def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 
 def js_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """Row-wise Jensen–Shannon divergence in nats from log-probabilities ``[..., V]``."""
+    import torch
+
     logm = torch.logaddexp(logp, logq) - torch.log(torch.tensor(2.0, dtype=logp.dtype))
     return (0.5 * kl_divergence(logp, logm) + 0.5 * kl_divergence(logq, logm)).clamp(min=0.0)
 
 
 def _check_pair(ctx: Internals, noctx: Internals) -> None:
+    import torch
+
     if not torch.equal(ctx.response_ids, noctx.response_ids):
         raise ValueError("CTX and NOCTX passes must teacher-force the same response token ids")
     if ctx.hidden_states.shape[0] != noctx.hidden_states.shape[0]:
@@ -83,6 +91,8 @@ def discrepancy_features(ctx: Internals, noctx: Internals) -> dict[str, float]:
 
     Requires: ``logits`` and ``response_ids`` of both passes.
     """
+    import torch
+
     _check_pair(ctx, noctx)
     logp = torch.log_softmax(ctx.logits.double(), dim=-1)
     logq = torch.log_softmax(noctx.logits.double(), dim=-1)
@@ -109,6 +119,8 @@ def deviation_features(ctx: Internals, noctx: Internals) -> dict[str, float]:
 
     Requires: ``hidden_states`` ``[L+1, R, D]`` of both passes.
     """
+    import torch
+
     _check_pair(ctx, noctx)
     hc = ctx.hidden_states[1:].double()
     hn = noctx.hidden_states[1:].double()

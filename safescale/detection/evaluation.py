@@ -69,6 +69,7 @@ __all__ = [
     "Stage2Intervals",
     "cluster_weights",
     "cross_validate",
+    "evaluation_splits",
     "interval_rows",
     "make_detector",
 ]
@@ -192,7 +193,7 @@ def replicate_thresholds(
     return out
 
 
-def _splits(
+def evaluation_splits(
     frame: pd.DataFrame, protocol: str, folds: int, repeats: int, seed: int, fractions
 ) -> list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """Per repeat, the (train, val, test) row positions of each fold."""
@@ -247,7 +248,7 @@ def cross_validate(
     """
     y = np.asarray(frame["label"] if labels is None else labels, dtype=int)
     unsafe = y != SAFE
-    plan = _splits(frame, protocol, folds, repeats, seed, split_fractions)
+    plan = evaluation_splits(frame, protocol, folds, repeats, seed, split_fractions)
     if fit_rows is not None or test_rows is not None:
         fit_ok = np.ones(len(frame), bool) if fit_rows is None else np.asarray(fit_rows, bool)
         test_ok = np.ones(len(frame), bool) if test_rows is None else np.asarray(test_rows, bool)

@@ -1,6 +1,6 @@
 """Per-record feature extraction: the shared teacher-forced passes, computed once.
 
-For each frozen :class:`~safescale.agents.records.ResponseRecord` the response text is
+For each frozen :class:`~safescale.rundir.ResponseRecord` the response text is
 tokenized once and teacher-forced twice — on ``record.message`` (CTX) and on
 ``record.message_noctx`` (NOCTX). Every feature that needs a CTX pass (ECRT, perplexity,
 MSP, MTE, PMI, length, the hidden-state probe and — when attentions are requested —
@@ -31,8 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from safescale.agents.records import ResponseRecord
 from safescale.detection.baselines.eigenscore import eigenscore, sample_embeddings
 from safescale.detection.baselines.entropy import mean_token_entropy
 from safescale.detection.baselines.focus import corpus_idf, focus_score, focus_token_inputs
@@ -60,6 +57,9 @@ from safescale.detection.ecrt import ECRT_PREFIX
 from safescale.detection.ecrt_features import ecrt_features
 from safescale.detection.registry import get_detector
 from safescale.models.internals import Internals
+from safescale.rundir import ResponseRecord, atomic_write_text
+from safescale.rundir import content_key as response_key
+from safescale.rundir import record_content_key as record_key
 
 if TYPE_CHECKING:
     from safescale.corpora.corpus import Corpus
@@ -151,37 +151,6 @@ def _digest(payload: object) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def record_key(record: ResponseRecord) -> str:
-    """Content digest of a record (what its features depend on besides the model)."""
-    return response_key(
-        message=record.message,
-        message_noctx=record.message_noctx,
-        response=record.response,
-        chosen=record.chosen,
-        samples=[
-            {"token_ids": s.token_ids, "token_logprobs": s.token_logprobs, "letter": s.letter}
-            for s in record.samples
-        ],
-    )
-
-
-def response_key(
-    *, message: str, message_noctx: str, response: str, chosen: str, samples: Sequence[dict]
-) -> str:
-    """:func:`record_key` from the fields of a response before its record exists."""
-    return _digest(
-        {
-            "message": message,
-            "message_noctx": message_noctx,
-            "response": response,
-            "chosen": chosen,
-            "samples": [
-                [list(s["token_ids"]), list(s["token_logprobs"]), s["letter"]] for s in samples
-            ],
-        }
-    )[:32]
-
-
 class FeatureCache:
     """JSON files under ``directory/<group>/<key>.json`` (atomic writes).
 
@@ -212,10 +181,7 @@ class FeatureCache:
             return
         path = self._path(group, key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(payload))
 
 
 def teacher_forced_pair(
@@ -420,10 +386,7 @@ class DetectionInputStore:
     def put(self, model_hash: str, key: str, payload: dict[str, Any]) -> None:
         path = self._path(model_hash, key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(payload))
 
 
 @dataclass

@@ -16,10 +16,10 @@ from typing import Literal
 
 import numpy as np
 
-from safescale.agents.records import ResponseRecord
 from safescale.corpora.corpus import Corpus
 from safescale.corpora.schema import Item, Task
 from safescale.detection.registry import CONFLICT, GAP, SAFE
+from safescale.rundir import ResponseRecord
 
 __all__ = ["LabelSource", "triage_class", "triage_classes"]
 

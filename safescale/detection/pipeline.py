@@ -3,7 +3,7 @@
 :func:`run_detection` is the entry point of the experiments layer and the CLI. For
 one backbone it
 
-1. selects the model's frozen :class:`~safescale.agents.records.ResponseRecord` s,
+1. selects the model's frozen :class:`~safescale.rundir.ResponseRecord` s,
    labels them (:mod:`.labels`) and splits them train / validation / test grouped by the
    item's ``evidence_id`` (:func:`safescale.corpora.split.grouped_split`, stratified by
    task), so no evidence group crosses splits;
@@ -40,12 +40,6 @@ from safescale.corpora.corpus import Corpus
 from safescale.corpora.split import grouped_split
 from safescale.detection.calibration import CalibrationReport, GradeWeights, calibration_report
 from safescale.detection.evaluation import OutOfFold, cross_validate, interval_rows
-from safescale.detection.extraction import (
-    DetectionInputStore,
-    ExtractionPlan,
-    FeatureCache,
-    extract_features,
-)
 from safescale.detection.labels import triage_classes
 from safescale.detection.metrics import Stage1Metrics, Stage2Metrics
 from safescale.detection.power import study_power
@@ -66,9 +60,18 @@ from safescale.detection.triage_report import (
     report_verdicts,
     row_verdict,
 )
-from safescale.records import ResponseRecord
+from safescale.rundir import (
+    DETECTION_DIR,
+    ResponseRecord,
+    RunDir,
+    RunDirError,
+    RunLock,
+    atomic_write_bytes,
+    atomic_write_text,
+)
 
 if TYPE_CHECKING:
+    from safescale.detection.extraction import DetectionInputStore
     from safescale.models.backend import LanguageModel
 
 __all__ = [
@@ -78,6 +81,7 @@ __all__ = [
     "TriageRow",
     "comparison_table",
     "evaluate_detection",
+    "evaluate_run_dir",
     "label_and_split",
     "run_detection",
     "write_combined",
@@ -252,6 +256,8 @@ def run_detection(
     for name in SPLITS:
         if not (meta["split"] == name).any():
             raise ValueError(f"the {name} split is empty; need more evidence groups")
+    from safescale.detection.extraction import ExtractionPlan, FeatureCache, extract_features
+
     plan = ExtractionPlan.for_detectors(config.detectors, config.probe_layer_fraction)
     cache = FeatureCache(config.cache_dir or out_dir / "cache")
     if idf is None:
@@ -267,8 +273,9 @@ def run_detection(
         idf=idf,
     )
     frame = pd.concat([meta, features.drop(columns=["item"])], axis=1)
-    frame.to_parquet(out_dir / "features.parquet", index=False)
-    (out_dir / "detection.json").write_text(
+    atomic_write_bytes(out_dir / "features.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
+    atomic_write_text(
+        out_dir / "detection.json",
         json.dumps(
             {
                 "backbone": backbone,
@@ -279,14 +286,14 @@ def run_detection(
                 "cache": {"hits": cache.hits, "misses": cache.misses},
             },
             indent=2,
-        )
+        ),
     )
     train_detectors(frame, config, out_dir / "models")
     write_out_of_fold(frame, config, out_dir)
     calibration = calibration_report(
         records, corpus, config.grade_weights, replicates=config.replicates, seed=config.seed
     )
-    _atomic_write(out_dir / "calibration.json", calibration.model_dump_json(indent=2))
+    atomic_write_text(out_dir / "calibration.json", calibration.model_dump_json(indent=2))
     return evaluate_detection(out_dir)
 
 
@@ -377,7 +384,7 @@ def write_out_of_fold(frame: pd.DataFrame, config: DetectionConfig, out_dir: Pat
         "methods": info,
         "permuted_labels": None if permuted is None else permuted.tolist(),
     }
-    _atomic_write(out_dir / "oof.json", json.dumps(payload))
+    atomic_write_text(out_dir / "oof.json", json.dumps(payload))
 
 
 def read_out_of_fold(out_dir: Path) -> tuple[dict[str, OutOfFold], dict]:
@@ -452,11 +459,12 @@ def train_detectors(frame: pd.DataFrame, config: DetectionConfig, models_dir: Pa
             val_scores = det.risk_score(X_val)
             threshold = pick_threshold(val_scores, val["unsafe"].to_numpy(), config.target_recall)
         except (DetectorUnavailable, ValueError) as error:
-            (directory / "unavailable.json").write_text(json.dumps({"reason": str(error)}))
+            atomic_write_text(directory / "unavailable.json", json.dumps({"reason": str(error)}))
             continue
         det.save(directory)
         flagged = val_scores >= threshold
-        (directory / "policy.json").write_text(
+        atomic_write_text(
+            directory / "policy.json",
             json.dumps(
                 {
                     "threshold": threshold,
@@ -465,7 +473,7 @@ def train_detectors(frame: pd.DataFrame, config: DetectionConfig, models_dir: Pa
                     "val_flag_rate": float(flagged.mean()),
                 },
                 indent=2,
-            )
+            ),
         )
 
 
@@ -607,8 +615,8 @@ def evaluate_detection(out_dir: Path) -> TriageReport:
         power=power,
         transfer=transfer,
     )
-    _atomic_write(out_dir / "triage.json", report.model_dump_json(indent=2))
-    _atomic_write(out_dir / "triage.md", report.to_markdown())
+    atomic_write_text(out_dir / "triage.json", report.model_dump_json(indent=2))
+    atomic_write_text(out_dir / "triage.md", report.to_markdown())
     return report
 
 
@@ -618,21 +626,38 @@ def write_combined(root: Path, reports: Sequence[TriageReport]) -> None:
     text = "## Triage comparison (out-of-fold, 95 % intervals)\n\n" + comparison_table(reports)
     text += "\n" + "\n".join(r.to_markdown() for r in reports)
     root.mkdir(parents=True, exist_ok=True)
-    _atomic_write(root / "triage.md", text)
-    _atomic_write(
+    atomic_write_text(root / "triage.md", text)
+    atomic_write_text(
         root / "triage.json",
         json.dumps([json.loads(r.model_dump_json()) for r in reports], indent=2),
     )
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    import os
-    import tempfile
+def evaluate_run_dir(run_dir: str | Path) -> list[TriageReport]:
+    """Re-evaluate every trained (model, corpus) of a run from its artifacts (no model
+    call) and rewrite the combined triage files.
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    Raises:
+        RunDirError: not a run directory, or nothing trained yet.
+    """
+    reader = RunDir(run_dir)
+    reader.require()
+    root = reader.file(DETECTION_DIR)
+    dirs = sorted(p.parent for p in root.glob("*/detection.json"))
+    if not dirs:
+        raise RunDirError(
+            f"{root}: no trained detection here; run `safescale detect train {reader.path}` first"
+        )
+    stale = [d for d in dirs if not (d / "oof.json").is_file()]
+    if stale:
+        raise RunDirError(
+            f"{stale[0]}: detection was trained before out-of-fold evaluation existed; run "
+            f"`safescale detect train {reader.path}` again (stored inputs: no model call)"
+        )
+    with RunLock(reader.path):
+        reports = [evaluate_detection(d) for d in dirs]
+        write_combined(root, reports)
+    return reports
 
 
 def transfer_sets(out_dirs: Sequence[Path]) -> list[TransferSet]:
@@ -672,5 +697,5 @@ def write_transfer(
         info = json.loads((Path(out) / "detection.json").read_text())
         prefix = f"{info['backbone']} · {info.get('corpus') or '?'} · "
         mine = [c.model_dump(mode="json") for c in cells if c.test.startswith(prefix)]
-        _atomic_write(Path(out) / TRANSFER_FILE, json.dumps(mine, indent=2))
+        atomic_write_text(Path(out) / TRANSFER_FILE, json.dumps(mine, indent=2))
     return cells

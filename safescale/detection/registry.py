@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -40,8 +39,13 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from safescale.registry import AmbiguousEntryPointError, EntryPointLoadError, Registry
+from safescale.rundir import atomic_write_text
+
 __all__ = [
+    "BUNDLED_DETECTORS",
     "CONFLICT",
+    "DETECTORS",
     "ENTRY_POINT_GROUP",
     "GAP",
     "INPUTS",
@@ -119,7 +123,9 @@ class Detector(BaseEstimator):
             "params": self.get_params(),
             "state": self._get_state(directory),
         }
-        (directory / "detector.json").write_text(json.dumps(payload, indent=2, sort_keys=True))
+        atomic_write_text(
+            directory / "detector.json", json.dumps(payload, indent=2, sort_keys=True)
+        )
 
     @classmethod
     def load(cls, directory: Path) -> Detector:
@@ -171,69 +177,94 @@ def vector_column_or_unavailable(frame: pd.DataFrame, column: str, who: str) -> 
 #: Entry-point group under which a package declares its detectors.
 ENTRY_POINT_GROUP = "safescale.detectors"
 
-_REGISTRY: dict[str, type[Detector]] = {}
 D = TypeVar("D", bound=type[Detector])
+
+#: The bundled detectors by name -> the module that registers them, imported on first
+#: use (so naming or re-evaluating detectors never imports torch).
+BUNDLED_DETECTORS: dict[str, str] = {
+    "ecrt": "safescale.detection.ecrt",
+    "ecrt_1stage": "safescale.detection.ecrt",
+    "eigenscore": "safescale.detection.baselines.eigenscore",
+    "focus": "safescale.detection.baselines.focus",
+    "hidden_probe": "safescale.detection.baselines.probe",
+    "input_only": "safescale.detection.baselines.input_only",
+    "length": "safescale.detection.baselines.length",
+    "ln_entropy": "safescale.detection.baselines.ln_entropy",
+    "lookback_lens": "safescale.detection.baselines.lookback",
+    "msp_seq": "safescale.detection.baselines.msp",
+    "msp_step": "safescale.detection.baselines.msp",
+    "mte": "safescale.detection.baselines.entropy",
+    "perplexity": "safescale.detection.baselines.perplexity",
+    "pmi": "safescale.detection.baselines.pmi",
+    "ptrue": "safescale.detection.baselines.ptrue",
+    "redeep": "safescale.detection.baselines.redeep",
+    "refchecker": "safescale.detection.baselines.refchecker",
+    "selfcheck": "safescale.detection.baselines.selfcheck",
+    "uq_heads": "safescale.detection.baselines.uq_heads",
+}
+
+#: Every detector by name: registered, bundled (lazy) and installed entry points.
+DETECTORS: Registry[type[Detector]] = Registry(
+    "detector", group=ENTRY_POINT_GROUP, bundled=BUNDLED_DETECTORS
+)
 
 
 def detector(name: str) -> Callable[[D], D]:
     """Class decorator registering a :class:`Detector` subclass under ``name``."""
 
     def register(cls: D) -> D:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"detector {name!r} is already registered by {_REGISTRY[name]}")
+        held = DETECTORS.registered().get(name)
+        if held is not None and held is not cls:
+            raise ValueError(f"detector {name!r} is already registered by {held}")
         unknown = set(cls.requires) - INPUTS
         if unknown:
             raise ValueError(f"detector {name!r} requires unknown inputs {sorted(unknown)}")
         cls.name = name
-        _REGISTRY[name] = cls
+        DETECTORS.register(name, cls)
         return cls
 
     return register
 
 
-def _entry_points() -> dict[str, list[metadata.EntryPoint]]:
-    found: dict[str, list[metadata.EntryPoint]] = {}
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(ep.name, []).append(ep)
-    return found
-
-
 def _load_entry_point(name: str) -> type[Detector] | None:
     """Load and register the detector an installed package declares under ``name``."""
-    eps = _entry_points().get(name, [])
-    if not eps:
-        return None
-    if len(eps) > 1:
-        raise KeyError(
-            f"detector {name!r} is declared by {len(eps)} entry points "
-            f"({', '.join(ep.value for ep in eps)}); uninstall all but one"
-        )
     try:
-        cls = eps[0].load()
-    except Exception as error:
+        cls = DETECTORS.load_entry_point(name)
+    except AmbiguousEntryPointError as error:
         raise KeyError(
-            f"loading detector entry point {name!r} ({eps[0].value}) failed: "
-            f"{type(error).__name__}: {error}"
+            f"detector {name!r} is declared by {len(error.values)} entry points "
+            f"({', '.join(error.values)}); uninstall all but one"
         ) from None
+    except EntryPointLoadError as error:
+        if not isinstance(error.cause, Exception):
+            raise error.cause from None
+        raise KeyError(
+            f"loading detector entry point {name!r} ({error.values[0]}) failed: "
+            f"{type(error.cause).__name__}: {error.cause}"
+        ) from None
+    if cls is None:
+        return None
+    value = DETECTORS.entry_points()[name][0].value
     if not (isinstance(cls, type) and issubclass(cls, Detector)):
-        raise KeyError(f"detector entry point {name!r} ({eps[0].value}) is not a Detector class")
-    if name not in _REGISTRY:  # a decorated class registered itself on import
-        registered = next((n for n, c in _REGISTRY.items() if c is cls), None)
+        raise KeyError(f"detector entry point {name!r} ({value}) is not a Detector class")
+    if name not in DETECTORS.registered():  # a decorated class registered itself on import
+        registered = DETECTORS.name_of(cls)
         if registered is not None:
             raise KeyError(
-                f"detector entry point {name!r} ({eps[0].value}) is registered as "
+                f"detector entry point {name!r} ({value}) is registered as "
                 f"{registered!r}; name the entry point {registered!r}"
             )
         detector(name)(cls)
-    return _REGISTRY[name]
+    return DETECTORS.registered()[name]
 
 
 def get_detector(name: str) -> type[Detector]:
     """The detector class registered under ``name``: a bundled one, or one an installed
     package declares as an entry point in group ``safescale.detectors`` (loaded on
     first use). KeyError listing the names otherwise."""
-    if name in _REGISTRY:
-        return _REGISTRY[name]
+    cls = DETECTORS.get(name)
+    if cls is not None:
+        return cls
     cls = _load_entry_point(name)
     if cls is None:
         raise KeyError(f"unknown detector {name!r}; available: {available_detectors()}")
@@ -241,5 +272,5 @@ def get_detector(name: str) -> type[Detector]:
 
 
 def available_detectors() -> list[str]:
-    """Registered detector names and installed entry-point names, sorted."""
-    return sorted(set(_REGISTRY) | set(_entry_points()))
+    """Registered and bundled detector names and installed entry-point names, sorted."""
+    return DETECTORS.names()

@@ -1,7 +1,7 @@
 """The triage report: rows with intervals, counts, and verdicts in words.
 
 :class:`TriageReport` is what ``detection/<model>__<corpus>/triage.json`` holds (the
-stored :class:`~safescale.records.TriageReportRecord` with typed rows); its markdown
+stored :class:`~safescale.rundir.TriageReportRecord` with typed rows); its markdown
 (:meth:`TriageReport.to_markdown`) is ``triage.md`` and the report's triage section.
 Every figure is printed with its 95 % interval, next to the number of safe and unsafe
 responses it was measured on, and the report says in words when a figure is at chance,
@@ -20,7 +20,7 @@ from safescale.detection.calibration import METRIC_LABELS, CalibrationReport
 from safescale.detection.evaluation import MIN_MINORITY, Estimate, Stage1Intervals, Stage2Intervals
 from safescale.detection.metrics import Stage1Metrics, Stage2Metrics
 from safescale.detection.transfer import TransferCell
-from safescale.records import TriageReportRecord
+from safescale.rundir import TriageReportRecord
 
 __all__ = [
     "CONTROL_INPUT",

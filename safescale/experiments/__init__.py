@@ -21,7 +21,7 @@ from safescale.experiments.metrics import (
     write_metrics,
 )
 from safescale.experiments.report import write_report
-from safescale.experiments.rundir import RunDirError, load_run
+from safescale.rundir import RunDirError, load_run
 
 if TYPE_CHECKING:
     from safescale.experiments.config import ConfigError, ExperimentConfig, load_config

@@ -44,7 +44,7 @@ from safescale.corpora.schema import Task
 from safescale.detection.pipeline import DetectionConfig
 from safescale.experiments.bootstrap import BootstrapConfig
 from safescale.experiments.metrics import CONDITIONS, LEGACY_DEFAULT_COMPARISONS, MetricsConfig
-from safescale.records import SLUG_PATTERN, check_slug
+from safescale.rundir import SLUG_PATTERN, check_slug
 
 __all__ = [
     "CONDITIONS",
@@ -71,6 +71,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "resolve_config_path",
+    "unwrap_annotation",
 ]
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -1274,11 +1275,11 @@ def _section_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         field = model.model_fields.get(part)
         if field is None:
             return None
-        model = _unwrap(field.annotation)
+        model = unwrap_annotation(field.annotation)
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def _unwrap(annotation: Any) -> Any:
+def unwrap_annotation(annotation: Any) -> Any:
     for _ in range(4):
         origin = typing.get_origin(annotation)
         if origin in (typing.Union, types.UnionType, tuple, list):

@@ -50,7 +50,7 @@ import pandas as pd
 
 from safescale.corpora.corpus import Corpus
 from safescale.corpora.schema import Stance, Status
-from safescale.records import AttributionRecord, ResponseRecord
+from safescale.rundir import AttributionRecord, ResponseRecord
 
 __all__ = [
     "DISTRACTOR_DEFINITION",

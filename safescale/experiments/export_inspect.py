@@ -48,9 +48,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safescale.experiments.metrics import METRICS_FILE, outcome_frame, read_metrics
-from safescale.experiments.rundir import RunDir, RunDirError, item_corpus_map
-from safescale.records import ResponseRecord, StepRecord
+from safescale.experiments.metrics import outcome_frame, read_metrics
+from safescale.rundir import (
+    METRICS_FILE,
+    ResponseRecord,
+    RunDir,
+    RunDirError,
+    StepRecord,
+    item_corpus_map,
+)
 
 __all__ = ["ExportError", "InspectExport", "detector_outputs", "export_inspect"]
 
@@ -382,7 +388,7 @@ def export_inspect(
         attribution_by_key[row.key].append(row)
     detection = detector_outputs(run_dir)
     if detection:
-        from safescale.detection.extraction import record_key
+        from safescale.rundir import record_content_key as record_key
     owner = item_corpus_map(run.corpora)
     frame = outcome_frame(
         run.responses,

@@ -77,16 +77,22 @@ from safescale.experiments.evidence_effects import (
     transition_matrices,
 )
 from safescale.experiments.power import MDE_DEFINITION, comparison_power
-from safescale.experiments.rundir import (
-    AttributionRow,
+from safescale.experiments.scaling import SCALING_DEFINITION, scaling_section
+from safescale.experiments.validity import validity_section
+from safescale.rundir import (
+    CONDITIONS,
+    CONFIG_FILE,
+    METRICS_FILE,
+    AttributionRecord,
+    RelianceRecord,
+    ResponseRecord,
     RunData,
+    RunDir,
     atomic_write_text,
+    check_slug,
     item_corpus_map,
     load_run,
 )
-from safescale.experiments.scaling import SCALING_DEFINITION, scaling_section
-from safescale.experiments.validity import validity_section
-from safescale.records import CONDITIONS, RelianceRecord, ResponseRecord, check_slug
 
 __all__ = [
     "CONDITIONS",
@@ -114,7 +120,6 @@ __all__ = [
 ]
 
 METRICS_SCHEMA_VERSION = 1
-METRICS_FILE = "metrics.json"
 
 TASKS = ("align", "conflict", "gap")
 RATE_METRICS = (
@@ -872,7 +877,7 @@ def metrics_from_records(
     *,
     bootstrap: BootstrapConfig | None = None,
     metrics: MetricsConfig | None = None,
-    attribution: Sequence[AttributionRow] = (),
+    attribution: Sequence[AttributionRecord] = (),
     triage: list[dict[str, Any]] | None = None,
     model_order: Sequence[str] | None = None,
     run_info: Mapping[str, Any] | None = None,
@@ -1197,12 +1202,10 @@ def run_settings(run_dir: Path) -> tuple[BootstrapConfig, MetricsConfig]:
     list (:data:`LEGACY_DEFAULT_COMPARISONS`) in its resolved config; it reads as unset,
     so its report gets today's defaults.
     """
-    import yaml
-
-    path = run_dir / "config.yaml"
-    if not path.is_file():
+    reader = RunDir(run_dir)
+    if not reader.file(CONFIG_FILE).is_file():
         return BootstrapConfig(), MetricsConfig()
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = reader.config_data()
     section = dict(data.get("metrics") or {})
     pairs = section.get("comparisons")
     if (
@@ -1284,5 +1287,5 @@ def write_metrics(
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """The ``metrics.json`` of a run directory."""
-    return json.loads((Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8"))
+    """The ``metrics.json`` of a run directory (:meth:`RunDir.metrics_data`)."""
+    return RunDir(run_dir).metrics_data()

@@ -161,7 +161,7 @@ def _grid(
 def _save(fig: Any, path: Path, *, tight: bool = True) -> Path:
     """Save as PNG atomically (a temporary file renamed over ``path``: a symlink at
     ``path`` is replaced, never written through)."""
-    from safescale.experiments.rundir import atomic_write_bytes
+    from safescale.rundir import atomic_write_bytes
 
     if tight:
         fig.tight_layout()

@@ -42,9 +42,9 @@ from safescale.experiments.runner import (
     CellWorker,
     ItemResult,
     RunSummary,
-    _progress,
     commit,
     plan_tasks,
+    progress_bar,
     record_model,
     writing_run,
 )
@@ -326,7 +326,7 @@ def _sweep_on_ray(
         schedule = _Schedule(
             queues=queues, unrecorded=unrecorded, capacity=min(num_workers, max(len(tasks), 1))
         )
-        with _progress(console, progress) as prog:
+        with progress_bar(console, progress) as prog:
             bar = (
                 prog.add_task("items (ray)", total=total, completed=summary.skipped)
                 if progress

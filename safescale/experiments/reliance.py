@@ -16,7 +16,7 @@ left out of the shares. ``letter_cyclic`` answers (``n`` re-ordered prompts per 
 PriDe answers that fell back to cyclic, and majority-vote answers (``samples_budget >
 1``: not read from the option scores) are recorded as ``skipped`` with the reason.
 
-Definitions (per response, see :class:`~safescale.records.RelianceRecord`):
+Definitions (per response, see :class:`~safescale.rundir.RelianceRecord`):
 
 * the **cited** passages are the response's own ``cited_ids`` among its prompt passages
   when it has any (the synthesis of agentic RAG); otherwise the prompt passages whose
@@ -44,13 +44,17 @@ from safescale.agents.prompts import passage_line
 from safescale.corpora import Corpus, Item, Passage
 from safescale.corpora.schema import Stance, Status
 from safescale.experiments.config import ExperimentConfig
-from safescale.experiments.rundir import (
+from safescale.rundir import (
     RELIANCE_FILE,
+    PassageMasking,
+    RelianceRecord,
+    ResponseRecord,
     RunDir,
     RunLock,
+    append_lines,
     item_corpus_map,
+    repair_jsonl,
 )
-from safescale.records import PassageMasking, RelianceRecord, ResponseRecord
 
 __all__ = [
     "CITED_DEFINITION",
@@ -303,7 +307,7 @@ def run_reliance_stage(
     """The runner's reliance stage: measure every selected response of the run
     directory not measured yet, appending to ``reliance.jsonl`` under the run lock.
     Never regenerates answers; loads each model only when it has work."""
-    from safescale.experiments.runner import _append, _lazy_model, _model_loader, _repair_jsonl
+    from safescale.experiments.runner import lazy_model, model_loader
 
     summary = RelianceSummary()
     settings = config.reliance
@@ -314,7 +318,7 @@ def run_reliance_stage(
     manifest = reader.manifest()
     corpora = reader.corpora(manifest)
     owner = item_corpus_map(corpora)
-    load = _model_loader(config.models)
+    load = model_loader(config.models)
     path = Path(reader.path) / RELIANCE_FILE
     responses = reader.responses()
     present = {str(r.condition) for r in responses}
@@ -333,7 +337,7 @@ def run_reliance_stage(
             "evidence or disable reliance"
         )
     with RunLock(reader.path):
-        _repair_jsonl(path)
+        repair_jsonl(path)
         done = {r.key for r in reader.reliance()}
         todo = []
         for record in selected:
@@ -345,7 +349,7 @@ def run_reliance_stage(
             mine = [r for r in todo if r.model == name]
             if not mine:
                 continue
-            get_lm = _lazy_model(load, name, entry, reader)
+            get_lm = lazy_model(load, name, entry, reader)
             neutral: dict[tuple[str, ...], np.ndarray] = {}
             console.print(f"reliance: {name} ({len(mine)} responses, mode {settings.mode})")
             for record in mine:
@@ -370,7 +374,7 @@ def run_reliance_stage(
                     position_prior=prior,
                     neutral_logprob=neutral.get(texts),
                 )
-                _append(path, [result.model_dump_json()])
+                append_lines(path, [result.model_dump_json()])
                 if result.status == "ok":
                     summary.measured += 1
                 elif result.status == "mismatch":

@@ -13,9 +13,8 @@ from pathlib import Path
 from safescale.agents import ResponseRecord, StepRecord, replay_without, thread_id
 from safescale.corpora import Item
 from safescale.experiments.config import load_config
-from safescale.experiments.rundir import REPLAYS_FILE, RunDir, RunLock
-from safescale.experiments.runner import CellTask, CellWorker, _append, task_thread_axes
-from safescale.records import ReplayRecord
+from safescale.experiments.runner import CellTask, CellWorker, task_thread_axes
+from safescale.rundir import CONFIG_FILE, REPLAYS_FILE, ReplayRecord, RunDir, RunLock, append_lines
 
 __all__ = ["ReplayResult", "replay_item"]
 
@@ -46,7 +45,7 @@ def replay_item(
     run_dir = Path(run_dir)
     reader = RunDir(run_dir)
     reader.require()
-    config = load_config(run_dir / "config.yaml", import_path=import_path).with_overrides(
+    config = load_config(run_dir / CONFIG_FILE, import_path=import_path).with_overrides(
         output_dir=run_dir
     )
     matches = [
@@ -95,5 +94,5 @@ def replay_item(
             response=new,
             steps=steps,
         )
-        _append(run_dir / REPLAYS_FILE, [record.model_dump_json()])
+        append_lines(run_dir / REPLAYS_FILE, [record.model_dump_json()])
     return ReplayResult(ctx.corpus.item(item_id), old, new, steps, fork_step)

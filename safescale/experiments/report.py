@@ -33,16 +33,15 @@ from rich.table import Table
 from safescale.experiments.bootstrap import BootstrapConfig
 from safescale.experiments.metrics import (
     METRICS,
-    METRICS_FILE,
     RATE_METRICS,
     MetricsConfig,
     write_metrics,
 )
-from safescale.experiments.rundir import atomic_write_text, output_dir
-from safescale.records import context_budget_label
+from safescale.rundir import METRICS_FILE, atomic_write_text, context_budget_label, output_dir
 
 __all__ = [
     "CONDITION_COLUMNS",
+    "CONDITION_LABELS",
     "TRIAGE_COLUMNS",
     "ReportFiles",
     "TextTable",
@@ -86,7 +85,7 @@ TRIAGE_COLUMNS = (
     "S2 BA",
     "Verdict",
 )
-_CONDITION_LABELS = {
+CONDITION_LABELS = {
     "closed_book": "Closed-book",
     "clean_evidence": "Clean evidence",
     "conflict_evidence": "Conflict evidence",
@@ -159,7 +158,7 @@ def format_interval(
 
 
 def _condition_label(name: str) -> str:
-    return _CONDITION_LABELS.get(name, name)
+    return CONDITION_LABELS.get(name, name)
 
 
 def _several(metrics: Mapping[str, Any], key: str) -> bool:

@@ -12,7 +12,8 @@ Durability rules:
   last, each as one ``write`` + ``fsync``: the response line is the commit mark. On
   resume, a torn last line is cut off, step/attribution rows of items without a
   response are dropped, and only items without a response are run again (their
-  partial checkpoint thread is deleted first);
+  partial checkpoint thread is deleted first) — the writing and repair helpers are
+  :mod:`safescale.rundir.writer`'s;
 * a run directory belongs to one resolved config (by hash): running a different config
   into it is refused unless ``fresh=True``, which moves the old directory aside.
 """
@@ -29,7 +30,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -51,30 +52,31 @@ from safescale.agents import (
 from safescale.corpora import Corpus, Item, load_corpus
 from safescale.experiments.calibration import calibrate, calibration_item_ids, needs_calibration
 from safescale.experiments.config import ExperimentConfig, ModelConfig
-from safescale.experiments.rundir import (
+from safescale.rundir import (
     ATTRIBUTION_FILE,
     CONFIG_FILE,
+    DEFAULT_RETRIEVAL_K,
     DETECTION_DIR,
     LOCK_FILE,
     MANIFEST_FILE,
+    MANIFEST_SCHEMA_VERSION,
     RESPONSES_FILE,
     STEPS_FILE,
-    RunDir,
-    RunDirError,
-    RunLock,
-    atomic_write_text,
-    read_jsonl,
-    with_legacy_axes,
-)
-from safescale.records import (
-    DEFAULT_RETRIEVAL_K,
-    MANIFEST_SCHEMA_VERSION,
+    TRIAGE_FILE,
     CorpusEntry,
     ModelEntry,
     ResponseKey,
+    RunDir,
+    RunDirError,
+    RunLock,
     RunManifest,
+    atomic_write_text,
     check_slug,
+    commit_item,
     context_budget_label,
+    drop_orphans,
+    repair_run_files,
+    write_manifest,
 )
 
 __all__ = [
@@ -90,9 +92,12 @@ __all__ = [
     "detect_run",
     "evaluate_run",
     "item_order",
+    "lazy_model",
+    "model_loader",
     "open_checkpointer",
     "plan_tasks",
     "prepare_run",
+    "progress_bar",
     "record_model",
     "run_detection_stage",
     "run_experiment",
@@ -291,67 +296,6 @@ def _new_manifest(config: ExperimentConfig, corpora: dict[str, Corpus]) -> RunMa
             for ref, corpus in corpora.items()
         },
     )
-
-
-def write_manifest(run_dir: Path, manifest: RunManifest) -> None:
-    """Write ``manifest.json`` atomically."""
-    atomic_write_text(run_dir / MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
-
-
-def _repair_jsonl(path: Path) -> None:
-    """Cut a torn final line (a crash mid-write) so appends start on a clean line."""
-    if not path.exists():
-        return
-    size = path.stat().st_size
-    if size == 0:
-        return
-    with path.open("rb+") as fh:
-        fh.seek(-1, os.SEEK_END)
-        if fh.read(1) == b"\n":
-            return
-        data = path.read_bytes()
-        cut = data.rfind(b"\n") + 1
-        fh.truncate(cut)
-
-
-def _append(path: Path, rows: Iterable[str]) -> None:
-    payload = "".join(row + "\n" for row in rows).encode()
-    if not payload:
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, payload)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _drop_orphans(
-    run_dir: Path, done: set[ResponseKey], legacy_axes: dict[str, Any] | None = None
-) -> None:
-    """Remove step/attribution rows of items whose response was never committed
-    (``legacy_axes``: what a row without a scale axis ran at, see :class:`RunDir`)."""
-    for name in (STEPS_FILE, ATTRIBUTION_FILE):
-        path = run_dir / name
-        if not path.exists():
-            continue
-        rows = read_jsonl(path).rows
-        keep = []
-        for row in rows:
-            full = with_legacy_axes(row, legacy_axes)
-            key = (
-                full.get("model"),
-                full.get("condition"),
-                full.get("item"),
-                full.get("samples_budget", 1),
-                full.get("conflict_dose", 0),
-                full.get("context_budget"),
-                full.get("retrieval_k", DEFAULT_RETRIEVAL_K),
-            )
-            if key in done:
-                keep.append(row)
-        if len(keep) != len(rows):
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 # ---------------------------------------------------------------- cells and workers
@@ -849,10 +793,7 @@ def _in_flight(
 def commit(run_dir: Path, result: ItemResult) -> None:
     """Append one item's records: steps and attribution first, the response line last
     (the commit mark)."""
-    _append(run_dir / STEPS_FILE, result.steps)
-    if result.attribution is not None:
-        _append(run_dir / ATTRIBUTION_FILE, [result.attribution])
-    _append(run_dir / RESPONSES_FILE, [result.response])
+    commit_item(run_dir, result.steps, result.attribution, result.response)
 
 
 @dataclass
@@ -900,10 +841,9 @@ def prepare_run(config: ExperimentConfig, lock: RunLock, *, fresh: bool = False)
         if manifest.config_hash == digest:
             for name in ("lm_cache.sqlite", "checkpoints.sqlite"):
                 _check_sqlite(run_dir / name)
-            for name in (RESPONSES_FILE, STEPS_FILE, ATTRIBUTION_FILE):
-                _repair_jsonl(run_dir / name)
+            repair_run_files(run_dir)
             done = reader.response_keys()
-            _drop_orphans(run_dir, done, reader.legacy_axes())
+            drop_orphans(run_dir, done, reader.legacy_axes())
             # same config up to ``limit``: a new limit extends (or re-reads) the run
             atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
             return PreparedRun(manifest, items, done)
@@ -1044,7 +984,9 @@ def open_checkpointer(path: Path) -> tuple[sqlite3.Connection, Any]:
     return conn, saver
 
 
-def _progress(console: Console, enabled: bool):
+def progress_bar(console: Console, enabled: bool):
+    """A rich progress bar of cells and items on ``console`` (a no-op context when not
+    ``enabled``)."""
     if not enabled:
         return nullcontext()
     return Progress(
@@ -1080,7 +1022,7 @@ def run_experiment(
         tasks = plan_tasks(config, items, done)
         total = sum(len(items[c.corpus]) for c in config.grid())
         summary.skipped = total - sum(len(t.item_ids) for t in tasks)
-        with _progress(console, progress) as prog:
+        with progress_bar(console, progress) as prog:
             bar = (
                 prog.add_task("items", total=total, completed=summary.skipped) if progress else None
             )
@@ -1140,7 +1082,7 @@ def _load(model_cfg: ModelConfig, load_model):
     )
 
 
-def _model_loader(config_models: Sequence[ModelConfig]) -> Callable[[str, ModelEntry], Any]:
+def model_loader(config_models: Sequence[ModelConfig]) -> Callable[[str, ModelEntry], Any]:
     """Load a run's model by its config entry (device, dtype) or its recorded spec."""
     from safescale.models import load_model
 
@@ -1213,7 +1155,7 @@ def detect_run(
     responses = reader.responses()
     corpora = reader.corpora(manifest)
     model_cfgs = models if models is not None else _run_models(reader)
-    load = _model_loader(model_cfgs)
+    load = model_loader(model_cfgs)
     reports: list = []
     notes: list[str] = []
     dirs: list[Path] = []
@@ -1255,7 +1197,7 @@ def detect_run(
                 if lm is None and entry.whitebox:  # the served model's weights, loaded here
                     lm = _whitebox_model(entry, model_cfgs, name)
                 elif lm is None:
-                    lm = _lazy_model(load, name, entry, reader)
+                    lm = lazy_model(load, name, entry, reader)
                 console.print(f"detection: {name} · {corpus_name} ({len(records)} responses)")
                 callback = None if progress is None else (lambda d, t, n=name: progress(n, d, t))
                 try:
@@ -1282,7 +1224,7 @@ def detect_run(
         root = reader.file(DETECTION_DIR)
         if trained and write_transfer(dirs, config):
             reports = [evaluate_detection(d) for d in dirs]  # now with their transfer cells
-        if reports and (trained or not (root / "triage.json").exists()):
+        if reports and (trained or not reader.file(TRIAGE_FILE).exists()):
             write_combined(root, reports)
         if trained or notes:
             atomic_write_text(root / "notes.json", json.dumps(notes, indent=2))
@@ -1334,7 +1276,7 @@ def _whitebox_model(entry: ModelEntry, model_cfgs: Sequence[ModelConfig], name: 
     )
 
 
-def _lazy_model(load, name: str, entry: ModelEntry, reader: RunDir) -> Callable[[], Any]:
+def lazy_model(load, name: str, entry: ModelEntry, reader: RunDir) -> Callable[[], Any]:
     """A loader of a run's model that loads it once, on first call, and checks its hash
     (detection needs the model only for responses without recorded inputs)."""
     loaded: list = []
@@ -1355,32 +1297,10 @@ def _lazy_model(load, name: str, entry: ModelEntry, reader: RunDir) -> Callable[
 
 
 def evaluate_run(run_dir: str | Path) -> list:
-    """Re-evaluate every trained (model, corpus) of a run from its artifacts (no model
-    call) and rewrite the combined triage files.
+    """:func:`safescale.detection.pipeline.evaluate_run_dir` (kept under this name)."""
+    from safescale.detection.pipeline import evaluate_run_dir
 
-    Raises:
-        RunDirError: not a run directory, or nothing trained yet.
-    """
-    from safescale.detection.pipeline import evaluate_detection, write_combined
-
-    reader = RunDir(run_dir)
-    reader.require()
-    root = reader.file(DETECTION_DIR)
-    dirs = sorted(p.parent for p in root.glob("*/detection.json"))
-    if not dirs:
-        raise RunDirError(
-            f"{root}: no trained detection here; run `safescale detect train {reader.path}` first"
-        )
-    stale = [d for d in dirs if not (d / "oof.json").is_file()]
-    if stale:
-        raise RunDirError(
-            f"{stale[0]}: detection was trained before out-of-fold evaluation existed; run "
-            f"`safescale detect train {reader.path}` again (stored inputs: no model call)"
-        )
-    with RunLock(reader.path):
-        reports = [evaluate_detection(d) for d in dirs]
-        write_combined(root, reports)
-    return reports
+    return evaluate_run_dir(run_dir)
 
 
 def run_detection_stage(

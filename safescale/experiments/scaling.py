@@ -56,7 +56,7 @@ from safescale.experiments.bootstrap import (
     replicate_counts,
 )
 from safescale.experiments.power import mean_difference_power
-from safescale.records import CONDITIONS
+from safescale.rundir import CONDITIONS
 
 __all__ = [
     "AXES",

@@ -32,18 +32,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from safescale.experiments.metrics import RATE_METRICS, read_metrics
-from safescale.experiments.rundir import RunDirError
+from safescale.rundir import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, RunDir, RunDirError
 
 __all__ = ["TrackingError", "flatten_params", "log_to_mlflow", "metric_entries", "track_run"]
 
 _ARTIFACTS = (
     "report.md",
-    "metrics.json",
-    "config.yaml",
-    "manifest.json",
+    METRICS_FILE,
+    CONFIG_FILE,
+    MANIFEST_FILE,
     "conditions.csv",
     "comparisons.csv",
 )
@@ -125,15 +123,13 @@ def log_to_mlflow(run_dir: str | Path, uri: str, experiment: str | None = None) 
         TrackingError: MLflow is not installed or refused the run.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "metrics.json").is_file():
-        raise RunDirError(f"{run_dir / 'metrics.json'}: missing; write the report first")
+    if not (run_dir / METRICS_FILE).is_file():
+        raise RunDirError(f"{run_dir / METRICS_FILE}: missing; write the report first")
     metrics = read_metrics(run_dir)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    import json
-
-    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    reader = RunDir(run_dir)
+    config = reader.config_data()
     name = str(config.get("name") or run_dir.name)
-    config_hash = str(manifest.get("config_hash", ""))
+    config_hash = reader.manifest().config_hash
     run_key = f"{name}-{config_hash[:16]}"
     client = _mlflow_client(uri)
     try:
@@ -165,7 +161,7 @@ def log_to_mlflow(run_dir: str | Path, uri: str, experiment: str | None = None) 
             k: v for k, v in flatten_params(config).items() if k not in logged and k != "output_dir"
         }
         entries = list(metric_entries(metrics))
-        timestamp = int(os.path.getmtime(run_dir / "metrics.json") * 1000)
+        timestamp = int(os.path.getmtime(run_dir / METRICS_FILE) * 1000)
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         items = list(params.items())
         for start in range(0, len(items), 100):
@@ -199,7 +195,7 @@ def track_run(run_dir: str | Path) -> list[str]:
     from safescale.experiments.config import TrackingConfig
 
     run_dir = Path(run_dir)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    config = RunDir(run_dir).config_data()
     tracking = TrackingConfig.model_validate(config.get("tracking") or {})
     lines = []
     if tracking.mlflow is not None:

@@ -44,7 +44,6 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chisquare
 
-from safescale.agents.records import ResponseRecord
 from safescale.corpora.corpus import Corpus
 from safescale.corpora.schema import SafetyLabels
 from safescale.experiments.bootstrap import (
@@ -54,9 +53,9 @@ from safescale.experiments.bootstrap import (
     paired_difference,
     replicate_counts,
 )
-from safescale.records import CONDITIONS
+from safescale.rundir import CONDITIONS, ResponseRecord
 
-__all__ = ["POSITION_LOCK_SHARE", "validity_section"]
+__all__ = ["POSITION_LOCK_SHARE", "calibration_check", "validity_section"]
 
 POSITION_LOCK_SHARE = 0.8
 
@@ -328,7 +327,7 @@ def _reference_verdict(
     )
 
 
-def _calibration_check(
+def calibration_check(
     calibration: Mapping[str, Any] | None, formulation: str, study: Mapping[str, Any]
 ) -> dict[str, Any] | None:
     """The chosen formulation's calibration accuracy (with its interval) beside the
@@ -493,7 +492,7 @@ def validity_section(
         labels = corpora[corpus].safety_labels
         verdicts.extend(_label_verdicts(f"{model} on {corpus}", labels))
         study = {"basis": basis, **accuracy}
-        check = _calibration_check(calibration, formulation, study)
+        check = calibration_check(calibration, formulation, study)
         if check is not None and check["outside"] is not None:
             cal = check["calibration"]
             interval = f" [{lo:.0%}, {hi:.0%}]" if lo is not None and hi is not None else ""

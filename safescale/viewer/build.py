@@ -7,10 +7,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from safescale.experiments.rundir import atomic_write_text, output_dir
+from safescale.rundir import atomic_write_text, output_dir
 from safescale.viewer.data import ViewData, load_view_data
 
-__all__ = ["VIEW_DIR", "render_page", "write_view"]
+__all__ = ["VIEW_DIR", "render_page", "script_json", "write_view"]
 
 VIEW_DIR = "view"
 _ASSETS = ("viewer.css", "viewer.js")
@@ -20,7 +20,7 @@ def _asset(name: str) -> str:
     return resources.files("safescale.viewer").joinpath("assets", name).read_text(encoding="utf-8")
 
 
-def _script_json(data: Any) -> str:
+def script_json(data: Any) -> str:
     """JSON safe inside a ``<script>`` element (no ``</``, no ``<!--``)."""
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
@@ -46,7 +46,7 @@ def render_page(view: ViewData, *, embed_details: bool = True) -> str:
     return (
         template.replace("{{TITLE}}", _html_escape(title))
         .replace("{{CSS}}", _asset("viewer.css"))
-        .replace("{{DATA}}", _script_json(payload))
+        .replace("{{DATA}}", script_json(payload))
         .replace("{{JS}}", _asset("viewer.js"))
     )
 

@@ -1,7 +1,7 @@
 """Everything the run viewer shows, read from a run directory in one place.
 
 :func:`load_view_data` is the only function of the viewer that reads a run directory;
-it goes through the run-record readers of :mod:`safescale.experiments.rundir` (and
+it goes through the run-record readers of :mod:`safescale.rundir` (and
 ``metrics.json`` / ``plots/*.png``) and never loads a model. The result is split into
 an *index* (overview, item list, per-response summaries: small enough for 12,522 items)
 and per-item *details* (step timelines, prompts, raw outputs), so that the server can
@@ -19,19 +19,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safescale.agents.records import ResponseRecord, StepRecord
 from safescale.corpora.schema import Item, Passage
-from safescale.experiments.rundir import (
-    AttributionRow,
+from safescale.rundir import (
+    METRICS_FILE,
+    AttributionRecord,
+    PassageMasking,
+    RelianceRecord,
+    ResponseKey,
+    ResponseRecord,
     RunDir,
     RunDirError,
+    StepRecord,
+    context_budget_label,
     item_corpus_map,
 )
-from safescale.records import PassageMasking, RelianceRecord, ResponseKey, context_budget_label
 
 __all__ = ["ViewData", "load_view_data", "option_probabilities"]
 
-METRICS_FILE = "metrics.json"
 PLOTS_DIR = "plots"
 
 
@@ -182,13 +186,9 @@ def _plots(run_dir: Path) -> dict[str, str]:
 
 
 def _metrics(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
+    if not (run_dir / METRICS_FILE).is_file():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise RunDirError(f"{path}: not JSON: {error}") from None
+    return RunDir(run_dir).metrics_data()
 
 
 def _passage_ids_of(item: Item, responses: list[dict[str, Any]]) -> list[str]:
@@ -282,12 +282,12 @@ def load_view_data(run_dir: str | Path) -> ViewData:
     owner = item_corpus_map(run.corpora)
     detection = _detection_scores(run_dir)
     if detection:
-        from safescale.detection.extraction import record_key
+        from safescale.rundir import record_content_key as record_key
 
     steps_by_key: dict[ResponseKey, list[StepRecord]] = defaultdict(list)
     for step in steps:
         steps_by_key[step.key].append(step)
-    attribution_by_key: dict[ResponseKey, list[AttributionRow]] = defaultdict(list)
+    attribution_by_key: dict[ResponseKey, list[AttributionRecord]] = defaultdict(list)
     for row in run.attribution:
         attribution_by_key[row.key].append(row)
 

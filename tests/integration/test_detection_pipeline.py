@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from safescale.agents.records import ResponseRecord, SampleRecord
 from safescale.corpora.corpus import Corpus
 from safescale.corpora.schema import Grade, Item, Manifest, OptionLabels, Passage, Source
 from safescale.detection import (
@@ -19,6 +18,7 @@ from safescale.detection import (
     run_detection,
 )
 from safescale.models.tiny import build_tiny_model
+from safescale.rundir import ResponseRecord, SampleRecord
 
 TASKS = ("align", "conflict", "gap")
 

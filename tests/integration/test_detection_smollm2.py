@@ -11,8 +11,8 @@ import json
 import numpy as np
 import pytest
 
-from safescale.agents.records import ResponseRecord
 from safescale.detection import DetectionConfig, mask_evidence_span, run_detection
+from safescale.rundir import ResponseRecord
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import pytest
 from safescale.corpora import load_corpus
 from safescale.corpora.conflict import conflict_pool
 from safescale.experiments.config import parse_config
-from safescale.experiments.rundir import load_attribution, load_responses, load_steps
 from safescale.models.tiny import save_tiny_model
+from safescale.rundir import load_attribution, load_responses, load_steps
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from safescale.experiments.config import parse_config
-from safescale.experiments.rundir import load_responses
+from safescale.rundir import load_responses
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from safescale.experiments.config import parse_config
-from safescale.experiments.rundir import RunDir, load_attribution, load_responses, load_steps
 from safescale.models.tiny import save_tiny_model
+from safescale.rundir import RunDir, load_attribution, load_responses, load_steps
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from safescale.experiments.config import parse_config
-from safescale.experiments.rundir import load_responses
 from safescale.models.tiny import save_tiny_model
+from safescale.rundir import load_responses
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from safescale.corpora import Status, load_corpus
 from safescale.experiments.config import parse_config
-from safescale.experiments.rundir import load_attribution, load_responses, load_steps
 from safescale.models.tiny import save_tiny_model
+from safescale.rundir import load_attribution, load_responses, load_steps
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent  # examples/ is imported as the examples package from here

@@ -156,7 +156,7 @@ def read_only(path: Path) -> Iterator[None]:
 
 
 def test_a_read_only_run_directory_is_one_line_and_left_as_it_was(run_dir):
-    from safescale.experiments.rundir import RunDir
+    from safescale.rundir import RunDir
 
     reader = RunDir(run_dir)
     response = next(r for r in reader.responses() if r.evidence_ids)

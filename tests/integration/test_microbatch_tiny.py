@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from safescale.experiments.config import parse_config
-from safescale.experiments.rundir import load_responses, load_steps
 from safescale.models.microbatch import MicroBatchedLM, MicroBatcher, score_continuations_batched
 from safescale.models.tiny import build_tiny_model, save_tiny_model
+from safescale.rundir import load_responses, load_steps
 
 ATOL = 1e-3
 

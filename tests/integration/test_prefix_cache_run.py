@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from safescale.experiments.config import parse_config
-from safescale.experiments.rundir import load_responses, load_steps
 from safescale.models.tiny import save_tiny_model
+from safescale.rundir import load_responses, load_steps
 
 ATOL = 1e-4
 #: rad-0001..0006 share one clean evidence set; their conflict sets interleave

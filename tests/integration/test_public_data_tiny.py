@@ -277,7 +277,7 @@ def test_inspect_logs_read_back_with_counts_and_scores_of_metrics_json(study, in
     from inspect_ai.log import read_eval_log
 
     from safescale.experiments.metrics import read_metrics
-    from safescale.experiments.rundir import RunDir
+    from safescale.rundir import RunDir
 
     metrics = read_metrics(study["run"])
     cells = {(c["corpus"], c["condition"]): c for c in metrics["cells"]}

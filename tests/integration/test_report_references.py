@@ -18,7 +18,7 @@ import pytest
 from safescale.corpora import load_corpus
 from safescale.experiments.config import parse_config
 from safescale.experiments.power import required_items
-from safescale.experiments.rundir import RunDir
+from safescale.rundir import RunDir
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from safescale.cli import app
 from safescale.experiments.config import parse_config
-from safescale.experiments.rundir import RunDir, RunLock, RunLockedError
+from safescale.rundir import RunDir, RunLock, RunLockedError
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ def _invoke(*args: str):
 def test_runner_writes_the_contract(tiny_run):
     reader = RunDir(tiny_run)
     manifest = reader.manifest()
-    from safescale.records import MANIFEST_SCHEMA_VERSION
+    from safescale.rundir import MANIFEST_SCHEMA_VERSION
 
     assert manifest.schema_version == MANIFEST_SCHEMA_VERSION == 3
     assert set(manifest.corpora) == {"retina-rules"}
@@ -79,9 +79,15 @@ def test_runner_writes_the_contract(tiny_run):
     assert reader.steps() and not (tiny_run / ".lock").read_text()  # released
 
 
-def test_detect_train_and_eval_on_a_runner_directory(tiny_run):
+@pytest.fixture(scope="module")
+def trained_run(tiny_run):
     result = _invoke("detect", "train", str(tiny_run), "-d", "ecrt,perplexity,length")
     assert result.exit_code == 0, result.output
+    return tiny_run
+
+
+def test_detect_train_and_eval_on_a_runner_directory(trained_run):
+    tiny_run = trained_run
     out = tiny_run / "detection" / "tiny__retina-rules"
     assert (out / "models" / "ecrt" / "stage1.json").is_file()
     table = (tiny_run / "detection" / "triage.md").read_text()
@@ -95,6 +101,50 @@ def test_detect_train_and_eval_on_a_runner_directory(tiny_run):
     assert (tiny_run / "detection" / "triage.md").read_text() == table
 
 
+READ_A_RUN = """
+import json, sys, traceback
+
+first = {}
+
+
+class Watch:  # records who imports torch or langgraph first (for the failure message)
+    def find_spec(self, name, path, target=None):
+        if name in ("torch", "langgraph") and name not in first:
+            first[name] = [f"{f.filename}:{f.lineno}" for f in traceback.extract_stack()]
+        return None
+
+
+sys.meta_path.insert(0, Watch())
+from typer.testing import CliRunner
+from safescale.cli import app
+
+run = sys.argv[1]
+for args in (["report", run], ["view", run], ["detect", "eval", run]):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (args, result.output)
+print(first, file=sys.stderr)
+print(json.dumps(sorted(m for m in ("torch", "langgraph") if m in sys.modules)))
+"""
+
+
+def test_report_view_and_detect_eval_of_a_run_never_import_torch(trained_run):
+    """Reading a finished run (the report with its metrics and plots, the viewer's page
+    and ``detect eval``) loads neither torch nor langgraph, in a fresh interpreter."""
+    metrics = trained_run / "metrics.json"
+    metrics.unlink(missing_ok=True)
+    out = subprocess.run(
+        [sys.executable, "-c", READ_A_RUN, str(trained_run)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [], out.stderr[-4000:]
+    assert metrics.is_file() and (trained_run / "report.md").is_file()
+    assert (trained_run / "view" / "index.html").is_file()
+    assert RunDir(trained_run).metrics().cells
+
+
 def test_second_writer_is_refused_naming_the_holder(tiny_run, tiny_dir):
     from safescale.experiments.runner import run_experiment
 
@@ -105,7 +155,7 @@ def test_second_writer_is_refused_naming_the_holder(tiny_run, tiny_dir):
             textwrap.dedent(
                 f"""
                 import sys, time
-                from safescale.experiments.rundir import RunLock
+                from safescale.rundir import RunLock
                 lock = RunLock({str(tiny_run)!r}).acquire()
                 print("locked", flush=True)
                 time.sleep(60)
@@ -259,7 +309,7 @@ def test_tampered_checkpoint_types_are_not_revived(tmp_path):
     from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
     from safescale.experiments.runner import open_checkpointer
-    from safescale.records import ModelEntry
+    from safescale.rundir import ModelEntry
 
     conn, saver = open_checkpointer(tmp_path / "checkpoints.sqlite")
     try:

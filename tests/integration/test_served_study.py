@@ -13,8 +13,8 @@ import yaml
 from conftest import SERVED_KEY_ENV
 
 from safescale.experiments.config import CONDITIONS, parse_config
-from safescale.experiments.rundir import RunDir
 from safescale.experiments.runner import run_detection_stage, run_experiment
+from safescale.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -74,14 +74,14 @@ def test_six_condition_study_runs_in_the_letter_formulations(llama_server, tmp_p
         isinstance(m, float) for s in critiques for m in s["detail"]["relevance_margin"].values()
     )
     # the report has a row per condition
-    from safescale.experiments.report import _CONDITION_LABELS, write_report
+    from safescale.experiments.report import CONDITION_LABELS, write_report
 
     files = write_report(tmp_path / "run", plots=False)
     table = pd.read_csv(files.conditions_csv)
     assert sorted(table["condition"]) == sorted(CONDITIONS)
     report = files.report_md.read_text()
     for condition in CONDITIONS:
-        assert f"| {_CONDITION_LABELS[condition]} |" in report, condition
+        assert f"| {CONDITION_LABELS[condition]} |" in report, condition
     # the API key is never written to the run directory
     key = os.environ[SERVED_KEY_ENV]
     for path in (tmp_path / "run").rglob("*"):

@@ -17,7 +17,6 @@ import pandas as pd
 import pytest
 import torch
 
-from safescale.agents.records import SampleRecord
 from safescale.corpora import load_corpus
 from safescale.detection.baselines.eigenscore import sample_embeddings
 from safescale.detection.extraction import (
@@ -29,9 +28,9 @@ from safescale.detection.extraction import (
     token_idf,
 )
 from safescale.experiments.config import parse_config
-from safescale.experiments.rundir import load_responses
 from safescale.models.backend import _cache_prefix
 from safescale.models.tiny import save_tiny_model
+from safescale.rundir import SampleRecord, load_responses
 
 ATOL = 1e-4
 MESSAGE = "Evidence:\n[P1] Laser is first line for this finding.\n\nQuestion: What next?"
@@ -282,12 +281,12 @@ def test_shared_answers_equal_the_unshared_answers(runs):
 
 
 def test_stored_inputs_equal_the_separate_teacher_forced_features(runs):
-    from safescale.experiments.runner import _model_loader
+    from safescale.experiments.runner import model_loader
 
     _, shared, _ = runs
     records = load_responses(shared.run_dir)[0]
     store = DetectionInputStore(Path(shared.run_dir) / DETECTION_INPUTS_DIR)
-    lm = _model_loader(shared.models)("tiny", None)
+    lm = model_loader(shared.models)("tiny", None)
     assert all(store.get(lm.model_hash, record_key(r)) is not None for r in records)
     plan = ExtractionPlan.for_detectors(shared.detection.detectors)
     assert plan.attentions and plan.ptrue and plan.sample_hidden
@@ -310,11 +309,11 @@ def test_stored_inputs_equal_the_separate_teacher_forced_features(runs):
 def test_stored_ptrue_of_another_prompt_version_is_recomputed(runs, tmp_path):
     import json
 
-    from safescale.experiments.runner import _model_loader
+    from safescale.experiments.runner import model_loader
 
     _, shared, _ = runs
     record = load_responses(shared.run_dir)[0][0]
-    lm = _model_loader(shared.models)("tiny", None)
+    lm = model_loader(shared.models)("tiny", None)
     source = DetectionInputStore(Path(shared.run_dir) / DETECTION_INPUTS_DIR)
     payload = source.get(lm.model_hash, record_key(record))
     assert payload["ptrue"]["prompt"] == 2
@@ -405,8 +404,8 @@ def test_prompts_with_a_common_prefix_share_its_prefill(tiny_lm):
 
 
 def test_the_detection_stage_measures_transfer_between_conditions(runs, tmp_path):
-    from safescale.experiments.rundir import RunDir
     from safescale.experiments.runner import detect_run
+    from safescale.rundir import RunDir
 
     _, shared, _ = runs
     run_copy = tmp_path / "run"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from safescale.experiments.config import parse_config
-from safescale.experiments.rundir import load_responses, load_steps
+from safescale.rundir import load_responses, load_steps
 
 pytestmark = pytest.mark.slow
 
@@ -246,7 +246,7 @@ def test_item_list_and_filters_narrow_it(page, run_dir, tmp_path):
 
 
 def _is_correct(run_dir: Path, record) -> bool:
-    from safescale.experiments.rundir import load_run_corpora
+    from safescale.rundir import load_run_corpora
 
     for corpus in load_run_corpora(run_dir).values():
         if record.item in corpus.items_by_id:
@@ -277,7 +277,7 @@ def test_item_page_shows_every_conditions_steps(page, run_dir, tmp_path):
         assert column.find_all("details", class_="prompt"), condition
     assert "focus" in dom.find(id="col-agentic_rag").attrs["class"]
     # the first failing step named by the attribution is highlighted
-    from safescale.experiments.rundir import load_attribution
+    from safescale.rundir import load_attribution
 
     attributed = Counter(
         a.condition for a in load_attribution(run_dir) if a.item == item and a.step is not None
@@ -355,7 +355,7 @@ def test_detector_scores_and_verdicts_per_response(detected_run, tmp_path):
 @needs_chromium
 def test_a_replay_is_recorded_and_shown_next_to_its_original(tmp_path, tiny_lm):
     from safescale.experiments.replay import replay_item
-    from safescale.experiments.rundir import RunDir
+    from safescale.rundir import RunDir
     from safescale.viewer import write_view
 
     out = make_tiny_run(
@@ -385,7 +385,7 @@ def test_a_replay_is_recorded_and_shown_next_to_its_original(tmp_path, tiny_lm):
 @needs_chromium
 def test_evidence_masking_is_shown_per_passage(tmp_path, tiny_lm):
     from safescale.experiments.reliance import run_reliance_stage
-    from safescale.experiments.rundir import RunDir
+    from safescale.rundir import RunDir
     from safescale.viewer import write_view
 
     text = (

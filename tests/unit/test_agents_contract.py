@@ -16,7 +16,7 @@ from safescale.agents import CONDITIONS, check_condition, resolve_condition
 from safescale.agents.contract import ConditionContractError, contract_problems
 from safescale.agents.registry import ConditionError, registered_conditions
 from safescale.experiments.config import ConfigError, parse_config
-from safescale.records import ResponseRecord
+from safescale.rundir import ResponseRecord
 
 TESTS = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 import safescale
-from safescale.experiments.config import ExperimentConfig, _unwrap, parse_config
+from safescale.experiments.config import ExperimentConfig, parse_config, unwrap_annotation
 
 #: Keys that are data for people, not knobs (nothing is supposed to act on them).
 FREE_TEXT = {("ExperimentConfig", "description")}
@@ -27,7 +27,7 @@ def _sections(model: type[BaseModel], seen: set) -> list[tuple[type[BaseModel], 
         seen.add(cls)
     for name, info in model.model_fields.items():
         fields.append((model, name))
-        inner = _unwrap(info.annotation)
+        inner = unwrap_annotation(info.annotation)
         if isinstance(inner, type) and issubclass(inner, BaseModel) and inner not in seen:
             seen.add(inner)
             fields.extend(_sections(inner, seen))
@@ -79,7 +79,7 @@ def test_one_default_per_knob():
     assert config.retrieval.k == (settings.k,)
     assert config.context_budget == (settings.context_budget,)
     # a record made before the retrieval-depth axis is read with the same default
-    from safescale.records import DEFAULT_RETRIEVAL_K
+    from safescale.rundir import DEFAULT_RETRIEVAL_K
 
     assert settings.k == DEFAULT_RETRIEVAL_K
     assert config.compute.detection_samples == settings.extra_samples

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-from safescale.agents.records import ResponseRecord
 from safescale.corpora.corpus import Corpus
 from safescale.corpora.schema import Grade, Item, Manifest, OptionLabels, Passage, Source
 from safescale.detection import (
@@ -24,6 +23,7 @@ from safescale.detection import (
     supporting_level,
     triage_class,
 )
+from safescale.rundir import ResponseRecord
 
 
 def passage(pid: str, level: int) -> Passage:

@@ -166,12 +166,12 @@ def test_too_few_safe_responses_are_said_to_measure_nothing():
 
 @pytest.mark.parametrize("protocol", ["cv", "split"])
 def test_no_evidence_group_is_scored_by_a_detector_trained_on_it(protocol):
-    from safescale.detection.evaluation import _splits
+    from safescale.detection.evaluation import evaluation_splits
 
     rng = np.random.default_rng(0)
     frame = simulated_frame(rng, n_groups=60)
     groups = frame["evidence_id"].to_numpy()
-    for folds in _splits(frame, protocol, 5, 3, 7, (0.6, 0.2, 0.2)):
+    for folds in evaluation_splits(frame, protocol, 5, 3, 7, (0.6, 0.2, 0.2)):
         tested = np.zeros(len(frame), dtype=int)
         for train, val, test in folds:
             assert not set(groups[train]) & set(groups[test])

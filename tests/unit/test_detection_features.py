@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from safescale.agents.records import SampleRecord
 from safescale.detection.baselines import (
     ctx_noctx_pmi,
     eigenscore,
@@ -30,6 +29,7 @@ from safescale.detection.ecrt_features import (
     kl_divergence,
 )
 from safescale.models.internals import Internals
+from safescale.rundir import SampleRecord
 
 
 def make_internals(

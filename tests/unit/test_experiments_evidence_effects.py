@@ -23,7 +23,7 @@ from safescale.experiments.report import (
     render_markdown,
     transition_tables,
 )
-from safescale.records import AttributionRecord, ResponseRecord
+from safescale.rundir import AttributionRecord, ResponseRecord
 
 FAST = BootstrapConfig(replicates=200, seed=3, cluster_by_evidence_id=False)
 
@@ -212,7 +212,7 @@ def test_dose_sweep_recovers_the_planted_slope():
 
 
 def test_records_before_the_dose_axis_migrate_to_dose_zero():
-    from safescale.records import StepRecord
+    from safescale.rundir import StepRecord
 
     old = _response("i0", "A", "clean_evidence", ["strong"]).model_dump()
     old.update(schema_version=2)

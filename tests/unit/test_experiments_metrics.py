@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from safescale.agents.records import ResponseRecord
 from safescale.corpora import (
     Corpus,
     EvidenceSets,
@@ -39,8 +38,18 @@ from safescale.experiments.report import (
     render_markdown,
     write_report,
 )
-from safescale.experiments.rundir import RunDirError, load_responses, load_run, read_jsonl
-from safescale.records import CorpusEntry, ModelEntry, PassageMasking, RelianceRecord, RunManifest
+from safescale.rundir import (
+    CorpusEntry,
+    ModelEntry,
+    PassageMasking,
+    RelianceRecord,
+    ResponseRecord,
+    RunDirError,
+    RunManifest,
+    load_responses,
+    load_run,
+    read_jsonl,
+)
 
 FAST = BootstrapConfig(replicates=200, seed=1, cluster_by_evidence_id=False)
 

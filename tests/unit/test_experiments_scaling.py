@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from safescale.agents.records import ResponseRecord
 from safescale.corpora import (
     Corpus,
     EvidenceSets,
@@ -22,6 +21,7 @@ from safescale.experiments.bootstrap import BootstrapConfig
 from safescale.experiments.metrics import metrics_from_records
 from safescale.experiments.report import render_markdown
 from safescale.experiments.scaling_report import scaling_figure, scaling_tables, scaling_verdicts
+from safescale.rundir import ResponseRecord
 
 BOOT = BootstrapConfig(replicates=400, seed=3, cluster_by_evidence_id=True)
 N_ITEMS = 40

@@ -7,7 +7,7 @@ import pytest
 from safescale.corpora import load_corpus
 from safescale.experiments.bootstrap import BootstrapConfig
 from safescale.experiments.validity import validity_section
-from safescale.records import ResponseRecord
+from safescale.rundir import ResponseRecord
 
 BOOT = BootstrapConfig(replicates=300, seed=0, cluster_by_evidence_id=False)
 

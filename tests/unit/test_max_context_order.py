@@ -8,7 +8,7 @@ from itertools import pairwise
 
 import pytest
 
-from safescale.agents.nodes import _leave_out_sequence, corpus_order
+from safescale.agents.nodes import corpus_order, leave_out_sequence
 from safescale.corpora import Status, load_corpus
 from safescale.experiments.config import ConfigError, parse_config
 from safescale.experiments.runner import CellTask, answer_order
@@ -55,7 +55,7 @@ def test_corpus_order_is_topic_then_grade_then_newest_on_the_bundled_corpus():
 
 def test_what_is_left_out_first_is_withdrawn_then_superseded_then_weak():
     corpus = load_corpus("radiology-guidelines")
-    sequence = _leave_out_sequence(corpus_order(list(corpus.passages)))
+    sequence = leave_out_sequence(corpus_order(list(corpus.passages)))
     rank = {Status.WITHDRAWN: 0, Status.SUPERSEDED: 1, Status.CURRENT: 2}
     statuses = [rank[Status(p.status)] for p in sequence]
     assert statuses == sorted(statuses)

@@ -14,7 +14,7 @@ from safescale.experiments.metrics import (
     default_comparisons,
     run_settings,
 )
-from safescale.experiments.validity import _calibration_check
+from safescale.experiments.validity import calibration_check
 
 BASE = "name: x\nmodels: [smollm2-135m-instruct]\ncorpora: [radiology-guidelines]\n"
 
@@ -74,11 +74,11 @@ def test_a_study_estimate_outside_the_calibration_interval_is_flagged(study, out
         "candidates": {"letter_pride": {"accuracy_clean_evidence": 13 / 16, "n": 16}},
     }
     estimate = {"basis": "clean_evidence", "value": study, "lo": None, "hi": None, "n": 60}
-    check = _calibration_check(record, "letter_pride", estimate)
+    check = calibration_check(record, "letter_pride", estimate)
     cal = check["calibration"]
     # Wilson 95 % interval of 13/16
     assert cal["value"] == pytest.approx(0.8125)
     assert cal["lo"] == pytest.approx(0.570, abs=1e-3)
     assert cal["hi"] == pytest.approx(0.934, abs=1e-3)
     assert check["outside"] == outside
-    assert _calibration_check(record, "cloze_pmi", estimate) is None  # not what was used
+    assert calibration_check(record, "cloze_pmi", estimate) is None  # not what was used

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from safescale.viewer.build import _script_json
+from safescale.viewer.build import script_json
 from safescale.viewer.data import option_probabilities
 
 
@@ -19,6 +19,6 @@ def test_option_probabilities_are_the_softmax_of_the_scores():
 
 
 def test_inlined_json_cannot_close_its_script_element():
-    text = _script_json({"q": "</script><script>alert(1)</script> <!-- \u2028"})
+    text = script_json({"q": "</script><script>alert(1)</script> <!-- \u2028"})
     assert "</" not in text and "<!--" not in text and "\u2028" not in text
     assert json.loads(text)["q"].startswith("</script>")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.base import ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
@@ -21,6 +20,9 @@ from safescale.detection.registry import (
     columns_or_unavailable,
     vector_column_or_unavailable,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["LinearProbeDetector", "ScalarScoreDetector", "scored_positions"]
 

@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from safescale.agents.records import SampleRecord
 from safescale.detection.baselines._base import ScalarScoreDetector
 from safescale.detection.registry import detector
+from safescale.rundir import SampleRecord
 
 if TYPE_CHECKING:
     from safescale.models.backend import LanguageModel
@@ -37,31 +36,33 @@ def eigenscore(Z: np.ndarray, alpha: float = 1e-3) -> float:
     return float(np.mean(np.log(np.clip(eig, 1e-300, None))))
 
 
-@torch.inference_mode()
 def sample_embeddings(
     lm: LanguageModel, message: str, samples: Sequence[SampleRecord], layer: int
 ) -> np.ndarray:
     """``[K', d]`` layer-``layer`` hidden state at the last token of each non-empty sample."""
-    prompt = lm.prompt_ids(message)
-    seqs = [prompt + list(s.token_ids) for s in samples if s.token_ids]
-    if not seqs:
-        return np.zeros((0, 0))
-    width = max(len(s) for s in seqs)
-    pad = lm.pad_token_id
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-    out = lm.model(
-        input_ids=ids.to(lm.device),
-        attention_mask=mask.to(lm.device),
-        use_cache=False,
-        output_hidden_states=True,
-    )
-    hidden = out.hidden_states[layer]
-    last = torch.tensor([len(s) - 1 for s in seqs], device=hidden.device)
-    return hidden[torch.arange(len(seqs), device=hidden.device), last].float().cpu().numpy()
+    import torch
+
+    with torch.inference_mode():
+        prompt = lm.prompt_ids(message)
+        seqs = [prompt + list(s.token_ids) for s in samples if s.token_ids]
+        if not seqs:
+            return np.zeros((0, 0))
+        width = max(len(s) for s in seqs)
+        pad = lm.pad_token_id
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        out = lm.model(
+            input_ids=ids.to(lm.device),
+            attention_mask=mask.to(lm.device),
+            use_cache=False,
+            output_hidden_states=True,
+        )
+        hidden = out.hidden_states[layer]
+        last = torch.tensor([len(s) - 1 for s in seqs], device=hidden.device)
+        return hidden[torch.arange(len(seqs), device=hidden.device), last].float().cpu().numpy()
 
 
 @detector("eigenscore")

@@ -9,11 +9,13 @@ teacher-forced pass.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from safescale.detection.baselines._base import ScalarScoreDetector, scored_positions
 from safescale.detection.registry import detector
-from safescale.models.internals import Internals
+
+if TYPE_CHECKING:
+    from safescale.models.internals import Internals
 
 __all__ = ["MeanTokenEntropy", "mean_token_entropy"]
 
@@ -22,6 +24,8 @@ def mean_token_entropy(
     ctx: Internals, *, include_eos: bool = True, eos_token_id: int | None = None
 ) -> float:
     """``(1/R) Σ_t H(softmax(z_t))`` in nats, over the scored positions."""
+    import torch
+
     keep = scored_positions(ctx.response_ids, include_eos=include_eos, eos_token_id=eos_token_id)
     logp = torch.log_softmax(ctx.logits[keep].double(), dim=-1)
     return float(-(logp.exp() * logp).sum(-1).mean())

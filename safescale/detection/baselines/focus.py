@@ -33,13 +33,15 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from safescale.detection.baselines._base import ScalarScoreDetector
 from safescale.detection.registry import detector
-from safescale.models.internals import Internals
+
+if TYPE_CHECKING:
+    from safescale.models.internals import Internals
 
 __all__ = [
     "FOCUS_GAMMA",
@@ -119,6 +121,8 @@ def focus_token_inputs(
         positions of response tokens ``j < t``, mean over layers and heads; zero
         elsewhere).
     """
+    import torch
+
     if ctx.attentions is None:
         raise ValueError("Focus needs the attention weights of the CTX pass")
     probs = torch.softmax(ctx.logits.double(), dim=-1)  # [R, V]

@@ -11,18 +11,23 @@ with attentions.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from safescale.detection.baselines._base import LinearProbeDetector
 from safescale.detection.registry import detector
-from safescale.models.internals import Internals
+
+if TYPE_CHECKING:
+    from safescale.models.internals import Internals
 
 __all__ = ["LookbackLens", "lookback_ratios"]
 
 
 def lookback_ratios(ctx: Internals) -> np.ndarray:
     """``[L * H]`` lookback ratios averaged over response rows (layer-major order)."""
+    import torch
+
     if ctx.attentions is None:
         raise ValueError("lookback ratios need the attention weights of the CTX pass")
     att = ctx.attentions.double()  # [L, H, R, S]

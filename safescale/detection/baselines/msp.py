@@ -14,11 +14,13 @@ Requires: the CTX teacher-forced pass (raw logits).
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from safescale.detection.baselines._base import ScalarScoreDetector, scored_positions
 from safescale.detection.registry import detector
-from safescale.models.internals import Internals
+
+if TYPE_CHECKING:
+    from safescale.models.internals import Internals
 
 __all__ = ["MSPSequence", "MSPStep", "msp_seq", "msp_step"]
 
@@ -31,6 +33,8 @@ def msp_seq(ctx: Internals, *, include_eos: bool = True, eos_token_id: int | Non
 
 def msp_step(ctx: Internals, *, include_eos: bool = True, eos_token_id: int | None = None) -> float:
     """``1 − mean_t max_v p_t(v)`` over the scored positions."""
+    import torch
+
     keep = scored_positions(ctx.response_ids, include_eos=include_eos, eos_token_id=eos_token_id)
     probs = torch.softmax(ctx.logits[keep].double(), dim=-1)
     return float(1.0 - probs.max(dim=-1).values.mean())

@@ -9,9 +9,13 @@ teacher-forced pass.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from safescale.detection.baselines._base import ScalarScoreDetector, scored_positions
 from safescale.detection.registry import detector
-from safescale.models.internals import Internals
+
+if TYPE_CHECKING:
+    from safescale.models.internals import Internals
 
 __all__ = ["Perplexity", "nll_mean"]
 

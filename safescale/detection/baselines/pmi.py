@@ -7,9 +7,13 @@ evidence makes *less* likely is riskier. Requires: CTX and NOCTX passes.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from safescale.detection.baselines._base import ScalarScoreDetector
 from safescale.detection.registry import detector
-from safescale.models.internals import Internals
+
+if TYPE_CHECKING:
+    from safescale.models.internals import Internals
 
 __all__ = ["CtxNoctxPMI", "ctx_noctx_pmi"]
 

@@ -9,11 +9,15 @@ class-balanced logistic regression on the standardized state gives P(unsafe)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from safescale.detection.baselines._base import LinearProbeDetector
 from safescale.detection.registry import detector
-from safescale.models.internals import Internals
+
+if TYPE_CHECKING:
+    from safescale.models.internals import Internals
 
 __all__ = ["HiddenStateProbe", "probe_layer", "probe_vector"]
 

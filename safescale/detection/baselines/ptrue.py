@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from safescale.agents.records import ResponseRecord
 from safescale.detection.baselines._base import ScalarScoreDetector
 from safescale.detection.registry import detector
+from safescale.rundir import ResponseRecord
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

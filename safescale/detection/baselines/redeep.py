@@ -30,14 +30,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from safescale.detection.registry import SAFE, Detector, DetectorUnavailable, detector
-from safescale.models.internals import Internals
+
+if TYPE_CHECKING:
+    from safescale.models.internals import Internals
 
 __all__ = ["ECS_TOP_FRACTION", "ReDeEP", "redeep_inputs"]
 
@@ -47,6 +48,8 @@ ECS_TOP_FRACTION = 0.1
 
 def redeep_inputs(ctx: Internals) -> dict[str, list[float]]:
     """``pks`` ``[L]`` and ``ecs`` ``[L * H]`` (layer-major) means over response rows."""
+    import torch
+
     if ctx.attentions is None or ctx.ffn_js is None or ctx.context_hidden is None:
         raise ValueError("ReDeEP needs a CTX pass with attentions and feed-forward states")
     att = ctx.attentions.float()  # [L, H, R, S]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from safescale.agents.records import SampleRecord
 from safescale.detection.baselines._base import ScalarScoreDetector
 from safescale.detection.registry import detector
+from safescale.rundir import SampleRecord
 
 __all__ = ["SelfCheckConsistency", "selfcheck_inconsistency"]
 

@@ -27,16 +27,17 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from safescale.detection.registry import SAFE, Detector, DetectorUnavailable, detector
-from safescale.models.internals import Internals
+
+if TYPE_CHECKING:
+    from safescale.models.internals import Internals
 
 __all__ = ["MAX_TOKENS", "UQHead", "uq_token_features"]
 
@@ -45,6 +46,8 @@ MAX_TOKENS = 32
 
 def uq_token_features(ctx: Internals) -> list[list[float]]:
     """``[R][2L + 2]`` per-token features (see the module docstring)."""
+    import torch
+
     if ctx.attentions is None:
         raise ValueError("UQ heads need the attention weights of the CTX pass")
     att = ctx.attentions.double()  # [L, H, R, S]

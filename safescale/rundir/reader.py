@@ -1,43 +1,38 @@
-"""The run directory: one reader (:class:`RunDir`) and one writer lock (:class:`RunLock`).
+"""The run directory's one reader: :class:`RunDir` (and :class:`RunData`, what the
+metrics read).
 
-A run directory (see DESIGN.md, "Experiments") holds ``manifest.json``,
-``config.yaml``, ``responses.jsonl``, ``steps.jsonl`` and optionally
-``attribution.jsonl``, ``metrics.json`` and ``detection/``. Every persisted object is a
-model of the contract :mod:`safescale.records` (typed, versioned, migrated on read);
-report, detect, trace, replay and the viewer all read through :class:`RunDir`.
-
-The runner appends JSONL lines atomically, but a process killed mid-write can still
-leave a partial *last* line: readers ignore such a line (and report it in
-:attr:`JsonlContents.truncated_line`). A line that does not parse anywhere else is
-corruption, and is an error naming the file and line.
-
-Only one process writes a run directory at a time: :class:`RunLock` (an ``fcntl``
-lock on ``RUN_DIR/.lock``, released by the kernel when the holder dies). Readers never
-take it.
+Every persisted object is a model of the contract :mod:`safescale.rundir.records`
+(typed, versioned, migrated on read); report, metrics, detect, trace, replay and the
+viewer all read through :class:`RunDir`. A partial last JSONL line (an interrupted
+write) is ignored; any other bad line is an error naming the file and line.
 
 Nothing here loads a model (nor imports torch).
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import errno
-import fcntl
-import json
-import os
-import socket
-import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import pandas as pd
 from pydantic import BaseModel, ValidationError
 
-from safescale.corpora.corpus import Corpus
-from safescale.records import (
+from safescale.rundir.io import JsonlContents, read_json, read_jsonl
+from safescale.rundir.layout import (
+    ATTRIBUTION_FILE,
+    CONFIG_FILE,
+    DETECTION_DIR,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    RELIANCE_FILE,
+    REPLAYS_FILE,
+    RESPONSES_FILE,
+    STEPS_FILE,
+    TRIAGE_FILE,
+    RunDirError,
+)
+from safescale.rundir.records import (
     DEFAULT_RETRIEVAL_K,
     AttributionRecord,
     MetricsReport,
@@ -51,26 +46,14 @@ from safescale.records import (
     check_slug,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from safescale.corpora.corpus import Corpus
+
 __all__ = [
-    "ATTRIBUTION_FILE",
-    "CONFIG_FILE",
-    "LOCK_FILE",
-    "MANIFEST_FILE",
-    "METRICS_FILE",
-    "RELIANCE_FILE",
-    "REPLAYS_FILE",
-    "RESPONSES_FILE",
-    "STEPS_FILE",
-    "TRIAGE_FILE",
-    "AttributionRow",
-    "JsonlContents",
     "RunData",
     "RunDir",
-    "RunDirError",
-    "RunLock",
-    "RunLockedError",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "item_corpus_map",
     "legacy_axis_values",
     "load_attribution",
@@ -79,87 +62,13 @@ __all__ = [
     "load_run_corpora",
     "load_steps",
     "load_triage",
-    "output_dir",
-    "read_jsonl",
     "read_manifest",
     "records_frame",
     "response_key",
     "with_legacy_axes",
 ]
 
-MANIFEST_FILE = "manifest.json"
-CONFIG_FILE = "config.yaml"
-RESPONSES_FILE = "responses.jsonl"
-STEPS_FILE = "steps.jsonl"
-ATTRIBUTION_FILE = "attribution.jsonl"
-REPLAYS_FILE = "replays.jsonl"
-RELIANCE_FILE = "reliance.jsonl"
-METRICS_FILE = "metrics.json"
-LOCK_FILE = ".lock"
-DETECTION_DIR = "detection"
-TRIAGE_FILE = Path(DETECTION_DIR) / "triage.json"
-
-#: Kept for older imports: an attribution row is the contract's record.
-AttributionRow = AttributionRecord
-
 RecordT = TypeVar("RecordT", bound=BaseModel)
-
-
-class RunDirError(ValueError):
-    """A run directory is missing a file or holds a corrupt record (message names it
-    as ``file[:line]: field: message``)."""
-
-
-class RunLockedError(RunDirError):
-    """Another process is writing the run directory."""
-
-
-@dataclass(frozen=True)
-class JsonlContents:
-    """Parsed lines of a JSONL file.
-
-    Attributes:
-        path: the file.
-        rows: parsed objects in file order.
-        line_numbers: 1-based line number of each row.
-        truncated_line: line number of an unparseable final line that was ignored.
-    """
-
-    path: Path
-    rows: list[dict[str, Any]]
-    line_numbers: list[int]
-    truncated_line: int | None = None
-
-
-def read_jsonl(path: str | Path) -> JsonlContents:
-    """Read a JSONL file, ignoring blank lines and a truncated final line.
-
-    Raises:
-        RunDirError: a line other than the last is not a JSON object (message:
-            ``file:line: ...``).
-    """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except (OSError, UnicodeDecodeError) as error:
-        raise RunDirError(f"{path}: cannot read: {error}") from None
-    numbered = [(i, text) for i, text in enumerate(lines, start=1) if text.strip()]
-    rows: list[dict[str, Any]] = []
-    numbers: list[int] = []
-    truncated: int | None = None
-    for position, (number, text) in enumerate(numbered):
-        try:
-            obj = json.loads(text)
-            if not isinstance(obj, dict):
-                raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-        except ValueError as error:
-            if position == len(numbered) - 1:
-                truncated = number
-                break
-            raise RunDirError(f"{path}:{number}: corrupt line: {error}") from None
-        rows.append(obj)
-        numbers.append(number)
-    return JsonlContents(path, rows, numbers, truncated)
 
 
 def _describe(error: ValidationError | ValueError) -> str:
@@ -234,15 +143,6 @@ def legacy_axis_values(config: Mapping[str, Any]) -> dict[str, Any]:
     if single:
         out["retrieval_k"] = int(k)
     return out
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise RunDirError(f"{path}:{error.lineno}: not valid JSON: {error.msg}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise RunDirError(f"{path}: cannot read: {error}") from None
 
 
 def response_key(record: ResponseRecord) -> ResponseKey:
@@ -334,7 +234,7 @@ class RunDir:
         """The validated manifest (migrated to the current schema version)."""
         self.require()
         path = self.path / MANIFEST_FILE
-        data = _read_json(path)
+        data = read_json(path)
         if not isinstance(data, dict):
             raise RunDirError(f"{path}:1: expected a JSON object")
         return _validate(RunManifest, data, str(path))
@@ -407,7 +307,7 @@ class RunDir:
         path = self.path / TRIAGE_FILE
         if not path.is_file():
             return None
-        data = _read_json(path)
+        data = read_json(path)
         if not isinstance(data, list):
             raise RunDirError(f"{path}:1: expected a JSON list of triage reports")
         return [
@@ -419,7 +319,22 @@ class RunDir:
         path = self.path / METRICS_FILE
         if not path.is_file():
             raise RunDirError(f"{path}: no such file (run `safescale report {self.path}`)")
-        return _validate(MetricsReport, _read_json(path), str(path))
+        return _validate(MetricsReport, read_json(path), str(path))
+
+    def metrics_data(self) -> dict[str, Any]:
+        """``metrics.json`` as stored (plain data, what the report and the viewer read),
+        checked against :class:`MetricsReport` first.
+
+        Raises:
+            RunDirError: absent, not JSON, not a metrics report or of a newer schema
+                version than this code reads.
+        """
+        path = self.path / METRICS_FILE
+        if not path.is_file():
+            raise RunDirError(f"{path}: no such file (run `safescale report {self.path}`)")
+        data = read_json(path)
+        _validate(MetricsReport, data, str(path))
+        return data
 
     def config_data(self) -> dict[str, Any]:
         """The resolved config (``config.yaml``) as plain data ({} when absent)."""
@@ -548,197 +463,10 @@ def load_run(run_dir: str | Path) -> RunData:
     return RunDir(run_dir).load()
 
 
-# ------------------------------------------------------------ the writer lock
-class RunLock:
-    """The exclusive writer lock of a run directory (``RUN_DIR/.lock``, ``fcntl.flock``).
-
-    The kernel releases it when the holder exits, however it exits (kill -9
-    included), so a stale lock never blocks a resume. The file records the holder's
-    pid and host for the message a second writer gets.
-
-    Args:
-        run_dir: the run directory (created if missing).
-    """
-
-    def __init__(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
-        self._fd: int | None = None
-        #: the last :meth:`acquire` created the directory.
-        self.created_dir = False
-
-    @property
-    def path(self) -> Path:
-        return self.run_dir / LOCK_FILE
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def acquire(self) -> RunLock:
-        """Take the lock at once or raise.
-
-        Raises:
-            RunLockedError: another process holds it (the message names its pid and host).
-            RunDirError: the run directory path is a file or a dangling symlink; the
-                directory cannot be written (read-only, no permission); ``.lock`` is a
-                directory or a symlink.
-        """
-        if self._fd is not None:
-            return self
-        if self.run_dir.is_symlink() and not self.run_dir.exists():
-            raise RunDirError(
-                f"{self.run_dir}: --out: is a symlink to {os.readlink(self.run_dir)}, which "
-                "does not exist; create that directory or give another --out"
-            )
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise RunDirError(f"{self.run_dir}: --out: is a file, not a directory")
-        self.created_dir = not self.run_dir.exists()
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise RunDirError(
-                f"{error.filename or self.run_dir}: cannot create the run directory: "
-                f"{error.strerror or error}"
-            ) from None
-        if self.path.is_symlink():
-            raise RunDirError(
-                f"{self.path}: is a symlink (to {os.readlink(self.path)}), not the run's lock "
-                "file; remove it"
-            )
-        if self.path.is_dir():
-            raise RunDirError(f"{self.path}: is a directory, not the run's lock file; remove it")
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as error:
-            raise RunDirError(
-                f"{self.path}: cannot take the writer lock: {error.strerror or error} (run, "
-                "detect train and replay write the run directory: copy it somewhere "
-                "writable; trace and view --serve only read it)"
-                if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
-                else f"{self.path}: cannot take the writer lock: {error.strerror or error}"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 4096).decode("utf-8", "replace").strip()
-            os.close(fd)
-            try:
-                info = json.loads(holder)
-                who = (
-                    f"pid {info.get('pid')} on host {info.get('host')} (since {info.get('since')})"
-                )
-            except ValueError:
-                who = "another process"
-            raise RunLockedError(
-                f"{self.run_dir}: locked: {who} is writing this run directory; wait for it to "
-                "finish or use another --out"
-            ) from None
-        info = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        """Release the lock (the file stays; an unlocked file means nothing)."""
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
 def records_frame(records: Iterable[BaseModel], *, exclude: Sequence[str] = ()) -> pd.DataFrame:
     """A DataFrame with one row per record (pydantic ``model_dump``; nested values kept
     as Python objects), minus the ``exclude``d columns."""
+    import pandas as pd
+
     rows = [r.model_dump(exclude=set(exclude)) for r in records]
     return pd.DataFrame(rows)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (readers see
-    the old or the new file, never a partial one; a symlink at ``path`` is replaced,
-    not followed).
-
-    Raises:
-        RunDirError: the directory cannot be written (read-only, no permission, full).
-    """
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: str | Path, data: bytes | Callable[[Path], None]) -> None:
-    """Write ``data`` (bytes, or a function that writes the file it is given) to
-    ``path`` via a temporary file in the same directory and ``os.replace``.
-
-    Raises:
-        RunDirError: the directory cannot be written (read-only, no permission, full).
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise RunDirError(
-            f"{error.filename or path.parent}: cannot write {path.name}: {error.strerror or error}"
-        ) from None
-    try:
-        if callable(data):
-            os.close(fd)
-            data(Path(tmp))
-        else:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-        os.replace(tmp, path)
-    except OSError as error:
-        Path(tmp).unlink(missing_ok=True)
-        raise RunDirError(f"{path}: cannot write: {error.strerror or error}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def output_dir(run_dir: str | Path, name: str) -> Path:
-    """``RUN_DIR/name`` as a real directory inside the run directory, for derived
-    output (``view/``, ``plots/``): created if missing; a symlink pointing inside the
-    run directory (or nowhere) is replaced by a real directory; nothing is written
-    through a symlink.
-
-    Raises:
-        RunDirError: ``name`` is a symlink to somewhere outside the run directory, or a
-            file; or the directory cannot be created.
-    """
-    check_slug(name, "output directory name")
-    run_dir = Path(run_dir)
-    path = run_dir / name
-    try:
-        if path.is_symlink():
-            target = Path(os.readlink(path))
-            resolved = (path.parent / target).resolve()
-            root = run_dir.resolve()
-            if resolved != root and root not in resolved.parents:
-                raise RunDirError(
-                    f"{path}: is a symlink to {target}, outside the run directory; safescale "
-                    f"does not write through it (remove it, or give it a real {name}/ "
-                    "directory)"
-                )
-            path.unlink()
-        elif path.exists() and not path.is_dir():
-            raise RunDirError(f"{path}: is a file, not the {name}/ directory; remove it")
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise RunDirError(
-            f"{error.filename or path}: cannot create {name}/: {error.strerror or error}"
-        ) from None
-    return path

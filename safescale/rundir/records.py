@@ -7,7 +7,7 @@ reading a finished run never loads torch.
 Each persisted model carries a ``schema_version``. A stored object of an older version
 is upgraded on validation by the model's explicit migrations (``version n -> n + 1``
 functions); an object of a newer version than this code knows is refused. The run
-directory itself is read through :class:`RunDir` (in :mod:`safescale.experiments.rundir`).
+directory itself is read through :class:`RunDir` (in :mod:`safescale.rundir.reader`).
 
 Names that become file or directory names (run, model, corpus, detector names) must be
 slugs (:data:`SLUG_PATTERN`); so must condition names (:data:`ConditionName`): the six
@@ -16,8 +16,10 @@ bundled ones or a researcher's own (see :mod:`safescale.agents.contract`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
@@ -61,7 +63,9 @@ __all__ = [
     "StepRecord",
     "TriageReportRecord",
     "check_slug",
+    "content_key",
     "context_budget_label",
+    "record_content_key",
 ]
 
 RESPONSE_SCHEMA_VERSION = 4
@@ -185,7 +189,7 @@ def _add_conflict_dose(data: dict[str, Any]) -> dict[str, Any]:
 
 #: The retrieval depth of the agents' settings when a config names none (the value a
 #: record made before the retrieval-depth axis is read with, unless the run directory's
-#: own config says otherwise; see :class:`~safescale.experiments.rundir.RunDir`).
+#: own config says otherwise; see :class:`~safescale.rundir.reader.RunDir`).
 DEFAULT_RETRIEVAL_K = 5
 
 
@@ -349,6 +353,40 @@ class ResponseRecord(_Versioned):
         """Identity in a run: (model, condition, item, samples_budget, conflict_dose,
         context_budget, retrieval_k)."""
         return _key(self)
+
+
+def content_key(
+    *, message: str, message_noctx: str, response: str, chosen: str, samples: Sequence[dict]
+) -> str:
+    """The content digest of a response from its fields (:func:`record_content_key`
+    before the record exists): what detection keys a response's features and inputs by
+    (the ``record_key`` column of ``detection/*/features.parquet``)."""
+    payload = {
+        "message": message,
+        "message_noctx": message_noctx,
+        "response": response,
+        "chosen": chosen,
+        "samples": [
+            [list(s["token_ids"]), list(s["token_logprobs"]), s["letter"]] for s in samples
+        ],
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def record_content_key(record: ResponseRecord) -> str:
+    """The content digest of a response record (what its detection features depend on
+    besides the model)."""
+    return content_key(
+        message=record.message,
+        message_noctx=record.message_noctx,
+        response=record.response,
+        chosen=record.chosen,
+        samples=[
+            {"token_ids": s.token_ids, "token_logprobs": s.token_logprobs, "letter": s.letter}
+            for s in record.samples
+        ],
+    )
 
 
 class AttributionRecord(_Versioned):
