@@ -247,10 +247,10 @@ def calibration_report(
 
         W = cluster_weights(groups_in_order, replicates, seed)
         rows = {
-            "before": _row_terms(before_p, chosen, gold, high_risk),
-            "after": _row_terms(after_p, chosen, gold, high_risk),
+            "before": row_terms(before_p, chosen, gold, high_risk),
+            "after": row_terms(after_p, chosen, gold, high_risk),
         }
-        boot = {k: _weighted_metrics(v, W, n_bins) for k, v in rows.items()}
+        boot = {k: weighted_metrics(v, W, n_bins) for k, v in rows.items()}
         points = {"before": before.model_dump(), "after": after.model_dump()}
         for phase in ("before", "after"):
             intervals[phase] = {
@@ -277,7 +277,7 @@ def calibration_report(
     )
 
 
-def _row_terms(
+def row_terms(
     probs: list[np.ndarray], chosen: np.ndarray, gold: np.ndarray, high_risk: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Per-response terms of the metrics (confidence, correct, Brier term, danger)."""
@@ -293,7 +293,7 @@ def _row_terms(
     }
 
 
-def _weighted_metrics(
+def weighted_metrics(
     terms: dict[str, np.ndarray], W: np.ndarray, n_bins: int
 ) -> dict[str, np.ndarray]:
     """The metrics under each ``[B, n]`` bootstrap weight row (binned ECE as

@@ -209,18 +209,18 @@ def test_calibration_intervals_bootstrap_evidence_groups():
     assert delta["hi"] < 0
     assert any("mean confidence after − before" in v and "lower" in v for v in rep.verdicts())
     # unweighted replicates give the point estimate: the bootstrap reproduces ECE exactly
-    from safescale.detection.calibration import _row_terms, _weighted_metrics
+    from safescale.detection.calibration import row_terms, weighted_metrics
 
     before_p = [
         np.exp(np.asarray(r.option_logits) - np.logaddexp.reduce(r.option_logits)) for r in recs
     ]
-    terms = _row_terms(
+    terms = row_terms(
         before_p,
         np.asarray(["ABC".index(r.chosen) for r in recs]),
         np.zeros(len(recs), dtype=int),
         np.asarray([r.chosen == "B" for r in recs]),
     )
-    ones = _weighted_metrics(terms, np.ones((1, len(recs))), rep.n_bins)
+    ones = weighted_metrics(terms, np.ones((1, len(recs))), rep.n_bins)
     assert ones["ece"][0] == pytest.approx(rep.before.ece)
     assert ones["brier"][0] == pytest.approx(rep.before.brier)
     none = calibration_report(recs, c, replicates=0)
