@@ -59,6 +59,7 @@ from safescale.detection.baselines.uq_heads import uq_token_features
 from safescale.detection.ecrt import ECRT_PREFIX
 from safescale.detection.ecrt_features import ecrt_features
 from safescale.detection.registry import get_detector
+from safescale.models.interface import BlackBoxModel, is_whitebox
 from safescale.models.internals import Internals
 
 if TYPE_CHECKING:
@@ -296,7 +297,7 @@ def _pass_group(
     cache: FeatureCache,
     idf: np.ndarray | None,
 ) -> dict[str, Any]:
-    if not getattr(lm, "whitebox", True):  # a served model: black-box columns only
+    if not is_whitebox(lm):  # a served model: black-box columns only
         from safescale.detection.served import served_pass_columns
 
         key = _digest({"v": FEATURE_VERSION, "model": lm.model_hash, "record": record_key(record)})
@@ -363,7 +364,7 @@ def _ptrue_group(lm: LanguageModel, record: ResponseRecord, cache: FeatureCache)
         }
     )
     hit = cache.get("ptrue", key)
-    if hit is None and not getattr(lm, "whitebox", True):
+    if hit is None and not is_whitebox(lm):
         from safescale.detection.served import served_ptrue_nll
 
         hit = {"ptrue_nll": served_ptrue_nll(lm, record)}
@@ -598,7 +599,7 @@ def extract_features(
 
     def model() -> LanguageModel:
         if not loaded:
-            loaded.append(lm() if callable(lm) and not hasattr(lm, "model_hash") else lm)
+            loaded.append(lm if isinstance(lm, BlackBoxModel) else lm())
         return loaded[0]
 
     if model_hash is None:

@@ -66,6 +66,7 @@ from safescale.experiments.rundir import (
     read_jsonl,
     with_legacy_axes,
 )
+from safescale.models.interface import is_whitebox
 from safescale.records import (
     DEFAULT_RETRIEVAL_K,
     MANIFEST_SCHEMA_VERSION,
@@ -484,7 +485,7 @@ class CellWorker:
             "hash": self.lm.model_hash,
             "context_length": self.lm.context_length,
             "layers": self.lm.n_layers,
-            "parameters": getattr(self.lm, "n_parameters", None),
+            "parameters": self.lm.n_parameters,
             "formulations": {
                 self.corpus(ref).name: self.answering(ref) for ref in self.config.corpora
             },
@@ -619,7 +620,7 @@ class CellWorker:
     def _detection_recorder(self):
         """With detection configured, the answer step records the detection inputs of
         each response from its own prompt pass (see :class:`SharedPassRecorder`)."""
-        if not self.config.detection.enabled or not getattr(self.lm, "whitebox", True):
+        if not self.config.detection.enabled or not is_whitebox(self.lm):
             return None  # a served model's detection inputs are read after the run
         from safescale.detection.extraction import (
             DETECTION_INPUTS_DIR,

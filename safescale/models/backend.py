@@ -197,6 +197,11 @@ class LanguageModel:
             every prompt from scratch. See :meth:`set_prefix_cache`.
     """
 
+    #: The weights are in this process: the white-box surface is available.
+    whitebox = True
+    #: Every answer formulation can be read from this model.
+    formulations: frozenset[str] | None = None
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -233,7 +238,7 @@ class LanguageModel:
         or turn it off with ``0``. With a cache, every prompt prefill (letters, cloze
         continuations and their neutral prompt, :meth:`open_prompt`, generation,
         :meth:`internals`, :meth:`sequence_logprob`) reads the longest stored prefix of
-        its token ids and computes only the rest (:meth:`_prefill`)."""
+        its token ids and computes only the rest (:meth:`prefill`)."""
         self.prefix_cache = PrefixCache.from_megabytes(megabytes)
 
     def _prefix_cache_active(self) -> bool:
@@ -242,7 +247,7 @@ class LanguageModel:
         return self.prefix_cache is not None and self.prefix_cache.supported
 
     @torch.inference_mode()
-    def _prefill(
+    def prefill(
         self, ids: Sequence[int], *, logits: bool = True, **forward_kwargs: Any
     ) -> tuple[torch.Tensor | None, Any]:
         """The KV cache over ``ids`` (one row) and, with ``logits``, the last position's
@@ -378,7 +383,7 @@ class LanguageModel:
 
         One forward pass per message (batched with left padding, ``batch_size`` at a
         time, sorted by length to limit padding); with a prefix cache, one message at a
-        time over its longest cached prefix (:meth:`_prefill`).
+        time over its longest cached prefix (:meth:`prefill`).
 
         Returns:
             ``float32`` array ``[len(messages), len(letters)]``.
@@ -392,7 +397,7 @@ class LanguageModel:
             # one prompt at a time over its longest cached prefix (the n cyclic
             # orderings of an item share everything up to the option list)
             for i, ids in enumerate(encoded):
-                last, _ = self._prefill(ids)
+                last, _ = self.prefill(ids)
                 out[i] = last[letter_ids.to(last.device)].float().cpu().numpy()
             return out
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
@@ -453,9 +458,9 @@ class LanguageModel:
         for row, (prompt, texts) in enumerate(zip(prompts_ids, per_message, strict=True)):
             conts = [self.continuation_ids(t) for t in texts]
             if cached:
-                self._check_continuation_room(len(prompt), conts)
-                last, cache = self._prefill(prompt)
-                scores = self._continuations_over_cache(last, cache, len(prompt), conts)
+                self.check_continuation_room(len(prompt), conts)
+                last, cache = self.prefill(prompt)
+                scores = self.continuations_over_cache(last, cache, len(prompt), conts)
             elif shared is None:
                 scores = self._continuation_logprobs(prompt, conts)
             else:
@@ -493,30 +498,30 @@ class LanguageModel:
         self, shared: tuple[list[int], object], prompt: list[int], conts: list[list[int]]
     ) -> list[float]:
         prefix, cache = shared
-        self._check_continuation_room(len(prompt), conts)
+        self.check_continuation_room(len(prompt), conts)
         out = self.model(
             input_ids=torch.tensor([prompt[len(prefix) :]], device=self.device),
             cache=copy.deepcopy(cache),
             use_cache=True,
             logits_to_keep=1,
         )
-        return self._continuations_over_cache(out.logits[0, -1], out.cache, len(prompt), conts)
+        return self.continuations_over_cache(out.logits[0, -1], out.cache, len(prompt), conts)
 
     def _continuation_logprobs(self, prompt: list[int], conts: list[list[int]]) -> list[float]:
-        self._check_continuation_room(len(prompt), conts)
+        self.check_continuation_room(len(prompt), conts)
         out = self.model(
             input_ids=torch.tensor([prompt], device=self.device), use_cache=True, logits_to_keep=1
         )
-        return self._continuations_over_cache(out.logits[0, -1], out.cache, len(prompt), conts)
+        return self.continuations_over_cache(out.logits[0, -1], out.cache, len(prompt), conts)
 
-    def _check_continuation_room(self, prompt_length: int, conts: list[list[int]]) -> None:
+    def check_continuation_room(self, prompt_length: int, conts: list[list[int]]) -> None:
         if prompt_length + max(len(c) for c in conts) > self.context_length:
             raise PromptError(
                 f"prompt + continuation exceeds the context limit of {self.name!r} "
                 f"({self.context_length} tokens)"
             )
 
-    def _continuations_over_cache(
+    def continuations_over_cache(
         self,
         last_logits: torch.Tensor,
         cache,
@@ -611,12 +616,12 @@ class LanguageModel:
             plain = self.prompt_ids(message) if answer_cue else prompt
             cache = None
             if answer_cue and len(plain) > 1 and prompt[: len(plain)] == plain:
-                cache = self._prefill(plain[:-1], logits=False)[1]
+                cache = self.prefill(plain[:-1], logits=False)[1]
             elif (n > 1 or self._prefix_cache_active()) and len(prompt) > 1:
                 # Prefill the prompt once and share its KV cache across the n samples
                 # (num_return_sequences would prefill it n times); with a prefix
                 # cache, over its longest cached prefix.
-                cache = self._prefill(prompt[:-1], logits=False)[1]
+                cache = self.prefill(prompt[:-1], logits=False)[1]
             results.append(self._sample(prompt, cache, n, seed, config, stop_ids))
         return results
 
@@ -972,7 +977,7 @@ class LanguageModel:
                 if self._prefix_cache_active():
                     self.prefix_cache.insert(prompt[:-1], cache)
             else:
-                cache = self._prefill(prompt[:-1], logits=False)[1]
+                cache = self.prefill(prompt[:-1], logits=False)[1]
         return PromptPass(
             message=message,
             prompt=prompt,
@@ -1058,8 +1063,8 @@ class LanguageModel:
         if logits is None or cue is None or len(state.fed) != len(cue) + 1:
             return None
         conts = [self.continuation_ids(t) for t in texts]
-        self._check_continuation_room(len(state.prompt) + len(cue), conts)
-        scores = self._continuations_over_cache(
+        self.check_continuation_room(len(state.prompt) + len(cue), conts)
+        scores = self.continuations_over_cache(
             logits, _cache_view(state.cache), len(state.prompt) + len(cue), conts
         )
         return ContinuationScores(
@@ -1124,7 +1129,7 @@ class LanguageModel:
             raise ValueError(f"n_scored={n_scored} must be in [1, {len(ids)}]")
         self._check_room(len(prompt) + len(ids))
         if self._prefix_cache_active() and len(prompt) > 1:
-            _, past = self._prefill(prompt[:-1], logits=False)
+            _, past = self.prefill(prompt[:-1], logits=False)
             logits = self.model(
                 input_ids=torch.tensor([[prompt[-1], *ids]], device=self.device),
                 cache=past,
