@@ -556,7 +556,7 @@ class CellWorker:
                     ids,
                     formulation=answer.formulation,
                     tie_margin=answer.tie_margin,
-                    allowed=getattr(self.lm, "formulations", None),
+                    allowed=self.lm.formulations,
                 )
             else:
                 _check_servable(self.lm, answer.formulation)
@@ -714,7 +714,7 @@ class CellWorker:
 
 def _check_servable(lm: Any, formulation: str) -> None:
     """Refuse a fixed formulation the (served) model cannot serve, in one line."""
-    allowed = getattr(lm, "formulations", None)
+    allowed = lm.formulations
     if allowed is None or formulation in allowed:
         return
     from safescale.models.served import ServedModelError

@@ -55,7 +55,6 @@ from safescale.models.backend import (
     ContinuationScores,
     Generation,
     LanguageModel,
-    PromptError,
     PromptPass,
     continuation_arrays,
 )
@@ -66,14 +65,6 @@ __all__ = ["MicroBatchedLM", "MicroBatcher", "score_continuations_batched"]
 
 
 # ---------------------------------------------------------------- batched primitives
-def _check_room(lm: LanguageModel, prompt_length: int, conts: list[list[int]]) -> None:
-    if prompt_length + max(len(c) for c in conts) > lm.context_length:
-        raise PromptError(
-            f"prompt + continuation exceeds the context limit of {lm.name!r} "
-            f"({lm.context_length} tokens)"
-        )
-
-
 def _sliding_window(lm: LanguageModel) -> int | None:
     cfg = lm.model.config.get_text_config()
     window = getattr(cfg, "sliding_window", None)
@@ -127,11 +118,11 @@ def score_continuations_batched(
     if window is not None and longest > window:
         return lm.score_continuations(messages, continuations, answer_cue=answer_cue)
     for r in rows:
-        _check_room(lm, len(prompts[r]), conts[r])
+        lm.check_continuation_room(len(prompts[r]), conts[r])
         n_tokens[r, : len(conts[r])] = [len(c) for c in conts[r]]
         n_chars[r, : len(conts[r])] = [len(t.strip()) for t in per_message[r]]
     size = max(1, batch_size or lm.batch_size)
-    if lm._prefix_cache_active():
+    if lm.prefix_cache_active():
         store = lm.prefix_cache
         assert store is not None
         alone = [r for r in rows if store.peek(prompts[r], len(prompts[r]) - 1)
@@ -199,7 +190,7 @@ def _prefill_and_continue(
         use_cache=True,
         logits_to_keep=torch.tensor(last, device=dev),
     )
-    if lm._prefix_cache_active():
+    if lm.prefix_cache_active():
         # right padding: row r's first len(prompt) positions are its unpadded prefill
         store = lm.prefix_cache
         assert store is not None
