@@ -140,7 +140,9 @@ def token_idf(lm: LanguageModel, corpora: Iterable[Corpus]) -> np.ndarray:
     one document, tokenized with the model's tokenizer), Focus's token-rarity weight."""
     texts = [p.text for corpus in corpora for p in corpus.passages]
     ids = lm.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    vocab = max(len(lm.tokenizer), int(lm.model.get_output_embeddings().weight.shape[0]))
+    vocab = len(lm.tokenizer)
+    if is_whitebox(lm):  # a served model: its tokenizer's vocabulary
+        vocab = max(vocab, int(lm.model.get_output_embeddings().weight.shape[0]))
     return corpus_idf(ids, vocab)
 
 
