@@ -213,10 +213,10 @@ def read_options(
     ``letter_cyclic`` for that item and says so in ``detail``.
     """
     letters = item.letters
-    served = getattr(lm, "formulations", None)  # what a served model's probe allows
+    served = lm.formulations  # what a served model's probe allows (None: all)
     if served is not None and formulation not in served:
         raise ValueError(
-            f"model {getattr(lm, 'name', '?')!r} cannot serve the {formulation} formulation "
+            f"model {lm.name!r} cannot serve the {formulation} formulation "
             f"(it serves {', '.join(sorted(served))})"
         )
     message = message_for(formulation, item, passages, summary)

@@ -15,26 +15,32 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from safescale.models import ContinuationScores, Generation, LanguageModel
+from safescale.models import ContinuationScores, Generation, Internals
 from safescale.models.backend import PromptPass, continuation_arrays
+from safescale.models.interface import BlackBoxModel, LensMode, is_whitebox
 
 __all__ = ["CachedLM"]
 
 
 class CachedLM:
-    """Wraps a :class:`LanguageModel`; ``score_options``, ``score_continuations``,
-    ``generate`` and ``generate_from`` are cached (continuations one row per (prompt,
-    continuation), so a neutral-prompt PMI score is computed once per option text).
+    """Wraps a model (:class:`~safescale.models.interface.BlackBoxModel` or
+    :class:`~safescale.models.interface.WhiteBoxModel`); ``score_options``,
+    ``score_continuations``, ``generate`` and ``generate_from`` are cached
+    (continuations one row per (prompt, continuation), so a neutral-prompt PMI score is
+    computed once per option text); every other method of the model interface is the
+    model's own, delegated explicitly. It offers the white-box surface exactly when the
+    wrapped model does (:func:`~safescale.models.interface.is_whitebox`).
 
     Args:
-        lm: the model.
+        lm: the model (or a :class:`~safescale.models.MicroBatchedLM` over it).
         path: SQLite file, or None for an in-memory cache (tests).
     """
 
-    def __init__(self, lm: LanguageModel, path: str | Path | None = None) -> None:
+    def __init__(self, lm: BlackBoxModel, path: str | Path | None = None) -> None:
         self.lm = lm
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path) if path else ":memory:", check_same_thread=False)
@@ -44,9 +50,88 @@ class CachedLM:
         self.hits = 0
         self.misses = 0
 
-    # pass-through attributes used by prompts and token accounting
-    def __getattr__(self, name: str):
-        return getattr(self.lm, name)
+    # ---------------------------------------------------------------- identity
+    # The model's own identity, prompt format and white-box surface, delegated
+    # explicitly (see :mod:`safescale.models.interface`).
+    @property
+    def name(self) -> str:
+        return self.lm.name
+
+    @property
+    def model_hash(self) -> str:
+        return self.lm.model_hash
+
+    @property
+    def whitebox(self) -> bool:
+        """Whether the wrapped model is white-box (:func:`is_whitebox`)."""
+        return is_whitebox(self.lm)
+
+    @property
+    def n_layers(self) -> int | None:
+        return self.lm.n_layers
+
+    @property
+    def n_parameters(self) -> int | None:
+        return self.lm.n_parameters
+
+    @property
+    def context_length(self) -> int:
+        return self.lm.context_length
+
+    @property
+    def prompt_format_id(self) -> str:
+        return self.lm.prompt_format_id
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.lm.tokenizer
+
+    @property
+    def use_chat_template(self) -> bool:
+        return self.lm.use_chat_template
+
+    @property
+    def batch_size(self) -> int:
+        return self.lm.batch_size
+
+    @property
+    def formulations(self) -> frozenset[str] | None:
+        return self.lm.formulations
+
+    @property
+    def CUED_SAMPLING_LAYOUT(self) -> int | str:
+        return self.lm.CUED_SAMPLING_LAYOUT
+
+    @property
+    def model(self) -> Any:
+        return self.lm.model
+
+    @property
+    def device(self) -> Any:
+        return self.lm.device
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.lm.pad_token_id
+
+    # ---------------------------------------------------------------- prompting
+    def prompt_text(self, message: str, *, answer_cue: bool = False) -> str:
+        return self.lm.prompt_text(message, answer_cue=answer_cue)
+
+    def prompt_ids(self, message: str, *, answer_cue: bool = False) -> list[int]:
+        return self.lm.prompt_ids(message, answer_cue=answer_cue)
+
+    def count_tokens(self, text: str) -> int:
+        return self.lm.count_tokens(text)
+
+    def letter_token_ids(self, letters: Sequence[str]) -> list[int]:
+        return self.lm.letter_token_ids(letters)
+
+    def continuation_ids(self, text: str) -> list[int]:
+        return self.lm.continuation_ids(text)
+
+    def cue_ids(self, message: str) -> list[int] | None:
+        return self.lm.cue_ids(message)
 
     def _key(self, kind: str, payload: object) -> str:
         blob = json.dumps(
@@ -207,6 +292,83 @@ class CachedLM:
         )
         self._put(key, _generation_values(gens))
         return gens
+
+    # ---------------------------------------------------------------- white box
+    # Not cached: their values are tensors and pass states (detection caches what
+    # it reads from them).
+    def sequence_logprob(self, message: str, ids: Sequence[int], n_scored: int) -> float:
+        return self.lm.sequence_logprob(message, ids, n_scored)
+
+    def internals(
+        self,
+        message: str,
+        response: str | Sequence[int],
+        *,
+        attentions: bool = False,
+        lens: LensMode = "full",
+        topk: int = 20,
+        ffn: bool = False,
+    ) -> Internals:
+        return self.lm.internals(
+            message, response, attentions=attentions, lens=lens, topk=topk, ffn=ffn
+        )
+
+    def open_prompt(
+        self, message: str, *, attentions: bool = False, ffn: bool = False
+    ) -> PromptPass:
+        return self.lm.open_prompt(message, attentions=attentions, ffn=ffn)
+
+    def feed(self, state: PromptPass, ids: Sequence[int]) -> None:
+        self.lm.feed(state, ids)
+
+    def answer_logits(self, state: PromptPass) -> Any:
+        return self.lm.answer_logits(state)
+
+    def score_options_from(self, state: PromptPass, letters: Sequence[str]) -> np.ndarray | None:
+        return self.lm.score_options_from(state, letters)
+
+    def score_continuations_from(
+        self, state: PromptPass, texts: Sequence[str]
+    ) -> ContinuationScores | None:
+        return self.lm.score_continuations_from(state, texts)
+
+    def internals_from(
+        self,
+        state: PromptPass,
+        response: str | Sequence[int],
+        *,
+        lens: LensMode = "none",
+        topk: int = 20,
+    ) -> Internals:
+        return self.lm.internals_from(state, response, lens=lens, topk=topk)
+
+    def sequence_logprob_from(self, state: PromptPass, ids: Sequence[int], n_scored: int) -> float:
+        return self.lm.sequence_logprob_from(state, ids, n_scored)
+
+    def last_hidden_from(
+        self, state: PromptPass, sequences: Sequence[Sequence[int]], layer: int
+    ) -> np.ndarray:
+        return self.lm.last_hidden_from(state, sequences, layer)
+
+    def prefill(
+        self, ids: Sequence[int], *, logits: bool = True, **forward_kwargs: Any
+    ) -> tuple[Any, Any]:
+        return self.lm.prefill(ids, logits=logits, **forward_kwargs)
+
+    def continuations_over_cache(
+        self,
+        last_logits: Any,
+        cache: Any,
+        prompt_length: int,
+        conts: list[list[int]],
+        **forward_kwargs: Any,
+    ) -> list[float]:
+        return self.lm.continuations_over_cache(
+            last_logits, cache, prompt_length, conts, **forward_kwargs
+        )
+
+    def check_continuation_room(self, prompt_length: int, conts: list[list[int]]) -> None:
+        self.lm.check_continuation_room(prompt_length, conts)
 
     def _generate_settings(
         self, max_new_tokens: int, n: int, temperature: float, seed: int, answer_cue: bool

@@ -12,7 +12,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,8 @@ from safescale.agents.context import AgentContext, Critic, Critique
 from safescale.agents.lmcache import CachedLM
 from safescale.agents.state import AgentState, EvidenceRef
 from safescale.corpora import Item, Passage, Status
-from safescale.models import ANSWER_CUE, NEUTRAL_MESSAGE, LanguageModel, PromptPass
+from safescale.models import ANSWER_CUE, NEUTRAL_MESSAGE, Generation, LanguageModel, PromptPass
+from safescale.models.interface import BlackBoxModel, WhiteBoxModel
 from safescale.rundir import RetrievedRef
 
 __all__ = [
@@ -832,15 +833,95 @@ def _raw_lm(ctx: AgentContext) -> LanguageModel:
 
 
 class _SharedPrompt:
-    """The answer's (cached) LM, except that the answer prompt's letters and
-    continuations are read from one shared prompt pass (see
-    :meth:`LanguageModel.open_prompt`); any other call goes to the LM as usual."""
+    """The answer's (cached) LM as a :class:`~safescale.models.interface.BlackBoxModel`,
+    except that the answer prompt's letters and continuations are read from one shared
+    prompt pass (see :meth:`LanguageModel.open_prompt`); every other call goes to the
+    LM as usual (delegated explicitly)."""
 
-    def __init__(self, lm: LanguageModel | CachedLM, raw: LanguageModel, state: PromptPass):
+    def __init__(self, lm: BlackBoxModel, raw: WhiteBoxModel, state: PromptPass):
         self._lm, self._raw, self._state = lm, raw, state
 
-    def __getattr__(self, name: str):
-        return getattr(self._lm, name)
+    @property
+    def name(self) -> str:
+        return self._lm.name
+
+    @property
+    def model_hash(self) -> str:
+        return self._lm.model_hash
+
+    @property
+    def whitebox(self) -> bool:
+        return self._lm.whitebox
+
+    @property
+    def n_layers(self) -> int | None:
+        return self._lm.n_layers
+
+    @property
+    def n_parameters(self) -> int | None:
+        return self._lm.n_parameters
+
+    @property
+    def context_length(self) -> int:
+        return self._lm.context_length
+
+    @property
+    def prompt_format_id(self) -> str:
+        return self._lm.prompt_format_id
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._lm.tokenizer
+
+    @property
+    def use_chat_template(self) -> bool:
+        return self._lm.use_chat_template
+
+    @property
+    def batch_size(self) -> int:
+        return self._lm.batch_size
+
+    @property
+    def formulations(self) -> frozenset[str] | None:
+        return self._lm.formulations
+
+    @property
+    def CUED_SAMPLING_LAYOUT(self) -> int | str:
+        return self._lm.CUED_SAMPLING_LAYOUT
+
+    def prompt_text(self, message: str, *, answer_cue: bool = False) -> str:
+        return self._lm.prompt_text(message, answer_cue=answer_cue)
+
+    def prompt_ids(self, message: str, *, answer_cue: bool = False) -> list[int]:
+        return self._lm.prompt_ids(message, answer_cue=answer_cue)
+
+    def count_tokens(self, text: str) -> int:
+        return self._lm.count_tokens(text)
+
+    def letter_token_ids(self, letters: Sequence[str]) -> list[int]:
+        return self._lm.letter_token_ids(letters)
+
+    def continuation_ids(self, text: str) -> list[int]:
+        return self._lm.continuation_ids(text)
+
+    def generate(
+        self,
+        messages: Sequence[str],
+        *,
+        max_new_tokens: int = 64,
+        n: int = 1,
+        temperature: float = 0.0,
+        seed: int = 0,
+        answer_cue: bool = False,
+    ) -> list[list[Generation]]:
+        return self._lm.generate(
+            messages,
+            max_new_tokens=max_new_tokens,
+            n=n,
+            temperature=temperature,
+            seed=seed,
+            answer_cue=answer_cue,
+        )
 
     def score_options(self, messages, letters):
         if list(messages) == [self._state.message]:

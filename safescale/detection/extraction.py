@@ -56,6 +56,7 @@ from safescale.detection.baselines.uq_heads import uq_token_features
 from safescale.detection.ecrt import ECRT_PREFIX
 from safescale.detection.ecrt_features import ecrt_features
 from safescale.detection.registry import get_detector
+from safescale.models.interface import BlackBoxModel, is_whitebox
 from safescale.models.internals import Internals
 from safescale.rundir import ResponseRecord, atomic_write_text
 from safescale.rundir import content_key as response_key
@@ -140,9 +141,8 @@ def token_idf(lm: LanguageModel, corpora: Iterable[Corpus]) -> np.ndarray:
     texts = [p.text for corpus in corpora for p in corpus.passages]
     ids = lm.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     vocab = len(lm.tokenizer)
-    weights = getattr(lm, "model", None)  # a served model: its tokenizer's vocabulary
-    if weights is not None:
-        vocab = max(vocab, int(weights.get_output_embeddings().weight.shape[0]))
+    if is_whitebox(lm):  # a served model: its tokenizer's vocabulary
+        vocab = max(vocab, int(lm.model.get_output_embeddings().weight.shape[0]))
     return corpus_idf(ids, vocab)
 
 
@@ -265,7 +265,7 @@ def _pass_group(
     cache: FeatureCache,
     idf: np.ndarray | None,
 ) -> dict[str, Any]:
-    if not getattr(lm, "whitebox", True):  # a served model: black-box columns only
+    if not is_whitebox(lm):  # a served model: black-box columns only
         from safescale.detection.served import served_pass_columns
 
         key = _digest({"v": FEATURE_VERSION, "model": lm.model_hash, "record": record_key(record)})
@@ -332,7 +332,7 @@ def _ptrue_group(lm: LanguageModel, record: ResponseRecord, cache: FeatureCache)
         }
     )
     hit = cache.get("ptrue", key)
-    if hit is None and not getattr(lm, "whitebox", True):
+    if hit is None and not is_whitebox(lm):
         from safescale.detection.served import served_ptrue_nll
 
         hit = {"ptrue_nll": served_ptrue_nll(lm, record)}
@@ -564,7 +564,7 @@ def extract_features(
 
     def model() -> LanguageModel:
         if not loaded:
-            loaded.append(lm() if callable(lm) and not hasattr(lm, "model_hash") else lm)
+            loaded.append(lm if isinstance(lm, BlackBoxModel) else lm())
         return loaded[0]
 
     if model_hash is None:

@@ -363,7 +363,7 @@ def _cloze_over_cache(
 ) -> np.ndarray:
     """Summed continuation log-probs over a prompt's cache (consumed), every
     continuation query under ``block`` (the model's own continuation scoring)."""
-    totals = lm._continuations_over_cache(
+    totals = lm.continuations_over_cache(
         last_logits, cache, prompt_length, conts, **{_KWARG: block}
     )
     return np.asarray(totals, dtype=np.float64)
@@ -416,7 +416,7 @@ def masked_rereads(
         if option_texts is None or len(option_texts) != len(letters):
             raise ValueError("cloze formulations need one option text per letter")
         conts = [lm.continuation_ids(t) for t in option_texts]
-        lm._check_continuation_room(P, conts)
+        lm.check_continuation_room(P, conts)
     letter_ids = None if cloze else torch.tensor(lm.letter_token_ids(letters))
 
     def read(last_logits: torch.Tensor, cache: Any, block: SpanBlock | None) -> np.ndarray:
@@ -436,7 +436,7 @@ def masked_rereads(
     device = lm.device
     with _span_attention(lm.model):
         # the unmasked prefill (over the model's prefix cache when it has one)
-        last_logits, prompt_cache = lm._prefill(ids, **{_KWARG: None})
+        last_logits, prompt_cache = lm.prefill(ids, **{_KWARG: None})
         baseline = read(last_logits, copy.deepcopy(prompt_cache), None)
         masked: list[np.ndarray | None] = []
         for span in spans:

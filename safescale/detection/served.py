@@ -92,7 +92,7 @@ def served_pass_columns(lm: Any, record: Any) -> dict[str, Any]:
     noctx = lm.token_scores(lm.prompt_text(record.message_noctx), record.response)
     lp = np.asarray(ctx.logprobs, dtype=np.float64)
     lp0 = np.asarray(noctx.logprobs, dtype=np.float64)
-    vocab = len(lm.tokenizer) if getattr(lm, "tokenizer", None) is not None else None
+    vocab = len(lm.tokenizer) if lm.tokenizer is not None else None
     top1 = [max([*row.values(), value]) for row, value in zip(ctx.top, lp, strict=True)]
     # token spans can differ (a merged boundary token): then per-token means
     pmi = float((lp - lp0).mean()) if len(lp) == len(lp0) else float(lp.mean() - lp0.mean())

@@ -52,6 +52,7 @@ from safescale.agents import (
 from safescale.corpora import Corpus, Item, load_corpus
 from safescale.experiments.calibration import calibrate, calibration_item_ids, needs_calibration
 from safescale.experiments.config import ExperimentConfig, ModelConfig
+from safescale.models.interface import is_whitebox
 from safescale.rundir import (
     ATTRIBUTION_FILE,
     CONFIG_FILE,
@@ -428,7 +429,7 @@ class CellWorker:
             "hash": self.lm.model_hash,
             "context_length": self.lm.context_length,
             "layers": self.lm.n_layers,
-            "parameters": getattr(self.lm, "n_parameters", None),
+            "parameters": self.lm.n_parameters,
             "formulations": {
                 self.corpus(ref).name: self.answering(ref) for ref in self.config.corpora
             },
@@ -499,7 +500,7 @@ class CellWorker:
                     ids,
                     formulation=answer.formulation,
                     tie_margin=answer.tie_margin,
-                    allowed=getattr(self.lm, "formulations", None),
+                    allowed=self.lm.formulations,
                 )
             else:
                 _check_servable(self.lm, answer.formulation)
@@ -563,7 +564,7 @@ class CellWorker:
     def _detection_recorder(self):
         """With detection configured, the answer step records the detection inputs of
         each response from its own prompt pass (see :class:`SharedPassRecorder`)."""
-        if not self.config.detection.enabled or not getattr(self.lm, "whitebox", True):
+        if not self.config.detection.enabled or not is_whitebox(self.lm):
             return None  # a served model's detection inputs are read after the run
         from safescale.detection.extraction import (
             DETECTION_INPUTS_DIR,
@@ -657,7 +658,7 @@ class CellWorker:
 
 def _check_servable(lm: Any, formulation: str) -> None:
     """Refuse a fixed formulation the (served) model cannot serve, in one line."""
-    allowed = getattr(lm, "formulations", None)
+    allowed = lm.formulations
     if allowed is None or formulation in allowed:
         return
     from safescale.models.served import ServedModelError

@@ -1,5 +1,7 @@
 """The language-model backend: loading (registered names, HF ids, local dirs, GGUF),
-option scoring, generation and teacher-forced internals; plus the sentence embedder."""
+option scoring, generation and teacher-forced internals; the model interface every
+model implements (:mod:`safescale.models.interface`, ``docs/models.md``); plus the
+sentence embedder."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from safescale.models.backend import (
 )
 from safescale.models.cache import cache_root
 from safescale.models.embedder import Embedder, load_embedder
+from safescale.models.interface import BlackBoxModel, WhiteBoxModel, is_whitebox
 from safescale.models.internals import Internals
 from safescale.models.loading import load_model, model_cache_status, warm_model
 from safescale.models.microbatch import MicroBatchedLM, MicroBatcher, score_continuations_batched
@@ -29,6 +32,7 @@ __all__ = [
     "ANSWER_CUE",
     "DEFAULT_MODEL",
     "NEUTRAL_MESSAGE",
+    "BlackBoxModel",
     "ContinuationScores",
     "Embedder",
     "Generation",
@@ -41,7 +45,9 @@ __all__ = [
     "PromptPass",
     "RegisteredModel",
     "UnknownModelError",
+    "WhiteBoxModel",
     "cache_root",
+    "is_whitebox",
     "load_embedder",
     "load_model",
     "model_cache_status",

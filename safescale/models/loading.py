@@ -105,7 +105,7 @@ def load_model(
             name, chat = path.stem, use_chat_template
         elif path.is_dir():
             directory, name, chat = path, path.name, use_chat_template
-            model_hash = _directory_hash(path)
+            model_hash = directory_hash(path)
         elif _looks_like_hub_id(spec):
             directory, name, chat = None, spec, use_chat_template
             model_hash = f"hub:{spec}"
@@ -132,7 +132,7 @@ def resolve_model_dir(entry: RegisteredModel, *, progress: bool = False) -> tupl
         ``(directory, gguf_sha256)``.
     """
     parts = gguf_parts(entry)
-    sha = entry.source.sha256 or _cached_sha(parts)
+    sha = entry.source.sha256 or cached_sha(parts)
     directory = cached_model_dir(Path(entry.source.filename).stem, sha)
     if not is_valid_cache(directory, sha):
         convert_gguf(parts, entry.source.filename, sha, directory, progress=progress)
@@ -155,7 +155,7 @@ def model_cache_status(entry: RegisteredModel) -> dict[str, object]:
         parts = gguf_parts(entry)
     except MissingModelPackageError:
         return {"installed": False, "cached": False, "cache_dir": None}
-    sha = entry.source.sha256 or _cached_sha(parts)
+    sha = entry.source.sha256 or cached_sha(parts)
     directory = cached_model_dir(Path(entry.source.filename).stem, sha)
     return {"installed": True, "cached": is_valid_cache(directory, sha), "cache_dir": directory}
 
@@ -225,7 +225,7 @@ def _build(
     )
 
 
-def _cached_sha(parts: list[Path]) -> str:
+def cached_sha(parts: list[Path]) -> str:
     """sha256 of the (concatenated) parts, memoized by path, size and mtime."""
     memo_path = cache_root() / "sha256-memo.json"
     key = "|".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in parts)
@@ -244,7 +244,7 @@ def _cached_sha(parts: list[Path]) -> str:
     return sha
 
 
-def _directory_hash(path: Path) -> str:
+def directory_hash(path: Path) -> str:
     files = sorted(
         p
         for p in path.iterdir()
@@ -252,7 +252,7 @@ def _directory_hash(path: Path) -> str:
     )
     if not files:
         raise UnknownModelError(f"{path} holds no model weights (config.json + *.safetensors)")
-    return _cached_sha(files)
+    return cached_sha(files)
 
 
 _looks_like_hub_id = looks_like_hub_id

@@ -53,23 +53,18 @@ import torch
 
 from safescale.models.backend import (
     ContinuationScores,
+    Generation,
     LanguageModel,
-    PromptError,
+    PromptPass,
     continuation_arrays,
 )
+from safescale.models.interface import BlackBoxModel, LensMode, is_whitebox
+from safescale.models.internals import Internals
 
 __all__ = ["MicroBatchedLM", "MicroBatcher", "score_continuations_batched"]
 
 
 # ---------------------------------------------------------------- batched primitives
-def _check_room(lm: LanguageModel, prompt_length: int, conts: list[list[int]]) -> None:
-    if prompt_length + max(len(c) for c in conts) > lm.context_length:
-        raise PromptError(
-            f"prompt + continuation exceeds the context limit of {lm.name!r} "
-            f"({lm.context_length} tokens)"
-        )
-
-
 def _sliding_window(lm: LanguageModel) -> int | None:
     cfg = lm.model.config.get_text_config()
     window = getattr(cfg, "sliding_window", None)
@@ -123,11 +118,11 @@ def score_continuations_batched(
     if window is not None and longest > window:
         return lm.score_continuations(messages, continuations, answer_cue=answer_cue)
     for r in rows:
-        _check_room(lm, len(prompts[r]), conts[r])
+        lm.check_continuation_room(len(prompts[r]), conts[r])
         n_tokens[r, : len(conts[r])] = [len(c) for c in conts[r]]
         n_chars[r, : len(conts[r])] = [len(t.strip()) for t in per_message[r]]
     size = max(1, batch_size or lm.batch_size)
-    if lm._prefix_cache_active():
+    if lm.prefix_cache_active():
         store = lm.prefix_cache
         assert store is not None
         alone = [r for r in rows if store.peek(prompts[r], len(prompts[r]) - 1)
@@ -139,7 +134,7 @@ def score_continuations_batched(
             logprob[r, : len(one)] = one
         rows = [r for r in rows if r not in set(alone)]
     rows.sort(key=lambda r: (len(prompts[r]), messages[r]))
-    for chunk in _length_chunks([len(prompts[r]) for r in rows], size):
+    for chunk in length_chunks([len(prompts[r]) for r in rows], size):
         chunk = [rows[i] for i in chunk]
         scores = _prefill_and_continue(lm, [prompts[r] for r in chunk], [conts[r] for r in chunk])
         for r, row_scores in zip(chunk, scores, strict=True):
@@ -158,7 +153,7 @@ PAD_SLACK = 1.25
 PAD_TOKENS = 16
 
 
-def _length_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
+def length_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
     """Positions of ascending ``lengths`` cut into runs of at most ``size`` whose longest
     is within ``PAD_SLACK`` x (+ ``PAD_TOKENS``) of their shortest."""
     chunks: list[list[int]] = []
@@ -195,7 +190,7 @@ def _prefill_and_continue(
         use_cache=True,
         logits_to_keep=torch.tensor(last, device=dev),
     )
-    if lm._prefix_cache_active():
+    if lm.prefix_cache_active():
         # right padding: row r's first len(prompt) positions are its unpadded prefill
         store = lm.prefix_cache
         assert store is not None
@@ -491,30 +486,235 @@ class OnServingThread:
 
 
 class MicroBatchedLM:
-    """A :class:`LanguageModel` whose ``score_continuations`` and ``score_options``
-    calls from item threads go through a :class:`MicroBatcher`; every other attribute
-    (and any call from a thread that is not an item thread) is the model's own.
+    """A model whose ``score_continuations`` and ``score_options`` calls from item
+    threads go through a :class:`MicroBatcher`; every other method of the model
+    interface (:mod:`safescale.models.interface`) is the model's own, delegated
+    explicitly, and runs on the batcher's model thread when an item thread calls it
+    (any call from a thread that is not an item thread runs where it is made).
+    It offers the white-box surface exactly when the wrapped model does.
 
     Wrap it in :class:`~safescale.agents.CachedLM` like the model itself.
     """
 
-    def __init__(self, lm: LanguageModel, batcher: MicroBatcher) -> None:
+    def __init__(self, lm: BlackBoxModel, batcher: MicroBatcher) -> None:
         self.lm = lm
         self.batcher = batcher
 
-    def __getattr__(self, name: str):
-        value = getattr(self.lm, name)
-        if inspect.ismethod(value) and value.__self__ is self.lm:
-            # the model's own methods run on the batcher's model thread for item threads
-            @functools.wraps(value)
-            def on_lm_thread(*args: Any, **kwargs: Any) -> Any:
-                if not self.batcher.registered():
-                    return value(*args, **kwargs)
-                return self.batcher.on_lm_thread(value, *args, **kwargs)
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, on the batcher's model thread for item threads."""
+        if not self.batcher.registered():
+            return fn(*args, **kwargs)
+        return self.batcher.on_lm_thread(fn, *args, **kwargs)
 
-            return on_lm_thread
-        return value
+    # -------------------------------------------------------------- identity
+    @property
+    def name(self) -> str:
+        return self.lm.name
 
+    @property
+    def model_hash(self) -> str:
+        return self.lm.model_hash
+
+    @property
+    def whitebox(self) -> bool:
+        """Whether the wrapped model is white-box (:func:`is_whitebox`)."""
+        return is_whitebox(self.lm)
+
+    @property
+    def n_layers(self) -> int | None:
+        return self.lm.n_layers
+
+    @property
+    def n_parameters(self) -> int | None:
+        return self.lm.n_parameters
+
+    @property
+    def context_length(self) -> int:
+        return self.lm.context_length
+
+    @property
+    def prompt_format_id(self) -> str:
+        return self.lm.prompt_format_id
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.lm.tokenizer
+
+    @property
+    def use_chat_template(self) -> bool:
+        return self.lm.use_chat_template
+
+    @property
+    def batch_size(self) -> int:
+        return self.lm.batch_size
+
+    @property
+    def formulations(self) -> frozenset[str] | None:
+        return self.lm.formulations
+
+    @property
+    def CUED_SAMPLING_LAYOUT(self) -> int | str:
+        return self.lm.CUED_SAMPLING_LAYOUT
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.lm.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.device
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.lm.pad_token_id
+
+    # -------------------------------------------------------------- prompting
+    def prompt_text(self, message: str, *, answer_cue: bool = False) -> str:
+        return self._call(self.lm.prompt_text, message, answer_cue=answer_cue)
+
+    def prompt_ids(self, message: str, *, answer_cue: bool = False) -> list[int]:
+        return self._call(self.lm.prompt_ids, message, answer_cue=answer_cue)
+
+    def count_tokens(self, text: str) -> int:
+        return self._call(self.lm.count_tokens, text)
+
+    def letter_token_ids(self, letters: Sequence[str]) -> list[int]:
+        return self._call(self.lm.letter_token_ids, letters)
+
+    def continuation_ids(self, text: str) -> list[int]:
+        return self._call(self.lm.continuation_ids, text)
+
+    def cue_ids(self, message: str) -> list[int] | None:
+        return self._call(self.lm.cue_ids, message)
+
+    # -------------------------------------------------------------- generation
+    def generate(
+        self,
+        messages: Sequence[str],
+        *,
+        max_new_tokens: int = 64,
+        n: int = 1,
+        temperature: float = 0.0,
+        seed: int = 0,
+        answer_cue: bool = False,
+    ) -> list[list[Generation]]:
+        """:meth:`LanguageModel.generate` (not merged: per request, in the caller's
+        turn, on the model thread)."""
+        return self._call(
+            self.lm.generate,
+            messages,
+            max_new_tokens=max_new_tokens,
+            n=n,
+            temperature=temperature,
+            seed=seed,
+            answer_cue=answer_cue,
+        )
+
+    # -------------------------------------------------------------- white box
+    def sequence_logprob(self, message: str, ids: Sequence[int], n_scored: int) -> float:
+        return self._call(self.lm.sequence_logprob, message, ids, n_scored)
+
+    def internals(
+        self,
+        message: str,
+        response: str | Sequence[int],
+        *,
+        attentions: bool = False,
+        lens: LensMode = "full",
+        topk: int = 20,
+        ffn: bool = False,
+    ) -> Internals:
+        return self._call(
+            self.lm.internals,
+            message,
+            response,
+            attentions=attentions,
+            lens=lens,
+            topk=topk,
+            ffn=ffn,
+        )
+
+    def open_prompt(
+        self, message: str, *, attentions: bool = False, ffn: bool = False
+    ) -> PromptPass:
+        return self._call(self.lm.open_prompt, message, attentions=attentions, ffn=ffn)
+
+    def feed(self, state: PromptPass, ids: Sequence[int]) -> None:
+        self._call(self.lm.feed, state, ids)
+
+    def answer_logits(self, state: PromptPass) -> torch.Tensor | None:
+        return self._call(self.lm.answer_logits, state)
+
+    def score_options_from(self, state: PromptPass, letters: Sequence[str]) -> np.ndarray | None:
+        return self._call(self.lm.score_options_from, state, letters)
+
+    def score_continuations_from(
+        self, state: PromptPass, texts: Sequence[str]
+    ) -> ContinuationScores | None:
+        return self._call(self.lm.score_continuations_from, state, texts)
+
+    def internals_from(
+        self,
+        state: PromptPass,
+        response: str | Sequence[int],
+        *,
+        lens: LensMode = "none",
+        topk: int = 20,
+    ) -> Internals:
+        return self._call(self.lm.internals_from, state, response, lens=lens, topk=topk)
+
+    def sequence_logprob_from(self, state: PromptPass, ids: Sequence[int], n_scored: int) -> float:
+        return self._call(self.lm.sequence_logprob_from, state, ids, n_scored)
+
+    def last_hidden_from(
+        self, state: PromptPass, sequences: Sequence[Sequence[int]], layer: int
+    ) -> np.ndarray:
+        return self._call(self.lm.last_hidden_from, state, sequences, layer)
+
+    def generate_from(
+        self,
+        state: PromptPass,
+        *,
+        n: int = 1,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> list[Generation]:
+        return self._call(
+            self.lm.generate_from,
+            state,
+            n=n,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+        )
+
+    def prefill(
+        self, ids: Sequence[int], *, logits: bool = True, **forward_kwargs: Any
+    ) -> tuple[torch.Tensor | None, Any]:
+        return self._call(self.lm.prefill, ids, logits=logits, **forward_kwargs)
+
+    def continuations_over_cache(
+        self,
+        last_logits: torch.Tensor,
+        cache: Any,
+        prompt_length: int,
+        conts: list[list[int]],
+        **forward_kwargs: Any,
+    ) -> list[float]:
+        return self._call(
+            self.lm.continuations_over_cache,
+            last_logits,
+            cache,
+            prompt_length,
+            conts,
+            **forward_kwargs,
+        )
+
+    def check_continuation_room(self, prompt_length: int, conts: list[list[int]]) -> None:
+        self._call(self.lm.check_continuation_room, prompt_length, conts)
+
+    # -------------------------------------------------------------- merged calls
     def score_continuations(
         self,
         messages: Sequence[str],

@@ -29,7 +29,7 @@ computing them: only its own suffix is prefilled.
   over it never writes into the store, and a stored segment is a copy, never a view of
   a caller's cache.
 
-The backend hook is :meth:`safescale.models.LanguageModel._prefill`; every entry point
+The backend hook is :meth:`safescale.models.LanguageModel.prefill`; every entry point
 that prefills a prompt goes through it when the model has a prefix cache.
 """
 

@@ -268,12 +268,12 @@ def _corpus_items():
 
 
 def test_prompts_of_very_different_lengths_are_not_padded_into_one_prefill():
-    from safescale.models.microbatch import _length_chunks
+    from safescale.models.microbatch import length_chunks
 
     # the neutral PMI prompt (a few tokens) never shares a prefill with a 500-token prompt
-    assert _length_chunks([4, 5, 480, 500, 520, 900], 8) == [[0, 1], [2, 3, 4], [5]]
-    assert _length_chunks([100] * 5, 2) == [[0, 1], [2, 3], [4]]  # and batch_size holds
-    assert _length_chunks([], 4) == []
+    assert length_chunks([4, 5, 480, 500, 520, 900], 8) == [[0, 1], [2, 3, 4], [5]]
+    assert length_chunks([100] * 5, 2) == [[0, 1], [2, 3], [4]]  # and batch_size holds
+    assert length_chunks([], 4) == []
 
 
 def test_item_threads_model_calls_run_on_the_serving_thread():

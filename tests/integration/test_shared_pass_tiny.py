@@ -28,7 +28,7 @@ from safescale.detection.extraction import (
     token_idf,
 )
 from safescale.experiments.config import parse_config
-from safescale.models.backend import _cache_prefix
+from safescale.models.passes import cache_prefix
 from safescale.models.tiny import save_tiny_model
 from safescale.rundir import SampleRecord, load_responses
 
@@ -93,7 +93,7 @@ def test_sample_hidden_states_from_the_prompt_cache(tiny_lm):
     ]
     layer = tiny_lm.n_layers // 2
     # the pass stops after decoder layer `layer - 1` (the layers above are not run)
-    assert tiny_lm._decoder_layers() is not None and 1 <= layer < tiny_lm.n_layers
+    assert tiny_lm.decoder_layers() is not None and 1 <= layer < tiny_lm.n_layers
     shared = tiny_lm.last_hidden_from(
         tiny_lm.open_prompt(MESSAGE), [s.token_ids for s in samples], layer
     )
@@ -110,7 +110,7 @@ def test_samples_from_the_answer_pass_are_the_generated_samples(tiny_lm, attenti
     assert tiny_lm.answer_logits(state) is not None  # the answer is read first
     cached = state.cache.get_seq_length()
     # decoded from a view of the prompt part of the answer's cache (no fallback prefill)
-    assert _cache_prefix(state.cache, len(state.prompt) - 1) is not None
+    assert cache_prefix(state.cache, len(state.prompt) - 1) is not None
     shared = tiny_lm.generate_from(state, **settings)
     plain = tiny_lm.generate([MESSAGE], answer_cue=True, **settings)[0]
     assert len(shared) == n
@@ -350,7 +350,7 @@ def test_attention_rows_equal_one_whole_eager_pass(tiny_lm):
     record = tiny_lm.internals(MESSAGE, RESPONSE, attentions=True, lens="off")
     ids = record.input_ids[None]
     P, R = record.prompt_length, record.response_ids.numel()
-    with torch.inference_mode(), tiny_lm._attention_mode("eager"):
+    with torch.inference_mode(), tiny_lm.attention_mode("eager"):
         out = tiny_lm.model(input_ids=ids, output_attentions=True, output_hidden_states=True)
     rows = torch.stack([a[0][:, P - 1 : P + R - 1, :] for a in out.attentions])
     assert record.attentions.shape == rows.shape
@@ -370,7 +370,7 @@ def test_kl_lens_mode_gives_the_same_kl_without_the_entropy(tiny_lm):
     assert kl.lens_entropy is None and full.lens_entropy is not None
     # the batched lens equals the per-layer definition log_softmax(head(norm(h_l)))
     ref = tiny_lm.internals(MESSAGE, RESPONSE, lens="full")
-    head, norm = tiny_lm.model.get_output_embeddings(), tiny_lm._final_norm()
+    head, norm = tiny_lm.model.get_output_embeddings(), tiny_lm.final_norm()
     with torch.inference_mode():
         layer0 = torch.log_softmax(head(norm(ref.hidden_states[0])).float(), dim=-1)
     assert torch.allclose(ref.logit_lens[0], layer0, atol=1e-5)

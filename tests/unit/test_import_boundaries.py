@@ -11,19 +11,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: Private names of ``safescale/models/`` imported across modules (its own files and two
-#: tests of it), which is being split in its own change; each entry is (importing file,
-#: imported module, name).
-#: Remove an entry when its import goes.
-PENDING_MODEL_SPLIT = {
-    ("safescale/models/served/chat.py", "safescale.models.served.openai", "_check_decoding"),
-    ("safescale/models/served/vllm.py", "safescale.models.served.openai", "_check_decoding"),
-    ("safescale/models/served/vllm.py", "safescale.models.loading", "_directory_hash"),
-    ("safescale/models/served/prompting.py", "safescale.models.loading", "_cached_sha"),
-    ("tests/integration/test_shared_pass_tiny.py", "safescale.models.backend", "_cache_prefix"),
-    ("tests/integration/test_microbatch_tiny.py", "safescale.models.microbatch", "_length_chunks"),
-}
-
 
 def _private_imports(paths: list[Path], root: Path = ROOT) -> set[tuple[str, str, str]]:
     found = set()
@@ -60,7 +47,7 @@ def test_no_module_imports_another_modules_private_names():
         for folder in ("safescale", "tests", "benchmarks", "examples")
         for p in sorted((ROOT / folder).rglob("*.py"))
     ]
-    found = _private_imports(paths) - PENDING_MODEL_SPLIT
+    found = _private_imports(paths)
     lines = [f"{f}: from {m} import {n}" for f, m, n in sorted(found)]
     assert not lines, "private names imported across modules:\n" + "\n".join(lines)
 

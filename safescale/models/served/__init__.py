@@ -1,14 +1,16 @@
 """Served models: an OpenAI-compatible server (``kind: openai``), a chat-only endpoint
 (``kind: openai-chat``) or vLLM in this process (``kind: vllm``).
 
-Each implements the calls conditions and black-box detectors make on an LM and has no
-white-box surface (``whitebox`` is False). :func:`load_served` builds one, reads its
+Each implements :class:`~safescale.models.interface.BlackBoxModel` (the calls conditions
+and black-box detectors make on an LM) and has no white-box surface (``whitebox`` is
+False, so :func:`is_whitebox` is False). :func:`load_served` builds one, reads its
 identity from the server and probes what the server returns (:mod:`.probe`) before any
 item. See ``docs/served-models.md``.
 """
 
 from __future__ import annotations
 
+from safescale.models.interface import is_whitebox
 from safescale.models.served.base import ALL_FORMULATIONS, LETTER_FORMULATIONS, ServedModel
 from safescale.models.served.client import ServerClient
 from safescale.models.served.concurrency import ConcurrentItems
@@ -32,9 +34,3 @@ __all__ = [
     "load_served",
     "server_identity",
 ]
-
-
-def is_whitebox(lm: object) -> bool:
-    """Whether ``lm`` (or the model a cache / batcher wraps) has weights in this
-    process: prompt passes, internals, hidden states."""
-    return bool(getattr(lm, "whitebox", True))

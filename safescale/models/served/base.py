@@ -1,12 +1,15 @@
 """What every served model shares: prompt format, identity, capabilities, counters.
 
-A served model implements the calls conditions and black-box detectors make on an LM
-(``score_options``, ``score_continuations``, ``generate``, ``prompt_text``,
-``prompt_ids``, ``count_tokens``, ``name``, ``model_hash``, ...). It has no weights in
-this process, so it has none of the white-box surface (prompt passes, internals, hidden
-states, attention): ``whitebox`` is False, and callers check it before asking (a
-detector or stage that needs the weights says in one line that it is unavailable for
-this model, or uses the local ``whitebox:`` model the config names).
+A served model implements :class:`~safescale.models.interface.BlackBoxModel`: the calls
+conditions and black-box detectors make on an LM (``score_options``,
+``score_continuations``, ``generate``, ``prompt_text``, ``prompt_ids``,
+``count_tokens``, ``name``, ``model_hash``, ...). It has no weights in this process, so
+it has none of the white-box surface (prompt passes, internals, hidden states,
+attention): ``whitebox`` is False, it does not implement
+:class:`~safescale.models.interface.WhiteBoxModel`, and callers ask
+:func:`~safescale.models.interface.is_whitebox` first (a detector or stage that needs
+the weights says in one line that it is unavailable for this model, or uses the local
+``whitebox:`` model the config names).
 
 **Identity.** ``model_hash`` (what the LM cache and detection inputs are keyed by) is a
 digest of what the model *is*, not where it is served: the kind, the served model's
@@ -76,6 +79,7 @@ class ServedModel:
     CUED_SAMPLING_LAYOUT = "served-1"
     batch_size = 1
     n_layers = None
+    n_parameters = None
     kind = "served"
 
     def __init__(self, settings: ServedSettings, tokenizer: tuple[Any, bool | None]) -> None:

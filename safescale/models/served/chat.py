@@ -22,7 +22,7 @@ from safescale.models.backend import Generation, PromptError
 from safescale.models.served.base import ServedModel
 from safescale.models.served.client import ServerClient
 from safescale.models.served.errors import ServedModelError
-from safescale.models.served.openai import _check_decoding, sample_seed
+from safescale.models.served.openai import check_decoding, sample_seed
 from safescale.models.served.settings import ServedSettings
 
 __all__ = ["OpenAIChatModel"]
@@ -119,7 +119,7 @@ class OpenAIChatModel(ServedModel):
         answer_cue: bool = False,
     ) -> list[list[Generation]]:
         """``n`` chat completions per message (temperature 0: greedy)."""
-        _check_decoding(max_new_tokens, n, temperature)
+        check_decoding(max_new_tokens, n, temperature)
         jobs = [(row, m, i) for row, m in enumerate(messages) for i in range(n)]
 
         def one(job: tuple[int, str, int]) -> Generation:

@@ -322,7 +322,7 @@ class OpenAICompletionsModel(ServedModel):
         answer_cue: bool = False,
     ) -> list[list[Generation]]:
         """``n`` generations per message (temperature 0: greedy, then ``n`` = 1)."""
-        _check_decoding(max_new_tokens, n, temperature)
+        check_decoding(max_new_tokens, n, temperature)
         jobs = []
         for row, message in enumerate(messages):
             prompt = self.prompt_text(message, answer_cue=answer_cue)
@@ -371,7 +371,7 @@ def _logprobs(choice: dict[str, Any], model: OpenAICompletionsModel) -> dict[str
     return lp
 
 
-def _check_decoding(max_new_tokens: int, n: int, temperature: float) -> None:
+def check_decoding(max_new_tokens: int, n: int, temperature: float) -> None:
     if temperature < 0:
         raise ValueError("temperature must be >= 0")
     if temperature == 0 and n != 1:

@@ -2,7 +2,7 @@
 
 A served model is prompted in exactly the format of the in-process backend (the chat
 template of its tokenizer, or the plain template of base models, and the ``"Answer:"``
-cue; see :mod:`safescale.models.backend`): :class:`PromptFormat` *is* that code, bound
+cue; see :mod:`safescale.models.prompting`): :class:`PromptFormat` *is* that code, bound
 to a tokenizer loaded locally without the weights. With it the client knows the token
 ids of prompts, continuations and option letters; prompt token counts and the
 max-context packing are exact, and the tokenizer is part of the model's identity.
@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from safescale.models.backend import ANSWER_CUE, LanguageModel
+from safescale.models.prompting import ANSWER_CUE, PromptingMixin
 from safescale.models.registry import UnknownModelError, get_registered, gguf_parts
 
 __all__ = ["PromptFormat", "load_tokenizer", "tokenizer_hash"]
@@ -41,12 +41,12 @@ class PromptFormat:
     """
 
     # The very methods of the in-process backend: the same prompt text and ids.
-    prompt_text = LanguageModel.prompt_text
-    _prompt_ids = LanguageModel.prompt_ids
-    _count_tokens = LanguageModel.count_tokens
-    _continuation_ids = LanguageModel.continuation_ids
-    letter_token_ids = LanguageModel.letter_token_ids
-    _prompt_format_id = LanguageModel.prompt_format_id
+    prompt_text = PromptingMixin.prompt_text
+    _prompt_ids = PromptingMixin.prompt_ids
+    _count_tokens = PromptingMixin.count_tokens
+    _continuation_ids = PromptingMixin.continuation_ids
+    letter_token_ids = PromptingMixin.letter_token_ids
+    _prompt_format_id = PromptingMixin.prompt_format_id
 
     def __init__(
         self,
@@ -63,7 +63,6 @@ class PromptFormat:
         if self.use_chat_template and not has_template:
             raise ValueError(f"model {name!r}: chat template requested but the tokenizer has none")
         self.system_prompt = system_prompt
-        self._letter_cache: dict[tuple[str, ...], list[int]] = {}
 
     @property
     def exact(self) -> bool:
@@ -124,14 +123,14 @@ def load_tokenizer(spec: str) -> tuple[Any, bool | None]:
     from transformers import AutoTokenizer
 
     from safescale.models.cache import cached_model_dir, is_valid_cache
-    from safescale.models.loading import _cached_sha, transformers_progress_bars
+    from safescale.models.loading import cached_sha, transformers_progress_bars
 
     entry = get_registered(spec)
     try:
         with transformers_progress_bars(False):
             if entry is not None:
                 parts = gguf_parts(entry)
-                sha = entry.source.sha256 or _cached_sha(parts)
+                sha = entry.source.sha256 or cached_sha(parts)
                 directory = cached_model_dir(Path(entry.source.filename).stem, sha)
                 if is_valid_cache(directory, sha):
                     return AutoTokenizer.from_pretrained(str(directory)), entry.use_chat_template

@@ -43,7 +43,7 @@ from safescale.models.backend import (
 from safescale.models.microbatch import MicroBatcher
 from safescale.models.served.base import ALL_FORMULATIONS, ServedModel
 from safescale.models.served.errors import ServedModelError
-from safescale.models.served.openai import _check_decoding, sample_seed
+from safescale.models.served.openai import check_decoding, sample_seed
 from safescale.models.served.settings import ServedSettings
 
 __all__ = ["DETERMINISTIC_ENGINE_ARGS", "VLLMBatcher", "VLLMModel"]
@@ -232,7 +232,7 @@ class VLLMModel(ServedModel):
     ) -> list[list[Generation]]:
         from vllm import SamplingParams
 
-        _check_decoding(max_new_tokens, n, temperature)
+        check_decoding(max_new_tokens, n, temperature)
         jobs, prompts, params = [], [], []
         for row, message in enumerate(messages):
             prompt = self.prompt_ids(message, answer_cue=answer_cue)
@@ -318,9 +318,9 @@ def _resolve_spec(spec: str) -> str:
 def _weights_digest(spec: str) -> str:
     path = Path(spec)
     if path.is_dir():
-        from safescale.models.loading import _directory_hash
+        from safescale.models.loading import directory_hash
 
-        return _directory_hash(path)
+        return directory_hash(path)
     return hashlib.sha256(f"hub:{spec}".encode()).hexdigest()
 
 

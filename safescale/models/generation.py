@@ -1,0 +1,195 @@
+"""Generation of the in-process backend: greedy or pure sampling, seeded per prompt,
+from a fresh prefill or from an open prompt pass's cache."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from safescale.models.passes import PromptPass
+
+__all__ = ["Generation", "GenerationMixin"]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generated continuation.
+
+    Attributes:
+        text: decoded continuation (special tokens removed, stops at EOS).
+        token_ids: the generated token ids (EOS excluded).
+        token_logprobs: log p of each generated token under the *raw* logits (before
+            temperature or any other processing).
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    token_logprobs: tuple[float, ...]
+
+    @property
+    def logprob(self) -> float:
+        """Sum of the token log-probabilities."""
+        return float(sum(self.token_logprobs))
+
+
+class GenerationMixin:
+    """:meth:`generate` and :meth:`generate_from` (needs the
+    :class:`~safescale.models.backend.LanguageModel` core and the prompting methods)."""
+
+    #: Version of how :meth:`generate` lays out the passes of a cued prompt (the prompt
+    #: prefilled without its last token, then prompt end + cue fed with the samples).
+    #: Part of :class:`~safescale.agents.lmcache.CachedLM`'s keys for cued generations.
+    CUED_SAMPLING_LAYOUT = 2
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        messages: Sequence[str],
+        *,
+        max_new_tokens: int = 64,
+        n: int = 1,
+        temperature: float = 0.0,
+        seed: int = 0,
+        answer_cue: bool = False,
+    ) -> list[list[Generation]]:
+        """Generate ``n`` continuations per message.
+
+        ``temperature == 0`` is greedy (then ``n`` must be 1); otherwise pure sampling
+        at that temperature (no top-k/top-p). Each message is generated on its own with
+        a seed derived from ``seed`` and the prompt, so results do not depend on how
+        messages are batched or ordered and are reproducible for a seed.
+
+        With ``answer_cue`` (when the cue extends the plain prompt token-for-token) the
+        plain prompt but its last token is prefilled once, exactly as
+        :meth:`open_prompt` does, and its last token + the cue are fed with the first
+        decoding step of the ``n`` samples; :meth:`generate_from` decodes from an open
+        prompt's cache the same way, so both give the same tokens for a seed.
+
+        Returns:
+            One list of ``n`` :class:`Generation` per message.
+        """
+        config, stop_ids = self._generation_config(max_new_tokens, n, temperature)
+        results: list[list[Generation]] = []
+        for message in messages:
+            prompt = self.prompt_ids(message, answer_cue=answer_cue)
+            plain = self.prompt_ids(message) if answer_cue else prompt
+            cache = None
+            if answer_cue and len(plain) > 1 and prompt[: len(plain)] == plain:
+                cache = self.prefill(plain[:-1], logits=False)[1]
+            elif (n > 1 or self.prefix_cache_active()) and len(prompt) > 1:
+                # Prefill the prompt once and share its KV cache across the n samples
+                # (num_return_sequences would prefill it n times); with a prefix
+                # cache, over its longest cached prefix.
+                cache = self.prefill(prompt[:-1], logits=False)[1]
+            results.append(self._sample(prompt, cache, n, seed, config, stop_ids))
+        return results
+
+    @torch.inference_mode()
+    def generate_from(
+        self,
+        state: PromptPass,
+        *,
+        n: int = 1,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> list[Generation]:
+        """``generate([state.message], answer_cue=True, ...)[0]`` decoded from ``state``'s
+        prompt cache: no prompt prefill, the same tokens (and log-probs) for a seed.
+
+        Only the prefilled prompt part of the cache is used (a view of it; ``state`` is
+        not changed), whatever ``state`` has been fed since; when the cache cannot be
+        cut back to it (e.g. sliding-window layers) this is :meth:`generate`.
+        """
+        config, stop_ids = self._generation_config(max_new_tokens, n, temperature)
+        prompt = self.prompt_ids(state.message, answer_cue=True)
+        plain = state.prompt
+        cache = None
+        if len(plain) > 1 and prompt[: len(plain)] == plain:
+            cache = state.prompt_cache()
+        if cache is None:
+            return self.generate(
+                [state.message],
+                max_new_tokens=max_new_tokens,
+                n=n,
+                temperature=temperature,
+                seed=seed,
+                answer_cue=True,
+            )[0]
+        return self._sample(prompt, cache, n, seed, config, stop_ids)
+
+    def _generation_config(self, max_new_tokens: int, n: int, temperature: float):
+        if temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if temperature == 0 and n != 1:
+            raise ValueError("greedy decoding (temperature=0) gives one answer; use n=1")
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        from transformers import GenerationConfig
+
+        eos = self.tokenizer.eos_token_id
+        stop_ids = {eos} if eos is not None else set()
+        for extra in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>"):
+            tid = self.tokenizer.convert_tokens_to_ids(extra)
+            if isinstance(tid, int) and tid >= 0 and tid != self.tokenizer.unk_token_id:
+                stop_ids.add(tid)
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None,
+            top_k=None,
+            top_p=None,
+            num_return_sequences=1,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=sorted(stop_ids) or None,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        return config, stop_ids
+
+    def _sample(
+        self, prompt: list[int], cache, n: int, seed: int, config, stop_ids: set[int]
+    ) -> list[Generation]:
+        """``n`` continuations of ``prompt`` over ``cache`` (a prefix of the prompt's
+        KV cache for one row, or None; consumed), seeded from ``seed`` and the prompt."""
+        if cache is not None and n > 1:
+            cache.batch_repeat_interleave(n)
+        input_ids = torch.tensor([prompt], device=self.device).repeat(n, 1)
+        with _seeded(_derive_seed(seed, prompt)):
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                cache=cache,
+                generation_config=config,
+            )
+        new_tokens = out.sequences[:, len(prompt) :]
+        raw = torch.stack(out.logits, dim=1).float()  # [n, T, V] unprocessed
+        logprobs = torch.log_softmax(raw, dim=-1).gather(-1, new_tokens.unsqueeze(-1))
+        gens = []
+        for row in range(new_tokens.shape[0]):
+            ids, lps = [], []
+            for tok, lp in zip(new_tokens[row].tolist(), logprobs[row, :, 0].tolist(), strict=True):
+                if tok in stop_ids:
+                    break
+                ids.append(tok)
+                lps.append(lp)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            gens.append(Generation(text=text, token_ids=tuple(ids), token_logprobs=tuple(lps)))
+        return gens
+
+
+def _derive_seed(seed: int, prompt: Sequence[int]) -> int:
+    digest = hashlib.sha256(f"{seed}:{','.join(map(str, prompt))}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**63 - 1)
+
+
+@contextmanager
+def _seeded(seed: int):
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
