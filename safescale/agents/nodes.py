@@ -832,7 +832,7 @@ def _raw_lm(ctx: AgentContext) -> LanguageModel:
     return ctx.lm.lm if isinstance(ctx.lm, CachedLM) else ctx.lm
 
 
-class _SharedPrompt:
+class SharedPrompt:
     """The answer's (cached) LM as a :class:`~safescale.models.interface.BlackBoxModel`,
     except that the answer prompt's letters and continuations are read from one shared
     prompt pass (see :meth:`LanguageModel.open_prompt`); every other call goes to the
@@ -957,7 +957,7 @@ def _read_shared(
             return OptionScores(**hit), None
     raw = _raw_lm(ctx)
     handle = ctx.detection.open(raw, message)
-    shared = _SharedPrompt(ctx.lm, raw, handle.state)
+    shared = SharedPrompt(ctx.lm, raw, handle.state)
     read = read_options(shared, item, passages, summary, s.formulation, position_prior=prior)
     if isinstance(ctx.lm, CachedLM):
         ctx.lm.store("shared_answer", payload, dataclasses.asdict(read))

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from safescale.agents.lmcache import CachedLM
-from safescale.agents.nodes import _SharedPrompt
+from safescale.agents.nodes import SharedPrompt
 from safescale.models import (
     NEUTRAL_MESSAGE,
     LanguageModel,
@@ -43,7 +43,7 @@ OTHER = "Question: which dose?\nA) low\nB) high"
 LETTERS = ["A", "B", "C"]
 
 WHITEBOX_CLASSES = [LanguageModel, CachedLM, MicroBatchedLM]
-BLACKBOX_CLASSES = [OpenAICompletionsModel, OpenAIChatModel, VLLMModel, _SharedPrompt]
+BLACKBOX_CLASSES = [OpenAICompletionsModel, OpenAIChatModel, VLLMModel, SharedPrompt]
 
 
 def _defined_on_class(cls: type, name: str) -> bool:
@@ -106,13 +106,13 @@ def test_blackbox_classes_define_every_member(cls):
     # the class-level check (no server or engine needed): every method and property;
     # the data attributes a served model sets in ServedModel.__init__ (its name,
     # tokenizer, formulations) are checked on instances below
-    instance_data = {"name", "tokenizer", "formulations"} if cls is not _SharedPrompt else set()
+    instance_data = {"name", "tokenizer", "formulations"} if cls is not SharedPrompt else set()
     for name in protocol_members(BlackBoxModel):
         if name not in instance_data:
             assert _defined_on_class(cls, name), name
     for name in instance_data:
         assert not _defined_on_class(cls, name) or name == "formulations", name
-    if cls is not _SharedPrompt:
+    if cls is not SharedPrompt:
         assert issubclass(cls, ServedModel)
         # a served model has no weights here: it does not offer the white-box part
         absent = [n for n in protocol_members(WhiteBoxModel) if not _defined_on_class(cls, n)]
@@ -143,7 +143,7 @@ def test_served_models_are_blackbox_only(tiny_lm, kind):
 
 def test_shared_prompt_view_is_blackbox(tiny_lm):
     state = tiny_lm.open_prompt(MESSAGE)
-    view = _SharedPrompt(CachedLM(tiny_lm), tiny_lm, state)
+    view = SharedPrompt(CachedLM(tiny_lm), tiny_lm, state)
     assert isinstance(view, BlackBoxModel)
     assert not is_whitebox(view)  # it exposes the answer's black-box calls only
     assert view.whitebox is True  # ... of a model that has its weights
