@@ -11,7 +11,6 @@ send details on demand while the static page embeds them all.
 from __future__ import annotations
 
 import base64
-import json
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -28,7 +27,6 @@ from safescale.rundir import (
     ResponseKey,
     ResponseRecord,
     RunDir,
-    RunDirError,
     StepRecord,
     context_budget_label,
     item_corpus_map,
@@ -207,61 +205,13 @@ def _passage_ids_of(item: Item, responses: list[dict[str, Any]]) -> list[str]:
 
 
 def _detection_scores(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """Per-response detector scores and triage verdicts, by detection record key.
-
-    Scores every record of ``detection/<backbone>/features.parquet`` (all splits) with
-    the saved detectors and their frozen thresholds, as ``safescale detect eval`` does
-    for the test split; no language model is loaded. Empty when detection did not run.
-    """
-    root = run_dir / "detection"
-    infos = sorted(root.glob("*/detection.json")) if root.is_dir() else []
-    if not infos:
-        return {}
-    import pandas as pd
-
-    from safescale.detection.registry import DetectorUnavailable, get_detector
+    """Per-response detector scores and triage verdicts, by detection record key
+    (every backbone's, :func:`safescale.detection.outputs.detector_outputs`)."""
+    from safescale.detection.outputs import detector_outputs
 
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for info_path in infos:
-        directory = info_path.parent
-        features_path = directory / "features.parquet"
-        if not features_path.is_file():
-            continue
-        try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-        except ValueError as error:
-            raise RunDirError(f"{info_path}: not JSON: {error}") from None
-        frame = pd.read_parquet(features_path)
-        keys = frame["record_key"].tolist()
-        for name in (info.get("config") or {}).get("detectors", []):
-            model_dir = directory / "models" / name
-            policy_path = model_dir / "policy.json"
-            if (model_dir / "unavailable.json").is_file() or not policy_path.is_file():
-                continue
-            threshold = float(json.loads(policy_path.read_text(encoding="utf-8"))["threshold"])
-            detector = get_detector(name).load(model_dir)
-            try:
-                X = detector.design_matrix(frame)
-            except DetectorUnavailable:
-                continue
-            scores = detector.risk_score(X)
-            gap = detector.gap_given_unsafe(X) if detector.attributes_subtype else None
-            for i, key in enumerate(keys):
-                flagged = bool(scores[i] >= threshold)
-                verdict = "safe"
-                if flagged:
-                    verdict = "unsafe" if gap is None else ("gap" if gap[i] >= 0.5 else "conflict")
-                out[key].append(
-                    {
-                        "backbone": directory.name,
-                        "method": name,
-                        "score": float(scores[i]),
-                        "threshold": threshold,
-                        "verdict": verdict,
-                        "split": str(frame["split"].iloc[i]),
-                        "label": int(frame["label"].iloc[i]),
-                    }
-                )
+    for (_, key), rows in detector_outputs(run_dir).items():
+        out[key].extend(rows)
     return dict(out)
 
 
