@@ -107,6 +107,20 @@ class ServedModel:
         self._stats_lock = threading.Lock()
         self.stats: dict[str, int] = {}
 
+    def censored_row(self, top: dict[Any, float], keys: Sequence[Any]) -> list[float]:
+        """Each key's log-prob among the ``top`` alternatives of one position; a key
+        outside them gets the smallest reported value (an upper bound), counted as
+        ``letters_censored``."""
+        floor = min(top.values())
+        row = []
+        for key in keys:
+            value = top.get(key)
+            if value is None:
+                self.count("letters_censored")
+                value = floor
+            row.append(value)
+        return row
+
     def first_choice(self, route: str, payload: dict[str, Any]) -> dict[str, Any]:
         """POST ``payload`` (the model name, temperature 0 and the config's
         ``extra_body`` under it) to ``route``; returns the answer's first choice."""

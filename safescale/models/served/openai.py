@@ -147,13 +147,7 @@ class OpenAICompletionsModel(ServedModel):
         prompts = [self.prompt_text(m, answer_cue=True) for m in messages]
         tops = self.client.map(self._first_token_alternatives, prompts)
         for row, top in enumerate(tops):
-            floor = min(top.values())
-            for col, piece in enumerate(pieces):
-                value = top.get(piece)
-                if value is None:
-                    self.count("letters_censored")
-                    value = floor
-                out[row, col] = value
+            out[row] = self.censored_row(top, pieces)
         self.count("letter_prompts", len(messages))
         return out
 

@@ -134,13 +134,7 @@ class VLLMModel(ServedModel):
         params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.settings.top_logprobs)
         for row, result in enumerate(self._generate(prompts, [params] * len(prompts))):
             top = result.outputs[0].logprobs[0]  # token id -> Logprob
-            floor = min(lp.logprob for lp in top.values())
-            for col, tid in enumerate(ids):
-                if tid in top:
-                    out[row, col] = top[tid].logprob
-                else:
-                    self.count("letters_censored")
-                    out[row, col] = floor
+            out[row] = self.censored_row({t: lp.logprob for t, lp in top.items()}, ids)
         self.count("letter_prompts", len(messages))
         return out
 
