@@ -8,10 +8,10 @@ search needs:
   ``index.ivfdata`` file, memory-mapped): ``m`` bytes per passage (48 by default, i.e.
   8 dimensions per byte) plus its 8-byte id. A search reads the ``nprobe`` probed lists;
 * **the exact unit vectors in a flat file** (``vectors.f32``, row ``i`` = passage ``i``),
-  memory-mapped for reading: the ``rerank x k`` best candidates of the PQ search are
-  re-scored with their exact inner product, so recall is that of the coarse search, not
-  of the 48-byte codes; filtered searches over few passages and ``reconstruct`` read
-  their rows from it too;
+  read row by row with ``pread`` (never mapped, so no page of it counts as resident
+  memory): the ``rerank x k`` best candidates of the PQ search are re-scored with their
+  exact inner product, so recall is that of the coarse search, not of the 48-byte codes;
+  filtered searches over few passages and ``reconstruct`` read their rows from it too;
 * the coarse quantizer (``nlist`` centroids) and the PQ tables (a few MB).
 
 It is **built in chunks**: vectors arrive block by block (embedded per chunk of
@@ -26,7 +26,7 @@ Parameters (:func:`resolve_ondisk_params`): ``nlist`` (default the power of two 
 ``4 * sqrt(n)``, at most ``n // 39``), ``m`` (PQ bytes per vector, default 48; must
 divide the dimension), ``nbits`` (8), ``nprobe`` (default ``max(16, nlist // 16)``: at
 50k structured synthetic vectors, 1/32 of the lists gave recall@10 0.89, 1/16 gave 0.96),
-``rerank`` (exact re-scoring of ``rerank * k`` candidates, default 10; 0 returns the PQ
+``rerank`` (exact re-scoring of ``rerank * k`` candidates, default 50; 0 returns the PQ
 scores), ``train_size`` (default ``min(n, max(40 * nlist, 65536))``: FAISS asks for 39
 training points per centroid), ``niter`` (10),
 ``chunk`` (vectors per add chunk, 131072), ``seed`` (0). ``nprobe`` and ``rerank`` are
@@ -99,7 +99,7 @@ def resolve_ondisk_params(n: int, d: int, params: dict[str, Any]) -> dict[str, i
     out.setdefault("nbits", 8)
     out.setdefault("nprobe", max(16, out["nlist"] // 16))
     out["nprobe"] = min(out["nprobe"], out["nlist"])
-    out.setdefault("rerank", 10)
+    out.setdefault("rerank", 50)
     out.setdefault("train_size", min(n, max(40 * out["nlist"], 65536)))
     out.setdefault("niter", 10)
     out.setdefault("chunk", 131072)
@@ -134,7 +134,7 @@ def _divisor_near(d: int, target: int) -> int:
 
 class OnDiskIndex:
     """An IVF-PQ index over on-disk inverted lists with exact re-ranking from the
-    memory-mapped vectors (see the module docs). Open one with :meth:`open`.
+    vectors file, read with ``pread`` (see the module docs). Open one with :meth:`open`.
 
     Attributes:
         directory: the directory holding :data:`ONDISK_FILES`.
@@ -143,21 +143,27 @@ class OnDiskIndex:
         d: their dimension.
     """
 
-    def __init__(self, directory: Path, index: faiss.Index, vectors: np.ndarray) -> None:
+    def __init__(self, directory: Path, index: faiss.Index, rows: int) -> None:
+        self._fd: int | None = None
         self.directory = directory
         self.index = index
-        self.vectors = vectors
         self.ntotal = int(index.ntotal)
         self.d = int(index.d)
-        if vectors.shape != (self.ntotal, self.d):
+        if rows != self.ntotal:
             raise ValueError(
-                f"{directory / VECTORS_NAME} holds {vectors.shape} vectors, the index "
-                f"{self.ntotal} of dimension {self.d}"
+                f"{directory / VECTORS_NAME} holds {rows} vectors of dimension {self.d}, "
+                f"the index {self.ntotal}"
             )
+        # Read with pread, never mapped: a mapped file's pages count as resident memory
+        # of the process once touched (plus the kernel's fault-around of neighbouring
+        # pages), which at 5M passages grew a search process to 6 GB; pages read with
+        # pread stay in the page cache, which the kernel reclaims under pressure.
+        self._fd = os.open(directory / VECTORS_NAME, os.O_RDONLY)
 
     @classmethod
     def open(cls, directory: str | Path) -> OnDiskIndex:
-        """Open a built index (the inverted lists and vectors are memory-mapped).
+        """Open a built index (the inverted lists are memory-mapped; the vectors file is
+        read row by row with ``pread``).
 
         Raises:
             RuntimeError: FAISS cannot read the index (message from FAISS).
@@ -170,22 +176,41 @@ class OnDiskIndex:
         size = (directory / VECTORS_NAME).stat().st_size
         if size % (4 * d):
             raise ValueError(f"{directory / VECTORS_NAME}: {size} bytes is not rows of {d} floats")
-        rows = size // (4 * d)
-        vectors = (
-            np.memmap(directory / VECTORS_NAME, dtype=np.float32, mode="r", shape=(rows, d))
-            if rows
-            else np.zeros((0, d), dtype=np.float32)
-        )
-        return cls(directory, index, vectors)
+        return cls(directory, index, size // (4 * d))
+
+    def close(self) -> None:
+        """Close the vectors file (the index is unusable afterwards)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            self.close()
 
     def reconstruct_batch(self, rows: np.ndarray) -> np.ndarray:
-        """The exact stored vectors of ``rows`` (read from the memory-mapped file)."""
+        """The exact stored vectors of ``rows`` (read from the vectors file; runs of
+        consecutive rows in one read)."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
             return np.zeros((0, self.d), dtype=np.float32)
+        if self._fd is None:
+            raise ValueError(f"{self.directory}: the on-disk index is closed")
+        if rows.min() < 0 or rows.max() >= self.ntotal:
+            raise IndexError(f"rows outside 0..{self.ntotal - 1}")
         order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
         out = np.empty((len(rows), self.d), dtype=np.float32)
-        out[order] = self.vectors[rows[order]]  # sorted reads: sequential where possible
+        width = 4 * self.d
+        # runs of consecutive (or repeated) rows: one pread each
+        breaks = np.flatnonzero(np.diff(ordered) > 1) + 1
+        for start, stop in zip(
+            np.concatenate(([0], breaks)), np.concatenate((breaks, [len(ordered)])), strict=True
+        ):
+            first, last = int(ordered[start]), int(ordered[stop - 1])
+            data = os.pread(self._fd, (last - first + 1) * width, first * width)
+            block = np.frombuffer(data, dtype=np.float32).reshape(-1, self.d)
+            out[order[start:stop]] = block[ordered[start:stop] - first]
         return out
 
     def search(
