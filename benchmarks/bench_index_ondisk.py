@@ -161,9 +161,8 @@ def bench(n: int, n_queries: int, root: Path, seed: int) -> dict:
     row = {"n": n, **_child("build", str(n), str(workdir), str(n_queries), str(seed))}
     row.update(_child("truth", str(workdir)))
     params = resolve_ondisk_params(n, DIMENSION, {})
-    nprobes = sorted(
-        {max(1, params["nprobe"] // 2), params["nprobe"], min(params["nlist"], params["nprobe"] * 2)}
-    )
+    nprobe = params["nprobe"]
+    nprobes = sorted({max(1, nprobe // 2), nprobe, min(params["nlist"], nprobe * 2)})
     # nprobe around its default at the default rerank, then rerank around its default
     settings = [(nprobe, params["rerank"]) for nprobe in nprobes] + [
         (params["nprobe"], rerank) for rerank in RERANKS if rerank != params["rerank"]

@@ -54,6 +54,7 @@ __all__ = [
     "ONDISK_SEARCH_PARAMS",
     "OnDiskIndex",
     "build_ondisk_index",
+    "read_rows",
     "resolve_ondisk_params",
 ]
 
@@ -198,20 +199,7 @@ class OnDiskIndex:
             raise ValueError(f"{self.directory}: the on-disk index is closed")
         if rows.min() < 0 or rows.max() >= self.ntotal:
             raise IndexError(f"rows outside 0..{self.ntotal - 1}")
-        order = np.argsort(rows, kind="stable")
-        ordered = rows[order]
-        out = np.empty((len(rows), self.d), dtype=np.float32)
-        width = 4 * self.d
-        # runs of consecutive (or repeated) rows: one pread each
-        breaks = np.flatnonzero(np.diff(ordered) > 1) + 1
-        for start, stop in zip(
-            np.concatenate(([0], breaks)), np.concatenate((breaks, [len(ordered)])), strict=True
-        ):
-            first, last = int(ordered[start]), int(ordered[stop - 1])
-            data = os.pread(self._fd, (last - first + 1) * width, first * width)
-            block = np.frombuffer(data, dtype=np.float32).reshape(-1, self.d)
-            out[order[start:stop]] = block[ordered[start:stop] - first]
-        return out
+        return read_rows(self._fd, rows, self.d, self.directory / VECTORS_NAME)
 
     def search(
         self,
@@ -243,12 +231,31 @@ class OnDiskIndex:
         return out_scores, out_ids
 
 
-def _pread_rows(handle: int, rows: np.ndarray, d: int) -> np.ndarray:
-    """Rows of the vectors file by ``pread`` (not mapped: no resident pages remain)."""
+def read_rows(handle: int, rows: np.ndarray, d: int, path: Path) -> np.ndarray:
+    """Rows ``rows`` (in that order, repeats allowed) of a file of ``d``-float rows, read
+    with ``pread`` (not mapped: no resident pages remain); each run of consecutive rows
+    is one read.
+
+    Raises:
+        ValueError: the file ends before a requested row (named with ``path``).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
     out = np.empty((len(rows), d), dtype=np.float32)
+    if not len(rows):
+        return out
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
     width = 4 * d
-    for j, row in enumerate(rows):
-        out[j] = np.frombuffer(os.pread(handle, width, int(row) * width), dtype=np.float32)
+    breaks = np.flatnonzero(np.diff(ordered) > 1) + 1
+    for start, stop in zip(
+        np.concatenate(([0], breaks)), np.concatenate((breaks, [len(ordered)])), strict=True
+    ):
+        first, last = int(ordered[start]), int(ordered[stop - 1])
+        data = os.pread(handle, (last - first + 1) * width, first * width)
+        if len(data) != (last - first + 1) * width:
+            raise ValueError(f"{path}: ends before row {last} (file truncated?)")
+        block = np.frombuffer(data, dtype=np.float32).reshape(-1, d)
+        out[order[start:stop]] = block[ordered[start:stop] - first]
     return out
 
 
@@ -340,7 +347,7 @@ def _index_vectors(
         size = min(n, resolved["train_size"])
         rows = np.arange(n) if size == n else np.sort(rng.choice(n, size, replace=False))
         report("train", 0, 1)
-        sample = _pread_rows(fd, rows, d)
+        sample = read_rows(fd, rows, d, directory / VECTORS_NAME)
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFPQ(
             quantizer, d, nlist, resolved["m"], resolved["nbits"], faiss.METRIC_INNER_PRODUCT

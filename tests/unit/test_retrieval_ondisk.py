@@ -4,6 +4,7 @@ it (hashing embedder, no model)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from safescale.retrieval.ondisk import (
     ONDISK_FILES,
     OnDiskIndex,
     build_ondisk_index,
+    read_rows,
     resolve_ondisk_params,
 )
 from safescale.retrieval.testing import HashingEmbedder, make_corpus, make_passage
@@ -70,6 +72,33 @@ def test_chunked_build_reranks_exactly_and_reopens_elsewhere(tmp_path):
     moved = OnDiskIndex.open(tmp_path / "b")
     _, again = moved.search(queries, 10, params["nprobe"], params["rerank"])
     assert np.array_equal(again, ids)
+
+
+def test_exact_rows_are_read_not_mapped(tmp_path):
+    """Re-scoring reads rows with pread: runs, repeats and any order come back exact, no
+    page of the vectors file is mapped into the process, and bad rows are refused."""
+    n, d = 3000, 32
+    data = _clustered(n, d, 2)
+    index = build_ondisk_index(tmp_path / "a", [data], n, d, {"nlist": 16})
+    rows = np.array([5, 6, 7, 2999, 5, 0, 1, 1500, 7])  # a run, repeats, both ends
+    assert np.array_equal(index.reconstruct_batch(rows), data[rows])
+    index.search(_clustered(20, d, 3), 5, 4, 10)
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert "vectors.f32" not in maps.read_text()
+    with pytest.raises(IndexError, match="rows outside"):
+        index.reconstruct_batch(np.array([n]))
+    index.close()
+    with pytest.raises(ValueError, match="closed"):
+        index.reconstruct_batch(np.array([0]))
+    with (tmp_path / "short.f32").open("wb") as handle:
+        handle.write(data[:10].tobytes())
+    fd = os.open(tmp_path / "short.f32", os.O_RDONLY)
+    try:
+        with pytest.raises(ValueError, match=r"short\.f32: ends before row 12"):
+            read_rows(fd, np.array([3, 12]), d, tmp_path / "short.f32")
+    finally:
+        os.close(fd)
 
 
 def test_build_checks_its_input(tmp_path):
