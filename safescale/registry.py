@@ -101,6 +101,11 @@ class Registry(Generic[T]):
         self._objects[name] = obj
         return obj
 
+    def unregister(self, name: str) -> T | None:
+        """Remove the object registered under ``name`` and return it (None when there
+        is none); the bundled table and the entry points are untouched."""
+        return self._objects.pop(name, None)
+
     def decorator(self, name: str) -> Callable[[T], T]:
         """``@registry.decorator("name")``: :meth:`register` the decorated object."""
 

@@ -102,6 +102,7 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("safescale.experiments.tracking", "TrackingError"),
     ("safescale.experiments.export_inspect", "ExportError"),
     ("safescale.experiments.reliance", "RelianceError"),
+    ("safescale.experiments.metric_families", "MetricFamilyError"),
     ("safescale.viewer.server", "ViewServerError"),
 )
 

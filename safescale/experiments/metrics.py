@@ -42,13 +42,19 @@ over every model, condition and budget of the run; with ``N`` items evaluated an
 ``k = ceil(x·N)`` (``x`` = ``worst_fraction``, default 0.2), it is the share of all
 high-risk errors that fall on the ``k`` items with the highest counts (independent of
 how ties are broken). High-risk errors are also broken down by item category.
+
+Each section of ``metrics.json`` is computed by one *metric family* registered under the
+section's name (:mod:`.metric_families`): the bundled ones are defined here and run in
+:data:`BUNDLED_FAMILIES` order on one shared :class:`MetricContext`; families of other
+packages (``@metric_family`` or entry points in group ``safescale.metrics``) go under
+``extra``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +82,16 @@ from safescale.experiments.evidence_effects import (
     response_dose,
     transition_matrices,
 )
+from safescale.experiments.metric_families import (
+    BUNDLED_FAMILIES,
+    METRIC_FAMILIES,
+    MetricContext,
+    MetricFamily,
+    MetricFamilyError,
+    bundled_families,
+    extra_families,
+    run_family,
+)
 from safescale.experiments.power import MDE_DEFINITION, comparison_power
 from safescale.experiments.scaling import SCALING_DEFINITION, scaling_section
 from safescale.experiments.validity import validity_section
@@ -95,6 +111,8 @@ from safescale.rundir import (
 )
 
 __all__ = [
+    "BUNDLED_FAMILIES",
+    "CELL_KEYS",
     "CONDITIONS",
     "DEFAULT_COMPARISONS",
     "LABELED_METRICS",
@@ -103,12 +121,17 @@ __all__ = [
     "METRICS_FILE",
     "METRICS_SCHEMA_VERSION",
     "METRIC_DEFINITIONS",
+    "METRIC_FAMILIES",
     "RATE_METRICS",
     "TASKS",
+    "MetricContext",
+    "MetricFamilyError",
     "MetricsConfig",
+    "Resampler",
     "compute_metrics",
     "default_comparisons",
     "mark_not_labeled",
+    "metric_context",
     "metrics_from_records",
     "outcome_frame",
     "read_metrics",
@@ -340,7 +363,7 @@ def _unit_sums(frame: pd.DataFrame, unit: str) -> pd.DataFrame:
     return sums
 
 
-class _Resampler:
+class Resampler:
     """One bootstrap resample per set of units, shared by every statistic over it.
 
     The resample of a unit set is seeded by the base seed and the sorted unit ids, so
@@ -354,6 +377,7 @@ class _Resampler:
         self._cache: dict[tuple[str, ...], np.ndarray] = {}
 
     def counts(self, units: Iterable[Any]) -> np.ndarray:
+        """Replicate counts ``(replicates, len(units))`` of the sorted ``units``."""
         key = tuple(str(u) for u in units)
         if key not in self._cache:
             self._cache[key] = replicate_counts(
@@ -362,6 +386,8 @@ class _Resampler:
         return self._cache[key]
 
     def ratio(self, sums: pd.DataFrame, columns: Sequence[str], denominator: str, n: int):
+        """One :class:`Estimate` per column of ``sums`` (one row per unit, sorted): the
+        ratio ``Σ column / Σ denominator`` with its interval; ``n`` is the record count."""
         return bootstrap_ratio(
             sums[list(columns)].to_numpy(float),
             sums[denominator].to_numpy(float),
@@ -371,7 +397,7 @@ class _Resampler:
         )
 
 
-def _cell_estimates(frame: pd.DataFrame, unit: str, resampler: _Resampler) -> dict[str, Estimate]:
+def _cell_estimates(frame: pd.DataFrame, unit: str, resampler: Resampler) -> dict[str, Estimate]:
     sums = _unit_sums(frame, unit)
     n = len(frame)
     rates = resampler.ratio(sums, _NUMERATOR_COLUMNS[:-1], "n", n)
@@ -385,7 +411,7 @@ def _cell_estimates(frame: pd.DataFrame, unit: str, resampler: _Resampler) -> di
 
 
 def _paired_estimates(
-    a: pd.DataFrame, b: pd.DataFrame, unit: str, resampler: _Resampler
+    a: pd.DataFrame, b: pd.DataFrame, unit: str, resampler: Resampler
 ) -> tuple[dict[str, Estimate], int]:
     shared = sorted(set(a["item"]) & set(b["item"]))
     if not shared:
@@ -446,7 +472,7 @@ def _condition_order(conditions: Iterable[str]) -> list[str]:
     return [c for c in CONDITIONS if c in present] + sorted(present - set(CONDITIONS))
 
 
-def _cell(sub: pd.DataFrame, unit: str, resampler: _Resampler, dose: int) -> dict[str, Any]:
+def _cell(sub: pd.DataFrame, unit: str, resampler: Resampler, dose: int) -> dict[str, Any]:
     """The metrics entry of one cell (one model, corpus, condition, budget, dose,
     context budget and retrieval depth)."""
     first = sub.iloc[0]
@@ -495,7 +521,7 @@ def grade_override_section(
     frame: pd.DataFrame,
     groups: Mapping[tuple, pd.DataFrame],
     unit: str,
-    resampler: _Resampler,
+    resampler: Resampler,
     causes: Mapping[tuple, str],
 ) -> list[dict[str, Any]]:
     """Grade-override rate per cell that has eligible responses (see
@@ -626,7 +652,7 @@ def reliance_section(
     reliance: Sequence[RelianceRecord],
     frame: pd.DataFrame,
     unit: str,
-    resampler: _Resampler,
+    resampler: Resampler,
 ) -> list[dict[str, Any]]:
     """Causal reliance on the evidence per cell (see :data:`RELIANCE_DEFINITION`), with
     bootstrap CIs over the same units as the other metrics.
@@ -721,7 +747,7 @@ def _slope(doses: np.ndarray, rates: np.ndarray) -> np.ndarray:
 
 
 def dose_response_section(
-    frame: pd.DataFrame, unit: str, resampler: _Resampler
+    frame: pd.DataFrame, unit: str, resampler: Resampler
 ) -> list[dict[str, Any]]:
     """The conflict dose-response per model × corpus × condition × budget that was run
     at two or more doses.
@@ -871,7 +897,10 @@ def _json_ready(obj: Any) -> Any:
     return obj
 
 
-def metrics_from_records(
+# ---------------------------------------------------------------------------- families
+
+
+def metric_context(
     records: Sequence[ResponseRecord],
     corpora: Mapping[str, Corpus],
     *,
@@ -884,44 +913,20 @@ def metrics_from_records(
     formulations: Mapping[str, Mapping[str, Any]] | None = None,
     reliance: Sequence[RelianceRecord] = (),
     model_info: Mapping[str, Mapping[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """The full metrics structure (JSON-ready) of a set of responses.
+) -> MetricContext:
+    """The context every metric family reads (arguments: :func:`metrics_from_records`).
 
-    Args:
-        records: responses, at most one per (model, condition, item, samples_budget).
-        corpora: the corpora the items come from, by name.
-        bootstrap: bootstrap settings (defaults: 1000 replicates, seed 0, clustered).
-        metrics: metric settings (defaults: τ = 0.95, worst 20%, default comparisons).
-        attribution: failure attributions to count per condition.
-        triage: detection results to include verbatim.
-        model_order: model display / comparison order (default: first appearance).
-        run_info: extra entries for the ``run`` section.
-        formulations: ``{model: {corpus: answer calibration record}}`` (manifest).
-        reliance: causal-reliance records (``reliance.jsonl``).
-        model_info: ``{model: manifest model entry}`` (parameter count and context
-            length: the model-size and context-budget axes of the scaling analysis).
-
-    Returns:
-        A dict with keys ``schema_version, run, settings, definitions, cells,
-        comparisons, concentration, attribution, triage`` (see the module docs of
-        :mod:`safescale.experiments.report` for how they are rendered).
+    Raises:
+        KeyError: a response names an item that is in none of the corpora.
     """
     bootstrap = bootstrap or BootstrapConfig()
     metrics = metrics or MetricsConfig()
     frame = outcome_frame(
         records, corpora, overconfidence_threshold=metrics.overconfidence_threshold
     )
-    unit = "evidence_id" if bootstrap.cluster_by_evidence_id else "item"
-    resampler = _Resampler(bootstrap)
     seen_models = list(dict.fromkeys(frame["model"]))
     models = [m for m in (model_order or []) if m in set(seen_models)]
     models += [m for m in seen_models if m not in models]
-    corpus_names = sorted(set(frame["corpus"]))
-    conditions = _condition_order(frame["condition"])
-    budgets = sorted({int(b) for b in frame["samples_budget"]})
-    doses = sorted({int(d) for d in frame["conflict_dose"]})
-    context_budgets = sorted({int(c) for c in frame["context_budget"]}, key=lambda c: (c == 0, c))
-    retrieval_ks = sorted({int(k) for k in frame["retrieval_k"]})
     # the (budget, dose, context budget, k) combinations present, in report order
     settings = sorted(
         {
@@ -932,52 +937,154 @@ def metrics_from_records(
         },
         key=_setting_order,
     )
-
-    groups = {key: sub for key, sub in frame.groupby(list(CELL_KEYS), sort=False)}
-    cells = []
-    for model in models:
-        for corpus in corpus_names:
-            for setting in settings:
-                for condition in conditions:
-                    sub = groups.get((model, corpus, condition, *setting))
-                    if sub is None:
-                        continue
-                    cells.append(_cell(sub, unit, resampler, setting[1]))
-
-    comparisons = []
-    _kind_index = {"model": 0, "condition": 2, "samples_budget": 3, "conflict_dose": 4}
-    pairs = (
-        metrics.comparisons if metrics.comparisons is not None else default_comparisons(conditions)
+    return MetricContext(
+        records=records,
+        corpora=corpora,
+        frame=frame,
+        groups={key: sub for key, sub in frame.groupby(list(CELL_KEYS), sort=False)},
+        unit="evidence_id" if bootstrap.cluster_by_evidence_id else "item",
+        resampler=Resampler(bootstrap),
+        bootstrap=bootstrap,
+        metrics=metrics,
+        models=tuple(models),
+        corpus_names=tuple(sorted(set(frame["corpus"]))),
+        conditions=tuple(_condition_order(frame["condition"])),
+        samples_budgets=tuple(sorted({int(b) for b in frame["samples_budget"]})),
+        conflict_doses=tuple(sorted({int(d) for d in frame["conflict_dose"]})),
+        context_budgets=tuple(
+            sorted({int(c) for c in frame["context_budget"]}, key=lambda c: (c == 0, c))
+        ),
+        retrieval_ks=tuple(sorted({int(k) for k in frame["retrieval_k"]})),
+        settings=tuple(settings),
+        attribution=attribution,
+        distractors=distractor_transitions(records, corpora, attribution),
+        reliance=reliance,
+        triage=triage,
+        formulations=dict(formulations or {}),
+        model_info=dict(model_info or {}),
+        run_info=dict(run_info or {}),
     )
 
-    def compare(kind: str, a_key: tuple, b_key: tuple, fixed: dict[str, Any]) -> None:
-        a, b = groups.get(a_key), groups.get(b_key)
-        if a is None or b is None:
-            return
-        estimates, n_shared = _paired_estimates(a, b, unit, resampler)
-        if n_shared == 0:
-            return
-        comparisons.append(
-            {
-                "kind": kind,
-                **fixed,
-                "a": a_key[_kind_index[kind]],
-                "b": b_key[_kind_index[kind]],
-                "n_items": n_shared,
-                "deltas": estimates,
-                "power": comparison_power(a, b, unit),
-            }
-        )
 
-    def axes_of(setting: tuple[int, int, int, int]) -> dict[str, Any]:
-        return {"context_budget": _budget(setting[2]), "retrieval_k": setting[3]}
+def _bundled(name: str) -> Callable[[MetricFamily], MetricFamily]:
+    """Register the bundled family ``name`` (one of :data:`BUNDLED_FAMILIES`)."""
+    if name not in BUNDLED_FAMILIES:
+        raise ValueError(f"{name!r} is not one of the bundled metric families")
 
+    def wrap(family: MetricFamily) -> MetricFamily:
+        return METRIC_FAMILIES.register(name, family)
+
+    return wrap
+
+
+@_bundled("run")
+def _run_family(ctx: MetricContext) -> dict[str, Any]:
+    """What the run holds: models, corpora, conditions, the swept settings."""
+    return {
+        **ctx.run_info,
+        "n_responses": len(ctx.frame),
+        "models": list(ctx.models),
+        "corpora": list(ctx.corpus_names),
+        "conditions": list(ctx.conditions),
+        "samples_budgets": list(ctx.samples_budgets),
+        "conflict_doses": list(ctx.conflict_doses),
+        "context_budgets": [_budget(c) for c in ctx.context_budgets],
+        "retrieval_ks": list(ctx.retrieval_ks),
+        "resampling_unit": ctx.unit,
+    }
+
+
+@_bundled("settings")
+def _settings_family(ctx: MetricContext) -> dict[str, Any]:
+    """The bootstrap and metric settings the figures were computed with."""
+    return {
+        "bootstrap": ctx.bootstrap.model_dump(mode="json"),
+        "metrics": ctx.metrics.model_dump(mode="json"),
+    }
+
+
+@_bundled("definitions")
+def _definitions_family(ctx: MetricContext) -> dict[str, Any]:
+    """What each figure means, in words."""
+    return {
+        **METRIC_DEFINITIONS,
+        "dangerous_overconfidence_threshold": ctx.metrics.overconfidence_threshold,
+        "grade_override": OVERRIDE_DEFINITION,
+        "distractor_passages": DISTRACTOR_DEFINITION,
+        "mde": MDE_DEFINITION,
+        "dose_response": DOSE_DEFINITION,
+        "scaling": SCALING_DEFINITION,
+        **{f"reliance_{k}": v for k, v in RELIANCE_DEFINITION.items()},
+    }
+
+
+@_bundled("validity")
+def _validity_family(ctx: MetricContext) -> list[dict[str, Any]]:
+    """Whether the answers depend on the evidence (:mod:`.validity`)."""
+    return validity_section(
+        ctx.records, ctx.corpora, bootstrap=ctx.bootstrap, formulations=ctx.formulations
+    )
+
+
+@_bundled("cells")
+def _cells_family(ctx: MetricContext) -> list[dict[str, Any]]:
+    """One entry per cell: model, corpus, setting, condition (report order)."""
+    cells = []
+    for model in ctx.models:
+        for corpus in ctx.corpus_names:
+            for setting in ctx.settings:
+                for condition in ctx.conditions:
+                    sub = ctx.groups.get((model, corpus, condition, *setting))
+                    if sub is not None:
+                        cells.append(_cell(sub, ctx.unit, ctx.resampler, setting[1]))
+    return cells
+
+
+#: The position in a cell key of the value a comparison of each kind varies.
+_KIND_INDEX = {"model": 0, "condition": 2, "samples_budget": 3, "conflict_dose": 4}
+
+
+def _comparison(
+    ctx: MetricContext, kind: str, a_key: tuple, b_key: tuple, fixed: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The paired difference of cell ``a_key`` minus cell ``b_key`` (None when one is
+    absent or they share no item)."""
+    a, b = ctx.groups.get(a_key), ctx.groups.get(b_key)
+    if a is None or b is None:
+        return None
+    estimates, n_shared = _paired_estimates(a, b, ctx.unit, ctx.resampler)
+    if n_shared == 0:
+        return None
+    return {
+        "kind": kind,
+        **fixed,
+        "a": a_key[_KIND_INDEX[kind]],
+        "b": b_key[_KIND_INDEX[kind]],
+        "n_items": n_shared,
+        "deltas": estimates,
+        "power": comparison_power(a, b, ctx.unit),
+    }
+
+
+def _axes_of(setting: tuple[int, int, int, int]) -> dict[str, Any]:
+    return {"context_budget": _budget(setting[2]), "retrieval_k": setting[3]}
+
+
+def _comparison_requests(ctx: MetricContext) -> Iterator[tuple[str, tuple, tuple, dict]]:
+    """``(kind, a_key, b_key, fixed)`` of every comparison asked for, in report order:
+    the condition pairs and the budgets per model and corpus, then the models."""
+    models, budgets = ctx.models, ctx.samples_budgets
+    pairs = (
+        ctx.metrics.comparisons
+        if ctx.metrics.comparisons is not None
+        else default_comparisons(ctx.conditions)
+    )
     for model in models:
-        for corpus in corpus_names:
-            for setting in settings:
+        for corpus in ctx.corpus_names:
+            for setting in ctx.settings:
                 budget, dose = setting[:2]
                 for cond_a, cond_b in pairs:
-                    compare(
+                    yield (
                         "condition",
                         (model, corpus, cond_a, *setting),
                         (model, corpus, cond_b, *setting),
@@ -986,16 +1093,16 @@ def metrics_from_records(
                             "corpus": corpus,
                             "samples_budget": budget,
                             "conflict_dose": dose,
-                            **axes_of(setting),
+                            **_axes_of(setting),
                         },
                     )
-            if metrics.compare_budgets:
-                for condition in conditions:
-                    for setting in settings:
+            if ctx.metrics.compare_budgets:
+                for condition in ctx.conditions:
+                    for setting in ctx.settings:
                         budget, rest = setting[0], setting[1:]
                         if budget == budgets[0]:
                             continue
-                        compare(
+                        yield (
                             "samples_budget",
                             (model, corpus, condition, *setting),
                             (model, corpus, condition, budgets[0], *rest),
@@ -1004,15 +1111,15 @@ def metrics_from_records(
                                 "corpus": corpus,
                                 "condition": condition,
                                 "conflict_dose": setting[1],
-                                **axes_of(setting),
+                                **_axes_of(setting),
                             },
                         )
-    if metrics.compare_models:
-        for corpus in corpus_names:
-            for condition in conditions:
-                for setting in settings:
+    if ctx.metrics.compare_models:
+        for corpus in ctx.corpus_names:
+            for condition in ctx.conditions:
+                for setting in ctx.settings:
                     for model in models[1:]:
-                        compare(
+                        yield (
                             "model",
                             (model, corpus, condition, *setting),
                             (models[0], corpus, condition, *setting),
@@ -1021,14 +1128,36 @@ def metrics_from_records(
                                 "condition": condition,
                                 "samples_budget": setting[0],
                                 "conflict_dose": setting[1],
-                                **axes_of(setting),
+                                **_axes_of(setting),
                             },
                         )
 
+
+@_bundled("comparisons")
+def _comparisons_family(ctx: MetricContext) -> list[dict[str, Any]]:
+    """Paired differences: the condition pairs, each budget vs the smallest, each
+    model vs the first (those the metric settings ask for)."""
+    found = (_comparison(ctx, *request) for request in _comparison_requests(ctx))
+    return [c for c in found if c is not None]
+
+
+@_bundled("concentration")
+def _concentration_family(ctx: MetricContext) -> list[dict[str, Any]]:
+    """Worst-case concentration of high-risk errors, over the corpora labelling them."""
+    frame = ctx.frame
+    return worst_case_concentration(
+        frame[frame["corpus"].isin(_labeled_corpora(ctx.corpora, "high_risk"))],
+        ctx.metrics.worst_fraction,
+    )
+
+
+@_bundled("attribution")
+def _attribution_family(ctx: MetricContext) -> list[dict[str, Any]]:
+    """Failure attributions counted per cell, severity and cause, with how many of
+    them went wrong only with the gold passages present (distractor passages)."""
     attribution_counts: dict[tuple, int] = {}
     distractor_counts: dict[tuple, int] = {}
-    owner = item_corpus_map(corpora)
-    distractors = distractor_transitions(records, corpora, attribution)
+    owner = item_corpus_map(ctx.corpora)
     # responses that were right with clean evidence alone and went wrong with the gold
     # passages present: their attribution rows say so
     driven = {
@@ -1041,10 +1170,10 @@ def metrics_from_records(
             d.get("context_budget"),
             d.get("retrieval_k"),
         )
-        for d in distractors
+        for d in ctx.distractors
         for item in d["items"]["right_to_wrong"]
     }
-    for row in attribution:
+    for row in ctx.attribution:
         key = (
             row.model,
             owner.get(row.item),
@@ -1062,7 +1191,7 @@ def metrics_from_records(
             distractor_counts[key] = distractor_counts.get(key, 0) + 1
     fields = ("model", "corpus", "condition", "samples_budget", "conflict_dose",
               "context_budget", "retrieval_k", "severity", "cause")  # fmt: skip
-    attribution_rows = [
+    return [
         {
             **dict(zip(fields, key, strict=True)),
             "count": count,
@@ -1073,65 +1202,141 @@ def metrics_from_records(
         )
     ]
 
-    result = {
-        "schema_version": METRICS_SCHEMA_VERSION,
-        "run": {
-            **dict(run_info or {}),
-            "n_responses": len(frame),
-            "models": models,
-            "corpora": corpus_names,
-            "conditions": conditions,
-            "samples_budgets": budgets,
-            "conflict_doses": doses,
-            "context_budgets": [_budget(c) for c in context_budgets],
-            "retrieval_ks": retrieval_ks,
-            "resampling_unit": unit,
-        },
-        "settings": {
-            "bootstrap": bootstrap.model_dump(mode="json"),
-            "metrics": metrics.model_dump(mode="json"),
-        },
-        "definitions": {
-            **METRIC_DEFINITIONS,
-            "dangerous_overconfidence_threshold": metrics.overconfidence_threshold,
-            "grade_override": OVERRIDE_DEFINITION,
-            "distractor_passages": DISTRACTOR_DEFINITION,
-            "mde": MDE_DEFINITION,
-            "dose_response": DOSE_DEFINITION,
-            "scaling": SCALING_DEFINITION,
-            **{f"reliance_{k}": v for k, v in RELIANCE_DEFINITION.items()},
-        },
-        "validity": validity_section(
-            records, corpora, bootstrap=bootstrap, formulations=formulations
-        ),
-        "cells": cells,
-        "comparisons": comparisons,
-        "concentration": worst_case_concentration(
-            frame[frame["corpus"].isin(_labeled_corpora(corpora, "high_risk"))],
-            metrics.worst_fraction,
-        ),
-        "attribution": attribution_rows,
-        "grade_override": grade_override_section(
-            frame, groups, unit, resampler, attribution_index(attribution)
-        ),
-        "transitions": transition_matrices(frame),
-        "distractors": distractors,
-        "dose_response": dose_response_section(frame, unit, resampler),
-        "reliance": reliance_section(reliance, frame, unit, resampler),
-        "scaling": scaling_section(
-            frame,
-            bootstrap,
-            model_info=model_info,
-            worst_fraction=metrics.worst_fraction,
-            model_order=models,
-        ),
-        "triage": triage,
-        "labels": {
-            name: corpus.safety_labels.model_dump(mode="json", exclude_none=True)
-            for name, corpus in sorted(corpora.items())
-            if name in set(corpus_names)
-        },
+
+@_bundled("grade_override")
+def _grade_override_family(ctx: MetricContext) -> list[dict[str, Any]]:
+    """Weaker evidence overriding the top-grade passage (:func:`grade_override_section`)."""
+    return grade_override_section(
+        ctx.frame, ctx.groups, ctx.unit, ctx.resampler, attribution_index(ctx.attribution)
+    )
+
+
+@_bundled("transitions")
+def _transitions_family(ctx: MetricContext) -> list[dict[str, Any]]:
+    """Per-item outcome transitions between conditions."""
+    return transition_matrices(ctx.frame)
+
+
+@_bundled("distractors")
+def _distractors_family(ctx: MetricContext) -> list[dict[str, Any]]:
+    """Clean evidence -> retrieval with the gold passages present."""
+    return list(ctx.distractors)
+
+
+@_bundled("dose_response")
+def _dose_response_family(ctx: MetricContext) -> list[dict[str, Any]]:
+    """Rates per conflict dose, with slopes (:func:`dose_response_section`)."""
+    return dose_response_section(ctx.frame, ctx.unit, ctx.resampler)
+
+
+@_bundled("reliance")
+def _reliance_family(ctx: MetricContext) -> list[dict[str, Any]]:
+    """Causal reliance on the evidence per cell (:func:`reliance_section`)."""
+    return reliance_section(ctx.reliance, ctx.frame, ctx.unit, ctx.resampler)
+
+
+@_bundled("scaling")
+def _scaling_family(ctx: MetricContext) -> dict[str, Any]:
+    """Slopes along the scale axes (:mod:`.scaling`)."""
+    return scaling_section(
+        ctx.frame,
+        ctx.bootstrap,
+        model_info=ctx.model_info,
+        worst_fraction=ctx.metrics.worst_fraction,
+        model_order=list(ctx.models),
+    )
+
+
+@_bundled("triage")
+def _triage_family(ctx: MetricContext) -> list[dict[str, Any]] | None:
+    """The detection results, verbatim."""
+    return ctx.triage
+
+
+@_bundled("labels")
+def _labels_family(ctx: MetricContext) -> dict[str, Any]:
+    """The safety-label provenance of each corpus of the run."""
+    return {
+        name: corpus.safety_labels.model_dump(mode="json", exclude_none=True)
+        for name, corpus in sorted(ctx.corpora.items())
+        if name in set(ctx.corpus_names)
     }
+
+
+def _extra_section(name: str, section: Any) -> Any:
+    """A non-bundled family's section as JSON data (MetricFamilyError when it is not)."""
+    ready = _json_ready(section)
+    try:
+        json.dumps(ready, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise MetricFamilyError(
+            f"metric family {name!r} returned a section that is not JSON data: {error}"
+        ) from None
+    return ready
+
+
+def metrics_from_records(
+    records: Sequence[ResponseRecord],
+    corpora: Mapping[str, Corpus],
+    *,
+    bootstrap: BootstrapConfig | None = None,
+    metrics: MetricsConfig | None = None,
+    attribution: Sequence[AttributionRecord] = (),
+    triage: list[dict[str, Any]] | None = None,
+    model_order: Sequence[str] | None = None,
+    run_info: Mapping[str, Any] | None = None,
+    formulations: Mapping[str, Mapping[str, Any]] | None = None,
+    reliance: Sequence[RelianceRecord] = (),
+    model_info: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The full metrics structure (JSON-ready) of a set of responses: every metric
+    family run on one :class:`MetricContext`.
+
+    Args:
+        records: responses, at most one per (model, condition, item, samples_budget).
+        corpora: the corpora the items come from, by name.
+        bootstrap: bootstrap settings (defaults: 1000 replicates, seed 0, clustered).
+        metrics: metric settings (defaults: τ = 0.95, worst 20%, default comparisons).
+        attribution: failure attributions to count per condition.
+        triage: detection results to include verbatim.
+        model_order: model display / comparison order (default: first appearance).
+        run_info: extra entries for the ``run`` section.
+        formulations: ``{model: {corpus: answer calibration record}}`` (manifest).
+        reliance: causal-reliance records (``reliance.jsonl``).
+        model_info: ``{model: manifest model entry}`` (parameter count and context
+            length: the model-size and context-budget axes of the scaling analysis).
+
+    Returns:
+        A dict with ``schema_version`` then one key per bundled family
+        (:data:`BUNDLED_FAMILIES`: ``run, settings, definitions, validity, cells,
+        comparisons, concentration, attribution, ...``; see the module docs of
+        :mod:`safescale.experiments.report` for how they are rendered), and
+        ``extra: {name: section}`` of the other registered families when there are any.
+
+    Raises:
+        MetricFamilyError: a non-bundled family clashes, does not load, fails or
+            returns something that is not JSON data.
+    """
+    ctx = metric_context(
+        records,
+        corpora,
+        bootstrap=bootstrap,
+        metrics=metrics,
+        attribution=attribution,
+        triage=triage,
+        model_order=model_order,
+        run_info=run_info,
+        formulations=formulations,
+        reliance=reliance,
+        model_info=model_info,
+    )
+    extra = extra_families()  # before any work: a broken plugin fails fast
+    result: dict[str, Any] = {"schema_version": METRICS_SCHEMA_VERSION}
+    for name, family in bundled_families():
+        result[name] = run_family(name, family, ctx)
+    sections = {name: _extra_section(name, run_family(name, f, ctx)) for name, f in extra}
+    if sections:
+        result["extra"] = sections
     return mark_not_labeled(_json_ready(result))
 
 

@@ -676,6 +676,7 @@ class MetricsReport(_Versioned):
     reliance: list[dict[str, Any]] = Field(default_factory=list)
     labels: dict[str, Any] = Field(default_factory=dict)
     scaling: dict[str, Any] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- what-if replays
