@@ -8,7 +8,7 @@ import re
 import textwrap
 from pathlib import Path
 
-#: The page that documents writing a condition or a detector of your own.
+#: The page that documents writing a condition, a detector or a metric family of your own.
 EXTENDING = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 
 
@@ -48,3 +48,6 @@ def extending_block(heading: str, index: int = 0) -> str:
 
 #: The documented detector example, installed as a plugin by the tests.
 DETECTOR_PLUGIN = extending_block("Your own detector")
+
+#: The documented metric family example, installed as a plugin by the tests.
+METRIC_PLUGIN = extending_block("Your own metric family")

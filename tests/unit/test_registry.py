@@ -32,6 +32,8 @@ def test_decorator_registers_and_refuses_a_second_object_under_a_name():
     with pytest.raises(ValueError, match="widget 'a' is already registered by"):
         things.register("a", lambda: 2)
     assert things.get("missing") is None and things.names() == ["a"]
+    assert things.unregister("a") is a and things.unregister("a") is None
+    assert things.names() == [] and things.register("a", lambda: 2)() == 2  # free again
 
 
 def test_bundled_names_are_listed_without_importing_them(tmp_path, monkeypatch):
