@@ -1,7 +1,7 @@
 """Metric families of one's own on a real run of the tiny model: the documented family
 installed as an entry point and one registered with the decorator are written under
-``extra`` by ``safescale report``, the bundled sections stay as they were, and a
-failing family is one error line naming it."""
+``extra`` by ``safescale report`` (the viewer reads the file), the bundled sections stay
+as they were, and a failing family is one error line naming it."""
 
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ def _report(run_dir: Path):
 
 def test_report_writes_the_families_under_extra(run_dir, tmp_path):
     from safescale.experiments import read_metrics, write_report
+    from safescale.viewer.data import load_view_data
 
     write_report(run_dir, plots=False)
     baseline_bytes = (run_dir / "metrics.json").read_bytes()
@@ -81,9 +82,11 @@ def test_report_writes_the_families_under_extra(run_dir, tmp_path):
             result = _report(run_dir)
             assert result.exit_code == 0, result.output
             metrics = read_metrics(run_dir)  # checked against MetricsReport
+            view = load_view_data(run_dir)  # the viewer reads the file with extra in it
     finally:
         METRIC_FAMILIES.unregister("chosen_letters")
     assert (run_dir / "report.md").is_file()
+    assert view.index["conditions"] == CONDITIONS
     assert list(metrics) == [*baseline, "extra"]
     assert {k: v for k, v in metrics.items() if k != "extra"} == baseline
     assert list(metrics["extra"]) == ["chosen_letters", "deferral"]
