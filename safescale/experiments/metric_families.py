@@ -3,8 +3,8 @@ registered under a name.
 
 A *metric family* is a function ``family(ctx: MetricContext) -> section``: it reads the
 shared :class:`MetricContext` (built once per computation) and returns its section as
-JSON data (dicts, lists, strings, numbers, booleans, None; numpy scalars and
-:class:`~safescale.experiments.bootstrap.Estimate` values are converted, non-finite
+JSON data (dicts, lists, strings, numbers, booleans, None; numpy integers and floats
+and :class:`~safescale.experiments.bootstrap.Estimate` values are converted, non-finite
 floats become null). It never calls a language model.
 
 * The bundled families (:data:`BUNDLED_FAMILIES`) are registered in

@@ -1317,6 +1317,7 @@ def metrics_from_records(
         MetricFamilyError: a non-bundled family clashes, does not load, fails or
             returns something that is not JSON data.
     """
+    extra = extra_families()  # before any work: a broken plugin fails fast
     ctx = metric_context(
         records,
         corpora,
@@ -1330,7 +1331,6 @@ def metrics_from_records(
         reliance=reliance,
         model_info=model_info,
     )
-    extra = extra_families()  # before any work: a broken plugin fails fast
     result: dict[str, Any] = {"schema_version": METRICS_SCHEMA_VERSION}
     for name, family in bundled_families():
         result[name] = run_family(name, family, ctx)
