@@ -39,6 +39,7 @@ from safescale.experiments.metrics import (
 )
 from safescale.rundir import (
     METRICS_FILE,
+    CalibrationCheck,
     Estimate,
     MetricsReport,
     TriageReportRecord,
@@ -883,15 +884,15 @@ def validity_tables(metrics: Metrics) -> list[TextTable]:
     rows = []
     for e in entries:
         pos = e.position_bias
-        eff = e.evidence_sensitivity or {}
-        gain = eff.get("accuracy_gain") or {}
-        changed = eff.get("changed_share") or {}
+        eff = e.evidence_sensitivity
+        gain = eff.accuracy_gain if eff else None
+        changed = eff.changed_share if eff else None
         rows.append(
             [
                 f"{e.model} · {e.corpus}",
                 e.formulation,
-                f"{_pct(pos['top_position_share'])} ({chr(ord('A') + pos['top_position'])})",
-                f"{pos['chi_square']:.1f} (p={pos['p_value']:.2g})",
+                f"{_pct(pos.top_position_share)} ({chr(ord('A') + pos.top_position)})",
+                f"{pos.chi_square:.1f} (p={pos.p_value:.2g})",
                 format_interval(changed),
                 format_interval(gain, signed=True),
                 _pct(e.chance),
@@ -957,25 +958,25 @@ def validity_tables(metrics: Metrics) -> list[TextTable]:
     return tables
 
 
-def _calibration_check_text(check: Mapping[str, Any] | None) -> str:
+def _calibration_check_text(check: CalibrationCheck | None) -> str:
     """The calibration estimate of the chosen formulation beside the study's."""
     if not check:
         return ""
-    study, cal = check["study"], check["calibration"]
+    study, cal = check.study, check.calibration
     text = (
-        f" Calibration vs study: {check['formulation']} scored "
+        f" Calibration vs study: {check.formulation} scored "
         f"{format_interval(cal, digits=0)} on {cal.get('n')} calibration items; the study "
-        f"scores {format_interval(study, digits=0)} with clean evidence ({study.get('n')} "
-        "items)"
+        f"scores {format_interval(study.model_dump(), digits=0)} with clean evidence "
+        f"({study.n} items)"
     )
-    cross = check.get("cross_fit")
+    cross = check.cross_fit
     if cross and _finite(cross.get("value")):
         text += f"; cross-fitted accuracy of the auto rule {format_interval(cross, digits=0)}"
-    if check.get("outside"):
-        text += f" — the study estimate lies {check['outside']} the calibration interval"
+    if check.outside:
+        text += f" — the study estimate lies {check.outside} the calibration interval"
     text += "."
-    if check.get("summary"):
-        text += f" {str(check['summary'])[0].upper()}{str(check['summary'])[1:]}"
+    if check.summary:
+        text += f" {str(check.summary)[0].upper()}{str(check.summary)[1:]}"
     return text
 
 
@@ -991,25 +992,23 @@ def reference_tables(metrics: Metrics) -> list[TextTable]:
         refs = e.references
         if not refs:
             continue
-        major = refs["majority_gold"]
-        defer = refs.get("always_defer")
-        by_gap = {r["condition"]: r for r in (defer or {}).get("conditions", [])}
+        major = refs.majority_gold
+        defer = refs.always_defer
+        by_gap = {r.condition: r for r in defer.conditions} if defer else {}
         rows = []
-        for r in refs["conditions"]:
-            g = by_gap.get(r["condition"])
+        for r in refs.conditions:
+            g = by_gap.get(r.condition)
             rows.append(
                 [
-                    _condition_label(r["condition"]),
-                    str(r["n"]),
-                    format_interval(r["accuracy"]),
-                    format_interval(r["difference"], signed=True) + f" ({r['verdict']})",
-                    f"{r['same_as_constant']} / {r['n']}"
-                    if r.get("same_as_constant") is not None
-                    else "–",
+                    _condition_label(r.condition),
+                    str(r.n),
+                    format_interval(r.accuracy),
+                    format_interval(r.difference, signed=True) + f" ({r.verdict})",
+                    f"{r.same_as_constant} / {r.n}" if r.same_as_constant is not None else "–",
                     *(
                         (
-                            format_interval(g["accuracy"]) if g else "–",
-                            format_interval(g["difference"], signed=True) + f" ({g['verdict']})"
+                            format_interval(g.accuracy) if g else "–",
+                            format_interval(g.difference, signed=True) + f" ({g.verdict})"
                             if g
                             else "–",
                         )
@@ -1019,19 +1018,19 @@ def reference_tables(metrics: Metrics) -> list[TextTable]:
                 ]
             )
         answer = (
-            f"always answering {_short(major['answer'])!r}"
-            if major["by"] == "option text"
-            else f"always answering position {major['answer']}"
+            f"always answering {_short(major.answer)!r}"
+            if major.by == "option text"
+            else f"always answering position {major.answer}"
         )
         note = (
-            f"Majority gold: {answer} (the gold of {major['hits']} of {major['n_items']} "
-            f"items) scores {format_interval(major['estimate'])}; chance "
-            f"{_pct(refs['chance'])}."
+            f"Majority gold: {answer} (the gold of {major.hits} of {major.n_items} "
+            f"items) scores {format_interval(major.estimate)}; chance "
+            f"{_pct(refs.chance)}."
         )
         if defer:
             note += (
-                f" Always defer on the {defer['n_items']} gap items scores "
-                f"{format_interval(defer['estimate'])}."
+                f" Always defer on the {defer.n_items} gap items scores "
+                f"{format_interval(defer.estimate)}."
             )
         note += (
             " Δ: paired difference with the constant answer on the same items (95 % "

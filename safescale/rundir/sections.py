@@ -23,7 +23,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "AlwaysDefer",
     "AttributionRow",
+    "CalibrationCheck",
     "CategoryOutcomes",
     "Cell",
     "Comparison",
@@ -35,8 +37,13 @@ __all__ = [
     "DoseCurve",
     "DosePoint",
     "Estimate",
+    "EvidenceSensitivity",
     "GradeOverrideRow",
+    "MajorityGold",
     "MetricsSettings",
+    "PositionBias",
+    "ReferenceRow",
+    "References",
     "RelianceRow",
     "RunSection",
     "ScalingAxis",
@@ -322,10 +329,82 @@ class ValidityAccuracy(Section):
     n_units: int | None = None
 
 
+class PositionBias(Section):
+    """How the answers spread over the option positions, against uniform."""
+
+    counts: list[int]
+    top_position: int
+    top_position_share: float
+    chi_square: float | None = None
+    p_value: float | None = None
+
+
+class EvidenceSensitivity(Section):
+    """Clean evidence against closed-book over the items both answered."""
+
+    n_items: int
+    changed_share: Estimate
+    accuracy_gain: Estimate
+    changed_items: list[str] = Field(default_factory=list)
+
+
+class ReferenceRow(Section):
+    """One condition's accuracy against a constant answer, paired over its items."""
+
+    condition: str
+    n: int
+    accuracy: Estimate
+    difference: Estimate
+    verdict: str
+    same_as_constant: int | None = None
+
+
+class MajorityGold(Section):
+    """The constant answer that scores most (by option text or by position)."""
+
+    by: str
+    answer: str
+    hits: int
+    n_items: int
+    estimate: Estimate
+
+
+class AlwaysDefer(Section):
+    """Always choosing the defer option, on the gap items."""
+
+    n_items: int
+    estimate: Estimate
+    conditions: list[ReferenceRow] = Field(default_factory=list)
+
+
+class References(Section):
+    """What trivial answers score: chance, the majority gold, always deferring."""
+
+    chance: float
+    majority_gold: MajorityGold
+    conditions: list[ReferenceRow] = Field(default_factory=list)
+    always_defer: AlwaysDefer | None = None
+
+
+class CalibrationCheck(Section):
+    """The chosen formulation's calibration accuracy beside the study's (``outside``:
+    the study estimate lies ``below`` / ``above`` the calibration interval). The
+    calibration estimate and cross-fit figures are the calibration record's (plain
+    data)."""
+
+    formulation: str
+    calibration: dict[str, Any]
+    study: ValidityAccuracy
+    outside: str | None = None
+    cross_fit: dict[str, Any] | None = None
+    confidence: str | None = None
+    summary: str | None = None
+
+
 class ValidityRow(Section):
     """The validity checks of one model x corpus (see
-    :mod:`safescale.experiments.validity`); the position-bias, evidence-sensitivity,
-    reference and calibration parts are plain data."""
+    :mod:`safescale.experiments.validity`); the answer-calibration record (the
+    manifest's, with its candidates) is plain data."""
 
     model: str
     corpus: str
@@ -334,11 +413,11 @@ class ValidityRow(Section):
     n_responses: int
     chance: float
     accuracy: ValidityAccuracy
-    position_bias: dict[str, Any] = Field(default_factory=dict)
-    evidence_sensitivity: dict[str, Any] | None = None
-    references: dict[str, Any] = Field(default_factory=dict)
+    position_bias: PositionBias
+    evidence_sensitivity: EvidenceSensitivity | None = None
+    references: References | None = None
     calibration: dict[str, Any] | None = None
-    calibration_check: dict[str, Any] | None = None
+    calibration_check: CalibrationCheck | None = None
     verdicts: list[str] = Field(default_factory=list)
 
 
