@@ -40,6 +40,7 @@ __all__ = [
     "EvidenceSensitivity",
     "GradeOverrideRow",
     "MajorityGold",
+    "MeanDifferencePower",
     "MetricsSettings",
     "PositionBias",
     "ReferenceRow",
@@ -453,12 +454,27 @@ class ScalingPoint(Section):
     metrics: dict[str, Estimate]
 
 
+class MeanDifferencePower(Section):
+    """The minimum detectable mean of per-item differences (see
+    :func:`safescale.experiments.power.mean_difference_power`)."""
+
+    n: int
+    n_clusters: int
+    sd: float | None = None
+    icc: float | None = None
+    design_effect: float | None = None
+    mde: float | None = None
+    mde_clustered: float | None = None
+    alpha: float
+    power: float
+
+
 class ScalingDifference(Section):
     """Whether a safety rate and accuracy move differently along a curve."""
 
     difference: Estimate
     mde: float | None = None
-    power: dict[str, Any] = Field(default_factory=dict)
+    power: MeanDifferencePower
     verdict_code: str
     verdict: str
 
