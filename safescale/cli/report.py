@@ -68,7 +68,6 @@ def print_report(
     write metrics.json, report.md, CSV files and plots. With ``reuse``, a report that
     is newer than all of its inputs is printed as it is instead of recomputed."""
     if reuse and replicates is None and seed is None and _up_to_date(Path(run_dir)):
-        from safescale.experiments.metrics import read_metrics
         from safescale.experiments.report import (
             condition_tables,
             print_validity,
@@ -77,9 +76,10 @@ def print_report(
             triage_tables,
         )
         from safescale.experiments.scaling_report import print_scaling
+        from safescale.rundir import RunDir
 
         console = Console()
-        metrics = read_metrics(run_dir)
+        metrics = RunDir(run_dir).metrics()
         print_validity(console, metrics)
         for table in condition_tables(metrics):
             console.print(rich_table(table))
@@ -100,7 +100,7 @@ def print_report(
         triage_tables,
         write_report,
     )
-    from safescale.rundir import RunDirError
+    from safescale.rundir import MetricsReport, RunDirError
 
     console = Console()
     try:
@@ -115,17 +115,18 @@ def print_report(
         from safescale.cli import report_user_error
 
         raise report_user_error(error) from None
-    for note in files.metrics["run"].get("notes") or []:
+    metrics = MetricsReport.coerce(files.metrics)
+    for note in metrics.run.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     from safescale.experiments.scaling_report import print_scaling
 
-    print_validity(console, files.metrics)
-    for table in condition_tables(files.metrics):
+    print_validity(console, metrics)
+    for table in condition_tables(metrics):
         console.print(rich_table(table))
-    print_scaling(console, files.metrics)
-    for table in triage_tables(files.metrics):
+    print_scaling(console, metrics)
+    for table in triage_tables(metrics):
         console.print(rich_table(table))
-    reliance = reliance_table(files.metrics)
+    reliance = reliance_table(metrics)
     if reliance is not None:
         console.print(rich_table(reliance))
     written = [files.metrics_json, files.report_md, files.conditions_csv, files.comparisons_csv]

@@ -100,6 +100,7 @@ from safescale.rundir import (
     CONFIG_FILE,
     METRICS_FILE,
     AttributionRecord,
+    MetricsReport,
     RelianceRecord,
     ResponseRecord,
     RunData,
@@ -1482,11 +1483,19 @@ def write_metrics(
 ) -> dict[str, Any]:
     """Compute the metrics of a run and write them atomically to ``RUN_DIR/metrics.json``.
 
+    The structure is validated against :class:`~safescale.rundir.MetricsReport` first
+    (its typed sections), so a producer that writes a key the contract does not know,
+    or misses one it needs, fails here rather than in a reader.
+
     Returns:
         The written structure.
+
+    Raises:
+        pydantic.ValidationError: the computed structure does not match the contract.
     """
     run_dir = Path(run_dir)
     result = compute_metrics(run_dir, bootstrap=bootstrap, metrics=metrics, run=run)
+    MetricsReport.model_validate(result)
     atomic_write_text(run_dir / METRICS_FILE, json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
 

@@ -39,6 +39,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.lines import Line2D
 
+from safescale.rundir import Cell, Estimate, MetricsReport, TriageReportRecord
+
 __all__ = [
     "DODGE",
     "RATE_LIMITS",
@@ -56,6 +58,9 @@ __all__ = [
     "triage_figure",
     "write_plots",
 ]
+
+#: What the figures read: a :class:`MetricsReport` or the stored ``metrics.json`` data.
+Metrics = MetricsReport | Mapping[str, Any]
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 RATE_LIMITS = (-2.0, 102.0)
@@ -88,13 +93,12 @@ def _rate_axes(ax: Any, *, x: bool = True, y: bool = True) -> None:
         ax.set_yticks(ticks)
 
 
-def _value(est: Mapping[str, Any] | None, key: str = "value") -> float:
-    if not est or est.get(key) is None:
-        return math.nan
-    return float(est[key])
+def _value(est: Estimate | None, key: str = "value") -> float:
+    value = None if est is None else getattr(est, key)
+    return math.nan if value is None else float(value)
 
 
-def _err(est: Mapping[str, Any] | None) -> tuple[float, float]:
+def _err(est: Estimate | None) -> tuple[float, float]:
     """(below, above) distances of the CI from the value, 0 when undefined."""
     v, lo, hi = _value(est), _value(est, "lo"), _value(est, "hi")
     if not all(map(math.isfinite, (v, lo, hi))):
@@ -102,41 +106,38 @@ def _err(est: Mapping[str, Any] | None) -> tuple[float, float]:
     return max(v - lo, 0.0), max(hi - v, 0.0)
 
 
-def _cell_name(cell: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+def _cell_name(cell: Cell, metrics: MetricsReport) -> str:
     """A cell's condition, with its dose, context budget and k when the run varies them."""
-    run = metrics["run"]
-    name = str(cell["condition"])
-    if len(run.get("conflict_doses") or [0]) > 1:
-        name += f" d{cell.get('conflict_dose', 0)}"
-    if len(run.get("context_budgets") or [None]) > 1:
-        budget = cell.get("context_budget")
+    run = metrics.run
+    name = str(cell.condition)
+    if len(run.conflict_doses or [0]) > 1:
+        name += f" d{cell.conflict_dose}"
+    if len(run.context_budgets or [None]) > 1:
+        budget = cell.context_budget
         name += f" ctx {'max' if budget is None else budget}"
-    if len(run.get("retrieval_ks") or [None]) > 1:
-        name += f" k{cell.get('retrieval_k')}"
+    if len(run.retrieval_ks or [None]) > 1:
+        name += f" k{cell.retrieval_k}"
     return name
 
 
-def _base_cells(metrics: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def _setting(cell: Cell) -> tuple[int, int | None, int | None]:
+    return (cell.conflict_dose, cell.context_budget, cell.retrieval_k)
+
+
+def _base_cells(metrics: MetricsReport) -> list[Cell]:
     """The cells at the (dose, context budget, k) setting most cells share (the base
     of the axes that apply to some conditions only); all cells when nothing varies."""
-    settings = Counter(
-        (c.get("conflict_dose", 0), c.get("context_budget"), c.get("retrieval_k"))
-        for c in metrics["cells"]
-    )
+    settings = Counter(_setting(c) for c in metrics.cells)
     if not settings:
         return []
     base = settings.most_common(1)[0][0]
-    return [
-        c
-        for c in metrics["cells"]
-        if (c.get("conflict_dose", 0), c.get("context_budget"), c.get("retrieval_k")) == base
-    ]
+    return [c for c in metrics.cells if _setting(c) == base]
 
 
-def _panels(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _panels(metrics: MetricsReport) -> list[tuple[str, str]]:
     seen: dict[tuple[str, str], None] = {}
-    for cell in metrics["cells"]:
-        seen[(cell["model"], cell["corpus"])] = None
+    for cell in metrics.cells:
+        seen[(cell.model, cell.corpus)] = None
     return list(seen)
 
 
@@ -172,51 +173,52 @@ def _save(fig: Any, path: Path, *, tight: bool = True) -> Path:
     return path
 
 
-def plot_accuracy_vs_high_risk(metrics: Mapping[str, Any], path: Path) -> Path | None:
+def plot_accuracy_vs_high_risk(metrics: Metrics, path: Path) -> Path | None:
     """Accuracy (y) vs high-risk error rate (x) per condition with CI bars."""
     fig = accuracy_vs_high_risk_figure(metrics)
     return None if fig is None else _save(fig, path)
 
 
-def accuracy_vs_high_risk_figure(metrics: Mapping[str, Any]) -> Any | None:
+def accuracy_vs_high_risk_figure(metrics: Metrics) -> Any | None:
     """The accuracy vs high-risk error figure (not saved); None without cells."""
+    metrics = MetricsReport.coerce(metrics)
     panels = _panels(metrics)
     if not panels:
         return None
-    conditions = metrics["run"]["conditions"]
-    budgets = metrics["run"]["samples_budgets"]
+    conditions = metrics.run.conditions
+    budgets = metrics.run.samples_budgets
     colors = {c: plt.cm.tab10(i % 10) for i, c in enumerate(conditions)}
     fig, axes = _grid(len(panels))
     for ax, (model, corpus) in zip(axes, panels, strict=True):
         cells = [
             c
-            for c in metrics["cells"]
-            if (c["model"], c["corpus"]) == (model, corpus)
-            and not c["metrics"]["high_risk_error"].get("not_labeled")
+            for c in metrics.cells
+            if (c.model, c.corpus) == (model, corpus)
+            and not c.metrics["high_risk_error"].not_labeled
         ]
         if not cells:  # an item set without high-risk labels: nothing to place on x
             ax.text(0.5, 0.5, "high-risk options not labeled", ha="center", va="center",
                     transform=ax.transAxes)  # fmt: skip
         points = [
             (
-                100 * _value(c["metrics"]["high_risk_error"]),
-                100 * _value(c["metrics"]["accuracy"]),
+                100 * _value(c.metrics["high_risk_error"]),
+                100 * _value(c.metrics["accuracy"]),
             )
             for c in cells
         ]
         offsets = dodge_offsets(points, DODGE)
         for cell, (x, y), offset in zip(cells, points, offsets, strict=True):
-            acc, hre = cell["metrics"]["accuracy"], cell["metrics"]["high_risk_error"]
-            position = budgets.index(cell["samples_budget"])
+            acc, hre = cell.metrics["accuracy"], cell.metrics["high_risk_error"]
+            position = budgets.index(cell.samples_budget)
             marker = _MARKERS[position % len(_MARKERS)]
-            label = cell["condition"] if position == 0 else None
+            label = cell.condition if position == 0 else None
             ax.errorbar(
                 x + offset,
                 y,
                 xerr=np.array(_err(hre))[:, None] * 100,
                 yerr=np.array(_err(acc))[:, None] * 100,
                 fmt=marker,
-                color=colors[cell["condition"]],
+                color=colors[cell.condition],
                 capsize=3,
                 label=label,
             )
@@ -238,30 +240,31 @@ def accuracy_vs_high_risk_figure(metrics: Mapping[str, Any]) -> Any | None:
     return fig
 
 
-def plot_category_heatmap(metrics: Mapping[str, Any], path: Path) -> Path | None:
+def plot_category_heatmap(metrics: Metrics, path: Path) -> Path | None:
     """High-risk error rate per condition (rows) × item category (columns)."""
+    metrics = MetricsReport.coerce(metrics)
     keys: dict[tuple[str, str, int], None] = {}
-    for cell in metrics["cells"]:
-        keys[(cell["model"], cell["corpus"], cell["samples_budget"])] = None
+    for cell in metrics.cells:
+        keys[(cell.model, cell.corpus, cell.samples_budget)] = None
     if not keys:
         return None
-    n_conditions = len(metrics["run"]["conditions"])
+    n_conditions = len(metrics.run.conditions)
     fig, axes = _grid(len(keys), width=6.0, height=1.2 + 0.4 * n_conditions, constrained=True)
     image = None
     for ax, (model, corpus, budget) in zip(axes, keys, strict=True):
         cells = [
             c
-            for c in metrics["cells"]
-            if (c["model"], c["corpus"], c["samples_budget"]) == (model, corpus, budget)
+            for c in metrics.cells
+            if (c.model, c.corpus, c.samples_budget) == (model, corpus, budget)
         ]
-        categories = sorted({cat for c in cells for cat in c["by_category"]})
+        categories = sorted({cat for c in cells for cat in c.by_category})
         conditions = [_cell_name(c, metrics) for c in cells]
         grid = np.full((len(conditions), len(categories)), np.nan)
         for i, c in enumerate(cells):
             for j, cat in enumerate(categories):
-                entry = c["by_category"].get(cat)
-                if entry is not None and entry["high_risk_error_rate"] is not None:
-                    grid[i, j] = 100 * entry["high_risk_error_rate"]
+                entry = c.by_category.get(cat)
+                if entry is not None and entry.high_risk_error_rate is not None:
+                    grid[i, j] = 100 * entry.high_risk_error_rate
         image = ax.imshow(grid, cmap="Reds", vmin=0, vmax=100, aspect="auto")
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
@@ -280,21 +283,27 @@ def plot_category_heatmap(metrics: Mapping[str, Any], path: Path) -> Path | None
 
 
 def plot_triage_operating_points(
-    triage: Sequence[Mapping[str, Any]] | None, path: Path
+    triage: Sequence[TriageReportRecord | Mapping[str, Any]] | None, path: Path
 ) -> Path | None:
     """Flag rate (x) vs unsafe recall (y) of every detector on the test split."""
     fig = triage_figure(triage)
     return None if fig is None else _save(fig, path)
 
 
-def triage_figure(triage: Sequence[Mapping[str, Any]] | None) -> Any | None:
-    """The triage operating-point figure (not saved); None when nothing is plotted."""
+def triage_figure(triage: Sequence[TriageReportRecord | Mapping[str, Any]] | None) -> Any | None:
+    """The triage operating-point figure (not saved); None when nothing is plotted (the
+    reports as ``metrics.json`` holds them, or their stored dicts)."""
     if not triage:
         return None
     fig, axes = _grid(len(triage))
     plotted = False
     for ax, report in zip(axes, triage, strict=True):
-        for i, row in enumerate(report.get("rows", [])):
+        if isinstance(report, TriageReportRecord):
+            rows, target, backbone = report.rows, report.target_recall, report.backbone
+        else:
+            rows = report.get("rows", [])
+            target, backbone = report.get("target_recall"), report.get("backbone", "?")
+        for i, row in enumerate(rows):
             s1 = row.get("stage1")
             if row.get("status") != "ok" or not s1:
                 continue
@@ -311,7 +320,6 @@ def triage_figure(triage: Sequence[Mapping[str, Any]] | None) -> Any | None:
                 zorder=3 if is_ecrt else 2,
             )
             plotted = True
-        target = report.get("target_recall")
         if target is not None:
             ax.axhline(
                 100 * target, color="grey", linestyle="--", linewidth=1, label="target recall"
@@ -319,7 +327,7 @@ def triage_figure(triage: Sequence[Mapping[str, Any]] | None) -> Any | None:
         _rate_axes(ax)
         ax.set_xlabel("flag rate (%)")
         ax.set_ylabel("unsafe recall (%)")
-        ax.set_title(f"Triage — {report.get('backbone', '?')} (test)", fontsize=9)
+        ax.set_title(f"Triage — {backbone} (test)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="lower right", ncol=2)
     if not plotted:
@@ -328,7 +336,7 @@ def triage_figure(triage: Sequence[Mapping[str, Any]] | None) -> Any | None:
     return fig
 
 
-def plot_scaling(metrics: Mapping[str, Any], path: Path) -> Path | None:
+def plot_scaling(metrics: Metrics, path: Path) -> Path | None:
     """Accuracy and high-risk error across models (× budgets) per condition and corpus.
 
     Drawn only when the run spans more than one model or compute budget; the x axis
@@ -338,30 +346,28 @@ def plot_scaling(metrics: Mapping[str, Any], path: Path) -> Path | None:
     return None if fig is None else _save(fig, path)
 
 
-def scaling_figure(metrics: Mapping[str, Any]) -> Any | None:
+def scaling_figure(metrics: Metrics) -> Any | None:
     """The scaling figure (not saved); None when the run spans one model and budget."""
-    run = metrics["run"]
-    models, budgets = run["models"], run["samples_budgets"]
+    metrics = MetricsReport.coerce(metrics)
+    run = metrics.run
+    models, budgets = run.models, run.samples_budgets
     if len(models) < 2 and len(budgets) < 2:
         return None
     points = [(m, b) for m in models for b in budgets]
     labels = [m if len(budgets) == 1 else f"{m} @ {b}x" for m, b in points]
-    corpora = run["corpora"]
+    corpora = run.corpora
     fig, axes = plt.subplots(len(corpora), 2, figsize=(11, 3.8 * len(corpora)), squeeze=False)
     # one cell per point: the base setting of the other axes (see scaling_axes.png for them)
-    index = {
-        (c["model"], c["corpus"], c["condition"], c["samples_budget"]): c
-        for c in _base_cells(metrics)
-    }
+    index = {(c.model, c.corpus, c.condition, c.samples_budget): c for c in _base_cells(metrics)}
     for row, corpus in enumerate(corpora):
         for col, metric in enumerate(("accuracy", "high_risk_error")):
             ax = axes[row][col]
             series: dict[str, list[tuple[int, float, tuple[float, float]]]] = {}
-            for condition in run["conditions"]:
+            for condition in run.conditions:
                 for x, (model, budget) in enumerate(points):
                     cell = index.get((model, corpus, condition, budget))
                     if cell is not None:
-                        est = cell["metrics"][metric]
+                        est = cell.metrics[metric]
                         series.setdefault(condition, []).append((x, 100 * _value(est), _err(est)))
             flat = [(cond, x, y) for cond, rows in series.items() for x, y, _ in rows]
             step = min(0.12, 0.7 / max(len(series), 1))
@@ -372,7 +378,7 @@ def scaling_figure(metrics: Mapping[str, Any]) -> Any | None:
                     strict=True,
                 )
             )
-            for k, condition in enumerate(run["conditions"]):
+            for k, condition in enumerate(run.conditions):
                 rows = series.get(condition)
                 if rows:
                     ax.errorbar(
@@ -394,22 +400,22 @@ def scaling_figure(metrics: Mapping[str, Any]) -> Any | None:
     return fig
 
 
-def plot_grade_override(metrics: Mapping[str, Any], path: Path) -> Path | None:
+def plot_grade_override(metrics: Metrics, path: Path) -> Path | None:
     """Grade-override rate per condition (95% CI bars), one panel per model × corpus;
     one bar group per conflict dose when the run sweeps it."""
     fig = grade_override_figure(metrics)
     return None if fig is None else _save(fig, path)
 
 
-def grade_override_figure(metrics: Mapping[str, Any]) -> Any | None:
+def grade_override_figure(metrics: Metrics) -> Any | None:
     """The grade-override figure (not saved); None when no response was eligible."""
-    entries = [e for e in metrics.get("grade_override") or [] if e["samples_budget"] == 1]
+    metrics = MetricsReport.coerce(metrics)
+    entries = [e for e in metrics.grade_override if e.samples_budget == 1]
     if not entries:
         return None
-    panels = list(dict.fromkeys((e["model"], e["corpus"]) for e in entries))
-    conditions = [c for c in metrics["run"]["conditions"] if any(
-        e["condition"] == c for e in entries)]  # fmt: skip
-    doses = sorted({int(e.get("conflict_dose", 0)) for e in entries})
+    panels = list(dict.fromkeys((e.model, e.corpus) for e in entries))
+    conditions = [c for c in metrics.run.conditions if any(e.condition == c for e in entries)]
+    doses = sorted({int(e.conflict_dose) for e in entries})
     fig, axes = _grid(len(panels))
     width = 0.8 / max(len(doses), 1)
     for ax, (model, corpus) in zip(axes, panels, strict=True):
@@ -417,16 +423,16 @@ def grade_override_figure(metrics: Mapping[str, Any]) -> Any | None:
             xs, ys, errs, ns = [], [], [], []
             for x, condition in enumerate(conditions):
                 e = next(
-                    (e for e in entries if (e["model"], e["corpus"], e["condition"],
-                     int(e.get("conflict_dose", 0))) == (model, corpus, condition, dose)),
+                    (e for e in entries if (e.model, e.corpus, e.condition,
+                     int(e.conflict_dose)) == (model, corpus, condition, dose)),
                     None,
                 )  # fmt: skip
                 if e is None:
                     continue
                 xs.append(x + (j - (len(doses) - 1) / 2) * width)
-                ys.append(100 * _value(e["rate"]))
-                errs.append(_err(e["rate"]))
-                ns.append(e["n_eligible"])
+                ys.append(100 * _value(e.rate))
+                errs.append(_err(e.rate))
+                ns.append(e.n_eligible)
             if xs:
                 ax.bar(
                     xs,
@@ -449,28 +455,28 @@ def grade_override_figure(metrics: Mapping[str, Any]) -> Any | None:
     return fig
 
 
-def plot_dose_response(metrics: Mapping[str, Any], path: Path) -> Path | None:
+def plot_dose_response(metrics: Metrics, path: Path) -> Path | None:
     """Each rate against the conflict dose (95% CI bars), one panel per condition and
     model × corpus × budget; drawn only when the run sweeps the dose."""
     fig = dose_response_figure(metrics)
     return None if fig is None else _save(fig, path)
 
 
-def dose_response_figure(metrics: Mapping[str, Any]) -> Any | None:
+def dose_response_figure(metrics: Metrics) -> Any | None:
     """The dose-response figure (not saved); None without a dose sweep."""
-    curves = metrics.get("dose_response") or []
+    curves = MetricsReport.coerce(metrics).dose_response
     if not curves:
         return None
     fig, axes = _grid(len(curves), width=4.8, height=4.6)
     shown = ("accuracy", "high_risk_error", "unsafe_answer", "contradiction")
     for ax, curve in zip(axes, curves, strict=True):
-        doses = [d["dose"] for d in curve["doses"]]
+        doses = [d.dose for d in curve.doses]
         for k, metric in enumerate(shown):
-            ests = [d["metrics"][metric] for d in curve["doses"]]
-            slope = curve["slope"].get(metric) or {}
+            ests = [d.metrics[metric] for d in curve.doses]
+            slope = curve.slope.get(metric)
             label = metric
-            if slope.get("value") is not None:
-                label += f" (slope {100 * slope['value']:+.1f} pp/passage)"
+            if slope is not None and slope.value is not None:
+                label += f" (slope {100 * slope.value:+.1f} pp/passage)"
             offset = (k - 1.5) * 0.04 * max(doses)
             ax.errorbar(
                 [d + offset for d in doses],
@@ -484,7 +490,7 @@ def dose_response_figure(metrics: Mapping[str, Any]) -> Any | None:
         ax.set_xticks(doses)
         ax.set_xlabel("conflict dose (contradicting passages added)")
         ax.set_ylabel("rate (%)")
-        ax.set_title(f"{curve['condition']} · {curve['model']} · {curve['corpus']}", fontsize=8)
+        ax.set_title(f"{curve.condition} · {curve.model} · {curve.corpus}", fontsize=8)
         ax.grid(alpha=0.3)
         # below the panel: inside it the legend would hide the points it explains
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
@@ -492,17 +498,16 @@ def dose_response_figure(metrics: Mapping[str, Any]) -> Any | None:
     return fig
 
 
-def write_plots(metrics: Mapping[str, Any], out_dir: Path) -> list[Path]:
+def write_plots(metrics: Metrics, out_dir: Path) -> list[Path]:
     """Write every applicable figure into ``out_dir``; returns the written paths."""
     from safescale.experiments.scaling_report import plot_scaling_axes
 
+    metrics = MetricsReport.coerce(metrics)
     out_dir = Path(out_dir)
     written = [
         plot_accuracy_vs_high_risk(metrics, out_dir / "accuracy_vs_high_risk.png"),
         plot_category_heatmap(metrics, out_dir / "high_risk_by_category.png"),
-        plot_triage_operating_points(
-            metrics.get("triage"), out_dir / "triage_operating_points.png"
-        ),
+        plot_triage_operating_points(metrics.triage, out_dir / "triage_operating_points.png"),
         plot_scaling(metrics, out_dir / "scaling.png"),
         plot_grade_override(metrics, out_dir / "grade_override.png"),
         plot_dose_response(metrics, out_dir / "dose_response.png"),

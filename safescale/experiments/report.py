@@ -37,7 +37,16 @@ from safescale.experiments.metrics import (
     MetricsConfig,
     write_metrics,
 )
-from safescale.rundir import METRICS_FILE, atomic_write_text, context_budget_label, output_dir
+from safescale.rundir import (
+    METRICS_FILE,
+    CalibrationCheck,
+    Estimate,
+    MetricsReport,
+    TriageReportRecord,
+    atomic_write_text,
+    context_budget_label,
+    output_dir,
+)
 
 __all__ = [
     "CONDITION_COLUMNS",
@@ -95,6 +104,9 @@ CONDITION_LABELS = {
 }
 _METRIC_LABELS = dict(zip(METRICS, CONDITION_COLUMNS[2:], strict=True))
 
+#: What the tables read: a :class:`MetricsReport` or the stored ``metrics.json`` data.
+Metrics = MetricsReport | Mapping[str, Any]
+
 
 @dataclass(frozen=True)
 class TextTable:
@@ -134,7 +146,7 @@ def _finite(x: Any) -> bool:
 
 
 def format_interval(
-    estimate: Mapping[str, Any] | None,
+    estimate: Estimate | Mapping[str, Any] | None,
     *,
     percent: bool = True,
     signed: bool = False,
@@ -143,16 +155,21 @@ def format_interval(
     """``"x.x% [lo, hi]"`` for a rate (``percent``), ``"x.x [lo, hi]"`` otherwise;
     ``"–"`` when undefined, ``"not labeled"`` for a rate the item set has no safety
     labels for. ``signed`` prefixes positive values with ``+``; ``digits`` decimals."""
-    if estimate and estimate.get("not_labeled"):
+    if isinstance(estimate, Mapping):
+        estimate = Estimate.model_validate(
+            {k: estimate.get(k) for k in ("value", "lo", "hi", "n", "n_units")}
+            | {"not_labeled": bool(estimate.get("not_labeled"))}
+        )
+    if estimate is not None and estimate.not_labeled:
         return "not labeled"
-    if not estimate or not _finite(estimate.get("value")):
+    if estimate is None or not _finite(estimate.value):
         return "–"
     scale = 100.0 if percent else 1.0
     sign = "+" if signed else ""
-    value = f"{scale * estimate['value']:{sign}.{digits}f}"
+    value = f"{scale * estimate.value:{sign}.{digits}f}"
     unit = "%" if percent and not signed else (" pp" if percent else "")
-    if _finite(estimate.get("lo")) and _finite(estimate.get("hi")):
-        lo, hi = scale * estimate["lo"], scale * estimate["hi"]
+    if _finite(estimate.lo) and _finite(estimate.hi):
+        lo, hi = scale * estimate.lo, scale * estimate.hi
         return f"{value}{unit} [{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"
     return f"{value}{unit}"
 
@@ -161,52 +178,53 @@ def _condition_label(name: str) -> str:
     return CONDITION_LABELS.get(name, name)
 
 
-def _several(metrics: Mapping[str, Any], key: str) -> bool:
-    """The run has more than one value of a cell axis (``run`` section key)."""
-    return len(metrics["run"].get(key) or [None]) > 1
+def _several(metrics: MetricsReport, key: str) -> bool:
+    """The run has more than one value of a cell axis (``run`` section field)."""
+    return len(getattr(metrics.run, key) or [None]) > 1
 
 
-def _axes_text(entry: Mapping[str, Any], metrics: Mapping[str, Any], sep: str = " — ") -> str:
+def _axes_text(entry: Any, metrics: MetricsReport, sep: str = " — ") -> str:
     """The context budget and retrieval depth of a per-cell entry, when the run varies
     them (``""`` otherwise)."""
     text = ""
     if _several(metrics, "context_budgets"):
-        text += f"{sep}context {context_budget_label(entry.get('context_budget'))}"
+        text += f"{sep}context {context_budget_label(entry.context_budget)}"
     if _several(metrics, "retrieval_ks"):
-        text += f"{sep}k {entry.get('retrieval_k')}"
+        text += f"{sep}k {entry.retrieval_k}"
     return text
 
 
-def condition_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
+def condition_tables(metrics: Metrics) -> list[TextTable]:
     """One results table per model × corpus × compute budget: condition rows with
     accuracy, high-risk error, unsafe, contradiction, dangerous overconfidence (each
     ``x.x% [lo, hi]``), latency per response and ms per generated token."""
-    groups: dict[tuple, list[Mapping[str, Any]]] = {}
-    for cell in metrics["cells"]:
+    metrics = MetricsReport.coerce(metrics)
+    groups: dict[tuple, list[Any]] = {}
+    for cell in metrics.cells:
         key = (
-            cell["model"],
-            cell["corpus"],
-            cell["samples_budget"],
-            cell.get("conflict_dose", 0),
-            cell.get("context_budget"),
-            cell.get("retrieval_k"),
+            cell.model,
+            cell.corpus,
+            cell.samples_budget,
+            cell.conflict_dose,
+            cell.context_budget,
+            cell.retrieval_k,
         )
         groups.setdefault(key, []).append(cell)
-    several_doses = len(metrics["run"].get("conflict_doses") or [0]) > 1
-    level = metrics["settings"]["bootstrap"]["level"]
-    unit = metrics["run"].get("resampling_unit", "item")
+    several_doses = len(metrics.run.conflict_doses or [0]) > 1
+    level = metrics.settings.bootstrap["level"]
+    unit = metrics.run.resampling_unit
     unit_text = "evidence_id groups" if unit == "evidence_id" else "items"
-    replicates = metrics["settings"]["bootstrap"]["replicates"]
-    tau = metrics["definitions"].get("dangerous_overconfidence_threshold", 0.95)
+    replicates = metrics.settings.bootstrap["replicates"]
+    tau = metrics.definitions.get("dangerous_overconfidence_threshold", 0.95)
     tables = []
     for (model, corpus, budget, dose, *_), cells in groups.items():
         rows = [
             [
-                _condition_label(cell["condition"]),
-                str(cell["n"]),
-                *(format_interval(cell["metrics"][m]) for m in RATE_METRICS),
-                format_interval(cell["metrics"]["latency_ms"], percent=False),
-                format_interval(cell["metrics"]["ms_per_generated_token"], percent=False),
+                _condition_label(cell.condition),
+                str(cell.n),
+                *(format_interval(cell.metrics[m]) for m in RATE_METRICS),
+                format_interval(cell.metrics["latency_ms"], percent=False),
+                format_interval(cell.metrics["ms_per_generated_token"], percent=False),
             ]
             for cell in cells
         ]
@@ -245,13 +263,13 @@ def _triage_cell(value: Any, signed: bool = False) -> str:
     return f"{float(value):+.3f}" if signed else f"{float(value):.3f}"
 
 
-def _triage_counts(report: Mapping[str, Any]) -> str:
-    c = report.get("scored_counts") or {}
+def _triage_counts(report: TriageReportRecord) -> str:
+    c = report.scored_counts
     safe, gap, conflict = c.get("safe", 0), c.get("gap", 0), c.get("conflict", 0)
-    if report.get("protocol", "split") == "cv":
+    if report.protocol == "cv":
         how = (
-            f"{report.get('repeats')} repeat(s) of {report.get('folds')}-fold grouped "
-            f"cross-validation over {report.get('n_groups')} evidence groups"
+            f"{report.repeats} repeat(s) of {report.folds}-fold grouped "
+            f"cross-validation over {report.n_groups} evidence groups"
         )
     else:
         how = "the test split of one seeded grouped split"
@@ -261,8 +279,8 @@ def _triage_counts(report: Mapping[str, Any]) -> str:
     )
 
 
-def _transfer_lines(report: Mapping[str, Any]) -> list[str]:
-    cells = report.get("transfer") or []
+def _transfer_lines(report: TriageReportRecord) -> list[str]:
+    cells = report.transfer
     if not cells:
         return []
     lines = []
@@ -296,13 +314,13 @@ def _transfer_lines(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def triage_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
+def triage_tables(metrics: Metrics) -> list[TextTable]:
     """One triage table per backbone from the detection results (empty if none): every
     endpoint with its 95 % interval, the counts it was measured on, and the verdicts."""
     tables = []
-    for report in metrics.get("triage") or []:
+    for report in MetricsReport.coerce(metrics).triage or []:
         rows = []
-        for row in report.get("rows", []):
+        for row in report.rows:
             s1 = row.get("stage1_ci") or row.get("stage1")
             s2 = row.get("stage2_ci") or row.get("stage2")
             name = row["method"] + (" (control)" if row.get("kind") == "control" else "")
@@ -327,26 +345,26 @@ def triage_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
                     row.get("verdict") or "",
                 ]
             )
-        protocol = report.get("protocol", "split")
+        protocol = report.protocol
         note = [
             _triage_counts(report),
-            f"Labels: {report.get('label_source', '?')}; thresholds picked on validation "
-            f"for unsafe recall ≥ {report.get('target_recall', '?')}, frozen before test; "
+            f"Labels: {report.label_source}; thresholds picked on validation "
+            f"for unsafe recall ≥ {report.target_recall}, frozen before test; "
             + (
                 "95 % cluster-bootstrap intervals over evidence groups (thresholds re-picked "
                 "in every replicate)."
-                if report.get("replicates")
+                if report.replicates
                 else "no intervals (a report of the earlier format: re-run `safescale detect "
                 "train` for them)."
             ),
         ]
-        note += [f"- {v}" for v in report.get("verdicts") or []]
+        note += [f"- {v}" for v in report.verdicts]
         note += _transfer_lines(report)
         tables.append(
             TextTable(
                 title=(
-                    f"Triage — {report.get('backbone', '?')}"
-                    + (f" — {report['corpus']}" if report.get("corpus") else "")
+                    f"Triage — {report.backbone}"
+                    + (f" — {report.corpus}" if report.corpus else "")
                     + f" ({'out-of-fold' if protocol == 'cv' else 'test split'})"
                 ),
                 columns=TRIAGE_COLUMNS,
@@ -357,73 +375,73 @@ def triage_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
     return tables
 
 
-def conditions_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
+def conditions_frame(metrics: Metrics) -> pd.DataFrame:
     """One row per cell: keys, ``n``, and ``<metric>``, ``<metric>_lo``, ``<metric>_hi``."""
     rows = []
-    for cell in metrics["cells"]:
+    for cell in MetricsReport.coerce(metrics).cells:
         row: dict[str, Any] = {
-            "model": cell["model"],
-            "corpus": cell["corpus"],
-            "samples_budget": cell["samples_budget"],
-            "conflict_dose": cell.get("conflict_dose", 0),
-            "context_budget": context_budget_label(cell.get("context_budget")),
-            "retrieval_k": cell.get("retrieval_k"),
-            "condition": cell["condition"],
-            "n": cell["n"],
-            "n_units": cell["n_units"],
+            "model": cell.model,
+            "corpus": cell.corpus,
+            "samples_budget": cell.samples_budget,
+            "conflict_dose": cell.conflict_dose,
+            "context_budget": context_budget_label(cell.context_budget),
+            "retrieval_k": cell.retrieval_k,
+            "condition": cell.condition,
+            "n": cell.n,
+            "n_units": cell.n_units,
         }
         for metric in METRICS:
-            est = cell["metrics"][metric]
-            row[metric] = est["value"]
-            row[f"{metric}_lo"] = est["lo"]
-            row[f"{metric}_hi"] = est["hi"]
-        for task, est in cell.get("by_task", {}).items():
-            row[f"accuracy_{task}"] = est["value"]
+            est = cell.metrics[metric]
+            row[metric] = est.value
+            row[f"{metric}_lo"] = est.lo
+            row[f"{metric}_hi"] = est.hi
+        for task, est in cell.by_task.items():
+            row[f"accuracy_{task}"] = est.value
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def comparisons_frame(metrics: Mapping[str, Any]) -> pd.DataFrame:
+def comparisons_frame(metrics: Metrics) -> pd.DataFrame:
     """One row per paired difference and metric: ``kind, model, corpus, condition,
     samples_budget, conflict_dose, context_budget, retrieval_k, a, b, n_items, metric,
     delta, lo, hi, discordance, mde`` (NaN where a key is the compared dimension or no
     MDE applies)."""
     rows = []
-    for comp in metrics["comparisons"]:
-        for metric, est in comp["deltas"].items():
-            power = (comp.get("power") or {}).get(metric) or {}
+    for comp in MetricsReport.coerce(metrics).comparisons:
+        for metric, est in comp.deltas.items():
+            power = comp.power.get(metric)
             rows.append(
                 {
-                    "kind": comp["kind"],
-                    "model": comp.get("model"),
-                    "corpus": comp.get("corpus"),
-                    "condition": comp.get("condition"),
-                    "samples_budget": comp.get("samples_budget"),
-                    "conflict_dose": comp.get("conflict_dose"),
-                    "context_budget": context_budget_label(comp.get("context_budget")),
-                    "retrieval_k": comp.get("retrieval_k"),
-                    "a": comp["a"],
-                    "b": comp["b"],
-                    "n_items": comp["n_items"],
+                    "kind": comp.kind,
+                    "model": comp.model,
+                    "corpus": comp.corpus,
+                    "condition": comp.condition,
+                    "samples_budget": comp.samples_budget,
+                    "conflict_dose": comp.conflict_dose,
+                    "context_budget": context_budget_label(comp.context_budget),
+                    "retrieval_k": comp.retrieval_k,
+                    "a": comp.a,
+                    "b": comp.b,
+                    "n_items": comp.n_items,
                     "metric": metric,
-                    "delta": est["value"],
-                    "lo": est["lo"],
-                    "hi": est["hi"],
-                    "discordance": power.get("discordance"),
-                    "mde": power.get("mde_clustered"),
+                    "delta": est.value,
+                    "lo": est.lo,
+                    "hi": est.hi,
+                    "discordance": power.discordance if power else None,
+                    "mde": power.mde_clustered if power else None,
                 }
             )
     return pd.DataFrame(rows)
 
 
-def triage_frame(metrics: Mapping[str, Any]) -> pd.DataFrame | None:
+def triage_frame(metrics: Metrics) -> pd.DataFrame | None:
     """One row per backbone × detector from the detection results (None if none)."""
-    triage = metrics.get("triage")
+    triage = MetricsReport.coerce(metrics).triage
     if not triage:
         return None
     rows = []
     for report in triage:
-        for row in report.get("rows", []):
+        for row in report.rows:
             s1, s2 = row.get("stage1") or {}, row.get("stage2") or {}
             intervals = {}
             for stage, part in (("stage1", row.get("stage1_ci")), ("stage2", row.get("stage2_ci"))):
@@ -433,8 +451,8 @@ def triage_frame(metrics: Mapping[str, Any]) -> pd.DataFrame | None:
             delta = (row.get("delta_ba") or {}).get("ecrt") or {}
             rows.append(
                 {
-                    "backbone": report.get("backbone"),
-                    "corpus": report.get("corpus"),
+                    "backbone": report.backbone,
+                    "corpus": report.corpus,
                     "method": row.get("method"),
                     "kind": row.get("kind", "detector"),
                     "status": row.get("status"),
@@ -452,12 +470,12 @@ def triage_frame(metrics: Mapping[str, Any]) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def _comparison_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
+def _comparison_tables(metrics: MetricsReport) -> list[TextTable]:
     metrics_shown = ("accuracy", "high_risk_error", "unsafe_answer", "contradiction",
                      "dangerous_overconfidence")  # fmt: skip
-    by_kind: dict[str, list[Mapping[str, Any]]] = {}
-    for comp in metrics["comparisons"]:
-        by_kind.setdefault(comp["kind"], []).append(comp)
+    by_kind: dict[str, list[Any]] = {}
+    for comp in metrics.comparisons:
+        by_kind.setdefault(comp.kind, []).append(comp)
     titles = {
         "condition": ("Paired differences between conditions (A − B)",
                       ("model", "corpus", "samples_budget")),
@@ -466,7 +484,7 @@ def _comparison_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         "model": ("Paired differences between models (A − B)",
                   ("corpus", "condition", "samples_budget")),
     }  # fmt: skip
-    several_doses = len(metrics["run"].get("conflict_doses") or [0]) > 1
+    several_doses = len(metrics.run.conflict_doses or [0]) > 1
     tables = []
     for kind, comps in by_kind.items():
         title, fixed = titles.get(kind, (kind, ()))
@@ -488,19 +506,19 @@ def _comparison_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         rows = [
             [
                 *(
-                    _condition_label(str(c[k]))
+                    _condition_label(str(c.condition))
                     if k == "condition"
-                    else context_budget_label(c.get(k))
+                    else context_budget_label(c.context_budget)
                     if k == "context_budget"
-                    else str(c.get(k, 0))
+                    else str(_fixed_value(c, k))
                     for k in fixed
                 ),
-                _condition_label(str(c["a"])),
-                _condition_label(str(c["b"])),
-                str(c["n_items"]),
-                *(format_interval(c["deltas"][m], signed=True) for m in metrics_shown),
-                _mde_text((c.get("power") or {}).get("accuracy")),
-                _mde_text((c.get("power") or {}).get("high_risk_error")),
+                _condition_label(str(c.a)),
+                _condition_label(str(c.b)),
+                str(c.n_items),
+                *(format_interval(c.deltas[m], signed=True) for m in metrics_shown),
+                _mde_text(c.power.get("accuracy")),
+                _mde_text(c.power.get("high_risk_error")),
             ]
             for c in comps
         ]
@@ -519,56 +537,63 @@ def _comparison_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
     return tables
 
 
-def _mde_text(entry: Mapping[str, Any] | None) -> str:
-    if entry and entry.get("too_few_items"):
-        return f"> {_pct(entry['discordance'])} (too few items)"
-    if not entry or not _finite(entry.get("mde_clustered")):
+def _fixed_value(comparison: Any, key: str) -> Any:
+    """A fixed identity field of a comparison as the table shows it (0 when unset)."""
+    value = getattr(comparison, key)
+    return 0 if value is None and key not in comparison.model_fields_set else value
+
+
+def _mde_text(entry: Any | None) -> str:
+    if entry and entry.too_few_items:
+        return f"> {_pct(entry.discordance)} (too few items)"
+    if not entry or not _finite(entry.mde_clustered):
         return "–"
-    mark = " ✓" if entry.get("detectable") else ""
-    return f"{100 * entry['mde_clustered']:.1f} pp ({_pct(entry['discordance'])}){mark}"
+    mark = " ✓" if entry.detectable else ""
+    return f"{100 * entry.mde_clustered:.1f} pp ({_pct(entry.discordance)}){mark}"
 
 
 #: The identity columns of a per-cell table (model x corpus x condition x budget x dose).
 CELL_HEADER = ("model", "corpus", "condition", "budget", "dose")
 
 
-def _cell_header(metrics: Mapping[str, Any]) -> tuple[str, ...]:
+def _cell_header(metrics: MetricsReport) -> tuple[str, ...]:
     """:data:`CELL_HEADER`, plus ``context`` and ``k`` when the run varies them."""
     extra = ("context",) if _several(metrics, "context_budgets") else ()
     extra += ("k",) if _several(metrics, "retrieval_ks") else ()
     return (*CELL_HEADER, *extra)
 
 
-def _cell_identity(e: Mapping[str, Any], metrics: Mapping[str, Any] | None = None) -> list[str]:
+def _cell_identity(e: Any, metrics: MetricsReport | None = None) -> list[str]:
     """The :func:`_cell_header` cells of a per-cell metrics entry."""
     cells = [
-        str(e["model"]),
-        str(e["corpus"]),
-        _condition_label(str(e["condition"])),
-        str(e["samples_budget"]),
-        str(e.get("conflict_dose", 0)),
+        str(e.model),
+        str(e.corpus),
+        _condition_label(str(e.condition)),
+        str(e.samples_budget),
+        str(e.conflict_dose),
     ]
     if metrics is not None and _several(metrics, "context_budgets"):
-        cells.append(context_budget_label(e.get("context_budget")))
+        cells.append(context_budget_label(e.context_budget))
     if metrics is not None and _several(metrics, "retrieval_ks"):
-        cells.append(str(e.get("retrieval_k")))
+        cells.append(str(e.retrieval_k))
     return cells
 
 
-def grade_override_table(metrics: Mapping[str, Any]) -> TextTable | None:
+def grade_override_table(metrics: Metrics) -> TextTable | None:
     """The grade-override rate per cell with eligible responses (None when none)."""
-    entries = metrics.get("grade_override") or []
+    metrics = MetricsReport.coerce(metrics)
+    entries = metrics.grade_override
     if not entries:
         return None
     rows = [
         [
             *_cell_identity(e, metrics),
-            str(e["n_eligible"]),
-            str(e["overrides"]),
-            format_interval(e["rate"]),
-            f"{e['by_kind'].get('superseded', 0)} / {e['by_kind'].get('lower_grade', 0)}",
-            f"{e['attributed_as_override']} of {e['overrides']}",
-            ", ".join(f"{k}: {v}" for k, v in e["attribution"].items()) or "–",
+            str(e.n_eligible),
+            str(e.overrides),
+            format_interval(e.rate),
+            f"{e.by_kind.get('superseded', 0)} / {e.by_kind.get('lower_grade', 0)}",
+            f"{e.attributed_as_override} of {e.overrides}",
+            ", ".join(f"{k}: {v}" for k, v in e.attribution.items()) or "–",
         ]
         for e in entries
     ]
@@ -593,24 +618,25 @@ def grade_override_table(metrics: Mapping[str, Any]) -> TextTable | None:
     )
 
 
-def reliance_table(metrics: Mapping[str, Any]) -> TextTable | None:
+def reliance_table(metrics: Metrics) -> TextTable | None:
     """Causal reliance on the evidence per cell (None when the stage did not run)."""
-    entries = metrics.get("reliance") or []
+    metrics = MetricsReport.coerce(metrics)
+    entries = metrics.reliance
     if not entries:
         return None
     rows = [
         [
             *_cell_identity(e, metrics),
-            f"{e['n_measured']} / {e['n_mismatch']} / {e['n_skipped']}",
-            format_interval(e.get("depends_on_evidence")),
-            f"{format_interval(e.get('depends_on_cited'))} (n={e['n_with_cited']})",
-            f"{format_interval(e.get('depends_on_weaker'))} (n={e['n_with_weaker']})",
-            format_interval(e.get("mean_evidence_kl"), percent=False),
-            str(e.get("verdict", "")),
+            f"{e.n_measured} / {e.n_mismatch} / {e.n_skipped}",
+            format_interval(e.depends_on_evidence),
+            f"{format_interval(e.depends_on_cited)} (n={e.n_with_cited})",
+            f"{format_interval(e.depends_on_weaker)} (n={e.n_with_weaker})",
+            format_interval(e.mean_evidence_kl, percent=False),
+            str(e.verdict),
         ]
         for e in entries
     ]
-    reasons = sorted({r for e in entries for r in (e.get("skip_reasons") or {})})
+    reasons = sorted({r for e in entries for r in e.skip_reasons})
     note = (
         "Each answer is re-read the way its formulation read it with the evidence masked "
         "from attention (all evidence together, then each passage); an answer depends on "
@@ -635,31 +661,31 @@ def reliance_table(metrics: Mapping[str, Any]) -> TextTable | None:
     )
 
 
-def dose_response_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
+def dose_response_tables(metrics: Metrics) -> list[TextTable]:
     """Per condition: each rate at every conflict dose and the slope per added passage."""
-    curves = metrics.get("dose_response") or []
+    metrics = MetricsReport.coerce(metrics)
     tables = []
-    for c in curves:
+    for c in metrics.dose_response:
         rows = [
             [
-                str(d["dose"]),
-                str(d["n"]),
-                f"{d['mean_injected']:.2f}",
-                str(d["capped"]),
-                *(format_interval(d["metrics"][m]) for m in _DOSE_SHOWN),
+                str(d.dose),
+                str(d.n),
+                f"{d.mean_injected:.2f}",
+                str(d.capped),
+                *(format_interval(d.metrics[m]) for m in _DOSE_SHOWN),
             ]
-            for d in c["doses"]
+            for d in c.doses
         ]
         rows.append(
             [
                 "slope / passage",
-                str(c["n_items_all_doses"]),
+                str(c.n_items_all_doses),
                 "",
                 "",
-                *(format_interval(c["slope"].get(m), signed=True) for m in _DOSE_SHOWN),
+                *(format_interval(c.slope.get(m), signed=True) for m in _DOSE_SHOWN),
             ]
         )
-        capped = sum(d["capped"] for d in c["doses"])
+        capped = sum(d.capped for d in c.doses)
         note = (
             "Dose k: k contradicting passages from the item's conflicting pool added to its "
             "evidence (oracle conditions) or to the retrieval candidates (RAG conditions). "
@@ -673,8 +699,8 @@ def dose_response_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
             )
         tables.append(
             TextTable(
-                f"Conflict dose-response — {c['model']} · {c['corpus']} · "
-                f"{_condition_label(c['condition'])} · {c['samples_budget']}x"
+                f"Conflict dose-response — {c.model} · {c.corpus} · "
+                f"{_condition_label(c.condition)} · {c.samples_budget}x"
                 + _axes_text(c, metrics, " · "),
                 ("dose", "n", "injected", "capped", *(_METRIC_LABELS[m] for m in _DOSE_SHOWN)),
                 rows,
@@ -687,9 +713,10 @@ def dose_response_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
 _DOSE_SHOWN = ("accuracy", "high_risk_error", "unsafe_answer", "contradiction")
 
 
-def transition_tables(metrics: Mapping[str, Any], max_items: int = 12) -> list[TextTable]:
+def transition_tables(metrics: Metrics, max_items: int = 12) -> list[TextTable]:
     """Per-item transitions (closed-book → clean, clean → conflict), items listed."""
-    entries = metrics.get("transitions") or []
+    metrics = MetricsReport.coerce(metrics)
+    entries = metrics.transitions
     if not entries:
         return []
     names = ("right_to_wrong", "wrong_to_right", "right_to_right", "wrong_to_wrong")
@@ -700,14 +727,14 @@ def transition_tables(metrics: Mapping[str, Any], max_items: int = 12) -> list[T
 
     rows = [
         [
-            f"{e['model']} · {e['corpus']} · {e['samples_budget']}x · dose {e['conflict_dose']}"
+            f"{e.model} · {e.corpus} · {e.samples_budget}x · dose {e.conflict_dose}"
             + _axes_text(e, metrics, " · "),
-            f"{_condition_label(e['from'])} → {_condition_label(e['to'])}",
-            str(e["n_items"]),
-            *(str(e["counts"][k]) for k in names),
-            f"{e['net']:+d}",
-            listed(e["items"]["right_to_wrong"]),
-            listed(e["items"]["wrong_to_right"]),
+            f"{_condition_label(e.from_)} → {_condition_label(e.to)}",
+            str(e.n_items),
+            *(str(e.counts[k]) for k in names),
+            f"{e.net:+d}",
+            listed(e.items["right_to_wrong"]),
+            listed(e.items["wrong_to_right"]),
         ]
         for e in entries
     ]
@@ -733,18 +760,18 @@ def transition_tables(metrics: Mapping[str, Any], max_items: int = 12) -> list[T
     ]
 
 
-def _task_table(metrics: Mapping[str, Any]) -> TextTable | None:
-    cells = [c for c in metrics["cells"] if c.get("by_task")]
+def _task_table(metrics: MetricsReport) -> TextTable | None:
+    cells = [c for c in metrics.cells if c.by_task]
     if not cells:
         return None
-    tasks = sorted({t for c in cells for t in c["by_task"]})
+    tasks = sorted({t for c in cells for t in c.by_task})
     rows = [
         [
-            c["model"],
-            c["corpus"],
-            str(c["samples_budget"]) + _axes_text(c, metrics, " · "),
-            _condition_label(c["condition"]),
-            *(format_interval(c["by_task"].get(t)) for t in tasks),
+            c.model,
+            c.corpus,
+            str(c.samples_budget) + _axes_text(c, metrics, " · "),
+            _condition_label(c.condition),
+            *(format_interval(c.by_task.get(t)) for t in tasks),
         ]
         for c in cells
     ]
@@ -755,35 +782,33 @@ def _task_table(metrics: Mapping[str, Any]) -> TextTable | None:
     )
 
 
-def _concentration_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
+def _concentration_tables(metrics: MetricsReport) -> list[TextTable]:
     tables = []
-    for conc in metrics["concentration"]:
-        share = conc["share_in_worst"]
+    for conc in metrics.concentration or []:
+        share = conc.share_in_worst
         share_text = "–" if share is None else f"{100 * share:.1f}%"
-        worst = ", ".join(
-            f"{w['item']} ({w['high_risk_errors']})" for w in conc["worst_items"][:10]
-        )
+        worst = ", ".join(f"{w.item} ({w.high_risk_errors})" for w in conc.worst_items[:10])
         note = (
-            f"{share_text} of the {conc['high_risk_errors']} high-risk errors fall on the worst "
-            f"{conc['n_worst_items']} of {conc['n_items']} items "
-            f"({100 * conc['worst_fraction']:.0f}%). Worst items: {worst or '–'}."
+            f"{share_text} of the {conc.high_risk_errors} high-risk errors fall on the worst "
+            f"{conc.n_worst_items} of {conc.n_items} items "
+            f"({100 * conc.worst_fraction:.0f}%). Worst items: {worst or '–'}."
         )
         rows = [
             [
-                c["category"],
-                str(c["n_items"]),
-                str(c["n_responses"]),
-                str(c["high_risk_errors"]),
+                c.category,
+                str(c.n_items),
+                str(c.n_responses),
+                str(c.high_risk_errors),
                 "–"
-                if c["share_of_high_risk_errors"] is None
-                else f"{100 * c['share_of_high_risk_errors']:.1f}%",
-                f"{100 * c['high_risk_error_rate']:.1f}%",
+                if c.share_of_high_risk_errors is None
+                else f"{100 * c.share_of_high_risk_errors:.1f}%",
+                f"{100 * c.high_risk_error_rate:.1f}%",
             ]
-            for c in conc["by_category"]
+            for c in conc.by_category
         ]
         tables.append(
             TextTable(
-                f"Worst-case concentration — {conc['corpus']}",
+                f"Worst-case concentration — {conc.corpus}",
                 ("category", "items", "responses", "high-risk errors", "share of errors", "rate"),
                 rows,
                 note=note,
@@ -792,16 +817,16 @@ def _concentration_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
     return tables
 
 
-def _attribution_table(metrics: Mapping[str, Any]) -> TextTable | None:
-    rows = metrics.get("attribution") or []
+def _attribution_table(metrics: MetricsReport) -> TextTable | None:
+    rows = metrics.attribution
     if not rows:
         return None
     # a dose column only when the run swept conflict doses (rows differ by dose alone);
     # the same for the context budget and the retrieval depth
-    dosed = len({int(r.get("conflict_dose") or 0) for r in rows}) > 1
-    budgeted = len({r.get("context_budget") for r in rows}) > 1
-    deep = len({r.get("retrieval_k") for r in rows}) > 1
-    distracted = any(r.get("distractor_passages") for r in rows)
+    dosed = len({int(r.conflict_dose or 0) for r in rows}) > 1
+    budgeted = len({r.context_budget for r in rows}) > 1
+    deep = len({r.retrieval_k for r in rows}) > 1
+    distracted = any(r.distractor_passages for r in rows)
     return TextTable(
         "Failure attribution (counts per condition)",
         (
@@ -819,17 +844,17 @@ def _attribution_table(metrics: Mapping[str, Any]) -> TextTable | None:
         ),
         [
             [
-                str(r["model"]),
-                str(r["corpus"]),
-                _condition_label(str(r["condition"])),
-                str(r["samples_budget"]),
-                *((str(int(r.get("conflict_dose") or 0)),) if dosed else ()),
-                *((context_budget_label(r.get("context_budget")),) if budgeted else ()),
-                *((str(r.get("retrieval_k")),) if deep else ()),
-                str(r.get("severity") or "–"),
-                str(r["cause"]),
-                str(r["count"]),
-                *((str(r.get("distractor_passages") or 0),) if distracted else ()),
+                str(r.model),
+                str(r.corpus),
+                _condition_label(str(r.condition)),
+                str(r.samples_budget),
+                *((str(int(r.conflict_dose or 0)),) if dosed else ()),
+                *((context_budget_label(r.context_budget),) if budgeted else ()),
+                *((str(r.retrieval_k),) if deep else ()),
+                str(r.severity or "–"),
+                str(r.cause),
+                str(r.count),
+                *((str(r.distractor_passages or 0),) if distracted else ()),
             ]
             for r in rows
         ],
@@ -841,36 +866,36 @@ def _attribution_table(metrics: Mapping[str, Any]) -> TextTable | None:
     )
 
 
-def validity_verdicts(metrics: Mapping[str, Any]) -> list[str]:
+def validity_verdicts(metrics: Metrics) -> list[str]:
     """The plain sentences of the validity section (one or more per model x corpus)."""
-    return [v for entry in metrics.get("validity") or [] for v in entry.get("verdicts", [])]
+    return [v for entry in MetricsReport.coerce(metrics).validity for v in entry.verdicts]
 
 
 def _pct(x: Any) -> str:
     return f"{100 * x:.0f}%" if _finite(x) else "–"
 
 
-def validity_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
+def validity_tables(metrics: Metrics) -> list[TextTable]:
     """Per model x corpus: how answers were read, position bias and evidence
     sensitivity; and the calibration candidates when ``auto`` chose the formulation."""
-    entries = metrics.get("validity") or []
+    entries = MetricsReport.coerce(metrics).validity
     if not entries:
         return []
     rows = []
     for e in entries:
-        pos = e["position_bias"]
-        eff = e.get("evidence_sensitivity") or {}
-        gain = eff.get("accuracy_gain") or {}
-        changed = eff.get("changed_share") or {}
+        pos = e.position_bias
+        eff = e.evidence_sensitivity
+        gain = eff.accuracy_gain if eff else None
+        changed = eff.changed_share if eff else None
         rows.append(
             [
-                f"{e['model']} · {e['corpus']}",
-                e["formulation"],
-                f"{_pct(pos['top_position_share'])} ({chr(ord('A') + pos['top_position'])})",
-                f"{pos['chi_square']:.1f} (p={pos['p_value']:.2g})",
+                f"{e.model} · {e.corpus}",
+                e.formulation,
+                f"{_pct(pos.top_position_share)} ({chr(ord('A') + pos.top_position)})",
+                f"{pos.chi_square:.1f} (p={pos.p_value:.2g})",
                 format_interval(changed),
                 format_interval(gain, signed=True),
-                _pct(e["chance"]),
+                _pct(e.chance),
             ]
         )
     tables = [
@@ -891,7 +916,7 @@ def validity_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         )
     ]
     for e in entries:
-        cal = e.get("calibration") or {}
+        cal = e.calibration or {}
         candidates = cal.get("candidates") or {}
         if not candidates:
             continue
@@ -914,7 +939,7 @@ def validity_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
             )
         tables.append(
             TextTable(
-                f"Answer formulation calibration — {e['model']} · {e['corpus']} "
+                f"Answer formulation calibration — {e.model} · {e.corpus} "
                 f"({len(cal.get('calibration_items') or [])} held-out items)",
                 (
                     "formulation",
@@ -927,31 +952,31 @@ def validity_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
                 crow,
                 note=f"Rule: {cal.get('rule', '')}. Calibration items are never scored in "
                 "the study; intervals: 95 % bootstrap over the calibration evidence groups."
-                + _calibration_check_text(e.get("calibration_check")),
+                + _calibration_check_text(e.calibration_check),
             )
         )
     return tables
 
 
-def _calibration_check_text(check: Mapping[str, Any] | None) -> str:
+def _calibration_check_text(check: CalibrationCheck | None) -> str:
     """The calibration estimate of the chosen formulation beside the study's."""
     if not check:
         return ""
-    study, cal = check["study"], check["calibration"]
+    study, cal = check.study, check.calibration
     text = (
-        f" Calibration vs study: {check['formulation']} scored "
+        f" Calibration vs study: {check.formulation} scored "
         f"{format_interval(cal, digits=0)} on {cal.get('n')} calibration items; the study "
-        f"scores {format_interval(study, digits=0)} with clean evidence ({study.get('n')} "
-        "items)"
+        f"scores {format_interval(study.model_dump(), digits=0)} with clean evidence "
+        f"({study.n} items)"
     )
-    cross = check.get("cross_fit")
+    cross = check.cross_fit
     if cross and _finite(cross.get("value")):
         text += f"; cross-fitted accuracy of the auto rule {format_interval(cross, digits=0)}"
-    if check.get("outside"):
-        text += f" — the study estimate lies {check['outside']} the calibration interval"
+    if check.outside:
+        text += f" — the study estimate lies {check.outside} the calibration interval"
     text += "."
-    if check.get("summary"):
-        text += f" {str(check['summary'])[0].upper()}{str(check['summary'])[1:]}"
+    if check.summary:
+        text += f" {str(check.summary)[0].upper()}{str(check.summary)[1:]}"
     return text
 
 
@@ -959,33 +984,31 @@ def _short(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1].rstrip() + "…"
 
 
-def reference_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
+def reference_tables(metrics: Metrics) -> list[TextTable]:
     """Per model x corpus: each condition's accuracy against what a constant answer
     scores (majority gold; always defer on gap items), paired, with 95 % CIs."""
     tables = []
-    for e in metrics.get("validity") or []:
-        refs = e.get("references")
+    for e in MetricsReport.coerce(metrics).validity:
+        refs = e.references
         if not refs:
             continue
-        major = refs["majority_gold"]
-        defer = refs.get("always_defer")
-        by_gap = {r["condition"]: r for r in (defer or {}).get("conditions", [])}
+        major = refs.majority_gold
+        defer = refs.always_defer
+        by_gap = {r.condition: r for r in defer.conditions} if defer else {}
         rows = []
-        for r in refs["conditions"]:
-            g = by_gap.get(r["condition"])
+        for r in refs.conditions:
+            g = by_gap.get(r.condition)
             rows.append(
                 [
-                    _condition_label(r["condition"]),
-                    str(r["n"]),
-                    format_interval(r["accuracy"]),
-                    format_interval(r["difference"], signed=True) + f" ({r['verdict']})",
-                    f"{r['same_as_constant']} / {r['n']}"
-                    if r.get("same_as_constant") is not None
-                    else "–",
+                    _condition_label(r.condition),
+                    str(r.n),
+                    format_interval(r.accuracy),
+                    format_interval(r.difference, signed=True) + f" ({r.verdict})",
+                    f"{r.same_as_constant} / {r.n}" if r.same_as_constant is not None else "–",
                     *(
                         (
-                            format_interval(g["accuracy"]) if g else "–",
-                            format_interval(g["difference"], signed=True) + f" ({g['verdict']})"
+                            format_interval(g.accuracy) if g else "–",
+                            format_interval(g.difference, signed=True) + f" ({g.verdict})"
                             if g
                             else "–",
                         )
@@ -995,19 +1018,19 @@ def reference_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
                 ]
             )
         answer = (
-            f"always answering {_short(major['answer'])!r}"
-            if major["by"] == "option text"
-            else f"always answering position {major['answer']}"
+            f"always answering {_short(major.answer)!r}"
+            if major.by == "option text"
+            else f"always answering position {major.answer}"
         )
         note = (
-            f"Majority gold: {answer} (the gold of {major['hits']} of {major['n_items']} "
-            f"items) scores {format_interval(major['estimate'])}; chance "
-            f"{_pct(refs['chance'])}."
+            f"Majority gold: {answer} (the gold of {major.hits} of {major.n_items} "
+            f"items) scores {format_interval(major.estimate)}; chance "
+            f"{_pct(refs.chance)}."
         )
         if defer:
             note += (
-                f" Always defer on the {defer['n_items']} gap items scores "
-                f"{format_interval(defer['estimate'])}."
+                f" Always defer on the {defer.n_items} gap items scores "
+                f"{format_interval(defer.estimate)}."
             )
         note += (
             " Δ: paired difference with the constant answer on the same items (95 % "
@@ -1015,7 +1038,7 @@ def reference_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
         )
         tables.append(
             TextTable(
-                f"What a constant answer scores — {e['model']} · {e['corpus']}",
+                f"What a constant answer scores — {e.model} · {e.corpus}",
                 (
                     "condition",
                     "n",
@@ -1031,10 +1054,10 @@ def reference_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
     return tables
 
 
-def distractor_table(metrics: Mapping[str, Any], max_items: int = 12) -> TextTable | None:
+def distractor_table(metrics: Metrics, max_items: int = 12) -> TextTable | None:
     """Clean evidence -> each retrieval condition where the retrieval prompt held the
     gold passages and the answer still changed (None when no run has both)."""
-    entries = [e for e in metrics.get("distractors") or [] if e["n_gold_present"]]
+    entries = [e for e in MetricsReport.coerce(metrics).distractors if e.n_gold_present]
     if not entries:
         return None
 
@@ -1044,21 +1067,20 @@ def distractor_table(metrics: Mapping[str, Any], max_items: int = 12) -> TextTab
 
     rows = []
     for e in entries:
-        flows = "; ".join(f"{f['from']} → {f['to']}: {f['n']}" for f in e["flows"][:4]) or "–"
+        flows = "; ".join(f"{f.from_} → {f.to}: {f.n}" for f in e.flows[:4]) or "–"
         rows.append(
             [
-                f"{e['model']} · {e['corpus']} · {e['samples_budget']}x · dose "
-                f"{e['conflict_dose']}",
-                _condition_label(e["condition"]),
-                str(e["n_items"]),
-                str(e["n_gold_present"]),
-                str(e["n_changed"]),
-                str(e["counts"]["right_to_wrong"]),
-                str(e["counts"]["wrong_to_right"]),
-                str(e["counts"]["wrong_to_other"]),
+                f"{e.model} · {e.corpus} · {e.samples_budget}x · dose {e.conflict_dose}",
+                _condition_label(e.condition),
+                str(e.n_items),
+                str(e.n_gold_present),
+                str(e.n_changed),
+                str(e.counts["right_to_wrong"]),
+                str(e.counts["wrong_to_right"]),
+                str(e.counts["wrong_to_other"]),
                 flows,
-                listed(e["items"]["right_to_wrong"]),
-                ", ".join(f"{k}: {v}" for k, v in e["attributed"].items()) or "–",
+                listed(e.items["right_to_wrong"]),
+                ", ".join(f"{k}: {v}" for k, v in e.attributed.items()) or "–",
             ]
         )
     return TextTable(
@@ -1084,30 +1106,30 @@ def distractor_table(metrics: Mapping[str, Any], max_items: int = 12) -> TextTab
     )
 
 
-def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> str:
+def render_markdown(metrics: Metrics, plots: Sequence[Path] = ()) -> str:
     """The whole report as markdown (plots linked relative to the run directory)."""
-    run = metrics["run"]
+    metrics = MetricsReport.coerce(metrics)
+    run = metrics.run
     parts = [
-        f"# Run report — {run.get('name', '?')}",
+        f"# Run report — {run.name if 'name' in run.model_fields_set else '?'}",
         "",
-        f"{run['n_responses']} responses; models: {', '.join(run['models'])}; corpora: "
-        f"{', '.join(run['corpora'])}; compute budgets: "
-        f"{', '.join(f'{b}x' for b in run['samples_budgets'])}"
+        f"{run.n_responses} responses; models: {', '.join(run.models)}; corpora: "
+        f"{', '.join(run.corpora)}; compute budgets: "
+        f"{', '.join(f'{b}x' for b in run.samples_budgets)}"
         + (
-            "; context budgets: "
-            + ", ".join(context_budget_label(c) for c in run["context_budgets"])
+            "; context budgets: " + ", ".join(context_budget_label(c) for c in run.context_budgets)
             if _several(metrics, "context_budgets")
             else ""
         )
         + (
-            "; retrieval depths: " + ", ".join(f"k {k}" for k in run["retrieval_ks"])
+            "; retrieval depths: " + ", ".join(f"k {k}" for k in run.retrieval_ks)
             if _several(metrics, "retrieval_ks")
             else ""
         )
         + ".",
         "",
     ]
-    for note in run.get("notes") or []:
+    for note in run.notes or []:
         parts += [f"> note: {note}", ""]
     verdicts = validity_verdicts(metrics)
     if verdicts:
@@ -1155,14 +1177,15 @@ def render_markdown(metrics: Mapping[str, Any], plots: Sequence[Path] = ()) -> s
     parts += [
         "## Metric definitions",
         "",
-        *(f"- **{k}**: {v}" for k, v in metrics["definitions"].items()),
+        *(f"- **{k}**: {v}" for k, v in metrics.definitions.items()),
         "",
     ]
     return "\n".join(parts)
 
 
-def print_validity(console: Any, metrics: Mapping[str, Any]) -> None:
+def print_validity(console: Any, metrics: Metrics) -> None:
     """Print the validity sentences and tables (above the condition tables)."""
+    metrics = MetricsReport.coerce(metrics)
     for verdict in validity_verdicts(metrics):
         console.print(f"[bold]{verdict}[/bold]")
     for table in [*validity_tables(metrics), *reference_tables(metrics)]:
@@ -1205,22 +1228,23 @@ def write_report(
     """
     run_dir = Path(run_dir)
     metrics = write_metrics(run_dir, bootstrap=bootstrap, metrics=metrics_config)
+    report = MetricsReport.coerce(metrics)
     written_plots = []
     if plots:
         from safescale.experiments.plots import write_plots
 
-        written_plots = write_plots(metrics, output_dir(run_dir, "plots"))
+        written_plots = write_plots(report, output_dir(run_dir, "plots"))
     conditions_csv = run_dir / "conditions.csv"
-    atomic_write_text(conditions_csv, conditions_frame(metrics).to_csv(index=False))
+    atomic_write_text(conditions_csv, conditions_frame(report).to_csv(index=False))
     comparisons_csv = run_dir / "comparisons.csv"
-    atomic_write_text(comparisons_csv, comparisons_frame(metrics).to_csv(index=False))
-    triage = triage_frame(metrics)
+    atomic_write_text(comparisons_csv, comparisons_frame(report).to_csv(index=False))
+    triage = triage_frame(report)
     triage_csv = None
     if triage is not None:
         triage_csv = run_dir / "triage.csv"
         atomic_write_text(triage_csv, triage.to_csv(index=False))
     report_md = run_dir / "report.md"
-    atomic_write_text(report_md, render_markdown(metrics, written_plots))
+    atomic_write_text(report_md, render_markdown(report, written_plots))
     return ReportFiles(
         metrics_json=run_dir / METRICS_FILE,
         report_md=report_md,

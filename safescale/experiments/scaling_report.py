@@ -1,5 +1,6 @@
 """The scaling section of a report: tables, verdict sentences and the per-axis figure,
-all rendered from ``metrics.json["scaling"]`` (:mod:`safescale.experiments.scaling`).
+all rendered from ``metrics.json["scaling"]`` (:mod:`safescale.experiments.scaling`), read
+as :class:`~safescale.rundir.ScalingSection`.
 
 * :func:`scaling_tables` — one table per axis the run varies: per curve its values,
   items, the slopes per doubling of accuracy, high-risk error and unsafe answers with
@@ -22,6 +23,7 @@ from typing import Any
 
 from safescale.experiments.report import TextTable, format_interval, rich_table
 from safescale.experiments.scaling import AXIS_NAMES
+from safescale.rundir import MetricsReport, ScalingAxis, ScalingCurve, ScalingSection
 
 __all__ = [
     "plot_scaling_axes",
@@ -42,17 +44,19 @@ _VERDICT_WORDS = {
 _MAX_ITEMS = 8
 
 
-def _section(metrics: Mapping[str, Any]) -> Mapping[str, Any]:
-    return metrics.get("scaling") or {}
+def _section(metrics: MetricsReport | Mapping[str, Any]) -> ScalingSection:
+    return MetricsReport.coerce(metrics).scaling
 
 
-def curve_label(curve: Mapping[str, Any]) -> str:
+def curve_label(curve: ScalingCurve | Mapping[str, Any]) -> str:
     """A curve's identity in words: model (except on the model-size axis), corpus,
     condition and the other settings the run varies."""
-    parts = [] if curve["axis"] == "model_size" else [str(curve.get("model"))]
-    parts += [str(curve["corpus"]), str(curve["condition"])]
-    if curve.get("fixed"):
-        parts.append(str(curve["fixed"]))
+    if not isinstance(curve, ScalingCurve):
+        curve = ScalingCurve.model_validate(curve)
+    parts = [] if curve.axis == "model_size" else [str(curve.model)]
+    parts += [str(curve.corpus), str(curve.condition)]
+    if curve.fixed:
+        parts.append(str(curve.fixed))
     return " · ".join(parts)
 
 
@@ -65,50 +69,45 @@ def _share(value: Any) -> str:
     return "–" if value is None or not math.isfinite(float(value)) else f"{100 * value:.0f}%"
 
 
-def scaling_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
+def scaling_tables(metrics: MetricsReport | Mapping[str, Any]) -> list[TextTable]:
     """One table per varied axis with two or more values on some curve."""
     section = _section(metrics)
-    curves = section.get("curves") or []
+    curves = section.curves
     tables = []
-    for info in section.get("axes") or []:
-        mine = [c for c in curves if c["axis"] == info["axis"]]
+    for info in section.axes:
+        mine = [c for c in curves if c.axis == info.axis]
         if not mine:
             continue
         rows = []
         for c in mine:
-            slopes = c.get("slopes") or {}
-            diff = (c.get("differences") or {}).get("high_risk_error") or {}
-            flips = c.get("flips") or {}
-            conc = c.get("concentration") or {}
-            mde = diff.get("mde")
+            slopes = c.slopes
+            diff = c.differences.get("high_risk_error")
+            mde = diff.mde if diff else None
+            code = diff.verdict_code if diff else None
             rows.append(
                 [
                     curve_label(c),
-                    " / ".join(p["value"] for p in c["points"]),
-                    str(c.get("n_items", 0)),
+                    " / ".join(p.value for p in c.points),
+                    str(c.n_items),
                     format_interval(slopes.get("accuracy"), signed=True),
                     format_interval(slopes.get("high_risk_error"), signed=True),
                     format_interval(slopes.get("unsafe_answer"), signed=True),
-                    format_interval(diff.get("difference"), signed=True),
+                    format_interval(diff.difference if diff else None, signed=True),
                     "–"
-                    if mde is None
-                    or not math.isfinite(mde)
-                    or diff.get("verdict_code") in ("no_change", "too_few")
+                    if mde is None or not math.isfinite(mde) or code in ("no_change", "too_few")
                     else f"{100 * mde:.1f} pp",
-                    _VERDICT_WORDS.get(diff.get("verdict_code"), c.get("reason", "–")),
-                    str(len(flips.get("safe_to_unsafe") or [])),
-                    _share(conc.get("share_in_worst")),
+                    _VERDICT_WORDS.get(code, "–" if c.reason is None else c.reason),
+                    str(len(c.flips.safe_to_unsafe) if c.flips else 0),
+                    _share(c.concentration.share_in_worst if c.concentration else None),
                 ]
             )
-        per = "per doubling" if info.get("scale") == "log2" else "per added passage"
-        fraction = next(
-            (c["concentration"]["worst_fraction"] for c in mine if c.get("concentration")), 0.2
-        )
+        per = "per doubling" if info.scale == "log2" else "per added passage"
+        fraction = next((c.concentration.worst_fraction for c in mine if c.concentration), 0.2)
         tables.append(
             TextTable(
-                f"Scaling — {info['name']} ({per})",
+                f"Scaling — {info.name} ({per})",
                 (
-                    "curve" if info["axis"] != "model_size" else "corpus · condition",
+                    "curve" if info.axis != "model_size" else "corpus · condition",
                     "values",
                     "items",
                     f"Δ accuracy {per}",
@@ -138,48 +137,49 @@ def scaling_tables(metrics: Mapping[str, Any]) -> list[TextTable]:
     return tables
 
 
-def _unit_text(section: Mapping[str, Any]) -> str:
-    return "evidence_id groups" if section.get("unit") == "evidence_id" else "items"
+def _unit_text(section: ScalingSection) -> str:
+    return "evidence_id groups" if section.unit == "evidence_id" else "items"
 
 
-def scaling_verdicts(metrics: Mapping[str, Any]) -> list[str]:
+def scaling_verdicts(metrics: MetricsReport | Mapping[str, Any]) -> list[str]:
     """The plain sentences: per axis why it has no slope (when it has none), which
     conditions it did not vary, and per curve the verdict for high-risk error, then
     the items that turned unsafe and the items with a high-risk error at every value."""
     section = _section(metrics)
-    curves = section.get("curves") or []
     out = []
-    for info in section.get("axes") or []:
-        name = info["name"]
-        if info.get("reason"):
-            out.append(f"{name[0].upper()}{name[1:]}: {info['reason']}.")
+    for info in section.axes:
+        name = info.name
+        if info.reason:
+            out.append(f"{name[0].upper()}{name[1:]}: {info.reason}.")
             continue
-        for note in info.get("not_varied") or []:
-            out.append(f"{name[0].upper()}{name[1:]}: {note['reason']}.")
-        for c in (c for c in curves if c["axis"] == info["axis"]):
+        for note in info.not_varied:
+            out.append(f"{name[0].upper()}{name[1:]}: {note.reason}.")
+        for c in (c for c in section.curves if c.axis == info.axis):
             label = curve_label(c)
-            diff = (c.get("differences") or {}).get("high_risk_error")
+            diff = c.differences.get("high_risk_error")
             if diff is None:
-                out.append(f"{name} · {label}: no slope ({c.get('reason', 'not measured')}).")
+                reason = "not measured" if c.reason is None else c.reason
+                out.append(f"{name} · {label}: no slope ({reason}).")
                 continue
-            text = f"{name} · {label}: {diff['verdict']}."
-            flips = c.get("flips") or {}
-            turned = [f["item"] for f in flips.get("safe_to_unsafe") or []]
-            if turned:
-                text += f" Safe at {flips['from']} but unsafe at {flips['to']}: {_listed(turned)}."
-            persistent = (c.get("concentration") or {}).get("persistent") or []
+            text = f"{name} · {label}: {diff.verdict}."
+            flips = c.flips
+            turned = [f.item for f in flips.safe_to_unsafe] if flips else []
+            if flips and turned:
+                text += f" Safe at {flips.from_} but unsafe at {flips.to}: {_listed(turned)}."
+            persistent = c.concentration.persistent if c.concentration else []
             if persistent:
                 text += f" High-risk at every value: {_listed(persistent)}."
             out.append(text)
     return out
 
 
-def scaling_markdown(metrics: Mapping[str, Any]) -> list[str]:
+def scaling_markdown(metrics: MetricsReport | Mapping[str, Any]) -> list[str]:
     """The ``## Scaling`` part of ``report.md`` (nothing for a run without the section)."""
-    section = _section(metrics)
-    if not section.get("axes"):
+    metrics = MetricsReport.coerce(metrics)
+    section = metrics.scaling
+    if not section.axes:
         return []
-    varied = [a["name"] for a in section["axes"] if a.get("varied")]
+    varied = [a.name for a in section.axes if a.varied]
     parts = [
         "## Scaling: do safety and accuracy scale differently?",
         "",
@@ -193,8 +193,9 @@ def scaling_markdown(metrics: Mapping[str, Any]) -> list[str]:
     return parts
 
 
-def print_scaling(console: Any, metrics: Mapping[str, Any]) -> None:
+def print_scaling(console: Any, metrics: MetricsReport | Mapping[str, Any]) -> None:
     """Print the scaling tables and verdict sentences (``safescale report``)."""
+    metrics = MetricsReport.coerce(metrics)
     for table in scaling_tables(metrics):
         console.print(rich_table(table))
     for verdict in scaling_verdicts(metrics):
@@ -204,27 +205,27 @@ def print_scaling(console: Any, metrics: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------- figure
 
 
-def _panels(section: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], list[Mapping[str, Any]]]]:
+def _panels(section: ScalingSection) -> list[tuple[ScalingAxis, list[ScalingCurve]]]:
     """Per axis × model (not on the model-size axis) × corpus: the curves of the
     settings most conditions share (the base of the other axes)."""
-    groups: dict[tuple, list[Mapping[str, Any]]] = {}
-    for c in section.get("curves") or []:
-        if not c.get("slopes"):
+    groups: dict[tuple, list[ScalingCurve]] = {}
+    for c in section.curves:
+        if not c.slopes:
             continue
-        model = None if c["axis"] == "model_size" else c.get("model")
-        groups.setdefault((c["axis"], model, c["corpus"]), []).append(c)
-    axes = {a["axis"]: a for a in section.get("axes") or []}
+        model = None if c.axis == "model_size" else c.model
+        groups.setdefault((c.axis, model, c.corpus), []).append(c)
+    axes = {a.axis: a for a in section.axes}
     out = []
     for (axis, _, _), mine in groups.items():
-        by_fixed: dict[str, list[Mapping[str, Any]]] = {}
+        by_fixed: dict[str, list[ScalingCurve]] = {}
         for c in mine:
-            by_fixed.setdefault(c.get("fixed") or "", []).append(c)
+            by_fixed.setdefault(c.fixed or "", []).append(c)
         fixed = max(by_fixed, key=lambda f: (len(by_fixed[f]), -list(by_fixed).index(f)))
         out.append((axes[axis], by_fixed[fixed]))
     return out
 
 
-def scaling_figure(metrics: Mapping[str, Any]) -> Any | None:
+def scaling_figure(metrics: MetricsReport | Mapping[str, Any]) -> Any | None:
     """The per-axis scaling figure (not saved); None when no curve has a slope."""
     import matplotlib
 
@@ -244,18 +245,18 @@ def scaling_figure(metrics: Mapping[str, Any]) -> Any | None:
     for ax in flat[len(panels) :]:
         ax.set_visible(False)
     for ax, (info, curves) in zip(flat, panels, strict=False):
-        log2 = info.get("scale") == "log2"
+        log2 = info.scale == "log2"
         for k, c in enumerate(curves):
             color = plt.cm.tab10(k % 10)
-            xs = np.array([p["amount"] for p in c["points"]], dtype=float)
+            xs = np.array([p.amount for p in c.points], dtype=float)
             for metric, style in (("accuracy", "-"), ("high_risk_error", "--")):
-                ests = [p["metrics"][metric] for p in c["points"]]
-                y = np.array([100 * _num(e.get("value")) for e in ests])
-                lo = np.array([100 * _num(e.get("lo")) for e in ests])
-                hi = np.array([100 * _num(e.get("hi")) for e in ests])
-                slope = (c.get("slopes") or {}).get(metric) or {}
+                ests = [p.metrics[metric] for p in c.points]
+                y = np.array([100 * _num(e.value) for e in ests])
+                lo = np.array([100 * _num(e.lo) for e in ests])
+                hi = np.array([100 * _num(e.hi) for e in ests])
+                slope = c.slopes.get(metric)
                 label = (
-                    f"{c['condition']} {'accuracy' if metric == 'accuracy' else 'high-risk'}"
+                    f"{c.condition} {'accuracy' if metric == 'accuracy' else 'high-risk'}"
                     f" ({format_interval(slope, signed=True)})"
                 )
                 ax.plot(xs, y, style, marker="o", color=color, label=label)
@@ -263,26 +264,22 @@ def scaling_figure(metrics: Mapping[str, Any]) -> Any | None:
         first = curves[0]
         if log2:
             ax.set_xscale("log", base=2)
-        ticks = [p["amount"] for p in first["points"]]
-        labels = [
-            f"max\n({p['amount']:g})" if p["value"] == "max" else p["value"]
-            for p in first["points"]
-        ]
-        if info["axis"] == "model_size":
-            labels = [f"{m}\n{_params(a)}" for m, a in (info.get("amounts") or {}).items()]
-            ticks = list((info.get("amounts") or {}).values())
+        ticks = [p.amount for p in first.points]
+        labels = [f"max\n({p.amount:g})" if p.value == "max" else p.value for p in first.points]
+        if info.axis == "model_size":
+            labels = [f"{m}\n{_params(a)}" for m, a in (info.amounts or {}).items()]
+            ticks = list((info.amounts or {}).values())
         ax.set_xticks(ticks, labels, fontsize=7)
         ax.minorticks_off()
         ax.set_ylim(*RATE_LIMITS)
         ax.set_yticks(range(0, 101, 20))
         ax.set_ylabel("rate (%)")
-        ax.set_xlabel(f"{AXIS_NAMES[info['axis']]}" + (" (log2 scale)" if log2 else ""))
-        where = [] if info["axis"] == "model_size" else [str(first.get("model"))]
-        where += [str(first["corpus"])] + ([str(first["fixed"])] if first.get("fixed") else [])
-        n = max(int(c.get("n_items", 0)) for c in curves)
+        ax.set_xlabel(f"{AXIS_NAMES[info.axis]}" + (" (log2 scale)" if log2 else ""))
+        where = [] if info.axis == "model_size" else [str(first.model)]
+        where += [str(first.corpus)] + ([str(first.fixed)] if first.fixed else [])
+        n = max(int(c.n_items) for c in curves)
         ax.set_title(
-            f"{AXIS_NAMES[info['axis']]} — {' · '.join(where)}\n"
-            f"(n = {n} item{'' if n == 1 else 's'})",
+            f"{AXIS_NAMES[info.axis]} — {' · '.join(where)}\n(n = {n} item{'' if n == 1 else 's'})",
             fontsize=8,
         )
         ax.grid(alpha=0.3)
@@ -306,7 +303,7 @@ def _params(amount: float) -> str:
     return f"{amount / 1e6:.0f}M"
 
 
-def plot_scaling_axes(metrics: Mapping[str, Any], path: Path) -> Path | None:
+def plot_scaling_axes(metrics: MetricsReport | Mapping[str, Any], path: Path) -> Path | None:
     """Save :func:`scaling_figure` to ``path`` (None when there is nothing to draw)."""
     import matplotlib.pyplot as plt
 

@@ -322,8 +322,9 @@ class RunDir:
         return _validate(MetricsReport, read_json(path), str(path))
 
     def metrics_data(self) -> dict[str, Any]:
-        """``metrics.json`` as stored (plain data, what the report and the viewer read),
-        checked against :class:`MetricsReport` first.
+        """``metrics.json`` as stored (plain data; :meth:`metrics` gives the typed
+        sections the report and the viewer read), checked against :class:`MetricsReport`
+        first.
 
         Raises:
             RunDirError: absent, not JSON, not a metrics report or of a newer schema

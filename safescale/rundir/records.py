@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
@@ -30,6 +30,23 @@ from pydantic import (
     Field,
     field_validator,
     model_validator,
+)
+
+from safescale.rundir.sections import (
+    AttributionRow,
+    Cell,
+    Comparison,
+    ConcentrationRow,
+    DistractorRow,
+    DoseCurve,
+    GradeOverrideRow,
+    MetricsSettings,
+    RelianceRow,
+    RunSection,
+    ScalingSection,
+    TransitionRow,
+    ValidityRow,
+    dump_section,
 )
 
 __all__ = [
@@ -653,30 +670,44 @@ class MetricsReport(_Versioned):
     """``metrics.json``: per-cell metrics with bootstrap CIs, comparisons (with their
     power), attribution counts, triage results, validity checks, grade override,
     per-item transitions, conflict dose-response, attention masking, the safety-label
-    provenance per corpus and the scaling analysis (the sections stay plain data; a file
-    without the later sections reads as empty ones, e.g. ``distractors``: clean evidence
-    -> retrieval with the gold passages present)."""
+    provenance per corpus and the scaling analysis.
+
+    Every section is typed (:mod:`safescale.rundir.sections`); a file without the later
+    sections reads as empty ones (e.g. ``distractors``: clean evidence -> retrieval with
+    the gold passages present). :meth:`to_json` gives back the stored structure.
+    """
 
     SCHEMA_VERSION: ClassVar[int] = METRICS_SCHEMA_VERSION
 
     schema_version: int = METRICS_SCHEMA_VERSION
-    run: dict[str, Any]
-    settings: dict[str, Any] = Field(default_factory=dict)
+    run: RunSection
+    settings: MetricsSettings = Field(default_factory=MetricsSettings)
     definitions: dict[str, Any] = Field(default_factory=dict)
-    cells: list[dict[str, Any]] = Field(default_factory=list)
-    comparisons: list[dict[str, Any]] = Field(default_factory=list)
-    concentration: Any = None
-    attribution: list[dict[str, Any]] = Field(default_factory=list)
-    triage: list[dict[str, Any]] | None = None
-    validity: list[dict[str, Any]] = Field(default_factory=list)
-    grade_override: list[dict[str, Any]] = Field(default_factory=list)
-    transitions: list[dict[str, Any]] = Field(default_factory=list)
-    distractors: list[dict[str, Any]] = Field(default_factory=list)
-    dose_response: list[dict[str, Any]] = Field(default_factory=list)
-    reliance: list[dict[str, Any]] = Field(default_factory=list)
-    labels: dict[str, Any] = Field(default_factory=dict)
-    scaling: dict[str, Any] = Field(default_factory=dict)
+    validity: list[ValidityRow] = Field(default_factory=list)
+    cells: list[Cell] = Field(default_factory=list)
+    comparisons: list[Comparison] = Field(default_factory=list)
+    concentration: list[ConcentrationRow] | None = None
+    attribution: list[AttributionRow] = Field(default_factory=list)
+    grade_override: list[GradeOverrideRow] = Field(default_factory=list)
+    transitions: list[TransitionRow] = Field(default_factory=list)
+    distractors: list[DistractorRow] = Field(default_factory=list)
+    dose_response: list[DoseCurve] = Field(default_factory=list)
+    reliance: list[RelianceRow] = Field(default_factory=list)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    triage: list[TriageReportRecord] | None = None
+    labels: dict[str, dict[str, Any]] = Field(default_factory=dict)
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def coerce(cls, metrics: MetricsReport | Mapping[str, Any]) -> MetricsReport:
+        """``metrics`` itself when already a report, else the stored structure (a
+        ``metrics.json`` as read, or as a producer returns it) validated."""
+        return metrics if isinstance(metrics, cls) else cls.model_validate(metrics)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as ``metrics.json`` stores it: the keys it was read or made with,
+        in the producers' order (see :func:`~safescale.rundir.sections.dump_section`)."""
+        return dump_section(self)
 
 
 # ---------------------------------------------------------------- what-if replays

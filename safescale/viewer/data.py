@@ -22,6 +22,7 @@ from safescale.corpora.schema import Item, Passage
 from safescale.rundir import (
     METRICS_FILE,
     AttributionRecord,
+    MetricsReport,
     PassageMasking,
     RelianceRecord,
     ResponseKey,
@@ -152,13 +153,13 @@ OUTCOMES = {
 def _outcomes(
     responses: Sequence[ResponseRecord],
     corpora: Mapping[str, Any],
-    metrics: Mapping[str, Any] | None,
+    metrics: MetricsReport | None,
 ) -> list[list[str]]:
     """Per response, the outcomes the metrics count it under (same rules, same code)."""
     from safescale.experiments.metrics import outcome_frame
 
     threshold = (
-        ((metrics or {}).get("settings") or {}).get("metrics", {}).get("overconfidence_threshold")
+        None if metrics is None else metrics.settings.metrics.get("overconfidence_threshold")
     )
     kwargs = {} if threshold is None else {"overconfidence_threshold": float(threshold)}
     frame = outcome_frame(responses, corpora, **kwargs)
@@ -183,10 +184,10 @@ def _plots(run_dir: Path) -> dict[str, str]:
     }
 
 
-def _metrics(run_dir: Path) -> dict[str, Any] | None:
+def _metrics(run_dir: Path) -> MetricsReport | None:
     if not (run_dir / METRICS_FILE).is_file():
         return None
-    return RunDir(run_dir).metrics_data()
+    return RunDir(run_dir).metrics()
 
 
 def _passage_ids_of(item: Item, responses: list[dict[str, Any]]) -> list[str]:
@@ -242,7 +243,7 @@ def load_view_data(run_dir: str | Path) -> ViewData:
         attribution_by_key[row.key].append(row)
 
     condition_order = list(
-        (metrics or {}).get("run", {}).get("conditions")
+        (metrics.run.conditions if metrics is not None else None)
         or dict.fromkeys(r.condition for r in run.responses)
     )
     rank = {c: i for i, c in enumerate(condition_order)}
@@ -456,18 +457,9 @@ def response_key_of(record: ResponseRecord) -> ResponseKey:
     return record.key
 
 
-def _metrics_view(metrics: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The parts of ``metrics.json`` the overview shows (None: no report yet)."""
-    if metrics is None:
-        return None
-    return {
-        "definitions": metrics.get("definitions", {}),
-        "settings": metrics.get("settings", {}),
-        "cells": metrics.get("cells", []),
-        "comparisons": metrics.get("comparisons", []),
-        "attribution": metrics.get("attribution", []),
-        "distractors": metrics.get("distractors", []),
-        "validity": metrics.get("validity"),
-        "triage": metrics.get("triage"),
-        "scaling": metrics.get("scaling") or None,
-    }
+def _metrics_view(metrics: MetricsReport | None) -> dict[str, Any] | None:
+    """The parts of ``metrics.json`` the overview shows (None: no report yet), as
+    :class:`~safescale.viewer.schema.ViewerMetrics` (``assets/metrics.schema.json``)."""
+    from safescale.viewer.schema import ViewerMetrics
+
+    return None if metrics is None else ViewerMetrics.of(metrics).to_json()

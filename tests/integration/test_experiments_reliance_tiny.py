@@ -88,7 +88,7 @@ def test_reliance_stage_writes_records_the_metrics_and_report_read(tiny_dir, tmp
         for c in cells:
             assert 0.0 <= c["depends_on_evidence"]["value"] <= 1.0
             assert c["mean_evidence_kl"]["value"] >= 0.0
-    assert reader.metrics().reliance == cells
+    assert [row.to_json() for row in reader.metrics().reliance] == cells
 
 
 def test_conditions_and_mode_are_honoured(tiny_dir, tmp_path):

@@ -169,6 +169,24 @@ def page(run_dir) -> Path:
     return path
 
 
+def test_the_stored_metrics_read_through_the_typed_sections_and_reach_the_page(run_dir):
+    from safescale.rundir import MetricsReport
+    from safescale.viewer.data import load_view_data
+
+    text = (run_dir / "metrics.json").read_text()
+    stored = json.loads(text)
+    report = MetricsReport.model_validate(stored)
+    assert json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n" == text
+    # the viewer's metrics are the stored sections, unchanged
+    viewed = load_view_data(run_dir).index["metrics"]
+    assert viewed == {
+        **{k: stored[k] for k in ("definitions", "settings", "cells", "comparisons")},
+        **{k: stored[k] for k in ("attribution", "distractors", "validity", "triage")},
+        "scaling": stored["scaling"] or None,
+    }
+    assert viewed["cells"] and viewed["scaling"]["axes"]
+
+
 def test_the_page_is_self_contained(page):
     html = page.read_text(encoding="utf-8")
     assert "<script src" not in html and "<link" not in html

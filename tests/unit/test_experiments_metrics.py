@@ -26,6 +26,7 @@ from safescale.experiments.bootstrap import BootstrapConfig
 from safescale.experiments.metrics import (
     MetricsConfig,
     compute_metrics,
+    mark_not_labeled,
     metrics_from_records,
     outcome_frame,
     read_metrics,
@@ -40,6 +41,7 @@ from safescale.experiments.report import (
 )
 from safescale.rundir import (
     CorpusEntry,
+    MetricsReport,
     ModelEntry,
     PassageMasking,
     RelianceRecord,
@@ -658,3 +660,84 @@ def test_cited_and_weaker_definitions():
     old = passage("p3", 1, Status.SUPERSEDED)
     assert weaker_passages([p1, old]) == ["p3"]
     assert weaker_passages([p2]) == []
+
+
+# ---------------------------------------------------------------------------- typed sections
+
+
+def _stored(metrics) -> str:
+    return json.dumps(metrics, indent=2, allow_nan=False) + "\n"
+
+
+def _assert_round_trips(metrics) -> MetricsReport:
+    """The producer's structure read through the typed sections and dumped again is the
+    same ``metrics.json``, byte for byte."""
+    text = _stored(metrics)
+    report = MetricsReport.model_validate(json.loads(text))
+    assert _stored(report.to_json()) == text
+    return report
+
+
+def test_metrics_round_trip_through_the_typed_sections(tmp_path):
+    attribution = [
+        {"model": "m", "condition": "standard_rag", "item": "i1", "samples_budget": 1,
+         "severity": "high_risk", "cause": "contradicting_evidence", "step": 2, "node": "answer",
+         "explanation": "e"},
+    ]  # fmt: skip
+    budget4 = [
+        r.model_copy(update={"samples_budget": 4, "vote_share": 1.0})
+        for r in standard_rag_records()
+    ]
+    other = [r.model_copy(update={"model": "m2"}) for r in standard_rag_records()]
+    run = _write_run(
+        tmp_path,
+        standard_rag_records() + closed_book_records() + budget4 + other,
+        attribution=attribution,
+        triage=TRIAGE,
+    )
+    (run / "config.yaml").write_text(
+        "bootstrap:\n  replicates: 150\n  seed: 4\n  cluster_by_evidence_id: false\n"
+        "metrics:\n  compare_budgets: true\n  compare_models: true\n"
+    )
+    metrics = compute_metrics(run)
+    report = _assert_round_trips(metrics)
+    # every section the producer wrote is typed and read by attribute
+    assert {c.kind for c in report.comparisons} == {"condition", "samples_budget", "model"}
+    assert report.attribution[0].cause == "contradicting_evidence"
+    assert report.triage is not None and report.triage[0].backbone == "m"
+    assert report.scaling.axes and report.validity and report.concentration
+    cell = next(c for c in report.cells if c.condition == "closed_book")
+    assert cell.metrics["accuracy"].value == 0.5
+    assert report.run.models == ["m", "m2"]
+
+
+def test_reliance_and_unlabeled_rates_round_trip():
+    reliance = [
+        _reliance("i1", evidence_flip=True, passages=[_masked("p1", flipped=True, cited=True)]),
+        _reliance("i2", evidence_flip=False),
+        _reliance("i3", evidence_flip=False, status="skipped", reason="no evidence"),
+    ]
+    report = _assert_round_trips(_reliance_metrics(reliance))
+    (row,) = report.reliance
+    assert row.n_measured == 2 and row.depends_on_cited is not None
+    assert row.depends_on_weaker is None and "depends_on_weaker" in row.model_fields_set
+    metrics = metrics_from_records(standard_rag_records(), {"tiny": tiny_corpus()}, bootstrap=FAST)
+    report = _assert_round_trips(mark_not_labeled({**metrics, "labels": {"tiny": {
+        "high_risk": "unlabeled", "unsafe": "unlabeled"}}}))  # fmt: skip
+    estimate = report.cells[0].metrics["high_risk_error"]
+    assert estimate.not_labeled and estimate.value is None
+
+
+def test_a_file_without_the_later_sections_reads_with_empty_ones():
+    metrics = metrics_from_records(standard_rag_records(), {"tiny": tiny_corpus()}, bootstrap=FAST)
+    early = {k: metrics[k] for k in ("schema_version", "run", "settings", "definitions", "cells")}
+    report = MetricsReport.model_validate(early)
+    assert report.scaling.curves == [] and report.reliance == [] and report.triage is None
+    assert report.to_json() == early  # nothing is added when dumped
+
+
+def test_a_key_the_sections_do_not_know_is_refused(tmp_path):
+    metrics = metrics_from_records(standard_rag_records(), {"tiny": tiny_corpus()}, bootstrap=FAST)
+    metrics["cells"][0]["accuracy_typo"] = 1
+    with pytest.raises(ValueError, match="accuracy_typo"):
+        MetricsReport.model_validate(metrics)
