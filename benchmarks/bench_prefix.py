@@ -106,8 +106,8 @@ def _interval(est: dict) -> str:
 
 def _order_comparison(run_a: Path, run_d: Path, config) -> None:
     """Max-context under similarity (run A) vs corpus (run D), paired over items."""
-    from safescale.experiments.metrics import MetricsConfig, metrics_from_records
     from safescale.rundir import RunDir
+    from safescale.statistics.metrics import MetricsConfig, metrics_from_records
 
     similarity = [r for r in RunDir(run_a).responses() if r.condition == "max_context"]
     corpus = [

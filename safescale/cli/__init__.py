@@ -100,9 +100,9 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("safescale.agents.replay", "ReplayError"),
     ("safescale.agents.registry", "ConditionError"),
     ("safescale.experiments.tracking", "TrackingError"),
-    ("safescale.experiments.export_inspect", "ExportError"),
+    ("safescale.presentation.export_inspect", "ExportError"),
     ("safescale.experiments.reliance", "RelianceError"),
-    ("safescale.experiments.metric_families", "MetricFamilyError"),
+    ("safescale.statistics.metric_families", "MetricFamilyError"),
     ("safescale.viewer.server", "ViewServerError"),
 )
 

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write Inspect .eval logs: one per model x corpus x condition, a sample per item,
         the steps as events, scores and detector outputs in score metadata."""
-        from safescale.experiments.export_inspect import export_inspect
+        from safescale.presentation.export_inspect import export_inspect
 
         console = Console()
         with console.status(f"exporting {run_dir}"):

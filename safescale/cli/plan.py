@@ -33,16 +33,16 @@ def pilot_plans(
     Returns:
         One dict per model × corpus × budget × dose comparing ``a`` and ``b``: the
         comparison's keys, ``observed``, ``discordance`` and ``plan`` (a
-        :class:`~safescale.experiments.power.SampleSizePlan` dict) or ``problem``.
+        :class:`~safescale.statistics.power.SampleSizePlan` dict) or ``problem``.
 
     Raises:
         UserError: the run compares neither ``a - b`` nor ``b - a``, or ``metric`` is
             not one with a power analysis.
     """
     from safescale.cli import UserError
-    from safescale.experiments.metrics import read_metrics, write_metrics
-    from safescale.experiments.power import POWER_METRICS, plan_sample_size
     from safescale.rundir import METRICS_FILE
+    from safescale.statistics.metrics import read_metrics, write_metrics
+    from safescale.statistics.power import POWER_METRICS, plan_sample_size
 
     if metric not in POWER_METRICS:
         raise UserError(f"--metric: {metric!r} is not one of {sorted(POWER_METRICS)}")
@@ -299,7 +299,7 @@ def register(app: typer.Typer) -> None:
         if run_dir is None:
             if effect is None or discordance is None:
                 raise UserError("plan: give --effect and --discordance, or a pilot RUN_DIR")
-            from safescale.experiments.power import plan_sample_size
+            from safescale.statistics.power import plan_sample_size
 
             try:
                 p = plan_sample_size(

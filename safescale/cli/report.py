@@ -68,14 +68,14 @@ def print_report(
     write metrics.json, report.md, CSV files and plots. With ``reuse``, a report that
     is newer than all of its inputs is printed as it is instead of recomputed."""
     if reuse and replicates is None and seed is None and _up_to_date(Path(run_dir)):
-        from safescale.experiments.report import (
+        from safescale.presentation.report import (
             condition_tables,
             print_validity,
             reliance_table,
             rich_table,
             triage_tables,
         )
-        from safescale.experiments.scaling_report import print_scaling
+        from safescale.presentation.scaling_report import print_scaling
         from safescale.rundir import RunDir
 
         console = Console()
@@ -91,8 +91,7 @@ def print_report(
             console.print(rich_table(reliance))
         console.print(f"report is up to date: {Path(run_dir) / 'report.md'}")
         return
-    from safescale.experiments.metrics import run_settings
-    from safescale.experiments.report import (
+    from safescale.presentation.report import (
         condition_tables,
         print_validity,
         reliance_table,
@@ -101,6 +100,7 @@ def print_report(
         write_report,
     )
     from safescale.rundir import MetricsReport, RunDirError
+    from safescale.statistics.metrics import run_settings
 
     console = Console()
     try:
@@ -118,7 +118,7 @@ def print_report(
     metrics = MetricsReport.coerce(files.metrics)
     for note in metrics.run.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
-    from safescale.experiments.scaling_report import print_scaling
+    from safescale.presentation.scaling_report import print_scaling
 
     print_validity(console, metrics)
     for table in condition_tables(metrics):

@@ -36,7 +36,7 @@ import numpy as np
 from scipy.stats import norm
 
 from safescale.detection.evaluation import MIN_MINORITY
-from safescale.stats import anova_icc, design_effect
+from safescale.statistics.clustering import anova_icc, design_effect
 
 __all__ = [
     "TriagePlan",

@@ -1,5 +1,6 @@
-"""Experiments: configs, the resumable sweep runner, metrics with bootstrap CIs,
-reports and plots.
+"""Running a study: configs, the resumable sweep runner (in process or on Ray), answer
+calibration, reliance, replay and tracking. The metrics (:mod:`safescale.statistics`) and
+the report (:mod:`safescale.presentation`) are re-exported here.
 
 Importing this package is light; the runner (which needs the models) is imported
 on use::
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from safescale.experiments.bootstrap import BootstrapConfig, Estimate
-from safescale.experiments.metrics import (
+from safescale.presentation.report import write_report
+from safescale.rundir import RunDirError, load_run
+from safescale.statistics.bootstrap import BootstrapConfig, Estimate
+from safescale.statistics.metrics import (
     METRIC_DEFINITIONS,
     METRICS,
     MetricsConfig,
@@ -20,8 +23,6 @@ from safescale.experiments.metrics import (
     read_metrics,
     write_metrics,
 )
-from safescale.experiments.report import write_report
-from safescale.rundir import RunDirError, load_run
 
 if TYPE_CHECKING:
     from safescale.experiments.config import ConfigError, ExperimentConfig, load_config

@@ -42,9 +42,9 @@ from safescale.agents.answering import FORMULATIONS
 from safescale.agents.context import AgentSettings
 from safescale.corpora.schema import Task
 from safescale.detection.pipeline import DetectionConfig
-from safescale.experiments.bootstrap import BootstrapConfig
-from safescale.experiments.metrics import CONDITIONS, LEGACY_DEFAULT_COMPARISONS, MetricsConfig
 from safescale.rundir import SLUG_PATTERN, check_slug
+from safescale.statistics.bootstrap import BootstrapConfig
+from safescale.statistics.metrics import CONDITIONS, LEGACY_DEFAULT_COMPARISONS, MetricsConfig
 
 __all__ = [
     "CONDITIONS",
@@ -401,7 +401,7 @@ class ComputeConfig(_Section):
 
 class AnswerConfig(_Section):
     """How answers are read (see :mod:`safescale.agents.answering` and
-    :mod:`safescale.experiments.calibration`).
+    :mod:`safescale.experiments.answer_calibration`).
 
     Attributes:
         formulation: ``auto`` (chosen per model x corpus on held-out calibration items)

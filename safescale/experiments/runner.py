@@ -50,7 +50,11 @@ from safescale.agents import (
     thread_id,
 )
 from safescale.corpora import Corpus, Item, load_corpus
-from safescale.experiments.calibration import calibrate, calibration_item_ids, needs_calibration
+from safescale.experiments.answer_calibration import (
+    calibrate,
+    calibration_item_ids,
+    needs_calibration,
+)
 from safescale.experiments.config import ExperimentConfig, ModelConfig
 from safescale.models.interface import is_whitebox
 from safescale.rundir import (

@@ -32,8 +32,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from safescale.experiments.metrics import RATE_METRICS, read_metrics
 from safescale.rundir import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, RunDir, RunDirError
+from safescale.statistics.metrics import RATE_METRICS, read_metrics
 
 __all__ = ["TrackingError", "flatten_params", "log_to_mlflow", "metric_entries", "track_run"]
 

@@ -1,8 +1,8 @@
 """The sections of ``metrics.json``, typed: one pydantic model per section and per row.
 
 :class:`~safescale.rundir.records.MetricsReport` is built from these models; the
-producers (:mod:`safescale.experiments.metrics` and the statistics modules it calls)
-write plain dicts, which :func:`~safescale.experiments.metrics.write_metrics` validates
+producers (:mod:`safescale.statistics.metrics` and the statistics modules it calls)
+write plain dicts, which :func:`~safescale.statistics.metrics.write_metrics` validates
 through them, and the readers (report, plots, scaling report, viewer) read them by
 attribute.
 
@@ -139,7 +139,7 @@ class Cell(_CellKey):
 
 class ComparisonPower(Section):
     """The power of a paired difference for one metric (see
-    :func:`safescale.experiments.power.comparison_power`)."""
+    :func:`safescale.statistics.power.comparison_power`)."""
 
     n: int
     discordance: float | None = None
@@ -404,7 +404,7 @@ class CalibrationCheck(Section):
 
 class ValidityRow(Section):
     """The validity checks of one model x corpus (see
-    :mod:`safescale.experiments.validity`); the answer-calibration record (the
+    :mod:`safescale.statistics.validity`); the answer-calibration record (the
     manifest's, with its candidates) is plain data."""
 
     model: str
@@ -456,7 +456,7 @@ class ScalingPoint(Section):
 
 class MeanDifferencePower(Section):
     """The minimum detectable mean of per-item differences (see
-    :func:`safescale.experiments.power.mean_difference_power`)."""
+    :func:`safescale.statistics.power.mean_difference_power`)."""
 
     n: int
     n_clusters: int
@@ -556,7 +556,7 @@ class ScalingCurve(Section):
 
 
 class ScalingSection(Section):
-    """The scaling analysis (see :mod:`safescale.experiments.scaling`); empty in a file
+    """The scaling analysis (see :mod:`safescale.statistics.scaling`); empty in a file
     written before it."""
 
     unit: str | None = None

@@ -156,7 +156,7 @@ def _outcomes(
     metrics: MetricsReport | None,
 ) -> list[list[str]]:
     """Per response, the outcomes the metrics count it under (same rules, same code)."""
-    from safescale.experiments.metrics import outcome_frame
+    from safescale.statistics.metrics import outcome_frame
 
     threshold = (
         None if metrics is None else metrics.settings.metrics.get("overconfidence_threshold")

@@ -16,7 +16,7 @@ from safescale.agents.answering import (
     read_options,
 )
 from safescale.corpora import Item, load_corpus
-from safescale.experiments.calibration import calibrate, calibration_item_ids
+from safescale.experiments.answer_calibration import calibrate, calibration_item_ids
 from safescale.models import NEUTRAL_MESSAGE
 
 MESSAGE = "Which of these is a fruit?\nA) apple\nB) stone"
@@ -180,7 +180,7 @@ def test_auto_calibration_never_looks_at_scored_items(tiny_lm):
     assert all(any(corpus.item(i).question in m for m in recorder.messages) for i in held_out)
     assert record["chosen"] in FORMULATIONS
     assert set(record["candidates"]) == set(FORMULATIONS)
-    from safescale.experiments.validity import POSITION_LOCK_SHARE
+    from safescale.statistics.validity import POSITION_LOCK_SHARE
 
     candidates = record["candidates"]
     eligible = {

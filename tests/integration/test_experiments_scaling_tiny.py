@@ -128,7 +128,7 @@ def _strip_axes(path: Path, versions: dict[str, int]) -> int:
 
 def test_a_run_made_before_the_axes_were_recorded_reads_and_resumes(tiny_dir, tmp_path):
     from safescale.experiments import run_experiment
-    from safescale.experiments.metrics import compute_metrics
+    from safescale.statistics.metrics import compute_metrics
 
     out = tmp_path / "legacy"
     text = f"""

@@ -15,14 +15,14 @@ from typer.testing import CliRunner
 
 from safescale.corpora import load_corpus
 from safescale.experiments.config import parse_config
-from safescale.experiments.metric_families import (
+from safescale.models.tiny import save_tiny_model
+from safescale.rundir import load_responses
+from safescale.statistics.metric_families import (
     ENTRY_POINT_GROUP,
     METRIC_FAMILIES,
     MetricContext,
     metric_family,
 )
-from safescale.models.tiny import save_tiny_model
-from safescale.rundir import load_responses
 
 LIMIT = 6
 CONDITIONS = ["closed_book", "clean_evidence", "standard_rag"]

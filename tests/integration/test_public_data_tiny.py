@@ -145,7 +145,7 @@ tracking: {{mlflow: {{uri: "file:{root / "mlruns"}", experiment: public-data}}}}
 
 
 def test_an_unlabeled_set_reports_not_labeled_and_says_so(study):
-    from safescale.experiments.metrics import read_metrics
+    from safescale.statistics.metrics import read_metrics
 
     metrics = read_metrics(study["run"])
     assert metrics["labels"]["pubmedqa"]["unsafe"] == "unlabeled"
@@ -232,7 +232,7 @@ def test_a_closed_book_only_set_runs_closed_book_and_refuses_retrieval(study, tm
 def test_mlflow_holds_the_config_metrics_with_bounds_and_the_report(study):
     from mlflow.tracking import MlflowClient
 
-    from safescale.experiments.metrics import read_metrics
+    from safescale.statistics.metrics import read_metrics
 
     client = MlflowClient(tracking_uri=f"file:{study['mlruns']}")
     experiment = client.get_experiment_by_name("public-data")
@@ -276,8 +276,8 @@ def inspect_logs(study, tmp_path_factory) -> Path:
 def test_inspect_logs_read_back_with_counts_and_scores_of_metrics_json(study, inspect_logs):
     from inspect_ai.log import read_eval_log
 
-    from safescale.experiments.metrics import read_metrics
     from safescale.rundir import RunDir
+    from safescale.statistics.metrics import read_metrics
 
     metrics = read_metrics(study["run"])
     cells = {(c["corpus"], c["condition"]): c for c in metrics["cells"]}

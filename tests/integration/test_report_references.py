@@ -17,8 +17,8 @@ import pytest
 
 from safescale.corpora import load_corpus
 from safescale.experiments.config import parse_config
-from safescale.experiments.power import required_items
 from safescale.rundir import RunDir
+from safescale.statistics.power import required_items
 
 pytestmark = pytest.mark.integration
 

@@ -74,7 +74,7 @@ def test_six_condition_study_runs_in_the_letter_formulations(llama_server, tmp_p
         isinstance(m, float) for s in critiques for m in s["detail"]["relevance_margin"].values()
     )
     # the report has a row per condition
-    from safescale.experiments.report import CONDITION_LABELS, write_report
+    from safescale.presentation.report import CONDITION_LABELS, write_report
 
     files = write_report(tmp_path / "run", plots=False)
     table = pd.read_csv(files.conditions_csv)

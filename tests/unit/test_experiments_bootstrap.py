@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from safescale.experiments.bootstrap import (
+from safescale.statistics.bootstrap import (
     Estimate,
     bootstrap_ratio,
     key_entropy,

@@ -15,15 +15,15 @@ from safescale.corpora import (
     Passage,
     Source,
 )
-from safescale.experiments.bootstrap import BootstrapConfig
-from safescale.experiments.evidence_effects import override_flags
-from safescale.experiments.metrics import metrics_from_records
-from safescale.experiments.report import (
+from safescale.presentation.report import (
     grade_override_table,
     render_markdown,
     transition_tables,
 )
 from safescale.rundir import AttributionRecord, ResponseRecord
+from safescale.statistics.bootstrap import BootstrapConfig
+from safescale.statistics.evidence_effects import override_flags
+from safescale.statistics.metrics import metrics_from_records
 
 FAST = BootstrapConfig(replicates=200, seed=3, cluster_by_evidence_id=False)
 

@@ -22,18 +22,7 @@ from safescale.corpora import (
     Source,
     write_corpus,
 )
-from safescale.experiments.bootstrap import BootstrapConfig
-from safescale.experiments.metrics import (
-    MetricsConfig,
-    compute_metrics,
-    mark_not_labeled,
-    metrics_from_records,
-    outcome_frame,
-    read_metrics,
-    response_confidence,
-    worst_case_concentration,
-)
-from safescale.experiments.report import (
+from safescale.presentation.report import (
     condition_tables,
     format_interval,
     render_markdown,
@@ -51,6 +40,17 @@ from safescale.rundir import (
     load_responses,
     load_run,
     read_jsonl,
+)
+from safescale.statistics.bootstrap import BootstrapConfig
+from safescale.statistics.metrics import (
+    MetricsConfig,
+    compute_metrics,
+    mark_not_labeled,
+    metrics_from_records,
+    outcome_frame,
+    read_metrics,
+    response_confidence,
+    worst_case_concentration,
 )
 
 FAST = BootstrapConfig(replicates=200, seed=1, cluster_by_evidence_id=False)

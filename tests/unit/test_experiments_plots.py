@@ -8,8 +8,7 @@ import matplotlib.pyplot as plt
 import pytest
 from test_experiments_metrics import FAST, standard_rag_records, tiny_corpus
 
-from safescale.experiments.metrics import metrics_from_records
-from safescale.experiments.plots import (
+from safescale.presentation.plots import (
     DODGE,
     RATE_LIMITS,
     accuracy_vs_high_risk_figure,
@@ -19,6 +18,7 @@ from safescale.experiments.plots import (
     triage_figure,
     write_plots,
 )
+from safescale.statistics.metrics import metrics_from_records
 
 SIX = [
     "closed_book",
@@ -123,7 +123,7 @@ def test_dodge_offsets_leave_single_points_alone() -> None:
 
 
 def test_triage_figure_skips_undefined_operating_points():
-    from safescale.experiments.plots import triage_figure
+    from safescale.presentation.plots import triage_figure
 
     triage = [
         {

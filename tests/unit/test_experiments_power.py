@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from safescale.experiments.power import (
+from safescale.statistics.power import (
     anova_icc,
     minimum_detectable_effect,
     plan_sample_size,

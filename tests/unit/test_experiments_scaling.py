@@ -17,11 +17,11 @@ from safescale.corpora import (
     Passage,
     Source,
 )
-from safescale.experiments.bootstrap import BootstrapConfig
-from safescale.experiments.metrics import metrics_from_records
-from safescale.experiments.report import render_markdown
-from safescale.experiments.scaling_report import scaling_figure, scaling_tables, scaling_verdicts
+from safescale.presentation.report import render_markdown
+from safescale.presentation.scaling_report import scaling_figure, scaling_tables, scaling_verdicts
 from safescale.rundir import ResponseRecord
+from safescale.statistics.bootstrap import BootstrapConfig
+from safescale.statistics.metrics import metrics_from_records
 
 BOOT = BootstrapConfig(replicates=400, seed=3, cluster_by_evidence_id=True)
 N_ITEMS = 40

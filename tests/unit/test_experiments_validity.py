@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from safescale.corpora import load_corpus
-from safescale.experiments.bootstrap import BootstrapConfig
-from safescale.experiments.validity import validity_section
 from safescale.rundir import ResponseRecord
+from safescale.statistics.bootstrap import BootstrapConfig
+from safescale.statistics.validity import validity_section
 
 BOOT = BootstrapConfig(replicates=300, seed=0, cluster_by_evidence_id=False)
 

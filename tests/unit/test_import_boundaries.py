@@ -55,8 +55,8 @@ def test_no_module_imports_another_modules_private_names():
 READERS = """
 import json, sys
 import safescale.rundir
-import safescale.experiments.report
-import safescale.experiments.metrics
+import safescale.presentation.report
+import safescale.statistics.metrics
 import safescale.viewer
 import safescale.viewer.server
 import safescale.cli.detect
@@ -134,3 +134,60 @@ def test_the_old_run_directory_modules_are_gone_and_nothing_imports_them():
                         if a.name in GONE
                     ]
     assert not users, "\n".join(users)
+
+
+# What each layer may import of safescale (its own package included). Running a study
+# (experiments/) sits on top; statistics and presentation read finished runs only.
+ALLOWED = {
+    "safescale/rundir": {"safescale.rundir", "safescale.corpora"},
+    "safescale/statistics": {
+        "safescale.statistics",
+        "safescale.rundir",
+        "safescale.corpora",
+        "safescale.registry",
+    },
+    "safescale/presentation": {
+        "safescale.presentation",
+        "safescale.statistics",
+        "safescale.rundir",
+        "safescale.corpora",
+        "safescale.detection",
+    },
+}
+
+
+def _safescale_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return {n for n in names if n == "safescale" or n.startswith("safescale.")}
+
+
+def _outside(module: str, allowed: set[str]) -> bool:
+    return not any(module == a or module.startswith(a + ".") for a in allowed)
+
+
+def test_the_layer_checker_flags_an_upward_import(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from safescale.experiments.runner import run_experiment\n"
+        "from safescale.statistics.bootstrap import Estimate\n"
+        "import safescale.rundir.records\n"
+    )
+    found = {m for m in _safescale_imports(probe) if _outside(m, ALLOWED["safescale/statistics"])}
+    assert found == {"safescale.experiments.runner"}
+
+
+def test_statistics_and_presentation_import_no_layer_above_them():
+    """statistics/ reads records and corpora only; presentation/ renders metrics; neither
+    imports the runner, the agents or the models (so neither can load torch)."""
+    upward = []
+    for folder, allowed in ALLOWED.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for module in sorted(_safescale_imports(path)):
+                if _outside(module, allowed):
+                    upward.append(f"{path.relative_to(ROOT)}: {module}")
+    assert not upward, "imports from a layer above:\n" + "\n".join(upward)

@@ -14,7 +14,8 @@ from test_experiments_metrics import (
     tiny_corpus,
 )
 
-from safescale.experiments.metric_families import (
+from safescale.rundir import MetricsReport
+from safescale.statistics.metric_families import (
     BUNDLED_FAMILIES,
     ENTRY_POINT_GROUP,
     METRIC_FAMILIES,
@@ -24,13 +25,12 @@ from safescale.experiments.metric_families import (
     metric_family,
     run_family,
 )
-from safescale.experiments.metrics import (
+from safescale.statistics.metrics import (
     CELL_KEYS,
     metric_context,
     metrics_from_records,
     outcome_frame,
 )
-from safescale.rundir import MetricsReport
 
 
 def _records():
@@ -61,7 +61,7 @@ def test_the_bundled_families_write_their_sections_in_the_fixed_order():
     assert "extra" not in metrics  # no family of one's own: the file is as it was
     assert set(BUNDLED_FAMILIES) <= set(METRIC_FAMILIES.names())
     assert {METRIC_FAMILIES.get(n).__module__ for n in BUNDLED_FAMILIES} == {
-        "safescale.experiments.metrics"
+        "safescale.statistics.metrics"
     }
     assert extra_families() == []
     MetricsReport.model_validate(metrics)

@@ -8,13 +8,13 @@ import pytest
 import yaml
 
 from safescale.experiments.config import parse_config
-from safescale.experiments.metrics import (
+from safescale.statistics.metrics import (
     LEGACY_DEFAULT_COMPARISONS,
     MetricsConfig,
     default_comparisons,
     run_settings,
 )
-from safescale.experiments.validity import calibration_check
+from safescale.statistics.validity import calibration_check
 
 BASE = "name: x\nmodels: [smollm2-135m-instruct]\ncorpora: [radiology-guidelines]\n"
 

@@ -8,7 +8,7 @@ from importlib import resources
 
 import pytest
 
-from safescale.experiments.metrics import METRICS
+from safescale.statistics.metrics import METRICS
 from safescale.viewer.schema import SCHEMA_FILE, main, metrics_schema, schema_text
 
 #: The functions of viewer.js that read metrics objects (cells, comparisons, scaling,

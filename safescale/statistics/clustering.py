@@ -2,7 +2,7 @@
 
 Items that share an evidence group are correlated; the helpers here measure how much
 (the intra-cluster correlation) and what it costs (the design effect). The power of
-paired comparisons (:mod:`safescale.experiments.power`) and of triage studies
+paired comparisons (:mod:`safescale.statistics.power`) and of triage studies
 (:mod:`safescale.detection.power`) both use them.
 """
 

@@ -63,38 +63,6 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from safescale.corpora.corpus import Corpus
-from safescale.experiments.bootstrap import (
-    BootstrapConfig,
-    Estimate,
-    bootstrap_ratio,
-    key_entropy,
-    paired_difference,
-    percentile_interval,
-    replicate_counts,
-)
-from safescale.experiments.evidence_effects import (
-    DISTRACTOR_DEFINITION,
-    OVERRIDE_CAUSES,
-    OVERRIDE_DEFINITION,
-    attribution_index,
-    distractor_transitions,
-    override_flags,
-    response_dose,
-    transition_matrices,
-)
-from safescale.experiments.metric_families import (
-    BUNDLED_FAMILIES,
-    METRIC_FAMILIES,
-    MetricContext,
-    MetricFamily,
-    MetricFamilyError,
-    bundled_families,
-    extra_families,
-    run_family,
-)
-from safescale.experiments.power import MDE_DEFINITION, comparison_power
-from safescale.experiments.scaling import SCALING_DEFINITION, scaling_section
-from safescale.experiments.validity import validity_section
 from safescale.rundir import (
     CONDITIONS,
     CONFIG_FILE,
@@ -110,6 +78,38 @@ from safescale.rundir import (
     item_corpus_map,
     load_run,
 )
+from safescale.statistics.bootstrap import (
+    BootstrapConfig,
+    Estimate,
+    bootstrap_ratio,
+    key_entropy,
+    paired_difference,
+    percentile_interval,
+    replicate_counts,
+)
+from safescale.statistics.evidence_effects import (
+    DISTRACTOR_DEFINITION,
+    OVERRIDE_CAUSES,
+    OVERRIDE_DEFINITION,
+    attribution_index,
+    distractor_transitions,
+    override_flags,
+    response_dose,
+    transition_matrices,
+)
+from safescale.statistics.metric_families import (
+    BUNDLED_FAMILIES,
+    METRIC_FAMILIES,
+    MetricContext,
+    MetricFamily,
+    MetricFamilyError,
+    bundled_families,
+    extra_families,
+    run_family,
+)
+from safescale.statistics.power import MDE_DEFINITION, comparison_power
+from safescale.statistics.scaling import SCALING_DEFINITION, scaling_section
+from safescale.statistics.validity import validity_section
 
 __all__ = [
     "BUNDLED_FAMILIES",
@@ -1311,7 +1311,7 @@ def metrics_from_records(
         A dict with ``schema_version`` then one key per bundled family
         (:data:`BUNDLED_FAMILIES`: ``run, settings, definitions, validity, cells,
         comparisons, concentration, attribution, ...``; see the module docs of
-        :mod:`safescale.experiments.report` for how they are rendered), and
+        :mod:`safescale.presentation.report` for how they are rendered), and
         ``extra: {name: section}`` of the other registered families when there are any.
 
     Raises:

@@ -29,7 +29,7 @@ its one reader (no model is loaded):
   ``<metric>``, ``<metric>_lo``, ``<metric>_hi``), so the log's headline numbers are
   the report's.
 
-Outcomes come from :func:`safescale.experiments.metrics.outcome_frame`, the function
+Outcomes come from :func:`safescale.statistics.metrics.outcome_frame`, the function
 ``metrics.json`` is computed from. ``bundle`` also writes Inspect's static viewer
 (``inspect_ai.log.bundle_log_dir``) next to the logs. Needs the ``inspect`` extra
 (``pip install 'safescale[inspect]'``).
@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 from safescale.detection.outputs import detector_outputs
-from safescale.experiments.metrics import outcome_frame, read_metrics
 from safescale.rundir import (
     METRICS_FILE,
     ResponseRecord,
@@ -57,6 +56,7 @@ from safescale.rundir import (
     StepRecord,
     item_corpus_map,
 )
+from safescale.statistics.metrics import outcome_frame, read_metrics
 
 __all__ = ["ExportError", "InspectExport", "export_inspect"]
 

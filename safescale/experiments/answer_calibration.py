@@ -16,7 +16,7 @@ cyclic orderings of the options. ``letter_pride`` is evaluated with a leave-one-
 prior, so its calibration accuracy is not fitted to the item it is scored on.
 
 **The ``auto`` rule**: candidates that are position-locked on the calibration prompts
-(at least :data:`~safescale.experiments.validity.POSITION_LOCK_SHARE` of their answers
+(at least :data:`~safescale.statistics.validity.POSITION_LOCK_SHARE` of their answers
 on one position) are set aside unless every candidate is; then the candidate with the
 best accuracy *with evidence*; among candidates within ``answer.tie_margin`` of it, the
 one whose answers move most between no evidence and clean evidence; then the fixed
@@ -30,7 +30,7 @@ best of seven candidates on a few items is an optimistic estimate of the chosen 
   percentile bootstrap interval over the calibration evidence groups;
 * the chosen candidate's paired margin over the runner-up (the best other eligible
   candidate), with its interval and discordance, and the calibration items
-  :func:`~safescale.experiments.power.required_items` says telling the two apart needs
+  :func:`~safescale.statistics.power.required_items` says telling the two apart needs
   at 80 % power (the size a calibration set would need for this choice to be firm);
 * a **cross-fitted** accuracy of the ``auto`` rule itself: the calibration groups are
   split into folds (:data:`CROSS_FIT_FOLDS`), the rule picks a formulation on the
@@ -41,7 +41,7 @@ best of seven candidates on a few items is an optimistic estimate of the chosen 
 
 The report sets the chosen candidate's calibration interval beside the study's own
 clean-evidence accuracy and flags a study estimate outside it
-(:mod:`~safescale.experiments.validity`).
+(:mod:`~safescale.statistics.validity`).
 """
 
 from __future__ import annotations
@@ -60,15 +60,15 @@ from safescale.agents.answering import (
     log_softmax,
 )
 from safescale.corpora import Corpus, Item
-from safescale.experiments.bootstrap import (
+from safescale.models import NEUTRAL_MESSAGE
+from safescale.statistics.bootstrap import (
     bootstrap_ratio,
     key_entropy,
     paired_difference,
     replicate_counts,
 )
-from safescale.experiments.power import required_items
-from safescale.experiments.validity import POSITION_LOCK_SHARE
-from safescale.models import NEUTRAL_MESSAGE
+from safescale.statistics.power import required_items
+from safescale.statistics.validity import POSITION_LOCK_SHARE
 
 if TYPE_CHECKING:
     from safescale.agents.lmcache import CachedLM

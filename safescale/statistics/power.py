@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from safescale.stats import anova_icc, design_effect
+from safescale.statistics.clustering import anova_icc, design_effect
 
 __all__ = [
     "MAX_PLANNED_ITEMS",

@@ -47,7 +47,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from safescale.experiments.bootstrap import (
+from safescale.rundir import CONDITIONS
+from safescale.statistics.bootstrap import (
     BootstrapConfig,
     Estimate,
     bootstrap_ratio,
@@ -55,8 +56,7 @@ from safescale.experiments.bootstrap import (
     percentile_interval,
     replicate_counts,
 )
-from safescale.experiments.power import mean_difference_power
-from safescale.rundir import CONDITIONS
+from safescale.statistics.power import mean_difference_power
 
 __all__ = [
     "AXES",
@@ -537,7 +537,7 @@ def scaling_section(
     """The scaling analysis of an outcome frame (see the module docs).
 
     Args:
-        frame: an :func:`~safescale.experiments.metrics.outcome_frame`.
+        frame: an :func:`~safescale.statistics.metrics.outcome_frame`.
         bootstrap: the bootstrap settings (replicates, seed, clustering, level).
         model_info: ``{model: manifest model entry}`` (``parameters``,
             ``context_length``).

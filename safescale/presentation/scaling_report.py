@@ -1,5 +1,5 @@
 """The scaling section of a report: tables, verdict sentences and the per-axis figure,
-all rendered from ``metrics.json["scaling"]`` (:mod:`safescale.experiments.scaling`), read
+all rendered from ``metrics.json["scaling"]`` (:mod:`safescale.statistics.scaling`), read
 as :class:`~safescale.rundir.ScalingSection`.
 
 * :func:`scaling_tables` — one table per axis the run varies: per curve its values,
@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from safescale.experiments.report import TextTable, format_interval, rich_table
-from safescale.experiments.scaling import AXIS_NAMES
+from safescale.presentation.report import TextTable, format_interval, rich_table
 from safescale.rundir import MetricsReport, ScalingAxis, ScalingCurve, ScalingSection
+from safescale.statistics.scaling import AXIS_NAMES
 
 __all__ = [
     "plot_scaling_axes",
@@ -233,7 +233,7 @@ def scaling_figure(metrics: MetricsReport | Mapping[str, Any]) -> Any | None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from safescale.experiments.plots import RATE_LIMITS
+    from safescale.presentation.plots import RATE_LIMITS
 
     panels = _panels(_section(metrics))
     if not panels:

@@ -4,11 +4,11 @@ registered under a name.
 A *metric family* is a function ``family(ctx: MetricContext) -> section``: it reads the
 shared :class:`MetricContext` (built once per computation) and returns its section as
 JSON data (dicts, lists, strings, numbers, booleans, None; numpy integers and floats
-and :class:`~safescale.experiments.bootstrap.Estimate` values are converted, non-finite
+and :class:`~safescale.statistics.bootstrap.Estimate` values are converted, non-finite
 floats become null). It never calls a language model.
 
 * The bundled families (:data:`BUNDLED_FAMILIES`) are registered in
-  :mod:`safescale.experiments.metrics`; each writes the top-level section of its name,
+  :mod:`safescale.statistics.metrics`; each writes the top-level section of its name,
   in that fixed order.
 * Any other family goes under one key of ``metrics.json``, ``extra: {name: section}``
   (sorted by name; absent when there is none). It is either registered with
@@ -39,9 +39,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from safescale.corpora.corpus import Corpus
-    from safescale.experiments.bootstrap import BootstrapConfig
-    from safescale.experiments.metrics import MetricsConfig, Resampler
     from safescale.rundir import AttributionRecord, RelianceRecord, ResponseRecord
+    from safescale.statistics.bootstrap import BootstrapConfig
+    from safescale.statistics.metrics import MetricsConfig, Resampler
 
 __all__ = [
     "BUNDLED_FAMILIES",
@@ -88,9 +88,9 @@ class MetricContext:
         records: the responses (at most one per model, condition, item and setting).
         corpora: the corpora the items come from, by name.
         frame: the outcome frame of the records (one row per response, see
-            :func:`safescale.experiments.metrics.outcome_frame`).
+            :func:`safescale.statistics.metrics.outcome_frame`).
         groups: the frame split by cell, keyed by
-            :data:`safescale.experiments.metrics.CELL_KEYS` values
+            :data:`safescale.statistics.metrics.CELL_KEYS` values
             ``(model, corpus, condition, samples_budget, conflict_dose, context_budget,
             retrieval_k)`` (context budget 0 = the model's maximum).
         unit: the bootstrap resampling unit, ``"evidence_id"`` or ``"item"``.
@@ -110,7 +110,7 @@ class MetricContext:
             combinations present, in report order.
         attribution: failure attributions (``attribution.jsonl``).
         distractors: clean evidence -> retrieval transitions with the gold passages
-            present (:func:`safescale.experiments.evidence_effects.distractor_transitions`).
+            present (:func:`safescale.statistics.evidence_effects.distractor_transitions`).
         reliance: causal-reliance records (``reliance.jsonl``).
         triage: detection results (``detection/*/triage.json``), or None.
         formulations: ``{model: {corpus: answer calibration record}}`` (manifest).
@@ -146,12 +146,12 @@ class MetricContext:
 MetricFamily = Callable[[MetricContext], Any]
 
 #: Every metric family by name: the bundled ones (registered when
-#: :mod:`safescale.experiments.metrics` is imported), those registered with
+#: :mod:`safescale.statistics.metrics` is imported), those registered with
 #: :func:`metric_family`, and the entry points of :data:`ENTRY_POINT_GROUP`.
 METRIC_FAMILIES: Registry[MetricFamily] = Registry(
     "metric family",
     group=ENTRY_POINT_GROUP,
-    bundled=dict.fromkeys(BUNDLED_FAMILIES, "safescale.experiments.metrics"),
+    bundled=dict.fromkeys(BUNDLED_FAMILIES, "safescale.statistics.metrics"),
 )
 
 

@@ -3,7 +3,7 @@ differences, per-task accuracy, worst-case concentration, failure attribution an
 triage table — as rich tables, ``report.md``, CSV files and plots.
 
 Everything is rendered from the ``metrics.json`` structure
-(:func:`safescale.experiments.metrics.compute_metrics`), so :func:`write_report`
+(:func:`safescale.statistics.metrics.compute_metrics`), so :func:`write_report`
 regenerates the whole report from a run directory without any language model.
 
 Files written into the run directory:
@@ -15,8 +15,8 @@ Files written into the run directory:
   (``<metric>``, ``<metric>_lo``, ``<metric>_hi``; rates as fractions);
 * ``comparisons.csv`` — one row per paired difference and metric;
 * ``triage.csv`` — one row per backbone × detector (when detection results exist);
-* the scaling section (:mod:`safescale.experiments.scaling_report`);
-* ``plots/*.png`` — see :mod:`safescale.experiments.plots`.
+* the scaling section (:mod:`safescale.presentation.scaling_report`);
+* ``plots/*.png`` — see :mod:`safescale.presentation.plots`.
 """
 
 from __future__ import annotations
@@ -30,13 +30,6 @@ from typing import Any
 import pandas as pd
 from rich.table import Table
 
-from safescale.experiments.bootstrap import BootstrapConfig
-from safescale.experiments.metrics import (
-    METRICS,
-    RATE_METRICS,
-    MetricsConfig,
-    write_metrics,
-)
 from safescale.rundir import (
     METRICS_FILE,
     CalibrationCheck,
@@ -46,6 +39,13 @@ from safescale.rundir import (
     atomic_write_text,
     context_budget_label,
     output_dir,
+)
+from safescale.statistics.bootstrap import BootstrapConfig
+from safescale.statistics.metrics import (
+    METRICS,
+    RATE_METRICS,
+    MetricsConfig,
+    write_metrics,
 )
 
 __all__ = [
@@ -1153,7 +1153,7 @@ def render_markdown(metrics: Metrics, plots: Sequence[Path] = ()) -> str:
     dose = dose_response_tables(metrics)
     if dose:
         parts += ["## Conflict dose-response", ""] + [t.to_markdown() for t in dose]
-    from safescale.experiments.scaling_report import scaling_markdown
+    from safescale.presentation.scaling_report import scaling_markdown
 
     parts += scaling_markdown(metrics)
     override = grade_override_table(metrics)
@@ -1231,7 +1231,7 @@ def write_report(
     report = MetricsReport.coerce(metrics)
     written_plots = []
     if plots:
-        from safescale.experiments.plots import write_plots
+        from safescale.presentation.plots import write_plots
 
         written_plots = write_plots(report, output_dir(run_dir, "plots"))
     conditions_csv = run_dir / "conditions.csv"

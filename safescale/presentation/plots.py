@@ -13,7 +13,7 @@
 * :func:`plot_dose_response` — each rate against the conflict dose, one panel per
   condition (only when the run sweeps the dose);
 * ``scaling_axes.png`` — accuracy and high-risk error with CI bands against each scale
-  axis the run varies (:func:`safescale.experiments.scaling_report.scaling_figure`).
+  axis the run varies (:func:`safescale.presentation.scaling_report.scaling_figure`).
 
 Every rate axis is fixed at 0–100 % (``RATE_LIMITS``, a little margin so points on 0 or
 100 stay whole), so panels are comparable and a degenerate panel never zooms into
@@ -500,7 +500,7 @@ def dose_response_figure(metrics: Metrics) -> Any | None:
 
 def write_plots(metrics: Metrics, out_dir: Path) -> list[Path]:
     """Write every applicable figure into ``out_dir``; returns the written paths."""
-    from safescale.experiments.scaling_report import plot_scaling_axes
+    from safescale.presentation.scaling_report import plot_scaling_axes
 
     metrics = MetricsReport.coerce(metrics)
     out_dir = Path(out_dir)

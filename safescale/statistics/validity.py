@@ -46,14 +46,14 @@ from scipy.stats import chisquare
 
 from safescale.corpora.corpus import Corpus
 from safescale.corpora.schema import SafetyLabels
-from safescale.experiments.bootstrap import (
+from safescale.rundir import CONDITIONS, ResponseRecord
+from safescale.statistics.bootstrap import (
     BootstrapConfig,
     bootstrap_ratio,
     key_entropy,
     paired_difference,
     replicate_counts,
 )
-from safescale.rundir import CONDITIONS, ResponseRecord
 
 __all__ = ["POSITION_LOCK_SHARE", "calibration_check", "validity_section"]
 
