@@ -213,12 +213,17 @@ def _slopes(x: np.ndarray, num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return (sw * sxy - sx * sy) / (sw * sxx - sx * sx)
 
 
+# A slope bound within this of 0 is 0: the closed-form slope of rates that are equal at
+# every value comes out as +-1e-15, not 0, and must not read as a CI excluding 0.
+ZERO_TOLERANCE = 1e-9
+
+
 def _direction(est: Estimate) -> int:
     if not (math.isfinite(est.lo) and math.isfinite(est.hi)):
         return 0
-    if est.lo > 0:
+    if est.lo > ZERO_TOLERANCE:
         return 1
-    if est.hi < 0:
+    if est.hi < -ZERO_TOLERANCE:
         return -1
     return 0
 

@@ -290,3 +290,32 @@ def test_report_and_figure_show_the_scaling_section():
     assert panel.get_xscale() == "log"
     assert [t.get_text() for t in panel.get_xticklabels()] == ["1", "2", "4", "8"]
     assert len(panel.lines) == 2  # accuracy and high-risk error of standard RAG
+
+
+def test_a_bound_that_is_zero_up_to_rounding_does_not_exclude_zero():
+    """Two items (one evidence group) turn right at k = 8, all else is fixed: every
+    bootstrap replicate that misses their group has a difference of exactly 0, which the
+    closed-form slope returns as +-1e-15. The lower bound is 0, so the CI does not exclude
+    0 and the verdict is not 'scale differently'."""
+    records = [
+        _response(f"i{i:02d}", "A" if (i < 2 and k == 8) else ("C" if i < 2 else "A"), k=k)
+        for k in (1, 8)
+        for i in range(N_ITEMS)
+    ]
+    (curve,) = _curves(_metrics(records), "retrieval_k")
+    test = curve["differences"]["high_risk_error"]
+    assert test["difference"]["value"] > 0
+    assert abs(test["difference"]["lo"]) < 1e-9
+    assert test["verdict_code"] == "indistinguishable"
+    assert "scale differently" not in test["verdict"]
+
+
+def test_the_direction_of_an_interval_ignores_rounding_noise():
+    from safescale.statistics.bootstrap import Estimate
+    from safescale.statistics.scaling import verdict_code
+
+    noise = Estimate(value=0.1, lo=5.6e-15, hi=0.4, n=16, n_units=8)
+    flat = Estimate(value=0.0, lo=-1.6e-15, hi=3.6e-15, n=16, n_units=8)
+    clear = Estimate(value=0.1, lo=0.01, hi=0.4, n=16, n_units=8)
+    assert verdict_code(noise, flat, noise) == "indistinguishable"
+    assert verdict_code(clear, flat, clear) == "differ"
