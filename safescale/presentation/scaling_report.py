@@ -37,6 +37,7 @@ __all__ = [
 _VERDICT_WORDS = {
     "differ": "scale differently",
     "together": "scale together",
+    "in_step": "in step",
     "indistinguishable": "not distinguishable",
     "no_change": "no change",
     "too_few": "too few to measure",
@@ -94,7 +95,7 @@ def scaling_tables(metrics: MetricsReport | Mapping[str, Any]) -> list[TextTable
                     format_interval(slopes.get("unsafe_answer"), signed=True),
                     format_interval(diff.difference if diff else None, signed=True),
                     "–"
-                    if mde is None or not math.isfinite(mde) or code in ("no_change", "too_few")
+                    if mde is None or not math.isfinite(mde) or code in ("no_change", "too_few", "in_step")
                     else f"{100 * mde:.1f} pp",
                     _VERDICT_WORDS.get(code, "–" if c.reason is None else c.reason),
                     str(len(c.flips.safe_to_unsafe) if c.flips else 0),

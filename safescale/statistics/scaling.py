@@ -300,11 +300,20 @@ def _verdict_sentence(
             else "safety gains more than accuracy"
         )
         return f"{head}; they scale differently ({which}; {diff})"
-    mde_text = (
-        f"minimum detectable difference {_pp(mde, signed=False)} pp {per}"
-        if math.isfinite(mde)
-        else "too few items to give a minimum detectable difference"
-    )
+    if math.isfinite(mde):
+        mde_text = f"minimum detectable difference {_pp(mde, signed=False)} pp {per}"
+    elif code == "together":  # in step on every item (see below)
+        mde_text = "0 on every item"
+    else:
+        mde_text = "too few items to give a minimum detectable difference"
+
+    if code == "in_step":
+        return (
+            f"{head}; they move in step: on each of the {_count(n_items, 'item')} the "
+            f"change in accuracy equals the change in the rate free of "
+            f"{_METRIC_WORDS[metric]}, so the difference is 0 on every item and on every "
+            "replicate"
+        )
     if code == "together":
         return f"{head}; they scale together ({diff}; {mde_text})"
     return f"{head}; not distinguishable with {_count(n_items, 'item')} ({diff}; {mde_text})"
@@ -435,12 +444,16 @@ def _curve(
         mde_value = mde["mde_clustered"] if unit == "evidence_id" else mde["mde"]
         no_change = not (np.ptp(pivots["accuracy"], axis=1).any() or
                          np.ptp(pivots[metric], axis=1).any())  # fmt: skip
+        in_step = not no_change and not np.abs(d_items).max() > ZERO_TOLERANCE
         if no_change:
             code = "no_change"
         elif too_few:
             code = "too_few"
         else:
             code = verdict_code(slopes["accuracy"], slopes[metric], difference)
+            if in_step:  # every item that changed, changed both: D is 0 on every replicate
+                mde_value = math.nan  # and an MDE of 0 would say nothing
+                code = "together" if code == "together" else "in_step"
         entry["differences"][metric] = {
             "difference": difference,
             "mde": mde_value,

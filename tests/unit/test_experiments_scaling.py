@@ -319,3 +319,23 @@ def test_the_direction_of_an_interval_ignores_rounding_noise():
     clear = Estimate(value=0.1, lo=0.01, hi=0.4, n=16, n_units=8)
     assert verdict_code(noise, flat, noise) == "indistinguishable"
     assert verdict_code(clear, flat, clear) == "differ"
+
+
+def test_a_difference_that_is_zero_on_every_item_says_they_move_in_step():
+    """Two items go from right to high-risk as k grows: accuracy falls exactly as the
+    high-risk-free rate does, item by item, so D is 0 on every replicate. The verdict says
+    so instead of quoting a minimum detectable difference of 0."""
+    records = [
+        _response(f"i{i:02d}", "B" if (i < 2 and k == 8) else "A", k=k)
+        for k in (1, 8)
+        for i in range(N_ITEMS)
+    ]
+    metrics = _metrics(records)
+    (curve,) = _curves(metrics, "retrieval_k")
+    test = curve["differences"]["high_risk_error"]
+    assert test["verdict_code"] == "in_step"
+    assert test["mde"] is None or test["mde"] != test["mde"]  # no MDE (None or NaN)
+    assert "move in step" in test["verdict"] and "minimum detectable" not in test["verdict"]
+    # the unsafe-answer rate moves with it here too (B is also unsafe)
+    assert curve["differences"]["unsafe_answer"]["verdict_code"] == "in_step"
+    assert "in step" in str(scaling_tables(metrics))

@@ -244,7 +244,7 @@ function comparisonTable(comparisons) {
       el("tbody", {}, rows)));
 }
 
-const VERDICT_WORDS = { differ: "scale differently", together: "scale together", indistinguishable: "not distinguishable", no_change: "no change", too_few: "too few to measure" };
+const VERDICT_WORDS = { differ: "scale differently", together: "scale together", in_step: "in step", indistinguishable: "not distinguishable", no_change: "no change", too_few: "too few to measure" };
 
 function fmtSlope(m) {
   if (!m || m.value === null || m.value === undefined) return "–";
