@@ -275,5 +275,5 @@ def test_the_bundled_scaling_config_sweeps_every_axis_in_twenty_cells_per_model(
     assert [m.name for m in config.models] == ["smollm2-135m-instruct", "gemma3-270m"]
     assert config.context_budget == (None, 512, 1024, 2048, 4096)
     assert config.retrieval.k == (4, 1, 2, 8) and config.compute.samples == (1, 4)
-    assert config.corpora == ("radiology-guidelines",) and config.limit == 20
+    assert config.corpora == ("radiology-guidelines",) and config.limit == 12
     assert len(config.grid()) == 2 * 20
