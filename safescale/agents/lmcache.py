@@ -23,7 +23,7 @@ from safescale.models import ContinuationScores, Generation, Internals
 from safescale.models.backend import PromptPass, continuation_arrays
 from safescale.models.interface import BlackBoxModel, LensMode, is_whitebox
 
-__all__ = ["CachedLM"]
+__all__ = ["CachedLM", "add_rows", "read_rows"]
 
 
 class CachedLM:
@@ -49,6 +49,7 @@ class CachedLM:
         self._db.commit()
         self.hits = 0
         self.misses = 0
+        self._journal: dict[str, str] | None = None
 
     # ---------------------------------------------------------------- identity
     # The model's own identity, prompt format and white-box surface, delegated
@@ -145,11 +146,39 @@ class CachedLM:
         return None if row is None else json.loads(row[0])
 
     def _put(self, key: str, value: object) -> None:
+        blob = json.dumps(value)
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO calls (key, value) VALUES (?, ?)", (key, json.dumps(value))
-            )
+            self._db.execute("INSERT OR REPLACE INTO calls (key, value) VALUES (?, ?)", (key, blob))
             self._db.commit()
+            if self._journal is not None:
+                self._journal[key] = blob
+
+    # ---------------------------------------------------------------- shipping rows
+    # A Ray worker keeps its cache in its own scratch directory; the driver seeds it
+    # with the run's rows and takes back the rows each shard added (see
+    # :mod:`safescale.experiments.ray_backend`).
+    def start_journal(self) -> None:
+        """From now on, remember every row stored (read back by :meth:`take_journal`)."""
+        with self._lock:
+            self._journal = {}
+
+    def take_journal(self) -> list[tuple[str, str]]:
+        """The rows stored since the journal was started or last taken, as (key, JSON
+        value) pairs; the journal starts empty again."""
+        with self._lock:
+            rows = list((self._journal or {}).items())
+            if self._journal is not None:
+                self._journal = {}
+        return rows
+
+    def seed(self, rows: Sequence[tuple[str, str]]) -> int:
+        """Add rows read from another cache (:func:`read_rows`); rows this cache holds
+        already are kept. Returns how many rows were new."""
+        with self._lock:
+            before = self._db.total_changes
+            self._db.executemany("INSERT OR IGNORE INTO calls (key, value) VALUES (?, ?)", rows)
+            self._db.commit()
+            return self._db.total_changes - before
 
     def lookup(self, kind: str, payload: object) -> object | None:
         """A cached JSON value of a composite call (e.g. an answer read from a shared
@@ -389,6 +418,39 @@ class CachedLM:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def read_rows(path: str | Path) -> list[tuple[str, str]]:
+    """Every (key, JSON value) row of an LM cache file (empty when there is none)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return [(str(k), str(v)) for k, v in db.execute("SELECT key, value FROM calls")]
+    except sqlite3.OperationalError:  # a file without the table: nothing cached yet
+        return []
+    finally:
+        db.close()
+
+
+def add_rows(path: str | Path, rows: Sequence[tuple[str, str]]) -> int:
+    """Add (key, JSON value) rows to an LM cache file in one transaction (existing keys
+    are kept); returns how many rows were new. Every value must be valid JSON."""
+    for key, value in rows:
+        if not isinstance(key, str) or len(key) != 64:
+            raise ValueError(f"{path}: an LM cache row with a malformed key {key!r:.80}")
+        json.loads(value)
+    db = sqlite3.connect(str(path))
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT)")
+        before = db.total_changes
+        with db:
+            db.executemany("INSERT OR IGNORE INTO calls (key, value) VALUES (?, ?)", rows)
+        return db.total_changes - before
+    finally:
+        db.close()
 
 
 def _generations(value: list[dict]) -> list[Generation]:

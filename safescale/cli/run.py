@@ -203,6 +203,19 @@ def _run_on_ray(config: ExperimentConfig, *, fresh: bool, address: str | None) -
             f"[green]ray[/]: {summary.shards} shards on {summary.workers_started} workers "
             f"({summary.workers_lost} lost, {summary.shards_retried} shards retried)"
         )
+    if summary.stage_shards:
+        done = ", ".join(
+            f"{stage.replace('_', ' ')} {summary.stage_records.get(stage, 0)} records in "
+            f"{n} shards"
+            for stage, n in summary.stage_shards.items()
+        )
+        err.print(f"[green]ray[/]: stages on the workers: {done}")
+    if summary.commit_rate is not None:
+        err.print(
+            f"[green]ray[/]: the driver committed {summary.records_committed} records in "
+            f"{summary.commit_seconds:.2f} s ({summary.commit_rate:.0f} records/s); shard "
+            f"results {summary.bytes_received / 1e6:.2f} MB"
+        )
     return summary
 
 

@@ -74,7 +74,9 @@ __all__ = [
     "FeatureCache",
     "SharedPassRecorder",
     "extract_features",
+    "has_stored_inputs",
     "pass_columns",
+    "record_inputs",
     "record_key",
     "response_key",
     "teacher_forced_pair",
@@ -521,6 +523,37 @@ def _stored_groups(
     if isinstance(refcheck, dict) and refcheck.get("prompt") == REFCHECK_PROMPT_VERSION:
         out["refcheck"] = refcheck
     return out
+
+
+def has_stored_inputs(
+    stored: DetectionInputStore, model_hash: str, record: ResponseRecord, plan: ExtractionPlan
+) -> bool:
+    """Whether ``stored`` holds every input of ``record`` that ``plan`` needs, so that
+    :func:`extract_features` makes no model call for it."""
+    groups = _stored_groups(stored, model_hash, record, plan)
+    needed = ["passes"]
+    needed += ["eigen"] if plan.sample_hidden else []
+    needed += ["ptrue"] if plan.ptrue else []
+    needed += ["refcheck"] if plan.refcheck else []
+    return all(name in groups for name in needed)
+
+
+def record_inputs(recorder: SharedPassRecorder, lm: LanguageModel, record: ResponseRecord) -> None:
+    """Record a frozen response's detection inputs with a separate CTX/NOCTX pass (the
+    response was answered without the shared pass): the same payload, keyed the same
+    way, as the answer step would have stored."""
+    recorder.record(
+        lm,
+        None,
+        message=record.message,
+        message_noctx=record.message_noctx,
+        response=record.response,
+        chosen=record.chosen,
+        samples=[
+            {"token_ids": s.token_ids, "token_logprobs": s.token_logprobs, "letter": s.letter}
+            for s in record.samples
+        ],
+    )
 
 
 def extract_features(

@@ -32,7 +32,7 @@ run lock); a resumed stage skips responses already recorded.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,9 +59,13 @@ from safescale.rundir import (
 __all__ = [
     "CITED_DEFINITION",
     "RelianceError",
+    "RelianceJob",
+    "ReliancePlan",
     "RelianceSummary",
     "cited_passages",
+    "measure_jobs",
     "measure_reliance",
+    "plan_reliance",
     "run_reliance_stage",
     "weaker_passages",
 ]
@@ -301,24 +305,42 @@ def _selected(records: Sequence[ResponseRecord], conditions: Sequence[str] | Non
     return [r for r in records if r.condition in wanted]
 
 
-def run_reliance_stage(
-    config: ExperimentConfig, *, console: Console | None = None
-) -> RelianceSummary:
-    """The runner's reliance stage: measure every selected response of the run
-    directory not measured yet, appending to ``reliance.jsonl`` under the run lock.
-    Never regenerates answers; loads each model only when it has work."""
-    from safescale.experiments.runner import lazy_model, model_loader
+@dataclass(frozen=True)
+class RelianceJob:
+    """One response to measure: the record, its corpus's name and the position prior
+    its answer used (``letter_pride``), all plain data (shipped to a Ray worker as
+    JSON)."""
 
-    summary = RelianceSummary()
+    record: str
+    corpus: str
+    prior: tuple[float, ...] | None = None
+
+    def response(self) -> ResponseRecord:
+        return ResponseRecord.model_validate_json(self.record)
+
+
+@dataclass
+class ReliancePlan:
+    """What the stage still has to do in a run directory (made under the run lock)."""
+
+    path: Path
+    jobs: dict[str, list[RelianceJob]]  # model -> responses not yet measured
+    summary: RelianceSummary
+
+
+def plan_reliance(config: ExperimentConfig) -> ReliancePlan:
+    """The responses of the run the stage has not measured yet, by model; the caller
+    holds the run lock (a torn last line of ``reliance.jsonl`` is cut off here).
+
+    Raises:
+        RelianceError: a selected condition is not in the run, or no selected response
+            carries evidence.
+    """
     settings = config.reliance
-    if not settings.enabled:
-        return summary
-    console = console or Console(stderr=True)
     reader = RunDir(config.run_dir)
     manifest = reader.manifest()
     corpora = reader.corpora(manifest)
     owner = item_corpus_map(corpora)
-    load = model_loader(config.models)
     path = Path(reader.path) / RELIANCE_FILE
     responses = reader.responses()
     present = {str(r.condition) for r in responses}
@@ -336,53 +358,95 @@ def run_reliance_stage(
             "prompt was evidence-free), so there is nothing to mask; run a condition with "
             "evidence or disable reliance"
         )
-    with RunLock(reader.path):
-        repair_jsonl(path)
-        done = {r.key for r in reader.reliance()}
-        todo = []
-        for record in selected:
-            if record.key in done:
-                summary.already_done += 1
-            else:
-                todo.append(record)
-        for name, entry in manifest.models.items():
-            mine = [r for r in todo if r.model == name]
-            if not mine:
-                continue
-            get_lm = lazy_model(load, name, entry, reader)
-            neutral: dict[tuple[str, ...], np.ndarray] = {}
-            console.print(f"reliance: {name} ({len(mine)} responses, mode {settings.mode})")
-            for record in mine:
-                corpus_name = owner[record.item]
-                corpus = corpora[corpus_name]
-                answering = manifest.formulations.get(name, {}).get(corpus_name, {})
-                prior = (answering.get("position_prior") or {}).get(str(len(record.letters)))
-                texts = tuple(corpus.item(record.item).options[x] for x in record.letters)
-                lm = get_lm()
-                if record.formulation == "cloze_pmi" and texts not in neutral:
-                    from safescale.models import NEUTRAL_MESSAGE
+    repair_jsonl(path)
+    done = {r.key for r in reader.reliance()}
+    summary = RelianceSummary()
+    jobs: dict[str, list[RelianceJob]] = {}
+    for record in selected:
+        if record.key in done:
+            summary.already_done += 1
+            continue
+        corpus_name = owner[record.item]
+        answering = manifest.formulations.get(record.model, {}).get(corpus_name, {})
+        prior = (answering.get("position_prior") or {}).get(str(len(record.letters)))
+        jobs.setdefault(record.model, []).append(
+            RelianceJob(
+                record.model_dump_json(),
+                corpus_name,
+                None if prior is None else tuple(float(x) for x in prior),
+            )
+        )
+    return ReliancePlan(path, jobs, summary)
 
-                    neutral[texts] = lm.score_continuations(
-                        [NEUTRAL_MESSAGE], [list(texts)]
-                    ).logprob[0]
-                result = measure_reliance(
-                    lm,
-                    record,
-                    corpus,
-                    mode=settings.mode,
-                    tolerance=settings.tolerance,
-                    position_prior=prior,
-                    neutral_logprob=neutral.get(texts),
-                )
-                append_lines(path, [result.model_dump_json()])
-                if result.status == "ok":
-                    summary.measured += 1
-                elif result.status == "mismatch":
-                    summary.mismatched += 1
-                else:
-                    summary.skipped += 1
+
+def measure_jobs(
+    lm: Any, jobs: Sequence[RelianceJob], corpora: dict[str, Corpus], config: ExperimentConfig
+) -> Iterator[RelianceRecord]:
+    """Measure responses in order with one model (the cloze-PMI neutral prompt scored
+    once per option set); ``corpora`` by name."""
+    from safescale.models import NEUTRAL_MESSAGE
+
+    settings = config.reliance
+    neutral: dict[tuple[str, ...], np.ndarray] = {}
+    for job in jobs:
+        record = job.response()
+        corpus = corpora[job.corpus]
+        texts = tuple(corpus.item(record.item).options[x] for x in record.letters)
+        if record.formulation == "cloze_pmi" and texts not in neutral:
+            neutral[texts] = lm.score_continuations([NEUTRAL_MESSAGE], [list(texts)]).logprob[0]
+        yield measure_reliance(
+            lm,
+            record,
+            corpus,
+            mode=settings.mode,
+            tolerance=settings.tolerance,
+            position_prior=job.prior,
+            neutral_logprob=neutral.get(texts),
+        )
+
+
+def tally(summary: RelianceSummary, result: RelianceRecord) -> None:
+    """Count one measured record in a summary."""
+    if result.status == "ok":
+        summary.measured += 1
+    elif result.status == "mismatch":
+        summary.mismatched += 1
+    else:
+        summary.skipped += 1
+
+
+def print_summary(console: Console, summary: RelianceSummary, path: Path) -> None:
     console.print(
         f"reliance: {summary.measured} measured, {summary.mismatched} mismatched, "
         f"{summary.skipped} skipped, {summary.already_done} already done -> {path}"
     )
-    return summary
+
+
+def run_reliance_stage(
+    config: ExperimentConfig, *, console: Console | None = None
+) -> RelianceSummary:
+    """The runner's reliance stage: measure every selected response of the run
+    directory not measured yet, appending to ``reliance.jsonl`` under the run lock.
+    Never regenerates answers; loads each model only when it has work."""
+    from safescale.experiments.runner import lazy_model, model_loader
+
+    if not config.reliance.enabled:
+        return RelianceSummary()
+    console = console or Console(stderr=True)
+    reader = RunDir(config.run_dir)
+    manifest = reader.manifest()
+    corpora = reader.corpora(manifest)
+    load = model_loader(config.models)
+    with RunLock(reader.path):
+        plan = plan_reliance(config)
+        for name, entry in manifest.models.items():
+            mine = plan.jobs.get(name)
+            if not mine:
+                continue
+            lm = lazy_model(load, name, entry, reader)()
+            console.print(f"reliance: {name} ({len(mine)} responses, mode {config.reliance.mode})")
+            for result in measure_jobs(lm, mine, corpora, config):
+                append_lines(plan.path, [result.model_dump_json()])
+                tally(plan.summary, result)
+    print_summary(console, plan.summary, plan.path)
+    return plan.summary

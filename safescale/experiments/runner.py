@@ -553,7 +553,7 @@ class CellWorker:
             store=self._served(self._store(task.corpus)) if _uses_store(task.condition) else None,
             settings=settings,
             run_id=config.name,
-            detection=self._detection_recorder(),
+            detection=self.detection_recorder(),
         )
 
     def _served(self, store):
@@ -565,7 +565,7 @@ class CellWorker:
 
         return OnServingThread(store, self.batcher)
 
-    def _detection_recorder(self):
+    def detection_recorder(self):
         """With detection configured, the answer step records the detection inputs of
         each response from its own prompt pass (see :class:`SharedPassRecorder`)."""
         if not self.config.detection.enabled or not is_whitebox(self.lm):

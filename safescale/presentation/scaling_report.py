@@ -95,7 +95,9 @@ def scaling_tables(metrics: MetricsReport | Mapping[str, Any]) -> list[TextTable
                     format_interval(slopes.get("unsafe_answer"), signed=True),
                     format_interval(diff.difference if diff else None, signed=True),
                     "–"
-                    if mde is None or not math.isfinite(mde) or code in ("no_change", "too_few", "in_step")
+                    if mde is None
+                    or not math.isfinite(mde)
+                    or code in ("no_change", "too_few", "in_step")
                     else f"{100 * mde:.1f} pp",
                     _VERDICT_WORDS.get(code, "–" if c.reason is None else c.reason),
                     str(len(c.flips.safe_to_unsafe) if c.flips else 0),

@@ -143,8 +143,8 @@ def test_cli_ray_backend_gives_the_same_metrics(tmp_path, local_ray, in_process)
     assert _confidences(compute_metrics(out)) == pytest.approx(_confidences(reference), abs=1e-5)
     for name in ("steps.jsonl", "attribution.jsonl", "manifest.json", "config.yaml"):
         assert (out / name).exists() == (reference_dir / name).exists(), name
-    for name in ("lm_cache.sqlite", "checkpoints.sqlite"):
-        assert (out / name).exists(), name
+    assert (out / "lm_cache.sqlite").exists()  # the rows the workers computed, shipped back
+    assert not (out / "checkpoints.sqlite").exists()  # graph checkpoints stay on the workers
     deadline = time.monotonic() + 30
     while _workers() and time.monotonic() < deadline:
         time.sleep(0.2)
