@@ -99,6 +99,7 @@ class RaySummary(RunSummary):
         records_committed: records the driver committed (responses, reliance lines,
             detection inputs).
         bytes_received: size of the committed shard results as they travelled.
+        commits: (records, seconds, bytes) of each committed shard.
         workers_started: actors started (replacements included).
         workers_lost: actors that died while holding a shard or while starting.
         shards_retried: shard attempts lost with their worker and queued again.
@@ -111,6 +112,7 @@ class RaySummary(RunSummary):
     commit_seconds: float = 0.0
     records_committed: int = 0
     bytes_received: int = 0
+    commits: list[tuple[int, float, int]] = field(default_factory=list)
     workers_started: int = 0
     workers_lost: int = 0
     shards_retried: int = 0
@@ -459,9 +461,12 @@ def _drive(
     def committed(task: Task, outcome: ShardOutcome, size: int) -> None:
         began = time.perf_counter()
         commit_outcome(run_dir, outcome)
-        summary.commit_seconds += time.perf_counter() - began
-        summary.records_committed += outcome.records + len(outcome.detection_inputs)
+        seconds = time.perf_counter() - began
+        records = outcome.records + len(outcome.detection_inputs)
+        summary.commit_seconds += seconds
+        summary.records_committed += records
         summary.bytes_received += size
+        summary.commits.append((records, seconds, size))
         if outcome.lm_rows:
             seed.changed()
         summary.shards += 1

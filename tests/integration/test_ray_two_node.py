@@ -43,9 +43,10 @@ psutil = pytest.importorskip("psutil")
 BIN = Path(sys.executable).parent
 HEAD, WORKER, PORT = "127.0.0.2", "127.0.0.3", 6379
 ADDRESS = f"{HEAD}:{PORT}"
-LIMIT = 2  # items per corpus: 2 corpora x 6 conditions x 2 = 24 responses
+LIMIT = 1  # items per corpus: 2 corpora x 6 conditions = 12 responses
 RESPONSES = 2 * 6 * LIMIT
-TOLERANCE = 1e-5  # a worker runs torch on one thread, the in-process run on two
+TOLERANCE = 1e-5  # absolute, and 1e-6 relative: a worker runs torch on one thread, the
+# in-process run on two (logits near 35 differ in the last float32 bits)
 
 
 def _demo_config(run_dir: Path) -> Path:
@@ -55,7 +56,14 @@ def _demo_config(run_dir: Path) -> Path:
     from safescale.experiments.config import CONFIGS_DIR
 
     data = yaml.safe_load((CONFIGS_DIR / "demo.yaml").read_text())
-    data.update(limit=LIMIT, output_dir=str(run_dir), reliance={"enabled": True})
+    # the demo at one item per corpus, answers read one fixed way (no calibration: that
+    # is the first worker's start-up, covered by the local Ray tests), reliance on
+    data.update(
+        limit=LIMIT,
+        output_dir=str(run_dir),
+        reliance={"enabled": True},
+        answer={"formulation": "cloze_pmi"},
+    )
     path = run_dir.parent.parent / "demo-two-node.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -241,7 +249,7 @@ def _assert_close(a, b, what: str) -> None:
     assert na.keys() == nb.keys(), what
     for key in na:
         x, y = na[key], nb[key]
-        assert x == pytest.approx(y, abs=TOLERANCE, rel=TOLERANCE, nan_ok=True), f"{what}{key}"
+        assert x == pytest.approx(y, abs=TOLERANCE, rel=1e-6, nan_ok=True), f"{what}{key}"
 
 
 def test_two_node_study_without_shared_filesystem_survives_node_and_driver_kills(tmp_path):
@@ -279,14 +287,15 @@ def test_two_node_study_without_shared_filesystem_survives_node_and_driver_kills
         started = time.perf_counter()
         driver = cluster.driver(config, "driver1.log")
         responses = run_dir / "responses.jsonl"
-        _wait_lines(responses, 4, driver, cluster, "driver1.log")
+        _wait_lines(responses, 2, driver, cluster, "driver1.log")
         cluster.raylet(worker).kill()  # kill -9 of the worker node's raylet mid-study
         worker.wait(timeout=60)
         worker = cluster.start_worker()
-        _wait_lines(responses, 12, driver, cluster, "driver1.log")
+        _wait_lines(responses, 6, driver, cluster, "driver1.log")
         driver.send_signal(signal.SIGKILL)  # kill -9 of the driver
         driver.wait(timeout=30)
         assert _lines(responses) < RESPONSES
+        assert (cluster.tmp / "driver2.log").exists() is False
         again = cluster.driver(config, "driver2.log")
         assert again.wait(timeout=1800) == 0, cluster.log("driver2.log")[-3000:]
         two_node_s = time.perf_counter() - started
@@ -295,9 +304,10 @@ def test_two_node_study_without_shared_filesystem_survives_node_and_driver_kills
         cluster.close()
 
     print(f"\nin-process {in_process_s:.0f} s; two-node with both kills {two_node_s:.0f} s")
-    assert "lost" in log1  # the first driver saw its worker die ...
-    assert "reliance" in log2 and "0 measured" in log2.split("ray:")[-1]  # ... and stages ran
-    assert "stages on the workers" in log2, log2[-2000:]
+    print("\n".join(line for line in log2.splitlines() if "ray" in line[:12]))
+    assert "Raylet is terminated" in log1, log1[-2000:]  # the first driver saw the node die
+    assert "stages on the workers" in log2, log2[-2000:]  # the resumed one ran the stages
+    assert "reliance: 0 measured" in log2, log2[-2000:]  # ... so the driver measured none
     got = _records(run_dir)
     lines = (run_dir / "responses.jsonl").read_text().splitlines()
     assert len(lines) == RESPONSES, "no response lost or committed twice"
@@ -305,7 +315,7 @@ def test_two_node_study_without_shared_filesystem_survives_node_and_driver_kills
     for key, ref in reference["responses"].items():
         mine = got["responses"][key]
         assert (mine.chosen, mine.response) == (ref.chosen, ref.response), key
-        assert mine.option_logits == pytest.approx(ref.option_logits, abs=TOLERANCE), key
+        assert mine.option_logits == pytest.approx(ref.option_logits, abs=TOLERANCE, rel=1e-6), key
     reliance_lines = (run_dir / "reliance.jsonl").read_text().splitlines()
     assert len(reliance_lines) == len(reference["reliance"]), "no reliance record twice"
     assert got["reliance"].keys() == reference["reliance"].keys()
