@@ -20,6 +20,7 @@ namespaces cannot be made.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -129,11 +130,27 @@ class LoopbackCluster:
 
     def start_head(self) -> None:
         self._start(
-            self.netns([str(BIN / "ray"), "start", "--head", "--num-cpus", "0",
-                        "--node-ip-address", HEAD, "--port", str(PORT),
-                        "--temp-dir", str(self.tmp / "head"), "--include-dashboard", "false",
-                        "--object-store-memory", str(100 * 1024 * 1024),
-                        "--disable-usage-stats", "--block"]),  # fmt: skip
+            self.netns(
+                [
+                    str(BIN / "ray"),
+                    "start",
+                    "--head",
+                    "--num-cpus",
+                    "0",
+                    "--node-ip-address",
+                    HEAD,
+                    "--port",
+                    str(PORT),
+                    "--temp-dir",
+                    str(self.tmp / "head"),
+                    "--include-dashboard",
+                    "false",
+                    "--object-store-memory",
+                    str(100 * 1024 * 1024),
+                    "--disable-usage-stats",
+                    "--block",
+                ]
+            ),
             "head.log",
         )
         self.wait_cpus(0)
@@ -163,8 +180,9 @@ class LoopbackCluster:
                 env=self.env, capture_output=True, text=True,
             )  # fmt: skip
             out = result.stdout
-            if result.returncode == 0 and (f"/{cpus}.0 CPU" in out or (cpus == 0 and "CPU" not in
-                                                                        out.split("Usage:")[-1])):
+            if result.returncode == 0 and (
+                f"/{cpus}.0 CPU" in out or (cpus == 0 and "CPU" not in out.split("Usage:")[-1])
+            ):
                 return  # fmt: skip
             time.sleep(1)
         raise AssertionError(f"the cluster never offered {cpus} CPUs: {out[-800:]}")
@@ -177,8 +195,18 @@ class LoopbackCluster:
 
     def driver(self, config: Path, log: str) -> subprocess.Popen:
         return self._start(
-            self.netns([str(BIN / "safescale"), "run", str(config), "--backend", "ray",
-                        "--address", ADDRESS, "--no-report"]),  # fmt: skip
+            self.netns(
+                [
+                    str(BIN / "safescale"),
+                    "run",
+                    str(config),
+                    "--backend",
+                    "ray",
+                    "--address",
+                    ADDRESS,
+                    "--no-report",
+                ]
+            ),
             log,
         )
 
@@ -192,10 +220,8 @@ class LoopbackCluster:
                     child.kill()
             except psutil.NoSuchProcess:
                 pass
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait(timeout=30)
         # node processes that outlived their parents (all ran under self.tmp)
         for p in psutil.process_iter(["cmdline"]):
