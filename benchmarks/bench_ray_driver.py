@@ -9,7 +9,8 @@ driver is the only writer of the run directory; workers ship everything back). P
 * the driver's commit rate, records/s (responses with their steps and attribution,
   reliance lines, detection inputs; LM-cache rows ride along), with a 95 % bootstrap
   interval over the committed shards;
-* bytes a shard result carries per answered item (its pickle, as Ray ships it), and of
+* bytes a shard result carries per answered item (UTF-8 bytes of its records, rows and
+  inputs), and of
   that the LM-cache rows;
 * the workers' compute seconds per answered item (answering plus the later stages), and
   the ratio ``compute per item / driver seconds per item``: how many workers one driver
@@ -82,7 +83,7 @@ def main() -> None:
         f"{summary.commit_seconds:.2f} s)"
     )
     print(
-        f"shard results: {per_item_bytes / 1e3:.1f} kB per answered item "
+        f"shard payload: {per_item_bytes / 1e3:.1f} kB per answered item "
         f"(LM-cache rows {lm_bytes / items / 1e3:.1f} kB of it)"
     )
     print(

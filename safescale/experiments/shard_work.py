@@ -124,10 +124,15 @@ class ShardOutcome:
 
 
 def outcome_bytes(outcome: ShardOutcome) -> int:
-    """The size of an outcome as it travels (its pickle, as Ray serializes it)."""
-    import pickle
-
-    return len(pickle.dumps(outcome, protocol=5))
+    """The payload an outcome carries: UTF-8 bytes of its records, LM-cache rows and
+    detection inputs (what dominates it as it travels; Ray's framing adds little)."""
+    texts: list[str] = []
+    for result in outcome.results:
+        texts += [result.response, *result.steps, result.attribution or ""]
+    texts += outcome.reliance
+    texts += [part for row in outcome.detection_inputs for part in row]
+    texts += [part for row in outcome.lm_rows for part in row]
+    return sum(len(t.encode()) for t in texts)
 
 
 class ScratchWorker:
