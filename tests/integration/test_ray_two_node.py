@@ -101,7 +101,11 @@ class LoopbackCluster:
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
+            # another test module may have set it to 0 (a private instance on 127.0.0.1),
+            # which makes `ray start --address` refuse to add a worker node
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1",
         }
+        self.env.pop("RAY_ADDRESS", None)
         self.holder = subprocess.Popen(
             ["unshare", "-n", "sh", "-c", "ip link set lo up && exec sleep infinity"],
             start_new_session=True,
@@ -185,7 +189,8 @@ class LoopbackCluster:
             ):
                 return  # fmt: skip
             time.sleep(1)
-        raise AssertionError(f"the cluster never offered {cpus} CPUs: {out[-800:]}")
+        logs = "".join(self.log(p.name)[-1500:] for p in sorted(self.tmp.glob("worker*.log")))
+        raise AssertionError(f"the cluster never offered {cpus} CPUs: {out[-800:]}\n{logs}")
 
     def raylet(self, proc: subprocess.Popen) -> psutil.Process:
         for child in psutil.Process(proc.pid).children(recursive=True):
