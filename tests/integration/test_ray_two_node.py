@@ -11,7 +11,7 @@ The driver is ``safescale run demo --backend ray --address 127.0.0.2:6379``; mid
 the worker node's raylet is killed with SIGKILL and a new worker node started, then the
 driver is killed with SIGKILL and the same command run again. The records must equal the
 in-process run's: no lost and no duplicated record, the same answers and chosen options,
-option scores and reliance shifts within 1e-5, the same detection inputs, the same
+option scores and reliance shifts within 1e-5 (absolute) or 1e-5 relative, the same detection inputs, the same
 LM-cache keys.
 
 Needs root (``unshare -n`` / ``unshare -m``); skipped with the reason when the
@@ -46,7 +46,7 @@ HEAD, WORKER, PORT = "127.0.0.2", "127.0.0.3", 6379
 ADDRESS = f"{HEAD}:{PORT}"
 LIMIT = 1  # items per corpus: 2 corpora x 6 conditions = 12 responses
 RESPONSES = 2 * 6 * LIMIT
-TOLERANCE = 1e-5  # absolute, and 1e-6 relative: a worker runs torch on one thread, the
+TOLERANCE = 1e-5  # absolute, and 1e-5 relative: a worker runs torch on one thread, the
 # in-process run on two (logits near 35 differ in the last float32 bits)
 
 
@@ -280,7 +280,7 @@ def _assert_close(a, b, what: str) -> None:
     assert na.keys() == nb.keys(), what
     for key in na:
         x, y = na[key], nb[key]
-        assert x == pytest.approx(y, abs=TOLERANCE, rel=1e-6, nan_ok=True), f"{what}{key}"
+        assert x == pytest.approx(y, abs=TOLERANCE, rel=1e-5, nan_ok=True), f"{what}{key}"
 
 
 def test_two_node_study_without_shared_filesystem_survives_node_and_driver_kills(tmp_path):
@@ -346,7 +346,7 @@ def test_two_node_study_without_shared_filesystem_survives_node_and_driver_kills
     for key, ref in reference["responses"].items():
         mine = got["responses"][key]
         assert (mine.chosen, mine.response) == (ref.chosen, ref.response), key
-        assert mine.option_logits == pytest.approx(ref.option_logits, abs=TOLERANCE, rel=1e-6), key
+        assert mine.option_logits == pytest.approx(ref.option_logits, abs=TOLERANCE, rel=1e-5), key
     reliance_lines = (run_dir / "reliance.jsonl").read_text().splitlines()
     assert len(reliance_lines) == len(reference["reliance"]), "no reliance record twice"
     assert got["reliance"].keys() == reference["reliance"].keys()
