@@ -362,6 +362,8 @@ def test_two_node_study_without_shared_filesystem_survives_node_and_driver_kills
         )
     assert got["inputs"].keys() == reference["inputs"].keys()
     for name, ref in reference["inputs"].items():
-        _assert_close(got["inputs"][name], ref, f"detection input {name}")
+        # features derived from logits and hidden states each off by ~1e-5 (one vs two
+        # torch threads sum in a different order): differences and minima of them drift more
+        _assert_close(got["inputs"][name], ref, f"detection input {name}", 1e-4)
     assert got["lm_keys"] == reference["lm_keys"], "every LM call came back to the run's cache"
     assert not (run_dir / "checkpoints.sqlite").exists(), "checkpoints stay on the workers"
