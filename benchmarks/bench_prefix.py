@@ -65,16 +65,37 @@ def _config_for(base, out: Path, cache_mb: float, order: str, args):
     changes = {"output_dir": out, "models": models, "max_context": {"order": order}}
     if args.limit is not None:
         changes["limit"] = args.limit
+    if args.conditions:
+        changes["conditions"] = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    if args.context_budget is not None:
+        changes["context_budget"] = [
+            None if args.context_budget.lower() == "none" else int(args.context_budget)
+        ]
     if args.formulation:
         changes["answer"] = {**base.answer.model_dump(mode="json"), "formulation": args.formulation}
     return base.with_overrides(**changes)
 
 
 def _per_condition(responses) -> dict[str, float]:
+    return {c: statistics.mean(v) for c, v in _seconds_by_condition(responses).items()}
+
+
+def _seconds_by_condition(responses) -> dict[str, list[float]]:
     by: dict[str, list[float]] = {}
     for r in responses:
         by.setdefault(r.condition, []).append(r.wall_ms / 1000)
-    return {c: statistics.mean(v) for c, v in by.items()}
+    return by
+
+
+def _mean_interval(values: list[float]) -> str:
+    """``mean [lo, hi] (n)``: a normal-approximation 95 % interval of the mean item time
+    (the items of one run; the run-to-run spread of the machine is not in it)."""
+    n = len(values)
+    mean = statistics.mean(values)
+    if n < 2:
+        return f"{mean:.3f} (n = 1, no interval)"
+    half = 1.96 * statistics.stdev(values) / n**0.5
+    return f"{mean:.3f} [{max(0.0, mean - half):.3f}, {mean + half:.3f}] (n = {n})"
 
 
 def _compare(a, b) -> str:
@@ -104,8 +125,9 @@ def _interval(est: dict) -> str:
     return f"{100 * est['value']:.1f}%{ci}"
 
 
-def _order_comparison(run_a: Path, run_d: Path, config) -> None:
-    """Max-context under similarity (run A) vs corpus (run D), paired over items."""
+def _order_comparison(run_a: Path, run_d: Path, config, pair: str) -> list[dict]:
+    """Max-context under similarity (``run_a``) vs corpus (``run_d``), paired over items;
+    returns the result-file rows."""
     from safescale.rundir import RunDir
     from safescale.statistics.metrics import MetricsConfig, metrics_from_records
 
@@ -116,8 +138,8 @@ def _order_comparison(run_a: Path, run_d: Path, config) -> None:
         if r.condition == "max_context"
     ]
     if not similarity or not corpus:
-        print("order comparison: no max_context responses in runs A and D")
-        return
+        print(f"order comparison: no max_context responses in runs {pair}")
+        return []
     metrics = metrics_from_records(
         similarity + corpus,
         RunDir(run_a).corpora(),
@@ -128,22 +150,32 @@ def _order_comparison(run_a: Path, run_d: Path, config) -> None:
             compare_models=False,
         ),
     )
-    print("\n### max_context.order: similarity vs corpus (cold runs A and D)\n")
+    print(f"\n### max_context.order: similarity vs corpus (runs {pair})\n")
+    rows: list[dict] = []
     print("| order | n | " + " | ".join(RATES) + " |\n|---|---|" + "---|" * len(RATES))
     for cell in metrics["cells"]:
         name = "corpus" if cell["condition"] == "max_context_corpus" else "similarity"
         row = " | ".join(_interval(cell["metrics"][m]) for m in RATES)
         print(f"| {name} ({cell['model']}, {cell['corpus']}) | {cell['n']} | {row} |")
+        rows.append(figure(
+            f"max-context under `order: {name}` (runs {pair}, {cell['corpus']}): "
+            + ", ".join(RATES) + " (95 % bootstrap intervals)",
+            f"n = {cell['n']}: " + "; ".join(
+                f"{m} {_interval(cell['metrics'][m])}" for m in RATES),
+            "",
+        ))  # fmt: skip
     for comp in metrics["comparisons"]:
         print(f"\ncorpus - similarity, paired over {comp['n_items']} items "
               f"({metrics['run']['resampling_unit']} resampled, 95 % intervals):")  # fmt: skip
         if comp["n_items"] < 30:
             print(f"  (only {comp['n_items']} items: too few to decide the default; run the "
                   "full study)")  # fmt: skip
+        parts = []
         for m in RATES:
             d = comp["deltas"][m]
             if d.get("value") is None:
                 print(f"  {m}: n/a")
+                parts.append(f"{m} n/a")
                 continue
             lo, hi = d["lo"], d["hi"]
             verdict = (
@@ -153,6 +185,13 @@ def _order_comparison(run_a: Path, run_d: Path, config) -> None:
             )
             print(f"  {m}: {100 * d['value']:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]: "
                   f"{verdict}")  # fmt: skip
+            parts.append(f"{m} {100 * d['value']:+.1f} points [{100 * lo:+.1f}, "
+                         f"{100 * hi:+.1f}]: {verdict}")  # fmt: skip
+        rows.append(figure(
+            f"max-context corpus - similarity, paired over {comp['n_items']} items (runs {pair})",
+            "; ".join(parts), "decides the default",
+        ))  # fmt: skip
+    return rows
 
 
 def main() -> None:
@@ -164,6 +203,10 @@ def main() -> None:
     parser.add_argument("--formulation", default=None, help="override answer.formulation")
     parser.add_argument("--prefix-cache-mb", type=float, default=None,
                         help="the cache bound of runs B and C (default: the config's)")  # fmt: skip
+    parser.add_argument("--conditions", default=None,
+                        help="only these conditions (comma list)")  # fmt: skip
+    parser.add_argument("--context-budget", default=None,
+                        help="context_budget: tokens, or 'none' (the window)")  # fmt: skip
     parser.add_argument("--keep", default=None, help="write the run directories here")
     parser.add_argument("--json", type=Path, default=None, help="also write a result file")
     args = parser.parse_args()
@@ -208,6 +251,7 @@ def main() -> None:
             "label": label,
             "seconds": summary.seconds,
             "per_condition": _per_condition(responses),
+            "seconds_by_condition": _seconds_by_condition(responses),
             "responses": responses,
             "prefix": summary.prefix_cache,
             "dir": out,
@@ -215,7 +259,9 @@ def main() -> None:
         print(f"run {name} ({label}, prefix_cache_mb {cache_mb:g}): {summary.answered} "
               f"responses in {summary.seconds:.1f} s -> {out}", flush=True)  # fmt: skip
 
-    print(f"\nconfig {args.config} · limit {args.limit} · threads {torch.get_num_threads()}\n")
+    budget = args.context_budget or list(base.context_budget)
+    print(f"\nconfig {args.config} · limit {args.limit} · context_budget {budget} · "
+          f"threads {torch.get_num_threads()}\n")  # fmt: skip
     names = list(results)
     conditions = list(dict.fromkeys(c for r in results.values() for c in r["per_condition"]))
     print("| seconds per item | " + " | ".join(f"{n}: {results[n]['label']}" for n in names)
@@ -223,8 +269,8 @@ def main() -> None:
           + " |")  # fmt: skip
     print("|---|" + "---|" * (len(names) + sum(n != "A" and "A" in results for n in names)))
     for condition in conditions:
-        cells = [results[n]["per_condition"].get(condition) for n in names]
-        row = " | ".join("" if v is None else f"{v:.3f}" for v in cells)
+        cells = [results[n]["seconds_by_condition"].get(condition) for n in names]
+        row = " | ".join("" if v is None else _mean_interval(v) for v in cells)
         ratios = ""
         if "A" in results:
             base_value = results["A"]["per_condition"].get(condition)
@@ -248,12 +294,13 @@ def main() -> None:
             f"{condition}: seconds per item, "
             + ", ".join(f"{n} {results[n]['label']}" for n in names),
             " / ".join(
-                f"{results[n]['per_condition'][condition]:.3f}"
+                _mean_interval(results[n]["seconds_by_condition"][condition])
                 if condition in results[n]["per_condition"]
                 else "—"
                 for n in names
             ),
             "",
+            **{n: results[n]["per_condition"].get(condition) for n in names},
         )
         for condition in conditions
     ]
@@ -283,8 +330,14 @@ def main() -> None:
     for name in names:
         for model, stats in results[name]["prefix"].items():
             print(f"prefix cache of run {name} ({model}): {stats}")
-    if "A" in results and "D" in results:
-        _order_comparison(results["A"]["dir"], results["D"]["dir"], base)
+    # the order comparison: the cold pair if both ran, else a pair with the cache (the
+    # cache gives the cold answers: checked above when B/A and C/D ran, and in the tests)
+    for sim, cor in (("A", "D"), ("B", "C"), ("A", "C"), ("B", "D")):
+        if sim in results and cor in results:
+            json_rows += _order_comparison(
+                results[sim]["dir"], results[cor]["dir"], base, f"{sim} and {cor}"
+            )
+            break
     print(f"\nrun directories: {root}")
     if args.json is not None:
         write_result(

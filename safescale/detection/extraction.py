@@ -58,7 +58,7 @@ from safescale.detection.ecrt_features import ecrt_features
 from safescale.detection.registry import get_detector
 from safescale.models.interface import BlackBoxModel, is_whitebox
 from safescale.models.internals import Internals
-from safescale.rundir import ResponseRecord, atomic_write_text
+from safescale.rundir import ResponseRecord, atomic_write_text, sample_dicts
 from safescale.rundir import content_key as response_key
 from safescale.rundir import record_content_key as record_key
 
@@ -549,10 +549,7 @@ def record_inputs(recorder: SharedPassRecorder, lm: LanguageModel, record: Respo
         message_noctx=record.message_noctx,
         response=record.response,
         chosen=record.chosen,
-        samples=[
-            {"token_ids": s.token_ids, "token_logprobs": s.token_logprobs, "letter": s.letter}
-            for s in record.samples
-        ],
+        samples=sample_dicts(record),
     )
 
 

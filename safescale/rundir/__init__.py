@@ -97,6 +97,7 @@ from safescale.rundir.records import (
     content_key,
     context_budget_label,
     record_content_key,
+    sample_dicts,
 )
 from safescale.rundir.sections import (
     AlwaysDefer,
@@ -261,6 +262,7 @@ __all__ = [
     "repair_jsonl",
     "repair_run_files",
     "response_key",
+    "sample_dicts",
     "with_legacy_axes",
     "write_manifest",
 ]

@@ -83,6 +83,7 @@ __all__ = [
     "content_key",
     "context_budget_label",
     "record_content_key",
+    "sample_dicts",
 ]
 
 RESPONSE_SCHEMA_VERSION = 4
@@ -399,11 +400,17 @@ def record_content_key(record: ResponseRecord) -> str:
         message_noctx=record.message_noctx,
         response=record.response,
         chosen=record.chosen,
-        samples=[
-            {"token_ids": s.token_ids, "token_logprobs": s.token_logprobs, "letter": s.letter}
-            for s in record.samples
-        ],
+        samples=sample_dicts(record),
     )
+
+
+def sample_dicts(record: ResponseRecord) -> list[dict]:
+    """A response's sampled answers as the plain dicts the detection inputs are keyed
+    and computed from (token ids, their log-probs, the letter each one chose)."""
+    return [
+        {"token_ids": s.token_ids, "token_logprobs": s.token_logprobs, "letter": s.letter}
+        for s in record.samples
+    ]
 
 
 class AttributionRecord(_Versioned):
