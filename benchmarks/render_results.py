@@ -124,10 +124,17 @@ def write_result(
 
 
 def _relative(arg: str) -> str:
+    """A path argument as seen from the repository root (so the recorded command runs
+    from there whatever directory the script ran in); any other argument unchanged."""
+    if "/" not in arg and Path(arg).suffix not in _PATH_SUFFIXES:
+        return arg  # a value such as `6`, `A,C` or `none`, not a path
     try:
         return str(Path(arg).resolve().relative_to(ROOT))
     except (ValueError, OSError):
         return arg
+
+
+_PATH_SUFFIXES = (".py", ".json", ".jsonl", ".yaml", ".yml", ".md")
 
 
 def validate(result: Any, where: str) -> dict:

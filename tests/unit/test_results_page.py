@@ -105,3 +105,15 @@ def test_a_bad_result_file_is_one_line_naming_the_field(tmp_path: Path, change, 
     message = str(info.value)
     assert message.startswith(f"error: {path}: {field}:"), message
     assert "\n" not in message
+
+
+def test_the_recorded_command_is_the_same_from_any_directory(monkeypatch) -> None:
+    """Paths are recorded from the repository root; values (`6`, `A,C`, `none`) are
+    never taken for paths, whatever directory the script ran in."""
+    argv = ["bench_prefix.py", "--limit", "6", "--runs", "A,C", "--json",
+            "results/bench_prefix.json"]  # fmt: skip
+    monkeypatch.chdir(BENCHMARKS)
+    assert [rr._relative(a) for a in argv] == [
+        "benchmarks/bench_prefix.py", "--limit", "6", "--runs", "A,C", "--json",
+        "benchmarks/results/bench_prefix.json",
+    ]  # fmt: skip
