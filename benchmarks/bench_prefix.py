@@ -88,13 +88,15 @@ def _seconds_by_condition(responses) -> dict[str, list[float]]:
 
 
 def _mean_interval(values: list[float]) -> str:
-    """``mean [lo, hi] (n)``: a normal-approximation 95 % interval of the mean item time
-    (the items of one run; the run-to-run spread of the machine is not in it)."""
+    """``mean [lo, hi] (n)``: a Student-t 95 % interval of the mean item time (the
+    items of one run; the run-to-run spread of the machine is not in it)."""
+    from scipy.stats import t
+
     n = len(values)
     mean = statistics.mean(values)
     if n < 2:
         return f"{mean:.3f} (n = 1, no interval)"
-    half = 1.96 * statistics.stdev(values) / n**0.5
+    half = float(t.ppf(0.975, n - 1)) * statistics.stdev(values) / n**0.5
     return f"{mean:.3f} [{max(0.0, mean - half):.3f}, {mean + half:.3f}] (n = {n})"
 
 
@@ -265,7 +267,8 @@ def main() -> None:
     names = list(results)
     conditions = list(dict.fromkeys(c for r in results.values() for c in r["per_condition"]))
     print("| seconds per item | " + " | ".join(f"{n}: {results[n]['label']}" for n in names)
-          + " | " + " | ".join(f"{n} / A" for n in names if n != "A" and "A" in results)
+          + " | " + " | ".join(f"{n} / A (of means, no interval)" for n in names
+                           if n != "A" and "A" in results)
           + " |")  # fmt: skip
     print("|---|" + "---|" * (len(names) + sum(n != "A" and "A" in results for n in names)))
     for condition in conditions:
