@@ -3,8 +3,8 @@
 * :meth:`ScoringMixin.score_options`: the option letters' logits at the answer position
   (left-padded batches, or one prompt at a time over the prefix cache);
 * :meth:`ScoringMixin.score_continuations`: ``log p(continuation | prompt)`` (the cloze
-  formulations): one prefill per prompt, then its continuations as one right-padded
-  batch over a copy of the KV cache;
+  formulations): one prefill per prompt, then its continuations as one packed row over
+  that KV cache (:meth:`ScoringMixin.continuations_over_cache`);
 * :meth:`ScoringMixin.sequence_logprob`: the log-prob of given ids after a prompt.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from safescale.models.prefix_cache import cacheable
 from safescale.models.prompting import PromptError
 
 __all__ = ["ContinuationScores", "ScoringMixin", "continuation_arrays", "target_logprob"]
@@ -113,9 +114,9 @@ class ScoringMixin:
     ) -> ContinuationScores:
         """Log-probability of each continuation after each prompt (the cloze formulation).
 
-        Each prompt is prefilled once; its continuations then run together as one
-        right-padded batch over a copy of that KV cache (the continuation of a prompt
-        never recomputes the prompt). Prompts that share a leading run of at least
+        Each prompt is prefilled once; its continuations then run together over that
+        KV cache (:meth:`continuations_over_cache`: the continuation of a prompt never
+        recomputes the prompt). Prompts that share a leading run of at least
         :attr:`MIN_SHARED_PREFIX` tokens (e.g. the critic's per-passage relevance
         prompts, which start with the question) prefill it once and extend a copy of
         its cache by their own suffix. With a prefix cache (:meth:`set_prefix_cache`)
@@ -209,39 +210,92 @@ class ScoringMixin:
         conts: list[list[int]],
         **forward_kwargs: Any,
     ) -> list[float]:
-        """Continuation log-probs given the prompt's last logits and its KV cache (the
-        cache is consumed: it is expanded in place for the batch); ``forward_kwargs``
-        go to the continuations' forward (e.g. an attention block of
-        :mod:`safescale.detection.masking`)."""
+        """Continuation log-probs given the prompt's last logits and its KV cache (one
+        row; consumed: it is extended in place).
+
+        The multi-token continuations run in one forward: over a full-attention cache
+        as one packed row (:meth:`_packed_continuations`: the prompt's keys and values
+        are read once, not copied per continuation); otherwise (sliding-window layers,
+        or ``forward_kwargs`` such as an attention block of
+        :mod:`safescale.detection.masking`, which addresses query rows by position) as a
+        right-padded batch over a per-continuation copy of the cache. Both give each
+        continuation's own full-pass log-prob up to float rounding.
+        """
         dev = self.device
         first = torch.log_softmax(last_logits.float(), dim=-1)
         totals = [float(first[c[0]]) for c in conts]
         longer = [i for i, c in enumerate(conts) if len(c) > 1]
         if not longer:
             return totals
-        if len(longer) > 1:
-            cache.batch_repeat_interleave(len(longer))
-        # Right padding: real tokens never attend to the pads that follow them.
         feed = [conts[i][:-1] for i in longer]
-        width = max(len(f) for f in feed)
-        ids = torch.full((len(longer), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(longer), prompt_length + width), dtype=torch.long)
-        mask[:, :prompt_length] = 1
-        for r, f in enumerate(feed):
-            ids[r, : len(f)] = torch.tensor(f)
-            mask[r, prompt_length : prompt_length + len(f)] = 1
-        logits = self.model(
-            input_ids=ids.to(dev),
-            attention_mask=mask.to(dev),
-            cache=cache,
-            use_cache=True,
-            **forward_kwargs,
-        ).logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
+        if len(longer) > 1 and not forward_kwargs and cacheable(cache):
+            logits = self._packed_continuations(cache, prompt_length, feed)
+            rows = []
+            start = 0
+            for f in feed:
+                rows.append(logits[start : start + len(f)])
+                start += len(f)
+        else:
+            if len(longer) > 1:
+                cache.batch_repeat_interleave(len(longer))
+            # Right padding: real tokens never attend to the pads that follow them.
+            width = max(len(f) for f in feed)
+            ids = torch.full((len(longer), width), self.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(longer), prompt_length + width), dtype=torch.long)
+            mask[:, :prompt_length] = 1
+            for r, f in enumerate(feed):
+                ids[r, : len(f)] = torch.tensor(f)
+                mask[r, prompt_length : prompt_length + len(f)] = 1
+            batch = self.model(
+                input_ids=ids.to(dev),
+                attention_mask=mask.to(dev),
+                cache=cache,
+                use_cache=True,
+                **forward_kwargs,
+            ).logits.float()
+            rows = [batch[r, : len(f)] for r, f in enumerate(feed)]
         for r, i in enumerate(longer):
+            logp = torch.log_softmax(rows[r], dim=-1)
             targets = torch.tensor(conts[i][1:], device=logp.device)
-            totals[i] += float(logp[r, : len(targets)].gather(-1, targets[:, None]).sum())
+            totals[i] += float(logp.gather(-1, targets[:, None]).sum())
         return totals
+
+    def _packed_continuations(
+        self, cache, prompt_length: int, feed: list[list[int]]
+    ) -> torch.Tensor:
+        """Logits ``[sum(len(f)), V]`` of several continuations fed as one packed row over
+        a one-row prompt cache: each continuation's positions restart at
+        ``prompt_length`` and a 4D mask lets its tokens see the prompt and their own
+        earlier tokens only, so every continuation is scored as if alone, with the
+        prompt's keys and values read once (no per-continuation copy of the cache)."""
+        dev = self.device
+        total = sum(len(f) for f in feed)
+        ids = torch.tensor([[t for f in feed for t in f]], dtype=torch.long, device=dev)
+        positions = torch.tensor(
+            [[prompt_length + j for f in feed for j in range(len(f))]], device=dev
+        )
+        allowed = torch.zeros((total, prompt_length + total), dtype=torch.bool)
+        allowed[:, :prompt_length] = True
+        start = 0
+        for f in feed:
+            n = len(f)
+            allowed[start : start + n, prompt_length + start : prompt_length + start + n] = (
+                torch.ones((n, n), dtype=torch.bool).tril()
+            )
+            start += n
+        dtype = self.model.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+        return (
+            self.model(
+                input_ids=ids,
+                position_ids=positions,
+                attention_mask=mask[None, None].to(dev),
+                cache=cache,
+                use_cache=True,
+            )
+            .logits[0]
+            .float()
+        )
 
     def _left_pad(
         self, sequences: Sequence[Sequence[int]]

@@ -60,6 +60,32 @@ def test_shared_prefill_equals_one_full_pass_per_continuation(tiny_lm):
         assert scores.n_chars[0, col] == len(text)
 
 
+def test_packed_continuations_see_only_the_prompt_and_themselves(tiny_lm, monkeypatch):
+    """Several multi-token continuations go as one packed row over the prompt's cache:
+    each scores as its own full pass (no continuation attends to another's tokens),
+    whatever their order."""
+    texts = ["a much longer answer text", "apple pie", "refer to surgery today", "x"]
+    packed = []
+    original = type(tiny_lm)._packed_continuations
+
+    def spy(self, cache, prompt_length, feed):
+        packed.append(len(feed))
+        return original(self, cache, prompt_length, feed)
+
+    monkeypatch.setattr(type(tiny_lm), "_packed_continuations", spy)
+    forward = tiny_lm.score_continuations([MESSAGE], texts).logprob[0]
+    backward = tiny_lm.score_continuations([MESSAGE], texts[::-1]).logprob[0][::-1]
+    assert packed and packed[0] >= 3
+    prompt = tiny_lm.prompt_ids(MESSAGE, answer_cue=True)
+    for col, text in enumerate(texts):
+        ids = tiny_lm.continuation_ids(text)
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny_lm.model(torch.tensor([prompt + ids])).logits[0], -1)
+        full = sum(float(logp[len(prompt) - 1 + t, ids[t]]) for t in range(len(ids)))
+        assert forward[col] == pytest.approx(full, abs=1e-4)
+        assert backward[col] == pytest.approx(full, abs=1e-4)
+
+
 def test_pmi_cancels_an_options_prior(tiny_lm):
     """Among candidate option texts, find two where the summed cloze score prefers X
     only because the neutral prompt already likes X: PMI must then prefer Y, and its
