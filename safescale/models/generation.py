@@ -156,6 +156,8 @@ class GenerationMixin:
     ) -> list[Generation]:
         """``n`` continuations of ``prompt`` over ``cache`` (a prefix of the prompt's
         KV cache for one row, or None; consumed), seeded from ``seed`` and the prompt."""
+        if n == 1 and not config.do_sample:
+            return [self._greedy(prompt, cache, config.max_new_tokens, stop_ids)]
         if cache is not None and n > 1:
             cache.batch_repeat_interleave(n)
         input_ids = torch.tensor([prompt], device=self.device).repeat(n, 1)
@@ -180,6 +182,91 @@ class GenerationMixin:
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             gens.append(Generation(text=text, token_ids=tuple(ids), token_logprobs=tuple(lps)))
         return gens
+
+    #: Draft tokens per verification pass of greedy decoding (prompt lookup); 0 decodes
+    #: one token per pass.
+    PROMPT_LOOKUP_TOKENS = 4
+    #: Longest n-gram of the text so far that is looked up to find a draft.
+    PROMPT_LOOKUP_NGRAM = 3
+
+    def _greedy(
+        self, prompt: list[int], cache, max_new_tokens: int, stop_ids: set[int]
+    ) -> Generation:
+        """Greedy decoding of ``prompt`` over ``cache`` (a one-row cache of a prefix of
+        the prompt, or None; consumed), with prompt-lookup drafts.
+
+        Decoding one token per forward reads every weight of the model for one token;
+        on a CPU that read, not the arithmetic, is the cost of a step. So each step
+        feeds, after the last token, up to :attr:`PROMPT_LOOKUP_TOKENS` draft tokens:
+        the tokens that followed the most recent earlier occurrence of the text's last
+        n-gram (prompt lookup decoding, Saxena 2023: summaries and citations copy the
+        evidence). The forward's argmax at every fed position says which drafts the
+        model would have produced itself; those are kept (with the next token it
+        predicts), the rest are cut from the cache. The tokens are the greedy tokens
+        of one-token steps up to float rounding (several positions in one pass),
+        checked in ``tests/integration/test_models_generation_tiny.py``; log-probs are
+        of the raw logits, as for sampling. Models whose cache cannot be cut back
+        (sliding-window layers) decode one token per step.
+        """
+        dev = self.device
+        done = cache.get_seq_length() if cache is not None else 0
+        feed = list(prompt[done:])
+        seq = list(prompt)
+        draft_len = self.PROMPT_LOOKUP_TOKENS if sliding_window(self) is None else 0
+        ids: list[int] = []
+        lps: list[float] = []
+        while len(ids) < max_new_tokens:
+            room = max_new_tokens - len(ids) - 1
+            draft = _lookup_draft(seq, min(draft_len, room), self.PROMPT_LOOKUP_NGRAM)
+            out = self.model(
+                input_ids=torch.tensor([feed + draft], device=dev),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=len(draft) + 1,
+            )
+            cache = out.cache
+            logits = out.logits[0].float()
+            preds = logits.argmax(-1).tolist()
+            kept = 0
+            while kept < len(draft) and draft[kept] == preds[kept]:
+                kept += 1
+            if kept < len(draft):
+                cache.crop(kept - len(draft))  # a negative count: drop the rejected drafts
+            new = preds[: kept + 1]
+            logp = torch.log_softmax(logits[: kept + 1], dim=-1)
+            new_lps = logp.gather(-1, torch.tensor(new, device=logp.device)[:, None])[:, 0]
+            for tok, lp in zip(new, new_lps.tolist(), strict=True):
+                if tok in stop_ids:
+                    return self._generation(ids, lps)
+                ids.append(tok)
+                lps.append(lp)
+                seq.append(tok)
+            feed = [new[-1]]
+        return self._generation(ids, lps)
+
+    def _generation(self, ids: list[int], lps: list[float]) -> Generation:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return Generation(text=text, token_ids=tuple(ids), token_logprobs=tuple(lps))
+
+
+def sliding_window(lm) -> int | None:
+    """The model's sliding attention window (tokens), or None for full attention."""
+    cfg = lm.model.config.get_text_config()
+    window = getattr(cfg, "sliding_window", None)
+    return int(window) if window else None
+
+
+def _lookup_draft(seq: list[int], n_tokens: int, max_ngram: int) -> list[int]:
+    """Up to ``n_tokens`` tokens that followed the most recent earlier occurrence of the
+    longest (``max_ngram`` down to 1) trailing n-gram of ``seq``; [] when none."""
+    if n_tokens <= 0:
+        return []
+    for size in range(min(max_ngram, len(seq) - 1), 0, -1):
+        tail = seq[-size:]
+        for start in range(len(seq) - size - 1, -1, -1):
+            if seq[start : start + size] == tail:
+                return seq[start + size : start + size + n_tokens]
+    return []
 
 
 def _derive_seed(seed: int, prompt: Sequence[int]) -> int:

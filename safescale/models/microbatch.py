@@ -58,6 +58,7 @@ from safescale.models.backend import (
     PromptPass,
     continuation_arrays,
 )
+from safescale.models.generation import sliding_window as _sliding_window
 from safescale.models.interface import BlackBoxModel, LensMode, is_whitebox
 from safescale.models.internals import Internals
 
@@ -65,12 +66,6 @@ __all__ = ["MicroBatchedLM", "MicroBatcher", "score_continuations_batched"]
 
 
 # ---------------------------------------------------------------- batched primitives
-def _sliding_window(lm: LanguageModel) -> int | None:
-    cfg = lm.model.config.get_text_config()
-    window = getattr(cfg, "sliding_window", None)
-    return int(window) if window else None
-
-
 @torch.inference_mode()
 def score_continuations_batched(
     lm: LanguageModel,

@@ -98,6 +98,33 @@ def test_generation_logprobs_come_from_raw_logits(tiny_lm):
     np.testing.assert_allclose(rec.response_logprobs.numpy(), gen.token_logprobs, atol=1e-4)
 
 
+@pytest.mark.parametrize("answer_cue", [False, True])
+def test_greedy_with_lookup_drafts_gives_the_one_token_per_pass_tokens(
+    tiny_lm, monkeypatch, answer_cue
+):
+    """Greedy decoding with prompt-lookup drafts keeps exactly the tokens a full
+    recomputation picks at every step, in fewer forward passes than tokens."""
+    message = "observe laser treatment now; observe laser treatment now; observe laser"
+    passes = []
+    hook = tiny_lm.model.register_forward_hook(lambda *a: passes.append(1))
+    try:
+        (gen,) = tiny_lm.generate([message], max_new_tokens=24, answer_cue=answer_cue)[0]
+    finally:
+        hook.remove()
+    monkeypatch.setattr(tiny_lm, "PROMPT_LOOKUP_TOKENS", 0)
+    (plain,) = tiny_lm.generate([message], max_new_tokens=24, answer_cue=answer_cue)[0]
+    seq = tiny_lm.prompt_ids(message, answer_cue=answer_cue)
+    expected = []
+    with torch.no_grad():
+        for _ in range(len(gen.token_ids)):
+            tok = int(tiny_lm.model(torch.tensor([seq])).logits[0, -1].argmax())
+            expected.append(tok)
+            seq.append(tok)
+    assert list(gen.token_ids) == expected == list(plain.token_ids)
+    np.testing.assert_allclose(gen.token_logprobs, plain.token_logprobs, atol=1e-4)
+    assert len(gen.token_ids) == 24 and len(passes) < 24  # drafts were accepted
+
+
 def test_greedy_needs_one_sample(tiny_lm):
     with pytest.raises(ValueError, match="greedy"):
         tiny_lm.generate([MESSAGES[0]], n=2, temperature=0.0)
