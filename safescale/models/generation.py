@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from safescale.models.passes import PromptPass
+from safescale.models.prefix_cache import sliding_window
 
 __all__ = ["Generation", "GenerationMixin"]
 
@@ -247,13 +248,6 @@ class GenerationMixin:
     def _generation(self, ids: list[int], lps: list[float]) -> Generation:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return Generation(text=text, token_ids=tuple(ids), token_logprobs=tuple(lps))
-
-
-def sliding_window(lm) -> int | None:
-    """The model's sliding attention window (tokens), or None for full attention."""
-    cfg = lm.model.config.get_text_config()
-    window = getattr(cfg, "sliding_window", None)
-    return int(window) if window else None
 
 
 def _lookup_draft(seq: list[int], n_tokens: int, max_ngram: int) -> list[int]:

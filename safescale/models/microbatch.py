@@ -58,9 +58,9 @@ from safescale.models.backend import (
     PromptPass,
     continuation_arrays,
 )
-from safescale.models.generation import sliding_window as _sliding_window
 from safescale.models.interface import BlackBoxModel, LensMode, is_whitebox
 from safescale.models.internals import Internals
+from safescale.models.prefix_cache import sliding_window as _sliding_window
 
 __all__ = ["MicroBatchedLM", "MicroBatcher", "score_continuations_batched"]
 

@@ -42,7 +42,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["PrefixCache", "PrefixCacheStats", "cacheable"]
+__all__ = ["PrefixCache", "PrefixCacheStats", "cacheable", "sliding_window"]
+
+
+def sliding_window(lm) -> int | None:
+    """The model's sliding attention window (tokens), or None for full attention."""
+    cfg = lm.model.config.get_text_config()
+    window = getattr(cfg, "sliding_window", None)
+    return int(window) if window else None
 
 
 def cacheable(cache: Any) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from safescale.models.prefix_cache import cacheable
+from safescale.models.prefix_cache import cacheable, sliding_window
 from safescale.models.prompting import PromptError
 
 __all__ = ["ContinuationScores", "ScoringMixin", "continuation_arrays", "target_logprob"]
@@ -132,6 +132,17 @@ class ScoringMixin:
         """
         per_message, logprob, n_tokens, n_chars = continuation_arrays(messages, continuations)
         prompts_ids = [self.prompt_ids(m, answer_cue=answer_cue) for m in messages]
+        all_conts = [[self.continuation_ids(t) for t in texts] for texts in per_message]
+        if len(prompts_ids) > 1 and all(all_conts) and sliding_window(self) is None:
+            for prompt, conts in zip(prompts_ids, all_conts, strict=True):
+                self.check_continuation_room(len(prompt), conts)
+            scores = self._packed_prompts(prompts_ids, all_conts)
+            if scores is not None:
+                for row, (conts, texts) in enumerate(zip(all_conts, per_message, strict=True)):
+                    logprob[row, : len(texts)] = scores[row]
+                    n_tokens[row, : len(texts)] = [len(c) for c in conts]
+                    n_chars[row, : len(texts)] = [len(t.strip()) for t in texts]
+                return ContinuationScores(logprob=logprob, n_tokens=n_tokens, n_chars=n_chars)
         cached = self.prefix_cache_active()
         shared = None if cached else self._shared_prefix(prompts_ids)
         for row, (prompt, texts) in enumerate(zip(prompts_ids, per_message, strict=True)):
@@ -148,6 +159,133 @@ class ScoringMixin:
             n_tokens[row, : len(texts)] = [len(c) for c in conts]
             n_chars[row, : len(texts)] = [len(t.strip()) for t in texts]
         return ContinuationScores(logprob=logprob, n_tokens=n_tokens, n_chars=n_chars)
+
+    #: Tokens of one packed forward of :meth:`_packed_prompts` (more prompts go in
+    #: further packs over the same prefix).
+    PACK_TOKENS = 1024
+
+    def _packed_prompts(
+        self, prompts: list[list[int]], conts: list[list[list[int]]]
+    ) -> list[list[float]] | None:
+        """Continuation log-probs of several prompts, their suffixes and continuations
+        packed into few forwards over their common prefix.
+
+        The common leading ids of ``prompts`` (each keeps at least one own token) are
+        prefilled once (:meth:`prefill`: through the prefix cache when there is one).
+        Then each prompt's own suffix and, after it, every multi-token continuation
+        (but its last token) go into one row: positions as in the prompt's own pass,
+        and a 4D mask under which a suffix token sees the prefix and its own suffix so
+        far, and a continuation token the prefix, its prompt's suffix and its own
+        earlier tokens; so each prompt is read as if alone. Logits are computed only at
+        each suffix's last position and at the continuation tokens. A forward reads
+        every weight of the model, which costs a CPU about as much as a short prompt's
+        arithmetic, so several short prompts in one forward (the critic's
+        per-passage relevance prompts, their "N/A" baseline) cost little more than one.
+        The suffixes are not stored in the prefix cache (a prompt's own tail is used
+        once). None when the prefix's cache cannot be cut (the caller then scores the
+        prompts one at a time).
+        """
+        n = min(len(p) for p in prompts) - 1
+        first = prompts[0]
+        for p in prompts[1:]:
+            k = 0
+            while k < n and p[k] == first[k]:
+                k += 1
+            n = k
+        cache = None
+        if n > 0:
+            _, cache = self.prefill(first[:n], logits=False)
+            if not cacheable(cache):
+                return None
+        store = self.prefix_cache if self.prefix_cache_active() else None
+        if store is not None:
+            store.note_computed(sum(len(p) - n for p in prompts))
+        out: list[list[float]] = [[] for _ in prompts]
+        packs: list[list[int]] = [[]]
+        size = 0
+        for r, (prompt, cs) in enumerate(zip(prompts, conts, strict=True)):
+            seg = len(prompt) - n + sum(len(c) - 1 for c in cs)
+            if packs[-1] and size + seg > self.PACK_TOKENS:
+                packs.append([])
+                size = 0
+            packs[-1].append(r)
+            size += seg
+        for pack in packs:
+            self._score_pack(
+                cache,
+                n,
+                [prompts[r] for r in pack],
+                [conts[r] for r in pack],
+                [out[r] for r in pack],
+            )
+        return out
+
+    def _score_pack(
+        self,
+        cache,
+        n: int,
+        prompts: list[list[int]],
+        conts: list[list[list[int]]],
+        out: list[list[float]],
+    ) -> None:
+        """One packed forward of :meth:`_packed_prompts` over ``cache`` (``n`` prefix
+        positions, or None for ``n == 0``; cut back to them afterwards); appends each
+        prompt's continuation log-probs to its list in ``out``."""
+        ids: list[int] = []
+        positions: list[int] = []
+        spans: list[tuple[int, int]] = []  # (start, end) in the row of each segment
+        owner: list[int] = []  # the segment (prompt suffix) a continuation belongs to
+        keep: list[int] = []
+        reads = []  # per prompt: (row of the suffix's last logits, [rows of each cont])
+        for prompt, cs in zip(prompts, conts, strict=True):
+            start = len(ids)
+            ids += prompt[n:]
+            positions += range(n, len(prompt))
+            spans.append((start, len(ids)))
+            owner.append(-1)
+            suffix = len(spans) - 1
+            keep.append(len(ids) - 1)
+            last = len(keep) - 1
+            cont_rows = []
+            for c in cs:
+                feed = c[:-1]
+                c_start = len(ids)
+                ids += feed
+                positions += range(len(prompt), len(prompt) + len(feed))
+                spans.append((c_start, len(ids)))
+                owner.append(suffix)
+                cont_rows.append(list(range(len(keep), len(keep) + len(feed))))
+                keep += range(c_start, len(ids))
+            reads.append((last, cont_rows))
+        total = len(ids)
+        allowed = torch.zeros((total, n + total), dtype=torch.bool)
+        allowed[:, :n] = True
+        tril = torch.ones((total, total), dtype=torch.bool).tril()
+        for seg, (a, b) in enumerate(spans):
+            allowed[a:b, n + a : n + b] = tril[: b - a, : b - a]
+            if owner[seg] >= 0:
+                pa, pb = spans[owner[seg]]
+                allowed[a:b, n + pa : n + pb] = True
+        dev = self.device
+        dtype = self.model.dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+        logits = self.model(
+            input_ids=torch.tensor([ids], device=dev),
+            position_ids=torch.tensor([positions], device=dev),
+            attention_mask=mask[None, None].to(dev),
+            cache=cache,
+            use_cache=cache is not None,
+            logits_to_keep=torch.tensor(keep, device=dev),
+        ).logits[0]
+        if cache is not None:
+            cache.crop(-total)  # back to the prefix (a negative count drops the pack)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        for (last, cont_rows), cs, sink in zip(reads, conts, out, strict=True):
+            for c, rows in zip(cs, cont_rows, strict=True):
+                total_lp = float(logp[last, c[0]])
+                for row, target in zip(rows, c[1:], strict=True):
+                    total_lp += float(logp[row, target])
+                sink.append(total_lp)
 
     #: Shortest common prompt prefix (tokens) worth one shared prefill.
     MIN_SHARED_PREFIX = 8

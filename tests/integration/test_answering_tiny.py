@@ -86,6 +86,48 @@ def test_packed_continuations_see_only_the_prompt_and_themselves(tiny_lm, monkey
         assert backward[col] == pytest.approx(full, abs=1e-4)
 
 
+def _full_pass_logprob(lm, message: str, text: str) -> float:
+    prompt = lm.prompt_ids(message, answer_cue=True)
+    ids = lm.continuation_ids(text)
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(torch.tensor([prompt + ids])).logits[0], -1)
+    return sum(float(logp[len(prompt) - 1 + t, ids[t]]) for t in range(len(ids)))
+
+
+@pytest.mark.parametrize("pack_tokens", [1024, 12])
+@pytest.mark.parametrize("prefix_cache_mb", [0, 16])
+def test_packed_prompts_read_each_prompt_as_if_alone(
+    tiny_lm, monkeypatch, pack_tokens, prefix_cache_mb
+):
+    """Several prompts (a shared question, then different passages) and their
+    continuations in packed forwards over the common prefix: each score is the prompt's
+    own full pass, in one pack or many, with or without the prefix cache."""
+    messages = [
+        "Question: which follow-up?\n\nPassage:\nLaser treatment is indicated.",
+        "Question: which follow-up?\n\nPassage:\nObservation is enough for a child.",
+        "Question: which follow-up?\n\nPassage:\nN/A",
+    ]
+    texts = ["relevant", "not relevant at all", "x"]
+    packs = []
+    original = type(tiny_lm)._score_pack
+    monkeypatch.setattr(type(tiny_lm), "PACK_TOKENS", pack_tokens)
+    monkeypatch.setattr(
+        type(tiny_lm),
+        "_score_pack",
+        lambda self, *a: packs.append(len(a[2])) or original(self, *a),
+    )
+    tiny_lm.set_prefix_cache(prefix_cache_mb)
+    try:
+        scores = tiny_lm.score_continuations(messages, texts)
+    finally:
+        tiny_lm.set_prefix_cache(0)
+    assert sum(packs) == len(messages) and (len(packs) > 1) == (pack_tokens < 100)
+    for row, message in enumerate(messages):
+        for col, text in enumerate(texts):
+            expected = _full_pass_logprob(tiny_lm, message, text)
+            assert scores.logprob[row, col] == pytest.approx(expected, abs=1e-4)
+
+
 def test_pmi_cancels_an_options_prior(tiny_lm):
     """Among candidate option texts, find two where the summed cloze score prefers X
     only because the neutral prompt already likes X: PMI must then prefer Y, and its
