@@ -126,6 +126,8 @@ class PrefixCacheStats:
         hits: lookups that reused at least one token.
         reused_tokens: prompt tokens read from it instead of computed.
         computed_tokens: prompt tokens the prefills computed (cache misses).
+        shared_tokens: prompt tokens of packed calls (several prompts over their common
+            prefix in one forward) that the prefix's single prefill stood in for.
         stored_bytes: bytes held now.
         evictions: segments evicted to stay within the bound.
         cold: prefills served cold because the model's cache cannot be cut.
@@ -135,15 +137,18 @@ class PrefixCacheStats:
     hits: int = 0
     reused_tokens: int = 0
     computed_tokens: int = 0
+    shared_tokens: int = 0
     stored_bytes: int = 0
     evictions: int = 0
     cold: int = 0
 
     @property
     def reuse_fraction(self) -> float:
-        """Share of prefilled prompt tokens read from the cache (0 when none)."""
-        total = self.reused_tokens + self.computed_tokens
-        return self.reused_tokens / total if total else 0.0
+        """Share of prompt tokens not computed: read from the cache, or shared with
+        another prompt of a packed call (0 when none)."""
+        saved = self.reused_tokens + self.shared_tokens
+        total = saved + self.computed_tokens
+        return saved / total if total else 0.0
 
     def as_dict(self) -> dict[str, float]:
         return {
@@ -151,6 +156,7 @@ class PrefixCacheStats:
             "hits": self.hits,
             "reused_tokens": self.reused_tokens,
             "computed_tokens": self.computed_tokens,
+            "shared_tokens": self.shared_tokens,
             "reuse_fraction": round(self.reuse_fraction, 4),
             "stored_mb": round(self.stored_bytes / 2**20, 1),
             "evictions": self.evictions,
@@ -326,6 +332,10 @@ class PrefixCache:
     def note_computed(self, n_tokens: int) -> None:
         """Count prompt tokens a prefill computed (for :attr:`stats`)."""
         self.stats.computed_tokens += int(n_tokens)
+
+    def note_shared(self, n_tokens: int) -> None:
+        """Count prompt tokens a packed call's common prefix stood in for."""
+        self.stats.shared_tokens += int(n_tokens)
 
     def note_cold(self) -> None:
         """Count a prefill served cold because the model's cache cannot be cut."""

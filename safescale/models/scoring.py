@@ -82,8 +82,14 @@ class ScoringMixin:
         encoded = [self.prompt_ids(m, answer_cue=True) for m in messages]
         out = np.zeros((len(messages), len(letters)), dtype=np.float32)
         if self.prefix_cache_active():
-            # one prompt at a time over its longest cached prefix (the n cyclic
-            # orderings of an item share everything up to the option list)
+            # several prompts: packed over their common prefix, read through the
+            # cache (the n cyclic orderings of an item share everything up to the
+            # option list); one prompt: over its longest cached prefix
+            if len(encoded) > 1:
+                tokens = [[[int(t)] for t in letter_ids.tolist()]] * len(encoded)
+                packed = self._packed_prompts(encoded, tokens, raw=True)
+                if packed is not None:
+                    return np.asarray(packed, dtype=np.float32)
             for i, ids in enumerate(encoded):
                 last, _ = self.prefill(ids)
                 out[i] = last[letter_ids.to(last.device)].float().cpu().numpy()
@@ -165,7 +171,7 @@ class ScoringMixin:
     PACK_TOKENS = 1024
 
     def _packed_prompts(
-        self, prompts: list[list[int]], conts: list[list[list[int]]]
+        self, prompts: list[list[int]], conts: list[list[list[int]]], *, raw: bool = False
     ) -> list[list[float]] | None:
         """Continuation log-probs of several prompts, their suffixes and continuations
         packed into few forwards over their common prefix.
@@ -182,8 +188,10 @@ class ScoringMixin:
         arithmetic, so several short prompts in one forward (the critic's
         per-passage relevance prompts, their "N/A" baseline) cost little more than one.
         The suffixes are not stored in the prefix cache (a prompt's own tail is used
-        once). None when the prefix's cache cannot be cut (the caller then scores the
-        prompts one at a time).
+        once). With ``raw`` (one-token continuations only: the option letters) the raw
+        logits of those tokens at each prompt's last position are returned instead. None
+        when the prefix's cache cannot be cut (the caller then scores the prompts one at
+        a time).
         """
         n = min(len(p) for p in prompts) - 1
         first = prompts[0]
@@ -200,6 +208,7 @@ class ScoringMixin:
         store = self.prefix_cache if self.prefix_cache_active() else None
         if store is not None:
             store.note_computed(sum(len(p) - n for p in prompts))
+            store.note_shared(n * (len(prompts) - 1))
         out: list[list[float]] = [[] for _ in prompts]
         packs: list[list[int]] = [[]]
         size = 0
@@ -217,6 +226,7 @@ class ScoringMixin:
                 [prompts[r] for r in pack],
                 [conts[r] for r in pack],
                 [out[r] for r in pack],
+                raw=raw,
             )
         return out
 
@@ -227,6 +237,8 @@ class ScoringMixin:
         prompts: list[list[int]],
         conts: list[list[list[int]]],
         out: list[list[float]],
+        *,
+        raw: bool = False,
     ) -> None:
         """One packed forward of :meth:`_packed_prompts` over ``cache`` (``n`` prefix
         positions, or None for ``n == 0``; cut back to them afterwards); appends each
@@ -279,6 +291,10 @@ class ScoringMixin:
         ).logits[0]
         if cache is not None:
             cache.crop(-total)  # back to the prefix (a negative count drops the pack)
+        if raw:
+            for (last, _), cs, sink in zip(reads, conts, out, strict=True):
+                sink.extend(float(logits[last, c[0]]) for c in cs)
+            return
         logp = torch.log_softmax(logits.float(), dim=-1)
         for (last, cont_rows), cs, sink in zip(reads, conts, out, strict=True):
             for c, rows in zip(cs, cont_rows, strict=True):

@@ -114,7 +114,7 @@ def test_packed_prompts_read_each_prompt_as_if_alone(
     monkeypatch.setattr(
         type(tiny_lm),
         "_score_pack",
-        lambda self, *a: packs.append(len(a[2])) or original(self, *a),
+        lambda self, *a, **kw: packs.append(len(a[2])) or original(self, *a, **kw),
     )
     tiny_lm.set_prefix_cache(prefix_cache_mb)
     try:
