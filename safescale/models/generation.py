@@ -1,5 +1,5 @@
-"""Generation of the in-process backend: greedy or pure sampling, seeded per prompt,
-from a fresh prefill or from an open prompt pass's cache."""
+"""Generation of the in-process backend: greedy (verifying prompt-lookup drafts) or pure
+sampling, seeded per prompt, from a fresh prefill or from an open prompt pass's cache."""
 
 from __future__ import annotations
 
@@ -59,8 +59,9 @@ class GenerationMixin:
     ) -> list[list[Generation]]:
         """Generate ``n`` continuations per message.
 
-        ``temperature == 0`` is greedy (then ``n`` must be 1); otherwise pure sampling
-        at that temperature (no top-k/top-p). Each message is generated on its own with
+        ``temperature == 0`` is greedy (then ``n`` must be 1; decoded with prompt-lookup
+        drafts, :meth:`_greedy`); otherwise pure sampling at that temperature (no
+        top-k/top-p). Each message is generated on its own with
         a seed derived from ``seed`` and the prompt, so results do not depend on how
         messages are batched or ordered and are reproducible for a seed.
 
