@@ -21,7 +21,13 @@ import torch
 from safescale.models.prefix_cache import cacheable, sliding_window
 from safescale.models.prompting import PromptError
 
-__all__ = ["ContinuationScores", "ScoringMixin", "continuation_arrays", "target_logprob"]
+__all__ = [
+    "ContinuationScores",
+    "ScoringMixin",
+    "common_prefix_length",
+    "continuation_arrays",
+    "target_logprob",
+]
 
 
 @dataclass(frozen=True)
@@ -193,13 +199,8 @@ class ScoringMixin:
         when the prefix's cache cannot be cut (the caller then scores the prompts one at
         a time).
         """
-        n = min(len(p) for p in prompts) - 1
+        n = common_prefix_length(prompts)
         first = prompts[0]
-        for p in prompts[1:]:
-            k = 0
-            while k < n and p[k] == first[k]:
-                k += 1
-            n = k
         cache = None
         if n > 0:
             _, cache = self.prefill(first[:n], logits=False)
@@ -311,13 +312,8 @@ class ScoringMixin:
         and their KV cache, or None when there is nothing worth sharing."""
         if len(prompts) < 2:
             return None
-        n = min(len(p) for p in prompts) - 1
+        n = common_prefix_length(prompts)
         first = prompts[0]
-        for p in prompts[1:]:
-            k = 0
-            while k < n and p[k] == first[k]:
-                k += 1
-            n = k
         if n < self.MIN_SHARED_PREFIX:
             return None
         cache = self.model(
@@ -489,6 +485,19 @@ class ScoringMixin:
             logits_to_keep=n_scored + 1,
         ).logits[0, :n_scored]
         return target_logprob(logits, ids[-n_scored:])
+
+
+def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the common leading ids of ``prompts``, leaving every prompt at least one
+    own token."""
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for p in prompts[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
 
 
 def target_logprob(logits: torch.Tensor, targets: Sequence[int]) -> float:

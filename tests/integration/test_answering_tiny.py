@@ -35,6 +35,14 @@ def _item(options: dict[str, str], gold: str = "A") -> Item:
     )
 
 
+def _full_pass_logprob(lm, message: str, text: str) -> float:
+    prompt = lm.prompt_ids(message, answer_cue=True)
+    ids = lm.continuation_ids(text)
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(torch.tensor([prompt + ids])).logits[0], -1)
+    return sum(float(logp[len(prompt) - 1 + t, ids[t]]) for t in range(len(ids)))
+
+
 def test_one_token_cloze_equals_the_raw_next_token_logprob(tiny_lm):
     (token,) = tiny_lm.continuation_ids("A")  # " A" is one token in the tiny vocab
     prompt = tiny_lm.prompt_ids(MESSAGE, answer_cue=True)
@@ -49,14 +57,10 @@ def test_one_token_cloze_equals_the_raw_next_token_logprob(tiny_lm):
 def test_shared_prefill_equals_one_full_pass_per_continuation(tiny_lm):
     texts = ["apple", "a much longer answer text", "x"]
     scores = tiny_lm.score_continuations([MESSAGE], texts)
-    prompt = tiny_lm.prompt_ids(MESSAGE, answer_cue=True)
     for col, text in enumerate(texts):
-        ids = tiny_lm.continuation_ids(text)
-        with torch.no_grad():
-            logp = torch.log_softmax(tiny_lm.model(torch.tensor([prompt + ids])).logits[0], -1)
-        full = sum(float(logp[len(prompt) - 1 + t, ids[t]]) for t in range(len(ids)))
+        full = _full_pass_logprob(tiny_lm, MESSAGE, text)
         assert scores.logprob[0, col] == pytest.approx(full, abs=1e-4)
-        assert scores.n_tokens[0, col] == len(ids)
+        assert scores.n_tokens[0, col] == len(tiny_lm.continuation_ids(text))
         assert scores.n_chars[0, col] == len(text)
 
 
@@ -76,22 +80,10 @@ def test_packed_continuations_see_only_the_prompt_and_themselves(tiny_lm, monkey
     forward = tiny_lm.score_continuations([MESSAGE], texts).logprob[0]
     backward = tiny_lm.score_continuations([MESSAGE], texts[::-1]).logprob[0][::-1]
     assert packed and packed[0] >= 3
-    prompt = tiny_lm.prompt_ids(MESSAGE, answer_cue=True)
     for col, text in enumerate(texts):
-        ids = tiny_lm.continuation_ids(text)
-        with torch.no_grad():
-            logp = torch.log_softmax(tiny_lm.model(torch.tensor([prompt + ids])).logits[0], -1)
-        full = sum(float(logp[len(prompt) - 1 + t, ids[t]]) for t in range(len(ids)))
+        full = _full_pass_logprob(tiny_lm, MESSAGE, text)
         assert forward[col] == pytest.approx(full, abs=1e-4)
         assert backward[col] == pytest.approx(full, abs=1e-4)
-
-
-def _full_pass_logprob(lm, message: str, text: str) -> float:
-    prompt = lm.prompt_ids(message, answer_cue=True)
-    ids = lm.continuation_ids(text)
-    with torch.no_grad():
-        logp = torch.log_softmax(lm.model(torch.tensor([prompt + ids])).logits[0], -1)
-    return sum(float(logp[len(prompt) - 1 + t, ids[t]]) for t in range(len(ids)))
 
 
 @pytest.mark.parametrize("pack_tokens", [1024, 12])
