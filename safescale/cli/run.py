@@ -204,9 +204,9 @@ def _run_on_ray(config: ExperimentConfig, *, fresh: bool, address: str | None) -
             f"({summary.workers_lost} lost, {summary.shards_retried} shards retried)"
         )
     if summary.stage_shards:
+        records = summary.stage_records
         done = ", ".join(
-            f"{stage.replace('_', ' ')} {summary.stage_records.get(stage, 0)} records in "
-            f"{n} shards"
+            f"{stage.replace('_', ' ')} {records.get(stage, 0)} records in {n} shards"
             for stage, n in summary.stage_shards.items()
         )
         err.print(f"[green]ray[/]: stages on the workers: {done}")
