@@ -47,6 +47,7 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check safescale tests benchmarks examples
+	$(VENV)/bin/ruff format --check safescale tests benchmarks examples
 
 # docs/results.md from the committed result files (benchmarks/results/*.json, studies.md).
 results: install
