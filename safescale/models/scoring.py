@@ -26,6 +26,7 @@ __all__ = [
     "ScoringMixin",
     "common_prefix_length",
     "continuation_arrays",
+    "packed_mask",
     "target_logprob",
 ]
 
@@ -271,21 +272,11 @@ class ScoringMixin:
                 keep += range(c_start, len(ids))
             reads.append((last, cont_rows))
         total = len(ids)
-        allowed = torch.zeros((total, n + total), dtype=torch.bool)
-        allowed[:, :n] = True
-        tril = torch.ones((total, total), dtype=torch.bool).tril()
-        for seg, (a, b) in enumerate(spans):
-            allowed[a:b, n + a : n + b] = tril[: b - a, : b - a]
-            if owner[seg] >= 0:
-                pa, pb = spans[owner[seg]]
-                allowed[a:b, n + pa : n + pb] = True
         dev = self.device
-        dtype = self.model.dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
         logits = self.model(
             input_ids=torch.tensor([ids], device=dev),
             position_ids=torch.tensor([positions], device=dev),
-            attention_mask=mask[None, None].to(dev),
+            attention_mask=packed_mask(n, spans, owner, self.model.dtype).to(dev),
             cache=cache,
             use_cache=cache is not None,
             logits_to_keep=torch.tensor(keep, device=dev),
@@ -419,27 +410,20 @@ class ScoringMixin:
         earlier tokens only, so every continuation is scored as if alone, with the
         prompt's keys and values read once (no per-continuation copy of the cache)."""
         dev = self.device
-        total = sum(len(f) for f in feed)
         ids = torch.tensor([[t for f in feed for t in f]], dtype=torch.long, device=dev)
         positions = torch.tensor(
             [[prompt_length + j for f in feed for j in range(len(f))]], device=dev
         )
-        allowed = torch.zeros((total, prompt_length + total), dtype=torch.bool)
-        allowed[:, :prompt_length] = True
-        start = 0
+        spans = []
         for f in feed:
-            n = len(f)
-            allowed[start : start + n, prompt_length + start : prompt_length + start + n] = (
-                torch.ones((n, n), dtype=torch.bool).tril()
-            )
-            start += n
-        dtype = self.model.dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+            start = spans[-1][1] if spans else 0
+            spans.append((start, start + len(f)))
+        mask = packed_mask(prompt_length, spans, [-1] * len(spans), self.model.dtype)
         return (
             self.model(
                 input_ids=ids,
                 position_ids=positions,
-                attention_mask=mask[None, None].to(dev),
+                attention_mask=mask.to(dev),
                 cache=cache,
                 use_cache=True,
             )
@@ -485,6 +469,29 @@ class ScoringMixin:
             logits_to_keep=n_scored + 1,
         ).logits[0, :n_scored]
         return target_logprob(logits, ids[-n_scored:])
+
+
+def packed_mask(
+    prefix: int, spans: Sequence[tuple[int, int]], owner: Sequence[int], dtype: torch.dtype
+) -> torch.Tensor:
+    """The additive 4D attention mask ``[1, 1, T, prefix + T]`` of one packed row of
+    ``T`` tokens after ``prefix`` cached positions.
+
+    ``spans`` are the ``(start, end)`` segments of the row; a segment's tokens see the
+    whole prefix, their own segment causally and, when ``owner[seg] >= 0``, all of the
+    segment it continues (a continuation after its prompt's suffix). No other segment
+    is visible, so each is read as if it were alone after the prefix."""
+    total = spans[-1][1] if spans else 0
+    allowed = torch.zeros((total, prefix + total), dtype=torch.bool)
+    allowed[:, :prefix] = True
+    tril = torch.ones((total, total), dtype=torch.bool).tril()
+    for seg, (a, b) in enumerate(spans):
+        allowed[a:b, prefix + a : prefix + b] = tril[: b - a, : b - a]
+        if owner[seg] >= 0:
+            pa, pb = spans[owner[seg]]
+            allowed[a:b, prefix + pa : prefix + pb] = True
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return mask[None, None]
 
 
 def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
