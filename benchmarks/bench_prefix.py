@@ -326,6 +326,23 @@ def main() -> None:
                 figure("max-context vs clean evidence per item in run C", f"{ratio:.2f}x",
                     "<= 2x", ratio=ratio)
             )  # fmt: skip
+            # steady state: the first item of a condition fills the cache (under corpus
+            # order, max-context's first item prefills the whole block); committed order
+            # starts with the first item answered, as groups keep their first item's place
+            seconds = results["C"]["seconds_by_condition"]
+            later = {c: seconds[c][1:] for c in ("max_context", "clean_evidence")}
+            if all(len(v) >= 2 for v in later.values()):
+                steady = statistics.mean(later["max_context"]) / statistics.mean(
+                    later["clean_evidence"]
+                )
+                print(f"the same after each condition's first item: {steady:.2f}x (max-context "
+                      f"{_mean_interval(later['max_context'])}, clean evidence "
+                      f"{_mean_interval(later['clean_evidence'])})")  # fmt: skip
+                json_rows.append(
+                    figure("max-context vs clean evidence per item in run C, after each "
+                           "condition's first item (steady state)",
+                        f"{steady:.2f}x", "<= 2x", ratio=steady)
+                )  # fmt: skip
     for a, b in (("B", "A"), ("C", "D")):
         if a in results and b in results:
             compared = _compare(results[a]["responses"], results[b]["responses"])
